@@ -1,0 +1,107 @@
+"""Background photos for synthetic plates: a user's folder, or built-in ones.
+
+Built-ins are procedural scenes (sky, walls, road, boxes that stand in for cars
+and buildings) plus the sample photos scikit-image ships inside its package,
+so nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from alpr.errors import UsageError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def list_images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def bundled_photos() -> list[Path]:
+    """Sample photos inside the installed scikit-image package (no network needed)."""
+    try:
+        import skimage
+    except ImportError:
+        return []
+    folder = Path(skimage.__file__).parent / "data"
+    return [p for p in list_images(folder) if p.stat().st_size > 20_000]
+
+
+@lru_cache(maxsize=64)
+def _read_photo(path: str) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return np.ascontiguousarray(np.asarray(image.convert("RGB"))[..., ::-1])
+    except (OSError, UnidentifiedImageError) as error:
+        raise UsageError(f"{path}: not a readable image ({error})") from None
+
+
+class Backgrounds:
+    """Draws a background of a given size for a random generator."""
+
+    def __init__(self, folder: Path | None = None, procedural_fraction: float = 0.5):
+        if folder is not None:
+            folder = Path(folder)
+            if not folder.is_dir():
+                raise FileNotFoundError(f"{folder}: backgrounds folder does not exist")
+            self.photos = list_images(folder)
+            if not self.photos:
+                raise UsageError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) found for backgrounds")
+            self.procedural_fraction = 0.0
+        else:
+            self.photos = bundled_photos()
+            self.procedural_fraction = procedural_fraction if self.photos else 1.0
+
+    def draw(self, rng: np.random.Generator, width: int, height: int) -> np.ndarray:
+        if rng.random() < self.procedural_fraction:
+            return procedural_scene(rng, width, height)
+        photo = _read_photo(str(self.photos[rng.integers(len(self.photos))]))
+        return random_crop(rng, photo, width, height)
+
+
+def random_crop(rng: np.random.Generator, photo: np.ndarray, width: int, height: int) -> np.ndarray:
+    """A random crop with the output's aspect ratio, resized to width x height."""
+    ph, pw = photo.shape[:2]
+    scale = min(pw / width, ph / height) * rng.uniform(0.5, 1.0)
+    cw, ch = max(8, int(width * scale)), max(8, int(height * scale))
+    x0, y0 = rng.integers(0, pw - cw + 1), rng.integers(0, ph - ch + 1)
+    crop = photo[y0:y0 + ch, x0:x0 + cw]
+    if rng.random() < 0.5:
+        crop = crop[:, ::-1]
+    return cv2.resize(crop, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+def _smooth_field(rng: np.random.Generator, width: int, height: int, cells: int) -> np.ndarray:
+    """Low-frequency noise in [0, 1]: random values on a coarse grid, upscaled."""
+    coarse = rng.random((max(2, cells * height // width), cells), dtype=np.float32)
+    return cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC).clip(0, 1)
+
+
+def procedural_scene(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
+    """A street-like scene: sky/wall gradient, road, and boxes as cars and buildings."""
+    top, bottom = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+    ramp = np.linspace(0, 1, height, dtype=np.float32)[:, None, None]
+    image = (top * (1 - ramp) + bottom * ramp).astype(np.float32)
+    image = np.broadcast_to(image, (height, width, 3)).copy()
+    horizon = int(height * rng.uniform(0.3, 0.7))
+    road = rng.integers(40, 140)
+    image[horizon:] = road + rng.integers(-15, 16, 3)
+    for _ in range(rng.integers(2, 12)):
+        x0, y0 = rng.integers(0, width), rng.integers(0, height)
+        w, h = rng.integers(width // 20, width // 2), rng.integers(height // 20, height // 2)
+        color = tuple(int(c) for c in rng.integers(0, 256, 3))
+        cv2.rectangle(image, (int(x0), int(y0)), (int(x0 + w), int(y0 + h)), color, -1)
+    for _ in range(rng.integers(0, 6)):
+        p0 = tuple(int(v) for v in (rng.integers(0, width), rng.integers(horizon, height)))
+        p1 = tuple(int(v) for v in (rng.integers(0, width), rng.integers(horizon, height)))
+        cv2.line(image, p0, p1, (220, 220, 220), int(rng.integers(2, 8)))
+    texture = _smooth_field(rng, width, height, int(rng.integers(4, 40)))
+    image *= (0.7 + 0.6 * texture)[..., None]
+    return image.clip(0, 255).astype(np.uint8)

@@ -1,0 +1,157 @@
+"""The dataset catalogue: SQLAlchemy Core tables, SQLite by default, MySQL in a cluster."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine, make_url
+
+from alpr.errors import AlprError
+
+DB_URL_ENV = "ALPR_DB_URL"
+
+metadata = sa.MetaData()
+
+dataset_versions = sa.Table(
+    "dataset_versions", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(128), nullable=False),
+    sa.Column("version", sa.String(64), nullable=False),
+    sa.Column("content_sha256", sa.String(64), nullable=False),
+    sa.Column("dataset_tag", sa.String(256), nullable=False),
+    sa.Column("path", sa.String(1024), nullable=False),
+    sa.Column("num_images", sa.Integer, nullable=False),
+    sa.Column("num_annotations", sa.Integer, nullable=False),
+    sa.Column("num_plates", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.UniqueConstraint("name", "version", name="uq_dataset_version"),
+)
+
+annotation_sources = sa.Table(
+    "annotation_sources", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("dataset_version_id", sa.Integer, sa.ForeignKey("dataset_versions.id"), nullable=False, unique=True),
+    sa.Column("source", sa.String(1024), nullable=False),
+    sa.Column("path", sa.String(1024), nullable=False),
+    sa.Column("tag", sa.String(256), nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("num_files", sa.Integer, nullable=False),
+)
+
+images = sa.Table(
+    "images", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("dataset_version_id", sa.Integer, sa.ForeignKey("dataset_versions.id"), nullable=False),
+    sa.Column("file_name", sa.String(512), nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("split", sa.String(8), nullable=False),
+    sa.Column("width", sa.Integer, nullable=False),
+    sa.Column("height", sa.Integer, nullable=False),
+    sa.Column("plate_count", sa.Integer, nullable=False),
+    sa.UniqueConstraint("dataset_version_id", "file_name", name="uq_image_file"),
+)
+
+
+class VersionConflict(AlprError, RuntimeError):
+    """A dataset version already exists with other content."""
+
+
+def default_db_url(workdir: Path) -> str:
+    return os.environ.get(DB_URL_ENV) or f"sqlite:///{(workdir / 'alpr.db').resolve()}"
+
+
+def safe_url(url: str) -> str:
+    """The URL with any password masked, for logs."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def connect(url: str) -> Engine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(url, pool_pre_ping=True)
+    metadata.create_all(engine)
+    return engine
+
+
+@dataclass(frozen=True)
+class DatasetRow:
+    name: str
+    version: str
+    content_sha256: str
+    dataset_tag: str
+    path: str
+    num_images: int
+    num_annotations: int
+    num_plates: int
+
+
+@dataclass(frozen=True)
+class SourceRow:
+    source: str
+    path: str
+    tag: str
+    sha256: str
+    num_files: int
+
+
+@dataclass(frozen=True)
+class ImageRow:
+    file_name: str
+    sha256: str
+    split: str
+    width: int
+    height: int
+    plate_count: int
+
+
+def find_version(engine: Engine, name: str, version: str) -> sa.Row | None:
+    with engine.connect() as conn:
+        return conn.execute(sa.select(dataset_versions).where(
+            dataset_versions.c.name == name, dataset_versions.c.version == version)).first()
+
+
+def check_version(engine: Engine, name: str, version: str, content_sha256: str) -> bool:
+    """True when the version is already recorded with this content; raises VersionConflict on other content."""
+    row = find_version(engine, name, version)
+    if row is None:
+        return False
+    if row.content_sha256 != content_sha256:
+        raise _conflict(name, version, row.content_sha256, content_sha256)
+    return True
+
+
+def _conflict(name: str, version: str, recorded: str, new: str) -> VersionConflict:
+    return VersionConflict(f"dataset {name!r} version {version!r} is already recorded with other content "
+                           f"(sha256 {recorded[:12]}…, this run {new[:12]}…); record it under a new version")
+
+
+def record_version(engine: Engine, dataset: DatasetRow, source: SourceRow, rows: list[ImageRow]) -> bool:
+    """Inserts the version, its source and images in one transaction; False if it was already there."""
+    with engine.begin() as conn:
+        existing = conn.execute(sa.select(dataset_versions.c.content_sha256).where(
+            dataset_versions.c.name == dataset.name, dataset_versions.c.version == dataset.version)).first()
+        if existing is not None:
+            if existing.content_sha256 != dataset.content_sha256:
+                raise _conflict(dataset.name, dataset.version, existing.content_sha256, dataset.content_sha256)
+            return False
+        version_id = conn.execute(dataset_versions.insert().values(
+            **dataset.__dict__, created_at=datetime.now(timezone.utc).replace(tzinfo=None))).inserted_primary_key[0]
+        conn.execute(annotation_sources.insert().values(dataset_version_id=version_id, **source.__dict__))
+        if rows:
+            conn.execute(images.insert(), [{"dataset_version_id": version_id, **row.__dict__} for row in rows])
+    return True
+
+
+def count_images(engine: Engine, name: str, version: str) -> dict[str, int]:
+    """Images per split of a recorded version."""
+    query = (sa.select(images.c.split, sa.func.count())
+             .join(dataset_versions, images.c.dataset_version_id == dataset_versions.c.id)
+             .where(dataset_versions.c.name == name, dataset_versions.c.version == version)
+             .group_by(images.c.split))
+    with engine.connect() as conn:
+        return {split: count for split, count in conn.execute(query)}

@@ -1,0 +1,230 @@
+"""Record a labelme folder as a versioned COCO dataset: validate, split, write, version, catalogue, upload.
+
+Layout written under the workdir::
+
+    datasets/NAME/V/{images/, train.json, val.json, test.json, manifest.json[, invalid.json]}
+    annotations/NAME/V/   the labelme source, as recorded (DVC-tracked too)
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+import tarfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from alpr import db, storage
+from alpr.dataset import (
+    DEFAULT_FRACTIONS,
+    SPLITS,
+    AnnotatedImage,
+    InvalidAnnotations,
+    content_sha256,
+    scan,
+    sha256_bytes,
+    split_of,
+    to_coco,
+)
+from alpr.errors import UsageError
+from alpr.plates import CLASSES
+from alpr.versioning import DataRepo, annotation_tag, dataset_tag
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class RecordOptions:
+    source: Path
+    workdir: Path
+    dataset: str
+    version: str
+    fractions: tuple[float, float, float] = DEFAULT_FRACTIONS
+    skip_invalid: bool = False
+    db_url: str | None = None
+    data_repo: Path | None = None
+    dvc_remote: str | None = None
+    dvc: bool = True
+    push: bool = True
+    store: str | None = None
+
+
+@dataclass
+class RecordResult:
+    path: Path
+    manifest: dict
+    created: bool  # False when this exact version was already recorded
+    skipped: list[str] = field(default_factory=list)
+    db_rows: dict[str, int] = field(default_factory=dict)
+    uploaded: list[str] = field(default_factory=list)
+
+
+def check_name(kind: str, value: str) -> str:
+    if not NAME_RE.match(value):
+        raise UsageError(f"{kind} {value!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter "
+                         "or digit")
+    return value
+
+
+def _write_json(path: Path, document: dict) -> None:
+    path.write_text(json.dumps(document, separators=(",", ":")) + "\n")  # compact: C encoder, 10x faster
+
+
+def build_splits(items: list[AnnotatedImage], fractions: tuple[float, float, float]) -> dict[str, dict]:
+    by_split: dict[str, list[tuple[int, AnnotatedImage]]] = {s: [] for s in SPLITS}
+    for image_id, item in enumerate(items, start=1):
+        by_split[split_of(item.name, fractions)].append((image_id, item))
+    documents, next_id = {}, 1
+    for split in SPLITS:
+        documents[split] = to_coco(by_split[split], first_annotation_id=next_id)
+        next_id += len(documents[split]["annotations"])
+    return documents
+
+
+def _file_checksums(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): sha256_bytes(p.read_bytes())
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != "manifest.json"}
+
+
+def _write_dataset(folder: Path, items: list[AnnotatedImage], splits: dict[str, dict], manifest: dict,
+                   skipped: list[dict]) -> None:
+    (folder / "images").mkdir(parents=True)
+    for item in items:
+        shutil.copyfile(item.image_path, folder / "images" / item.name)
+    for split, document in splits.items():
+        _write_json(folder / f"{split}.json", document)
+    if skipped:
+        _write_json(folder / "invalid.json", {"skipped": skipped})
+    manifest["files"] = _file_checksums(folder)
+    _write_json(folder / "manifest.json", manifest)
+
+
+def _write_annotations(folder: Path, items: list[AnnotatedImage]) -> None:
+    folder.mkdir(parents=True)
+    for item in items:
+        stem = Path(item.name).stem
+        shutil.copyfile(item.image_path, folder / item.name)
+        raw = item.json_path.read_bytes()
+        document = json.loads(raw)
+        if document["imagePath"] == item.name:
+            (folder / f"{stem}.json").write_bytes(raw)
+        else:
+            document["imagePath"] = item.name  # the copy sits next to its image
+            _write_json(folder / f"{stem}.json", document)
+
+
+def _atomic_folder(target: Path, write) -> None:
+    """Writes a folder under a temporary name and renames it, so a failure leaves nothing behind."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        write(partial)
+        os.replace(partial, target)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+
+
+def _counts(splits: dict[str, dict]) -> dict[str, dict[str, int]]:
+    board_ids = {CLASSES.index(c) + 1 for c in ("r_board", "l_board")}
+    return {
+        split: {
+            "images": len(doc["images"]),
+            "annotations": len(doc["annotations"]),
+            "plates": sum(a["category_id"] in board_ids for a in doc["annotations"]),
+        }
+        for split, doc in splits.items()
+    }
+
+
+def split_archive(folder: Path) -> bytes:
+    """A reproducible tar.gz of the split files: same content, same bytes."""
+    import gzip
+
+    buffer = io.BytesIO()
+    with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as zipped, tarfile.open(fileobj=zipped, mode="w") as tar:
+        for name in (*(f"{s}.json" for s in SPLITS), "manifest.json"):
+            data = (folder / name).read_bytes()
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = len(data), 0, 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def upload(folder: Path, store: str, name: str, version: str) -> list[str]:
+    base = storage.join(store, "datasets", name, version)
+    targets = {storage.join(base, "manifest.json"): (folder / "manifest.json").read_bytes(),
+               storage.join(base, "splits.tar.gz"): split_archive(folder)}
+    for url, data in targets.items():
+        storage.write_bytes(url, data)
+    return list(targets)
+
+
+def record(options: RecordOptions) -> RecordResult:
+    name, version = check_name("dataset", options.dataset), check_name("version", options.version)
+    workdir = options.workdir.resolve()
+    items, errors = scan(options.source)
+    if errors and not options.skip_invalid:
+        raise InvalidAnnotations(errors)
+    if not items:
+        raise UsageError(f"{options.source}: no valid labelme files to record")
+    digest = content_sha256(items, options.fractions)
+    engine = db.connect(options.db_url or db.default_db_url(workdir))
+    db.check_version(engine, name, version, digest)  # refuse a conflict before writing anything
+
+    folder = workdir / "datasets" / name / version
+    annotations = workdir / "annotations" / name / version
+    created = not folder.exists()
+    if folder.exists():
+        recorded = json.loads((folder / "manifest.json").read_text())
+        if recorded.get("content_sha256") != digest:
+            raise db.VersionConflict(f"{folder} already holds dataset {name!r} version {version!r} with other "
+                                     "content; record it under a new version")
+    splits = build_splits(items, options.fractions)
+    skipped = [{"file": str(e.path), "problem": e.problem} for e in errors]
+    if created:
+        manifest = {
+            "name": name,
+            "version": version,
+            "content_sha256": digest,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "classes": list(CLASSES),
+            "split": dict(zip(SPLITS, options.fractions)),
+            "counts": _counts(splits),
+            "skipped_invalid": len(skipped),
+            "source": str(options.source.resolve()),
+            "annotations": {"path": f"annotations/{name}/{version}", "tag": annotation_tag(name, version),
+                            "files": len(items)},
+            "dataset_tag": dataset_tag(name, version),
+        }
+        if not annotations.exists():
+            _atomic_folder(annotations, lambda tmp: _write_annotations(tmp, items))
+        _atomic_folder(folder, lambda tmp: _write_dataset(tmp, items, splits, manifest, skipped))
+    manifest = json.loads((folder / "manifest.json").read_text())
+
+    if options.dvc:
+        repo = DataRepo(options.data_repo or workdir, options.dvc_remote or str(workdir / "dvc-remote"))
+        repo.ensure()
+        repo.track(annotations, annotation_tag(name, version), f"annotations {name} v{version}")
+        repo.track(folder, dataset_tag(name, version), f"dataset {name} v{version}")
+        if options.push:
+            repo.push(annotations, folder)
+
+    split_names = {image["file_name"]: split for split, doc in splits.items() for image in doc["images"]}
+    rows = [db.ImageRow(i.name, i.image_sha256, split_names[i.name], i.width, i.height, i.plate_count) for i in items]
+    counts = manifest["counts"]
+    db.record_version(
+        engine,
+        db.DatasetRow(name, version, digest, dataset_tag(name, version), str(folder), len(items),
+                      sum(c["annotations"] for c in counts.values()), sum(c["plates"] for c in counts.values())),
+        db.SourceRow(manifest["source"], manifest["annotations"]["path"], annotation_tag(name, version), digest,
+                     len(items)),
+        rows,
+    )
+    uploaded = upload(folder, options.store, name, version) if options.store else []
+    return RecordResult(folder, manifest, created, [s["file"] for s in skipped],
+                        db.count_images(engine, name, version), uploaded)

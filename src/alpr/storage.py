@@ -1,0 +1,111 @@
+"""Object storage by URL: ``file://`` directories on one machine, ``gs://`` buckets in a cluster.
+
+gs:// uses google-cloud-storage with the key file named by GOOGLE_APPLICATION_CREDENTIALS,
+or anonymous access to the emulator named by STORAGE_EMULATOR_HOST.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from alpr.errors import AlprError
+
+SCHEMES = ("file", "gs")
+
+
+class StorageError(AlprError, RuntimeError):
+    pass
+
+
+def _split(url: str) -> tuple[str, str, str]:
+    parsed = urlparse(url)
+    if parsed.scheme not in SCHEMES:
+        raise StorageError(f"{url!r}: unsupported storage URL; expected file:///path or gs://bucket/key")
+    if parsed.scheme == "gs" and not parsed.netloc:
+        raise StorageError(f"{url!r}: gs:// URL needs a bucket name")
+    return parsed.scheme, parsed.netloc, unquote(parsed.path).lstrip("/") if parsed.scheme == "gs" else unquote(
+        parsed.path)
+
+
+def join(url: str, *parts: str) -> str:
+    return "/".join([url.rstrip("/"), *(p.strip("/") for p in parts)])
+
+
+def as_url(location: str | Path) -> str:
+    """A local path becomes a file:// URL; URLs pass through."""
+    text = str(location)
+    return text if "://" in text else Path(text).resolve().as_uri()
+
+
+@lru_cache(maxsize=1)
+def _gcs_client():
+    from google.cloud import storage
+
+    if os.environ.get("STORAGE_EMULATOR_HOST"):
+        from google.auth.credentials import AnonymousCredentials
+
+        return storage.Client(project=os.environ.get("GOOGLE_CLOUD_PROJECT", "alpr"),
+                              credentials=AnonymousCredentials())
+    return storage.Client()
+
+
+def _blob(bucket: str, key: str):
+    return _gcs_client().bucket(bucket).blob(key)
+
+
+def upload_file(path: Path, url: str) -> None:
+    scheme, bucket, key = _split(url)
+    if scheme == "file":
+        target = Path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("rb") as src, tempfile.NamedTemporaryFile(
+                dir=target.parent, prefix=f".{target.name}.", delete=False) as tmp:
+            shutil.copyfileobj(src, tmp)
+        os.replace(tmp.name, target)
+    else:
+        _blob(bucket, key).upload_from_filename(str(path))
+
+
+def write_bytes(url: str, data: bytes) -> None:
+    with tempfile.NamedTemporaryFile() as tmp:
+        tmp.write(data)
+        tmp.flush()
+        upload_file(Path(tmp.name), url)
+
+
+def download_file(url: str, path: Path) -> None:
+    scheme, bucket, key = _split(url)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.download")
+    try:
+        if scheme == "file":
+            if not Path(key).is_file():
+                raise StorageError(f"{url}: no such object")
+            shutil.copyfile(key, tmp)
+        else:
+            from google.api_core.exceptions import NotFound
+
+            try:
+                _blob(bucket, key).download_to_filename(str(tmp))
+            except NotFound:
+                raise StorageError(f"{url}: no such object") from None
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_bytes(url: str) -> bytes:
+    with tempfile.TemporaryDirectory() as folder:
+        target = Path(folder) / "object"
+        download_file(url, target)
+        return target.read_bytes()
+
+
+def exists(url: str) -> bool:
+    scheme, bucket, key = _split(url)
+    return Path(key).is_file() if scheme == "file" else _blob(bucket, key).exists()

@@ -1,0 +1,132 @@
+"""Dataset versions in a git + DVC repository: track, tag, push, and pull an exact version back.
+
+The data repository is the workdir by default. Git holds the small ``.dvc`` pointer
+files and one tag per version; DVC holds the bytes, in its cache and on the remote
+(a local folder on one machine, ``gs://`` in a cluster).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from alpr.errors import AlprError
+
+REMOTE_NAME = "storage"
+# Only the versioned folders belong in git; runs, databases and scratch stay out.
+GITIGNORE = "/*\n!/.gitignore\n!/.dvcignore\n!/.dvc\n!/datasets\n!/annotations\n"
+GIT_IDENTITY = ["-c", "user.name=alpr", "-c", "user.email=alpr@localhost", "-c", "commit.gpgsign=false"]
+
+
+class VersioningError(AlprError, RuntimeError):
+    pass
+
+
+def dataset_tag(name: str, version: str) -> str:
+    return f"{name}-v{version}"
+
+
+def annotation_tag(name: str, version: str) -> str:
+    return f"{name}-ann-v{version}"
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "DVC_NO_ANALYTICS": "1", "GIT_TERMINAL_PROMPT": "0"}
+
+
+def _run(args: list[str], cwd: Path) -> str:
+    result = subprocess.run(args, cwd=cwd, env=_env(), capture_output=True, text=True)
+    if result.returncode != 0:
+        output = (result.stderr or result.stdout).strip()
+        raise VersioningError(f"`{' '.join(args)}` failed in {cwd}:\n{output}")
+    return result.stdout
+
+
+def git(repo: Path, *args: str) -> str:
+    return _run(["git", *GIT_IDENTITY, *args], repo)
+
+
+def dvc(repo: Path, *args: str) -> str:
+    return _run([sys.executable, "-m", "dvc", *args], repo)
+
+
+def remote_url(location: str) -> str:
+    """A DVC remote as DVC wants it: URLs as given, local paths absolute."""
+    return location if "://" in location else str(Path(location).resolve())
+
+
+class DataRepo:
+    """A git + DVC repository whose working tree holds ``datasets/`` and ``annotations/``."""
+
+    def __init__(self, root: Path, remote: str):
+        self.root = root.resolve()
+        self.remote = remote_url(remote)
+
+    def ensure(self) -> None:
+        """Initialises git, DVC and the default remote once; later calls change nothing."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        if not (self.root / ".git").exists():
+            git(self.root, "init", "-q", "-b", "main")
+        gitignore = self.root / ".gitignore"
+        if not gitignore.exists():
+            gitignore.write_text(GITIGNORE)
+        if not (self.root / ".dvc").exists():
+            dvc(self.root, "init", "-q")
+            dvc(self.root, "config", "core.analytics", "false")
+        if "://" not in self.remote:
+            Path(self.remote).mkdir(parents=True, exist_ok=True)
+        current = dvc(self.root, "remote", "list").split()
+        if current[:2] != [REMOTE_NAME, self.remote]:
+            dvc(self.root, "remote", "add", "--force", "--default", REMOTE_NAME, self.remote)
+        self.commit("alpr: initialise data repository", [".gitignore", ".dvc/config", ".dvcignore"])
+
+    def commit(self, message: str, paths: list[str]) -> bool:
+        git(self.root, "add", "--", *paths)
+        if not git(self.root, "diff", "--cached", "--name-only").strip():
+            return False
+        git(self.root, "commit", "-q", "-m", message)
+        return True
+
+    def tag_commit(self, tag: str) -> str | None:
+        result = subprocess.run(["git", "rev-list", "-n", "1", tag], cwd=self.root, env=_env(),
+                                capture_output=True, text=True)
+        return result.stdout.strip() if result.returncode == 0 else None
+
+    def track(self, folder: Path, tag: str, message: str) -> str:
+        """dvc add + git commit + tag; re-tracking identical bytes changes nothing."""
+        relative = folder.resolve().relative_to(self.root)
+        pointer = f"{relative}.dvc"
+        dvc(self.root, "add", "-q", str(relative))
+        gitignore = str(relative.parent / ".gitignore")
+        self.commit(message, [pointer, gitignore])
+        tagged = self.tag_commit(tag)
+        if tagged is None:
+            git(self.root, "tag", tag)
+        elif git(self.root, "show", f"{tag}:{pointer}") != (self.root / pointer).read_text():
+            raise VersioningError(f"tag {tag} already names other content of {relative}; use a new version")
+        return tag
+
+    def push(self, *folders: Path) -> None:
+        dvc(self.root, "push", "-q", *(str(f.resolve().relative_to(self.root)) for f in folders))
+
+
+def pull_dataset(repo: str, name: str, version: str, workdir: Path) -> Path:
+    """Restores datasets/NAME/VERSION exactly as tagged, from the repo's DVC remote, into workdir."""
+    target = workdir / "datasets" / name / version
+    if target.exists():
+        raise VersioningError(f"{target} already exists; pull into a fresh workdir or remove it first")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    source = repo if "://" in repo else str(Path(repo).resolve())
+    partial = target.with_name(f".{version}.pull")
+    try:
+        _run([sys.executable, "-m", "dvc", "get", "-q", "--rev", dataset_tag(name, version), source,
+              f"datasets/{name}/{version}", "-o", str(partial)], workdir)
+        os.replace(partial, target)
+    finally:
+        if partial.exists():
+            import shutil
+
+            shutil.rmtree(partial)
+    return target

@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from alpr.synth import SynthOptions, generate
+
+MARIADB_URL = os.environ.get("ALPR_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test")
+SMALL = SynthOptions(width=320, height=240, max_plates=3, empty_fraction=0.1)
+
+
+@pytest.fixture(scope="session")
+def synth_dir(tmp_path_factory) -> Path:
+    """A small synthetic labelme folder, made once per test session; tests copy it before changing it."""
+    out = tmp_path_factory.mktemp("synth") / "labelme"
+    generate(out, 24, seed=7, options=SMALL, workers=2, progress=False)
+    return out
+
+
+@pytest.fixture
+def labelme_copy(synth_dir, tmp_path) -> Path:
+    target = tmp_path / "labelme"
+    shutil.copytree(synth_dir, target)
+    return target
+
+
+@pytest.fixture
+def unique_name() -> str:
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+def mariadb_available() -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", 3306), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(params=["sqlite", "mariadb"])
+def db_url(request, tmp_path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'alpr.db'}"
+    if not mariadb_available():
+        pytest.fail("MariaDB is not running on 127.0.0.1:3306 (root, no password, database test)")
+    return MARIADB_URL
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator():
+    """gcp-storage-emulator on 127.0.0.1, in memory; yields its host URL."""
+    port = free_port()
+    exe = Path(sys.executable).with_name("gcp-storage-emulator")
+    process = subprocess.Popen([str(exe), "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory",
+                                "--default-bucket", "alpr-test"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                break
+        except OSError:
+            time.sleep(0.2)
+    else:
+        process.kill()
+        pytest.fail("gcp-storage-emulator did not start")
+    yield f"http://127.0.0.1:{port}"
+    process.terminate()
+    process.wait(10)

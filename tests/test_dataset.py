@@ -1,0 +1,165 @@
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pycocotools.coco import COCO
+
+from alpr.dataset import InvalidAnnotations, parse_fractions, scan, split_of
+from alpr.errors import UsageError
+from alpr.plates import CLASSES
+from alpr.record import RecordOptions, record
+
+ROOT = Path(__file__).parents[1]
+
+
+def _first_with_plate(folder: Path) -> Path:
+    return next(p for p in sorted(folder.glob("*.json")) if json.loads(p.read_text())["shapes"])
+
+
+def _edit(path: Path, change) -> None:
+    document = json.loads(path.read_text())
+    change(document)
+    path.write_text(json.dumps(document))
+
+
+def _char_index(document) -> int:
+    return next(i for i, s in enumerate(document["shapes"]) if len(s["label"]) == 1)
+
+
+def _break_unreadable(json_path):
+    json_path.with_suffix(".jpg").write_bytes(b"this is not an image")
+
+
+def _break_truncated(json_path):
+    image = json_path.with_suffix(".jpg")
+    image.write_bytes(image.read_bytes()[:-600])
+
+
+def _break_missing(json_path):
+    json_path.with_suffix(".jpg").unlink()
+
+
+def _break_not_json(json_path):
+    json_path.write_text("{not json")
+
+
+def _break_not_labelme(json_path):
+    json_path.write_text(json.dumps({"annotations": []}))
+
+
+def _break_size(json_path):
+    _edit(json_path, lambda d: d.update(imageWidth=d["imageWidth"] + 1))
+
+
+def _break_label(json_path):
+    _edit(json_path, lambda d: d["shapes"][0].update(label="car"))
+
+
+def _break_points(json_path):
+    _edit(json_path, lambda d: d["shapes"][0].update(points=d["shapes"][0]["points"][:2]))
+
+
+def _break_outside(json_path):
+    _edit(json_path, lambda d: d["shapes"][0]["points"][0].__setitem__(0, d["imageWidth"] + 5))
+
+
+def _break_char_outside(json_path):
+    def move(d):
+        d["shapes"][_char_index(d)]["points"] = [[0, 0], [3, 0], [3, 3], [0, 3]]
+    _edit(json_path, move)
+
+
+BAD_INPUTS = {
+    "unreadable image": (_break_unreadable, "unreadable image"),
+    "truncated jpeg": (_break_truncated, "truncated JPEG"),
+    "missing image": (_break_missing, "image not found"),
+    "not json": (_break_not_json, "not valid JSON"),
+    "not labelme": (_break_not_labelme, "not a labelme file: field 'shapes'"),
+    "size mismatch": (_break_size, "imageWidth x imageHeight is"),
+    "unknown label": (_break_label, "unknown label 'car'"),
+    "too few points": (_break_points, "polygon has 2 point(s), needs at least 3"),
+    "outside image": (_break_outside, "polygon lies outside the 320x240 image"),
+    "char outside board": (_break_char_outside, "character lies outside every board"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_each_bad_input_is_reported_and_nothing_is_written(case, labelme_copy, tmp_path):
+    break_file, message = BAD_INPUTS[case]
+    broken = _first_with_plate(labelme_copy)
+    break_file(broken)
+    workdir = tmp_path / "work"
+    with pytest.raises(InvalidAnnotations) as error:
+        record(RecordOptions(labelme_copy, workdir, "bad", "1", dvc=False))
+    assert len(error.value.errors) == 1
+    assert str(broken) in str(error.value) and message in str(error.value)
+    assert not workdir.exists() or not any(workdir.rglob("*.json"))
+
+
+def test_record_step_exits_nonzero_with_a_report(labelme_copy, tmp_path):
+    _break_label(_first_with_plate(labelme_copy))
+    _break_missing(sorted(labelme_copy.glob("*.json"))[-1])
+    result = subprocess.run([sys.executable, "steps/record.py", "--source", str(labelme_copy), "--workdir",
+                             str(tmp_path / "work"), "--dataset", "bad", "--version", "1", "--no-dvc"],
+                            capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 1
+    assert "2 invalid annotation file(s)" in result.stderr and "--skip-invalid" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "work" / "datasets").exists()
+
+
+def test_skip_invalid_records_the_rest_and_writes_the_report(labelme_copy, tmp_path):
+    broken = _first_with_plate(labelme_copy)
+    _break_label(broken)
+    result = record(RecordOptions(labelme_copy, tmp_path / "w", "skip", "1", skip_invalid=True, dvc=False))
+    report = json.loads((result.path / "invalid.json").read_text())["skipped"]
+    assert [r["file"] for r in report] == [str(broken)] and "unknown label" in report[0]["problem"]
+    assert sum(c["images"] for c in result.manifest["counts"].values()) == 23
+
+
+def test_coco_splits_load_with_pycocotools(synth_dir, tmp_path):
+    result = record(RecordOptions(synth_dir, tmp_path / "w", "coco", "1", fractions=(0.6, 0.2, 0.2), dvc=False))
+    names = set()
+    for split in ("train", "val", "test"):
+        coco = COCO(str(result.path / f"{split}.json"))
+        assert [c["name"] for c in coco.loadCats(coco.getCatIds())] == list(CLASSES)
+        for image in coco.loadImgs(coco.getImgIds()):
+            assert (result.path / "images" / image["file_name"]).is_file()
+            names.add(image["file_name"])
+        for ann in coco.loadAnns(coco.getAnnIds()):
+            x, y, w, h = ann["bbox"]
+            assert ann["iscrowd"] == 0 and ann["area"] > 0 and w > 0 and h > 0
+            assert len(ann["segmentation"][0]) >= 6
+            assert coco.annToMask(ann).sum() > 0
+    assert len(names) == 24
+    manifest = result.manifest
+    assert manifest["files"]["train.json"] and manifest["annotations"]["tag"] == "coco-ann-v1"
+
+
+def test_split_is_deterministic_by_file_name():
+    names = [f"{i:06d}.jpg" for i in range(2000)]
+    splits = [split_of(n) for n in names]
+    assert splits == [split_of(n) for n in names]
+    assert 0.75 < splits.count("train") / len(names) < 0.85
+    assert split_of("a.jpg", (0, 0, 1)) == "test"
+
+
+def test_fraction_parsing_errors():
+    assert parse_fractions("0.7,0.2,0.1") == (0.7, 0.2, 0.1)
+    with pytest.raises(UsageError, match="sum to 1"):
+        parse_fractions("0.5,0.5,0.5")
+
+
+def test_scan_reports_duplicates_and_missing_folder(tmp_path, synth_dir):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        scan(tmp_path / "nope")
+    folder = tmp_path / "dup"
+    folder.mkdir()
+    shutil.copy(synth_dir / "000001.json", folder / "a.json")
+    shutil.copy(synth_dir / "000001.json", folder / "b.json")
+    shutil.copy(synth_dir / "000001.jpg", folder / "000001.jpg")
+    valid, errors = scan(folder)
+    assert len(valid) == 1 and "already annotated by" in errors[0].problem

@@ -1,0 +1,106 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from labelme import LabelFile
+
+from alpr.plates import BOARD_LABELS, CHARACTER_CLASSES, MAIN_LABELS, SUB_LABELS, Layout, label_char, parse_plate
+from alpr.synth import SynthOptions, generate
+
+from conftest import SMALL
+
+
+def _plates(shapes):
+    by_group = {}
+    for shape in shapes:
+        by_group.setdefault(shape["group_id"], []).append(shape)
+    return by_group.values()
+
+
+def _inside(points, polygon, tolerance=1.0):
+    contour = np.float32(polygon).reshape(-1, 1, 2)
+    return all(cv2.pointPolygonTest(contour, (float(x), float(y)), True) >= -tolerance for x, y in points)
+
+
+def _read_row(chars):
+    return "".join(label_char(c["label"]) for c in sorted(chars, key=lambda c: np.mean(c["points"], 0)[0]))
+
+
+def test_labelme_loader_reads_every_file(synth_dir):
+    files = sorted(synth_dir.glob("*.json"))
+    assert len(files) == 24
+    for path in files:
+        label_file = LabelFile(str(path))
+        assert label_file.image_path == path.with_suffix(".jpg").name
+        assert all(s["shape_type"] == "polygon" for s in label_file.shapes)
+
+
+def test_characters_lie_inside_their_board_and_read_back_the_text(synth_dir):
+    plates_seen, layouts = 0, set()
+    for path in sorted(synth_dir.glob("*.json")):
+        document = json.loads(path.read_text())
+        for shapes in _plates(document["shapes"]):
+            board = next(s for s in shapes if s["label"] in BOARD_LABELS)
+            layout = BOARD_LABELS[board["label"]]
+            layouts.add(layout)
+            sub = next(s for s in shapes if s["label"] in SUB_LABELS)
+            main = next(s for s in shapes if s["label"] in MAIN_LABELS)
+            chars = [s for s in shapes if s["label"] in CHARACTER_CLASSES]
+            assert len(chars) == 7
+            for char in chars:
+                assert _inside(char["points"], board["points"]), (path, char)
+            sub_chars = [c for c in chars if _inside([np.mean(c["points"], 0)], sub["points"])]
+            main_chars = [c for c in chars if _inside([np.mean(c["points"], 0)], main["points"])]
+            text = parse_plate(board["description"])
+            assert _read_row(sub_chars) == text.sub_text
+            assert _read_row(main_chars) == text.serial
+            if layout is Layout.TWO_ROW:  # sub text sits above the serial
+                assert np.mean(sub["points"], 0)[1] < np.mean(main["points"], 0)[1]
+            plates_seen += 1
+    assert plates_seen > 10 and layouts == set(Layout)
+
+
+def test_plates_do_not_overlap(synth_dir):
+    for path in sorted(synth_dir.glob("*.json")):
+        boxes = []
+        for shape in json.loads(path.read_text())["shapes"]:
+            if shape["label"] in BOARD_LABELS:
+                pts = np.array(shape["points"])
+                boxes.append((*pts.min(0), *pts.max(0)))
+        for i, a in enumerate(boxes):
+            for b in boxes[i + 1:]:
+                assert a[2] < b[0] or b[2] < a[0] or a[3] < b[1] or b[3] < a[1], path
+
+
+def test_same_seed_gives_byte_identical_files(tmp_path, synth_dir):
+    again = tmp_path / "again"
+    generate(again, 24, seed=7, options=SMALL, workers=1, progress=False)
+    for path in sorted(synth_dir.iterdir()):
+        assert (again / path.name).read_bytes() == path.read_bytes(), path.name
+    other = tmp_path / "other"
+    generate(other, 2, seed=8, options=SMALL, workers=1, progress=False)
+    assert (other / "000000.jpg").read_bytes() != (synth_dir / "000000.jpg").read_bytes()
+
+
+def test_user_backgrounds_are_used(tmp_path):
+    backgrounds = tmp_path / "bg"
+    backgrounds.mkdir()
+    cv2.imwrite(str(backgrounds / "red.png"), np.full((300, 400, 3), (0, 0, 255), np.uint8))
+    out = tmp_path / "out"
+    generate(out, 3, seed=1, backgrounds=backgrounds, options=SynthOptions(200, 150, 1, 1.0), progress=False)
+    image = cv2.imread(str(out / "000000.jpg")).astype(float)
+    assert image[..., 2].mean() > image[..., 0].mean() + 50  # still red: the photo is the background
+
+
+def test_bad_backgrounds_folder_is_a_clear_error(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = subprocess.run([sys.executable, "steps/synth.py", "--out", str(tmp_path / "o"), "--count", "1",
+                             "--backgrounds", str(empty)], capture_output=True, text=True,
+                            cwd=Path(__file__).parents[1])
+    assert result.returncode == 1
+    assert f"{empty}: no images" in result.stderr and "Traceback" not in result.stderr
