@@ -1,0 +1,243 @@
+"""Detection and plate-reading metrics, shared by validation during training and the evaluate step.
+
+- ``bbox_mAP`` / ``segm_mAP``: COCO AP over IoU 0.50:0.95 (pycocotools); ``mAP`` is ``segm_mAP``.
+- ``dv_mAP``: the same AP, but a detection's overlap with a ground-truth instance is the
+  *dv-IoU* of their masks (see :func:`dv_iou`), so a right box with a wrong shape scores low.
+- ``EIR``, the exact inference rate: ground-truth plates read exactly (every character right,
+  board matched at box IoU >= 0.5) / ground-truth plates.
+- ``char_accuracy``: ground-truth characters matched (box IoU >= 0.5) by a detection of the
+  same class / ground-truth characters.
+- ``plate_precision`` / ``plate_recall``: plate boards found, at box IoU >= 0.5.
+Each plate metric is also reported per layout (``EIR_one_row``, ``EIR_two_row``, ...).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from alpr.plates import BOARD_LABELS, CHARACTER_CLASSES, CLASSES, Layout, PlateFormatError, parse_plate
+from alpr.postprocess import Detection, Plate, box_iou, read_board
+
+MATCH_IOU = 0.5
+
+
+# ---------------------------------------------------------------- dv-IoU
+
+
+def third_boxes(mask: np.ndarray) -> np.ndarray:
+    """Six boxes that describe a mask's shape: (6, 4) as x1, y1, x2, y2.
+
+    Take the mask's boundary points (every pixel on its outer contours). Slice the mask's
+    y extent into three equal thirds; the points in each third get their bounding box (pixel
+    boxes: max + 1). Do the same along x. A rectangle and a slanted quad with the same
+    bounding box get different thirds, so they differ here.
+    """
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    if not contours:
+        return np.zeros((6, 4))
+    points = np.concatenate(contours).reshape(-1, 2).astype(np.float64)
+    boxes = []
+    for axis in (1, 0):
+        low, high = points[:, axis].min(), points[:, axis].max() + 1
+        third = np.minimum(((points[:, axis] - low) * 3 / (high - low)).astype(int), 2)
+        for k in range(3):
+            part = points[third == k]
+            part = part if len(part) else points  # a one-pixel-thin mask: its thirds are the whole
+            boxes.append((*part.min(0), *(part.max(0) + 1)))
+    return np.asarray(boxes)
+
+
+def dv_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """dv-IoU of two masks' third boxes: the mean of the six box IoUs, pair by pair."""
+    return float(np.mean([box_iou(tuple(x), tuple(y)) for x, y in zip(a, b)]))
+
+
+class DvCOCOeval(COCOeval):
+    """COCOeval whose instance overlap is dv-IoU of segmentation masks."""
+
+    def __init__(self, gt: COCO, dt: COCO):
+        super().__init__(gt, dt, "segm")
+        self._boxes: dict[tuple[str, int], np.ndarray] = {}
+
+    def _third_boxes(self, kind: str, ann: dict) -> np.ndarray:
+        key = (kind, ann["id"])
+        if key not in self._boxes:
+            self._boxes[key] = third_boxes(mask_utils.decode(ann["segmentation"]))
+        return self._boxes[key]
+
+    def computeIoU(self, imgId, catId):  # noqa: N802 (pycocotools' name)
+        gts, dts = self._gts[imgId, catId], self._dts[imgId, catId]
+        if not gts or not dts:
+            return []
+        order = np.argsort([-d["score"] for d in dts], kind="mergesort")
+        dts = [dts[i] for i in order][: self.params.maxDets[-1]]
+        g = [self._third_boxes("gt", x) for x in gts]
+        d = [self._third_boxes("dt", x) for x in dts]
+        return np.array([[dv_iou(di, gi) for gi in g] for di in d])
+
+
+# ---------------------------------------------------------------- COCO AP
+
+
+def _rle(mask, height: int, width: int) -> dict:
+    if isinstance(mask, dict):
+        return mask
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    rle["counts"] = rle["counts"].decode() if isinstance(rle["counts"], bytes) else rle["counts"]
+    return rle
+
+
+def coco_results(gt: COCO, detections: dict[int, list[Detection]]) -> list[dict]:
+    results = []
+    for image_id, dets in detections.items():
+        info = gt.imgs[image_id]
+        for det in dets:
+            x1, y1, x2, y2 = det.bbox
+            result = {"image_id": image_id, "category_id": CLASSES.index(det.label) + 1,
+                      "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(det.score)}
+            if det.mask is not None:
+                result["segmentation"] = _rle(det.mask, info["height"], info["width"])
+            results.append(result)
+    return results
+
+
+def _ap(evaluator: COCOeval) -> float:
+    with contextlib.redirect_stdout(io.StringIO()):
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return max(float(evaluator.stats[0]), 0.0)
+
+
+def coco_aps(gt: COCO, detections: dict[int, list[Detection]]) -> dict[str, float]:
+    results = coco_results(gt, detections)
+    if not results:
+        return {"bbox_mAP": 0.0, "segm_mAP": 0.0, "dv_mAP": 0.0}
+    with contextlib.redirect_stdout(io.StringIO()):
+        dt = gt.loadRes(results)
+    image_ids = sorted(detections)
+    scores = {}
+    for key, evaluator in (("bbox_mAP", COCOeval(gt, dt, "bbox")), ("segm_mAP", COCOeval(gt, dt, "segm")),
+                           ("dv_mAP", DvCOCOeval(gt, dt))):
+        if key != "bbox_mAP" and not all("segmentation" in r for r in results):
+            scores[key] = 0.0
+            continue
+        evaluator.params.imgIds = image_ids
+        scores[key] = _ap(evaluator)
+    return scores
+
+
+# ---------------------------------------------------------------- plates
+
+
+@dataclass(frozen=True)
+class TruePlate:
+    text: str | None
+    layout: Layout
+    bbox: tuple[float, float, float, float]
+
+
+def _xyxy(bbox: list[float]) -> tuple[float, float, float, float]:
+    x, y, w, h = bbox
+    return (x, y, x + w, y + h)
+
+
+def true_plates(gt: COCO, image_id: int) -> list[TruePlate]:
+    """Ground-truth plates: the board's recorded text, else the text its characters spell."""
+    anns = gt.imgToAnns.get(image_id, [])
+    as_detections = [Detection(CLASSES[a["category_id"] - 1], 1.0, _xyxy(a["bbox"])) for a in anns]
+    plates = []
+    for ann, det in zip(anns, as_detections):
+        if det.label not in BOARD_LABELS:
+            continue
+        try:
+            text = parse_plate(ann["text"]).text if "text" in ann else read_board(det, as_detections).text
+        except PlateFormatError:
+            text = None
+        plates.append(TruePlate(text, BOARD_LABELS[det.label], det.bbox))
+    return plates
+
+
+def _match(predicted: list, truth: list, box_of_pred, box_of_true) -> list[tuple[int, int]]:
+    """Greedy one-to-one matching by box IoU >= MATCH_IOU, best-scoring predictions first."""
+    pairs, used = [], set()
+    for i, pred in enumerate(predicted):
+        best, best_iou = None, MATCH_IOU
+        for j, true in enumerate(truth):
+            iou = box_iou(box_of_pred(pred), box_of_true(true))
+            if j not in used and iou >= best_iou:
+                best, best_iou = j, iou
+        if best is not None:
+            used.add(best)
+            pairs.append((i, best))
+    return pairs
+
+
+def _ratio(a: int, b: int) -> float:
+    return a / b if b else 0.0
+
+
+def plate_metrics(gt: COCO, plates: dict[int, list[Plate]], detections: dict[int, list[Detection]]) -> dict:
+    """EIR, plate precision/recall and character accuracy, overall and per layout."""
+    counts = {key: {"true": 0, "pred": 0, "found": 0, "exact": 0} for key in ("all", *Layout)}
+    chars_true = chars_right = 0
+    confusion = np.zeros((len(CHARACTER_CLASSES), len(CHARACTER_CLASSES) + 1), dtype=np.int64)  # last: missed
+    for image_id in gt.getImgIds():
+        truth = true_plates(gt, image_id)
+        predicted = sorted(plates.get(image_id, []), key=lambda p: -p.score)
+        for plate in truth:
+            counts["all"]["true"] += 1
+            counts[plate.layout]["true"] += 1
+        for plate in predicted:
+            counts["all"]["pred"] += 1
+            counts[Layout(plate.layout)]["pred"] += 1
+        for i, j in _match(predicted, truth, lambda p: p.bbox, lambda t: t.bbox):
+            layout = truth[j].layout
+            exact = predicted[i].text is not None and predicted[i].text == truth[j].text
+            for key in ("all", layout):
+                counts[key]["found"] += 1
+                counts[key]["exact"] += exact
+        true_chars = [a for a in gt.imgToAnns.get(image_id, []) if CLASSES[a["category_id"] - 1] in CHARACTER_CLASSES]
+        pred_chars = sorted((d for d in detections.get(image_id, []) if d.label in CHARACTER_CLASSES),
+                            key=lambda d: -d.score)
+        matched = dict((j, i) for i, j in _match(pred_chars, true_chars, lambda d: d.bbox,
+                                                  lambda a: _xyxy(a["bbox"])))
+        for j, ann in enumerate(true_chars):
+            row = CHARACTER_CLASSES.index(CLASSES[ann["category_id"] - 1])
+            column = CHARACTER_CLASSES.index(pred_chars[matched[j]].label) if j in matched else -1
+            confusion[row, column] += 1
+            chars_true += 1
+            chars_right += column == row
+    metrics = {"char_accuracy": _ratio(chars_right, chars_true)}
+    for key, c in counts.items():
+        suffix = "" if key == "all" else "_" + key.value.replace("-", "_")
+        metrics[f"EIR{suffix}"] = _ratio(c["exact"], c["true"])
+        metrics[f"plate_precision{suffix}"] = _ratio(c["found"], c["pred"])
+        metrics[f"plate_recall{suffix}"] = _ratio(c["found"], c["true"])
+        metrics[f"plates{suffix}"] = c["true"]
+    metrics["confusion"] = confusion.tolist()
+    return metrics
+
+
+def evaluate(gt: COCO, detections: dict[int, list[Detection]], plates: dict[int, list[Plate]]) -> dict:
+    """Every metric for one split: COCO APs, dv_mAP and the plate metrics."""
+    metrics = coco_aps(gt, detections)
+    metrics["mAP"] = metrics["segm_mAP"]
+    metrics.update(plate_metrics(gt, plates, detections))
+    return metrics
+
+
+KEY_METRICS = ("mAP", "dv_mAP", "EIR")
+
+
+def metric_lines(metrics: dict, keys=KEY_METRICS) -> str:
+    """``name=value`` lines, the format Katib's StdOut collector parses."""
+    return "\n".join(f"{k}={metrics[k]:.6f}" for k in keys if k in metrics)

@@ -1,0 +1,148 @@
+"""Detections to plates: group characters into boards, read them, validate the format.
+
+A board owns the sub-text and main-text regions and the characters whose centres
+fall inside it. Each character goes to the region that holds its centre and is read
+left to right. A plate is returned read only when the sub text is two digits and a
+letter A-E and the main text four digits; otherwise it carries the reason and no text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from alpr.plates import (
+    BOARD_LABELS,
+    CHARACTER_CLASSES,
+    MAIN_LABELS,
+    SUB_LABELS,
+    Layout,
+    PlateFormatError,
+    label_char,
+    parse_plate,
+)
+
+BOX = tuple[float, float, float, float]
+
+
+@dataclass(frozen=True)
+class Detection:
+    label: str
+    score: float
+    bbox: BOX  # x1, y1, x2, y2
+    mask: np.ndarray | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def centre(self) -> tuple[float, float]:
+        x1, y1, x2, y2 = self.bbox
+        return (x1 + x2) / 2, (y1 + y2) / 2
+
+
+@dataclass(frozen=True)
+class Plate:
+    """One plate found in an image. Unread plates have text None and say why in reason."""
+
+    text: str | None
+    region: str | None
+    vehicle_type: str | None
+    serial: str | None
+    layout: str
+    bbox: BOX
+    score: float
+    char_scores: tuple[float, ...]
+    reason: str | None = None
+
+    @property
+    def readable(self) -> bool:
+        return self.text is not None
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["bbox"] = [round(v, 1) for v in self.bbox]
+        data["score"] = round(self.score, 4)
+        data["char_scores"] = [round(v, 4) for v in self.char_scores]
+        return data
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    board_threshold: float = 0.3
+    char_threshold: float = 0.3
+    region_threshold: float = 0.2
+    duplicate_iou: float = 0.5  # two characters overlapping this much are one character
+
+
+def box_iou(a: BOX, b: BOX) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _inside(point: tuple[float, float], box: BOX) -> bool:
+    return box[0] <= point[0] <= box[2] and box[1] <= point[1] <= box[3]
+
+
+def _suppress(detections: list[Detection], iou: float) -> list[Detection]:
+    """Class-agnostic non-maximum suppression: keeps the best of overlapping detections."""
+    kept: list[Detection] = []
+    for det in sorted(detections, key=lambda d: -d.score):
+        if all(box_iou(det.bbox, k.bbox) < iou for k in kept):
+            kept.append(det)
+    return kept
+
+
+def _best(detections: list[Detection], labels: dict, board: BOX, layout: Layout) -> Detection | None:
+    """The highest-scoring region of the board's layout centred inside the board."""
+    candidates = [d for d in detections if d.label in labels and labels[d.label] is layout and _inside(d.centre, board)]
+    return max(candidates, key=lambda d: d.score, default=None)
+
+
+def _read_row(chars: list[Detection]) -> tuple[str, list[float]]:
+    ordered = sorted(chars, key=lambda d: d.centre[0])
+    return "".join(label_char(c.label) for c in ordered), [c.score for c in ordered]
+
+
+def _unread(layout: Layout, board: Detection, reason: str, scores: list[float] = ()) -> Plate:
+    return Plate(None, None, None, None, layout.value, board.bbox, board.score, tuple(scores), reason)
+
+
+def read_board(board: Detection, detections: list[Detection], options: ReadOptions = ReadOptions()) -> Plate:
+    layout = BOARD_LABELS[board.label]
+    regions = [d for d in detections if d.score >= options.region_threshold]
+    sub = _best(regions, SUB_LABELS, board.bbox, layout)
+    main = _best(regions, MAIN_LABELS, board.bbox, layout)
+    chars = _suppress([d for d in detections if d.label in CHARACTER_CLASSES and d.score >= options.char_threshold
+                       and _inside(d.centre, board.bbox)], options.duplicate_iou)
+    if not chars:
+        return _unread(layout, board, "no characters found on the board")
+    if sub is None or main is None:
+        missing = "sub-text (DDL)" if sub is None else "main-text (DDDD)"
+        return _unread(layout, board, f"{missing} region not found", [c.score for c in chars])
+    sub_chars = [c for c in chars if _inside(c.centre, sub.bbox)]
+    main_chars = [c for c in chars if _inside(c.centre, main.bbox) and c not in sub_chars]
+    sub_text, sub_scores = _read_row(sub_chars)
+    main_text, main_scores = _read_row(main_chars)
+    scores = sub_scores + main_scores
+    stray = len(chars) - len(sub_chars) - len(main_chars)
+    if stray:
+        return _unread(layout, board, f"{stray} character(s) outside both text regions", scores)
+    if len(sub_text) != 3 or len(main_text) != 4:
+        return _unread(layout, board, f"read {sub_text!r} + {main_text!r}: expected 3 sub-text and 4 main-text "
+                                      "characters", scores)
+    try:
+        text = parse_plate(sub_text + main_text)
+    except PlateFormatError as error:
+        return _unread(layout, board, str(error), scores)
+    return Plate(text.text, text.region, text.vehicle_type, text.serial, layout.value, board.bbox,
+                 board.score, tuple(scores))
+
+
+def read_plates(detections: list[Detection], options: ReadOptions = ReadOptions()) -> list[Plate]:
+    """Every board above the threshold becomes a plate, read or with the reason it was not."""
+    boards = _suppress([d for d in detections if d.label in BOARD_LABELS and d.score >= options.board_threshold],
+                       options.duplicate_iou)
+    plates = [read_board(board, detections, options) for board in boards]
+    return sorted(plates, key=lambda p: (p.bbox[1], p.bbox[0]))

@@ -1,0 +1,98 @@
+import cv2
+import numpy as np
+import pytest
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+
+from alpr.metrics import coco_aps, dv_iou, evaluate, metric_lines, plate_metrics, third_boxes
+from alpr.plates import CLASSES
+from alpr.postprocess import Detection, Plate
+
+H, W = 100, 200
+
+
+def _mask(polygon) -> np.ndarray:
+    mask = np.zeros((H, W), np.uint8)
+    cv2.fillPoly(mask, [np.int32(polygon)], 1)
+    return mask
+
+
+RECT = [(20, 20), (120, 20), (120, 60), (20, 60)]
+SLANT = [(20, 20), (40, 20), (120, 60), (100, 60)]  # same bounding box as RECT, other shape
+
+
+def _gt(anns) -> COCO:
+    coco = COCO()
+    coco.dataset = {
+        "images": [{"id": 1, "width": W, "height": H, "file_name": "a.jpg"}],
+        "categories": [{"id": i + 1, "name": n} for i, n in enumerate(CLASSES)],
+        "annotations": [{"id": k + 1, "image_id": 1, "iscrowd": 0, **a} for k, a in enumerate(anns)],
+    }
+    coco.createIndex()
+    return coco
+
+
+def _ann(label, polygon, **extra):
+    """A ground-truth annotation whose mask is rasterised exactly as _mask does it (RLE)."""
+    mask = _mask(polygon)
+    ys, xs = np.nonzero(mask)
+    rle = mask_utils.encode(np.asfortranarray(mask))
+    rle["counts"] = rle["counts"].decode()
+    return {"category_id": CLASSES.index(label) + 1, "segmentation": rle,
+            "bbox": [float(xs.min()), float(ys.min()), float(xs.max() + 1 - xs.min()), float(ys.max() + 1 - ys.min())],
+            "area": float(mask.sum()), **extra}
+
+
+def test_third_boxes_of_a_rectangle():
+    boxes = third_boxes(_mask(RECT))
+    assert boxes.shape == (6, 4)
+    assert dv_iou(boxes, boxes) == 1.0
+    # every third spans the rectangle's full extent along the other axis
+    assert boxes[0][0] == 20 and boxes[0][2] == 121 and boxes[3][1] == 20 and boxes[3][3] == 61
+
+
+def test_dv_iou_tells_shapes_apart_that_box_iou_does_not():
+    rect, slant = third_boxes(_mask(RECT)), third_boxes(_mask(SLANT))
+    assert 0.2 < dv_iou(rect, slant) < 0.8
+
+
+def test_dv_map_is_one_for_the_right_shape_and_low_for_a_wrong_one():
+    gt = _gt([_ann("l_board", RECT)])
+    right = {1: [Detection("l_board", 0.9, (20, 20, 121, 61), _mask(RECT))]}
+    wrong = {1: [Detection("l_board", 0.9, (20, 20, 121, 61), _mask(SLANT))]}
+    good, bad = coco_aps(gt, right), coco_aps(gt, wrong)
+    assert good["dv_mAP"] == pytest.approx(1.0) and good["bbox_mAP"] > 0.9
+    assert bad["bbox_mAP"] > 0.9 and bad["dv_mAP"] < 0.5
+
+
+def test_eir_counts_only_exact_reads_and_reports_layouts():
+    gt = _gt([_ann("l_board", [(0, 0), (90, 0), (90, 30), (0, 30)], text="12A3456"),
+              _ann("r_board", [(100, 0), (190, 0), (190, 60), (100, 60)], text="34B5678"),
+              _ann("1", [(5, 5), (15, 5), (15, 25), (5, 25)])])
+    plates = {1: [Plate("12A3456", "12", "A", "3456", "one-row", (0, 0, 90, 30), 0.9, (0.9,) * 7),
+                  Plate("34B5679", "34", "B", "5679", "two-row", (100, 0, 190, 60), 0.8, (0.9,) * 7)]}
+    chars = {1: [Detection("7", 0.9, (5, 5, 15, 25))]}  # right place, wrong class
+    metrics = plate_metrics(gt, plates, chars)
+    assert metrics["EIR"] == 0.5
+    assert metrics["EIR_one_row"] == 1.0 and metrics["EIR_two_row"] == 0.0
+    assert metrics["plate_precision"] == 1.0 and metrics["plate_recall"] == 1.0
+    assert metrics["char_accuracy"] == 0.0
+    assert metrics["confusion"][1][7] == 1
+
+
+def test_unmatched_and_unread_plates():
+    gt = _gt([_ann("l_board", [(0, 0), (90, 0), (90, 30), (0, 30)], text="12A3456")])
+    far = {1: [Plate("12A3456", "12", "A", "3456", "one-row", (100, 60, 190, 90), 0.9, ())]}
+    unread = {1: [Plate(None, None, None, None, "one-row", (0, 0, 90, 30), 0.9, (), "no characters")]}
+    assert plate_metrics(gt, far, {})["EIR"] == 0.0 and plate_metrics(gt, far, {})["plate_precision"] == 0.0
+    assert plate_metrics(gt, unread, {})["EIR"] == 0.0 and plate_metrics(gt, unread, {})["plate_recall"] == 1.0
+
+
+def test_metric_lines_parse_with_katibs_default_regex():
+    import re
+
+    katib = re.compile(r"([\w|-]+)\s*=\s*([+-]?\d*(\.\d+)?([Ee][+-]?\d+)?)")
+    gt = _gt([_ann("l_board", RECT, text="12A3456")])
+    metrics = evaluate(gt, {1: [Detection("l_board", 0.9, (20, 20, 121, 61), _mask(RECT))]}, {1: []})
+    found = {m.group(1): float(m.group(2)) for m in katib.finditer(metric_lines(metrics))}
+    assert set(found) == {"mAP", "dv_mAP", "EIR"} and found["dv_mAP"] == pytest.approx(1.0, abs=1e-6)

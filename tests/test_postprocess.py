@@ -1,0 +1,89 @@
+import pytest
+
+from alpr.postprocess import Detection, read_plates
+
+
+def _plate(text: str, x: float = 0, y: float = 0, layout: str = "one-row", drop: int | None = None,
+           extra: Detection | None = None, score: float = 0.9) -> list[Detection]:
+    """Hand-made detections of one plate at (x, y): board, regions and one box per character."""
+    dets = []
+    if layout == "one-row":
+        dets += [Detection("l_board", score, (x, y, x + 200, y + 40)),
+                 Detection("l_s_n", 0.8, (x + 5, y + 5, x + 85, y + 35)),
+                 Detection("l_m_n", 0.8, (x + 95, y + 5, x + 195, y + 35))]
+        centres = [(x + 15 + 25 * i, y + 20) for i in range(3)] + [(x + 110 + 25 * i, y + 20) for i in range(4)]
+    else:
+        dets += [Detection("r_board", score, (x, y, x + 120, y + 70)),
+                 Detection("r_s_n", 0.8, (x + 30, y + 3, x + 90, y + 28)),
+                 Detection("r_m_n", 0.8, (x + 5, y + 32, x + 115, y + 67))]
+        centres = [(x + 40 + 20 * i, y + 15) for i in range(3)] + [(x + 18 + 28 * i, y + 50) for i in range(4)]
+    for i, (char, (cx, cy)) in enumerate(zip(text, centres)):
+        if i != drop:
+            dets.append(Detection(char.lower(), 0.95 - 0.01 * i, (cx - 8, cy - 12, cx + 8, cy + 12)))
+    if extra:
+        dets.append(extra)
+    return dets
+
+
+def test_one_row_plate_is_read_left_to_right():
+    dets = _plate("12A3456")
+    [plate] = read_plates(dets[::-1])  # detection order must not matter
+    assert (plate.text, plate.region, plate.vehicle_type, plate.serial) == ("12A3456", "12", "A", "3456")
+    assert plate.layout == "one-row" and plate.reason is None and plate.bbox == (0, 0, 200, 40)
+    assert plate.char_scores == pytest.approx((0.95, 0.94, 0.93, 0.92, 0.91, 0.9, 0.89))
+
+
+def test_two_row_plate_reads_sub_text_then_serial():
+    [plate] = read_plates(_plate("98E0001", layout="two-row"))
+    assert plate.text == "98E0001" and plate.layout == "two-row"
+
+
+def test_missing_character_is_not_guessed():
+    [plate] = read_plates(_plate("12A3456", drop=4))
+    assert plate.text is None and not plate.readable
+    assert "expected 3 sub-text and 4 main-text" in plate.reason and "'356'" in plate.reason
+
+
+def test_extra_character_is_reported():
+    extra = Detection("7", 0.9, (140, 8, 155, 32))  # a second glyph between two serial digits
+    [plate] = read_plates(_plate("12A3456", extra=extra))
+    assert plate.text is None and "'34756'" in plate.reason
+
+
+def test_duplicate_detection_of_one_character_is_merged():
+    dup = Detection("4", 0.5, (128, 9, 143, 31))  # overlaps the '4' box heavily
+    [plate] = read_plates(_plate("12A3456", extra=dup))
+    assert plate.text == "12A3456"
+
+
+def test_letter_in_the_wrong_place_is_rejected():
+    [plate] = read_plates(_plate("1A23456"))
+    assert plate.text is None and "region must be two digits" in plate.reason
+    [plate] = read_plates(_plate("12A3B56"))
+    assert plate.text is None and "serial must be four digits" in plate.reason
+
+
+def test_two_plates_side_by_side_are_read_separately():
+    dets = _plate("11B2222", x=0) + _plate("33C4444", x=260, layout="two-row")
+    plates = read_plates(dets)
+    assert sorted(p.text for p in plates) == ["11B2222", "33C4444"]
+
+
+def test_board_without_text():
+    plates = read_plates([Detection("l_board", 0.9, (0, 0, 200, 40))])
+    assert len(plates) == 1 and plates[0].reason == "no characters found on the board"
+
+
+def test_low_scores_are_ignored_and_missing_region_reported():
+    assert read_plates(_plate("12A3456", score=0.1)) == []
+    dets = [d for d in _plate("12A3456") if d.label != "l_s_n"]
+    [plate] = read_plates(dets)
+    assert plate.reason == "sub-text (DDL) region not found"
+
+
+def test_plate_json_shape():
+    [plate] = read_plates(_plate("12A3456"))
+    data = plate.to_dict()
+    assert set(data) == {"text", "region", "vehicle_type", "serial", "layout", "bbox", "score", "char_scores",
+                         "reason"}
+    assert data["bbox"] == [0, 0, 200, 40]
