@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.alpr-installed
 WORK ?= work
 
-.PHONY: setup demo test benchmarks clean-demo
+.PHONY: setup demo test benchmarks workflows clean-demo
 
 setup: $(STAMP)
 
@@ -26,6 +26,12 @@ demo: setup
 	$(VENV)/bin/alpr synth --out $(WORK)/synth/demo-1 --count 200 --seed 0 --width 640 --height 480
 	$(VENV)/bin/alpr record --source $(WORK)/synth/demo-1 --workdir $(WORK) --dataset demo --version 1 \
 		--store file://$(abspath $(WORK))/bucket
+
+# Regenerate the WorkflowTemplate YAML from the Hera modules beside it: workflows/x_y.py -> workflows/alpr-x-y.yaml.
+workflows: setup
+	for module in workflows/*.py; do \
+		$(VENV)/bin/hera generate yaml $$module --to workflows/alpr-$$(basename $$module .py | tr _ -).yaml; \
+	done
 
 test: setup
 	$(PY) -m pytest

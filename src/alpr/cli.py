@@ -14,7 +14,7 @@ from pathlib import Path
 
 from alpr.errors import AlprError
 
-STEPS = ("synth", "record")
+STEPS = ("synth", "record", "train", "evaluate", "test")
 
 # Errors that mean "bad input or state", reported as one clear message, not a traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = (AlprError, FileNotFoundError)
@@ -43,6 +43,33 @@ def _data_pull(args: argparse.Namespace) -> None:
     print(f"restored {args.dataset} v{args.version} into {target}")
 
 
+def _predict(args: argparse.Namespace) -> None:
+    from alpr.reader import PlateReader
+    from alpr.visualize import prediction_line
+
+    reader = PlateReader.from_checkpoint(args.model, args.device)
+    for image in args.images:
+        plates = reader.predict(image)
+        if args.json:
+            print(prediction_line(str(image), plates), flush=True)
+        else:
+            found = ", ".join(p.text or f"unread ({p.reason})" for p in plates) or "no plate"
+            print(f"{image}: {found}", flush=True)
+
+
+def _run(args: argparse.Namespace) -> None:
+    from alpr.local_run import LocalRun, load_workflow, parse_parameters, project_root
+
+    path = args.workflow
+    if not path.is_file() and not path.is_absolute() and (project_root() / path).is_file():
+        path = project_root() / path
+    outputs = LocalRun(load_workflow(path), args.workdir, parse_parameters(args.parameter), args.resume).run()
+    print(f"workflow {path.name} succeeded")
+    for task, values in outputs.items():
+        for name, value in values.items():
+            print(f"{name}={value}  ({task})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from alpr import __version__
 
@@ -54,6 +81,22 @@ def build_parser() -> argparse.ArgumentParser:
         step = commands.add_parser(name, parents=[module.get_args_parser(add_help=False)],
                                    help=(module.__doc__ or "").strip().splitlines()[0])
         step.set_defaults(handler=module.main)
+
+    predict = commands.add_parser("predict", help="read the plates in images with a trained checkpoint")
+    predict.add_argument("images", nargs="+", type=Path, help="image files")
+    predict.add_argument("--model", type=Path, required=True, help="checkpoint (e.g. runs/RUN/train/best.pth)")
+    predict.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    predict.add_argument("--json", action="store_true", help="one JSON line per image")
+    predict.set_defaults(handler=_predict)
+
+    run = commands.add_parser("run", help="run an Argo WorkflowTemplate's DAG locally, step by step")
+    run.add_argument("workflow", nargs="?", type=Path, default=Path("workflows/alpr-pipeline.yaml"),
+                     help="WorkflowTemplate YAML (default: workflows/alpr-pipeline.yaml)")
+    run.add_argument("-p", "--parameter", action="append", default=[], metavar="NAME=VALUE",
+                     help="workflow parameter (repeatable)")
+    run.add_argument("--workdir", type=Path, default=Path("work"), help="local folder for the work volume")
+    run.add_argument("--resume", action="store_true", help="skip the steps that already succeeded")
+    run.set_defaults(handler=_run)
 
     data = commands.add_parser("data", help="dataset versions: pull an exact version from the DVC remote")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")

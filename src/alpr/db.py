@@ -56,6 +56,30 @@ images = sa.Table(
 )
 
 
+runs = sa.Table(
+    "runs", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("run_id", sa.String(128), nullable=False, unique=True),
+    sa.Column("model", sa.String(64), nullable=False),
+    sa.Column("dataset", sa.String(128), nullable=False),
+    sa.Column("dataset_version", sa.String(64), nullable=False),
+    sa.Column("params", sa.Text, nullable=False),  # the training settings, JSON
+    sa.Column("best_checkpoint", sa.String(1024), nullable=True),
+    sa.Column("updated_at", sa.DateTime, nullable=False),
+)
+
+run_metrics = sa.Table(
+    "run_metrics", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("run_id", sa.String(128), nullable=False),
+    sa.Column("checkpoint", sa.String(256), nullable=False),
+    sa.Column("split", sa.String(8), nullable=False),
+    sa.Column("name", sa.String(64), nullable=False),
+    sa.Column("value", sa.Float, nullable=False),
+    sa.UniqueConstraint("run_id", "checkpoint", "split", "name", name="uq_run_metric"),
+)
+
+
 class VersionConflict(AlprError, RuntimeError):
     """A dataset version already exists with other content."""
 
@@ -155,3 +179,23 @@ def count_images(engine: Engine, name: str, version: str) -> dict[str, int]:
              .group_by(images.c.split))
     with engine.connect() as conn:
         return {split: count for split, count in conn.execute(query)}
+
+
+def record_run(engine: Engine, run_id: str, model: str, dataset: str, version: str, params: dict,
+               best_checkpoint: str | None, split: str, scores: dict[str, dict[str, float]]) -> None:
+    """Upserts the run and replaces its metrics for this split, in one transaction (re-runs add no rows)."""
+    import json
+
+    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    row = dict(model=model, dataset=dataset, dataset_version=version, params=json.dumps(params, sort_keys=True),
+               best_checkpoint=best_checkpoint, updated_at=now)
+    with engine.begin() as conn:
+        if conn.execute(sa.select(runs.c.id).where(runs.c.run_id == run_id)).first():
+            conn.execute(runs.update().where(runs.c.run_id == run_id).values(**row))
+        else:
+            conn.execute(runs.insert().values(run_id=run_id, **row))
+        conn.execute(run_metrics.delete().where(run_metrics.c.run_id == run_id, run_metrics.c.split == split))
+        values = [dict(run_id=run_id, checkpoint=checkpoint, split=split, name=name, value=float(value))
+                  for checkpoint, metrics in scores.items() for name, value in metrics.items()]
+        if values:
+            conn.execute(run_metrics.insert(), values)

@@ -241,3 +241,20 @@ KEY_METRICS = ("mAP", "dv_mAP", "EIR")
 def metric_lines(metrics: dict, keys=KEY_METRICS) -> str:
     """``name=value`` lines, the format Katib's StdOut collector parses."""
     return "\n".join(f"{k}={metrics[k]:.6f}" for k in keys if k in metrics)
+
+
+def plate_pr_curve(gt: COCO, plates: dict[int, list[Plate]]) -> tuple[np.ndarray, np.ndarray]:
+    """Precision and recall of exact reads as the board score threshold falls (one point per plate)."""
+    outcomes, total = [], 0
+    for image_id in gt.getImgIds():
+        truth = true_plates(gt, image_id)
+        total += len(truth)
+        predicted = sorted(plates.get(image_id, []), key=lambda p: -p.score)
+        exact = {i for i, j in _match(predicted, truth, lambda p: p.bbox, lambda t: t.bbox)
+                 if predicted[i].text is not None and predicted[i].text == truth[j].text}
+        outcomes.extend((p.score, i in exact) for i, p in enumerate(predicted))
+    outcomes.sort(key=lambda o: -o[0])
+    hits = np.cumsum([hit for _, hit in outcomes]) if outcomes else np.zeros(0)
+    precision = hits / np.arange(1, len(outcomes) + 1) if outcomes else np.zeros(0)
+    recall = hits / total if total else np.zeros(len(outcomes))
+    return precision, recall

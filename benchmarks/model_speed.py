@@ -1,0 +1,65 @@
+"""Training images/s and inference ms per 1280x720 image for a model, on this machine's device.
+
+    python benchmarks/model_speed.py [--model rtmdet-ins-tiny] [--iters 20] [--runs 30] [--batch 1 16]
+
+Synthesizes a small 1280x720 dataset, trains --iters iterations (after 3 warm-up ones are
+excluded via the timer in the log), then times PlateReader on single images (median of --runs)
+and on batches.
+"""
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from alpr.record import RecordOptions, record
+from alpr.synth import SynthOptions, generate
+
+ROOT = Path(__file__).parents[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="rtmdet-ins-tiny")
+    parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 16], help="inference batch sizes")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as folder:
+        work = Path(folder) / "work"
+        generate(Path(folder) / "synth", 64, seed=1, options=SynthOptions(1280, 720), progress=False)
+        record(RecordOptions(Path(folder) / "synth", work, "bench", "1", dvc=False))
+        command = [sys.executable, str(ROOT / "steps/train.py"), "--workdir", str(work), "--dataset", "bench",
+                   "--version", "1", "--model", args.model, "--run-id", "bench", "--iters", str(args.iters),
+                   "--val-interval", str(args.iters), "--batch-size", str(args.batch_size), "--device", args.device,
+                   "--log-interval", "1"]
+        start = time.perf_counter()
+        subprocess.run(command, check=True, capture_output=True)
+        elapsed = time.perf_counter() - start  # includes start-up and one validation: a lower bound
+        print(f"train {args.model}: {args.iters} iters x {args.batch_size} images in {elapsed:.1f} s "
+              f"(with start-up and one validation)")
+        print(f"train_images_per_second={args.iters * args.batch_size / elapsed:.2f}")
+
+        from alpr import PlateReader
+
+        reader = PlateReader.from_checkpoint(work / "runs/bench/train/best.pth", args.device)
+        images = sorted((Path(folder) / "synth").glob("*.jpg"))
+        for batch in args.batch:
+            reader.detect(images[:batch])  # warm-up
+            times = []
+            for run in range(args.runs):
+                chosen = [images[(run * batch + k) % len(images)] for k in range(batch)]
+                start = time.perf_counter()
+                reader.predict_batch(chosen)
+                times.append((time.perf_counter() - start) / batch * 1000)
+            print(f"infer_ms_per_image_batch{batch}={statistics.median(times):.1f} "
+                  f"(median of {args.runs}, 1280x720, {reader.model.device})")
+
+
+if __name__ == "__main__":
+    main()

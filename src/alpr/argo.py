@@ -1,0 +1,92 @@
+"""Building blocks of alpr's Argo WorkflowTemplates, shared by the Hera modules in ``workflows/``.
+
+Every step runs ``python steps/<name>.py`` in the step image with the work volume mounted at
+WORK_MOUNT; the GCS key is a file from the Secret, database credentials an env var from it.
+"""
+
+from __future__ import annotations
+
+from hera.workflows import Container, Env, Parameter, RetryStrategy, SecretEnv
+from hera.workflows import models as m
+
+from alpr import __version__
+
+WORK_MOUNT = "/work"
+SECRET_MOUNT = "/var/secrets/alpr"
+GCS_KEY_FILE = "gcs-key.json"
+SECRET_PARAM = "{{workflow.parameters.secret-name}}"
+IMAGE = "{{workflow.parameters.image}}:{{workflow.parameters.image-tag}}"
+RUN_ID = "{{workflow.parameters.run-id}}"
+KEY_METRICS = ("mAP", "dv_mAP", "EIR")
+
+
+def param(name: str) -> str:
+    return "{{workflow.parameters.%s}}" % name
+
+
+def common_parameters() -> list[Parameter]:
+    """Parameters every alpr template takes: image, volume, secret, database and store."""
+    return [
+        Parameter(name="image", value="ghcr.io/alpr-dev/alpr-cpu", description="step image repository"),
+        Parameter(name="image-tag", value=__version__, description="step image tag (the package version)"),
+        Parameter(name="work-pvc", value="alpr-work", description="PVC mounted at /work in every step"),
+        Parameter(name="secret-name", value="alpr-secrets",
+                  description="Secret with gcs-key.json and db-url"),
+        Parameter(name="db-url", value="",
+                  description="SQLAlchemy URL; empty: the Secret's db-url, else SQLite on the volume"),
+        Parameter(name="store", value="", description="object store URL (gs://bucket/prefix); empty: none"),
+        Parameter(name="gpus", value="1", description="GPUs for train and evaluate; 0 on CPU clusters"),
+        Parameter(name="run-id", value="{{workflow.name}}", description="run folder under /work/runs"),
+    ]
+
+
+def volumes() -> list[m.Volume]:
+    return [
+        m.Volume(name="work", persistent_volume_claim=m.PersistentVolumeClaimVolumeSource(
+            claim_name=param("work-pvc"))),
+        m.Volume(name="secrets", secret=m.SecretVolumeSource(secret_name=SECRET_PARAM, optional=True, items=[
+            m.KeyToPath(key=GCS_KEY_FILE, path=GCS_KEY_FILE)])),
+    ]
+
+
+def _env() -> list:
+    return [
+        Env(name="GOOGLE_APPLICATION_CREDENTIALS", value=f"{SECRET_MOUNT}/{GCS_KEY_FILE}"),
+        SecretEnv(name="ALPR_DB_URL", secret_name=SECRET_PARAM, secret_key="db-url", optional=True),
+        Env(name="PYTHONUNBUFFERED", value="1"),
+    ]
+
+
+def step(name: str, args: list[str], gpu: bool = False, retries: int = 0, outputs: list[Parameter] = (),
+         cpu: str = "1", memory: str = "4Gi") -> Container:
+    """One pipeline step: ``python steps/NAME.py ARGS`` in the step image on the shared volume."""
+    limits = {"memory": memory}
+    if gpu:
+        limits["nvidia.com/gpu"] = param("gpus")
+    return Container(
+        name=name,
+        image=IMAGE,
+        command=["python", f"steps/{name}.py"],
+        args=args,
+        env=_env(),
+        volume_mounts=[m.VolumeMount(name="work", mount_path=WORK_MOUNT),
+                       m.VolumeMount(name="secrets", mount_path=SECRET_MOUNT, read_only=True)],
+        resources=m.ResourceRequirements(requests={"cpu": cpu, "memory": memory}, limits=limits),
+        retry_strategy=RetryStrategy(limit=str(retries), retry_policy="Always") if retries else None,
+        outputs=list(outputs),
+    )
+
+
+def metric_outputs() -> list[Parameter]:
+    """mAP, dv_mAP and EIR of the evaluate step, read from the files it writes."""
+    return [Parameter(name=key, value_from=m.ValueFrom(path=f"{WORK_MOUNT}/runs/{RUN_ID}/eval/{key}"))
+            for key in KEY_METRICS]
+
+
+def workflow_metadata() -> dict:
+    return dict(
+        pod_gc=m.PodGC(strategy="OnPodSuccess"),
+        ttl_strategy=m.TTLStrategy(seconds_after_completion=7 * 24 * 3600),
+        labels={"app.kubernetes.io/name": "alpr", "app.kubernetes.io/version": __version__},
+        service_account_name="alpr-workflow",
+    )

@@ -1,0 +1,183 @@
+"""The evaluate step: score a run's checkpoints on a split, plot, pick the best, record, upload."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from alpr.errors import UsageError
+from alpr.metrics import KEY_METRICS, evaluate, plate_pr_curve
+from alpr.plates import CHARACTER_CLASSES, Layout
+from alpr.postprocess import Detection, Plate, read_plates
+
+BATCH = 4
+
+
+@dataclass(frozen=True)
+class EvaluateOptions:
+    workdir: Path
+    run_id: str
+    split: str = "val"
+    key_metric: str = "EIR"
+    device: str = "auto"
+    db_url: str | None = None
+    store: str | None = None
+
+
+def run_dir(workdir: Path, run_id: str) -> Path:
+    return workdir / "runs" / run_id
+
+
+def checkpoints(train: Path) -> list[Path]:
+    """The run's saved checkpoints, oldest first, each weight set once (best.pth and best_* are copies)."""
+    names = {p.name for p in train.glob("*.pth")}
+    found = [p for p in train.glob("*.pth") if p.name != "best.pth"
+             and not (p.name.startswith("best_") and p.name.split("_", 2)[-1] in names)]
+    if not found:
+        raise UsageError(f"{train}: no checkpoints; run `alpr train` for this run first")
+    return sorted(found, key=lambda p: p.stat().st_mtime)
+
+
+def predict_split(reader, dataset: Path, split: str, progress: bool = True
+                  ) -> tuple[object, dict[int, list[Detection]], dict[int, list[Plate]]]:
+    """Runs the reader over a split; returns the ground truth, detections (RLE masks) and plates."""
+    from pycocotools import mask as mask_utils
+    from pycocotools.coco import COCO
+    from rich.progress import Progress
+
+    ann_file = dataset / f"{split}.json"
+    if not ann_file.is_file():
+        raise UsageError(f"{ann_file}: split not found")
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(ann_file))
+    image_ids = sorted(gt.getImgIds())
+    detections: dict[int, list[Detection]] = {}
+    with Progress(disable=not progress, transient=True) as bar:
+        task = bar.add_task(f"predict {split}", total=len(image_ids))
+        for start in range(0, len(image_ids), BATCH):
+            ids = image_ids[start:start + BATCH]
+            paths = [dataset / "images" / gt.imgs[i]["file_name"] for i in ids]
+            for image_id, dets in zip(ids, reader.detect(paths)):
+                detections[image_id] = [_with_rle(d, mask_utils) for d in dets]
+            bar.advance(task, len(ids))
+    plates = {i: read_plates(d, reader.options) for i, d in detections.items()}
+    return gt, detections, plates
+
+
+def _with_rle(det: Detection, mask_utils) -> Detection:
+    if det.mask is None or isinstance(det.mask, dict):
+        return det
+    import numpy as np
+
+    rle = mask_utils.encode(np.asfortranarray(det.mask.astype(np.uint8)))
+    rle["counts"] = rle["counts"].decode()
+    return Detection(det.label, det.score, det.bbox, rle)
+
+
+def plot(folder: Path, gt, plates: dict[int, list[Plate]], metrics: dict) -> list[Path]:
+    """precision_recall.png, confusion.png and layouts.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    written = []
+    precision, recall = plate_pr_curve(gt, plates)
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.plot(recall, precision)
+    ax.set(xlabel="recall (exact reads)", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02),
+           title=f"plates: EIR={metrics['EIR']:.3f}")
+    written.append(_save(fig, folder / "precision_recall.png"))
+
+    confusion = np.asarray(metrics["confusion"])
+    fig, ax = plt.subplots(figsize=(7, 6))
+    ax.imshow(confusion, cmap="Blues")
+    ax.set_xticks(range(confusion.shape[1]), [*CHARACTER_CLASSES, "missed"], rotation=90)
+    ax.set_yticks(range(confusion.shape[0]), CHARACTER_CLASSES)
+    for (row, col), value in np.ndenumerate(confusion):
+        if value:
+            ax.text(col, row, str(value), ha="center", va="center", fontsize=6)
+    ax.set(xlabel="predicted", ylabel="true", title=f"characters: accuracy={metrics['char_accuracy']:.3f}")
+    written.append(_save(fig, folder / "confusion.png"))
+
+    names = ("EIR", "plate_precision", "plate_recall")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for k, layout in enumerate(Layout):
+        suffix = "_" + layout.value.replace("-", "_")
+        ax.bar(np.arange(len(names)) + k * 0.4, [metrics[n + suffix] for n in names], 0.4,
+               label=f"{layout.value} ({metrics['plates' + suffix]} plates)")
+    ax.set_xticks(np.arange(len(names)) + 0.2, names)
+    ax.set(ylim=(0, 1.05), title="per layout")
+    ax.legend()
+    written.append(_save(fig, folder / "layouts.png"))
+    return written
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write_json(path: Path, document: dict) -> None:
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(document, indent=2) + "\n")
+    partial.replace(path)
+
+
+def scalar_metrics(metrics: dict) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+
+
+def evaluate_run(options: EvaluateOptions, progress: bool = True) -> dict:
+    """Scores every checkpoint of the run; writes eval/metrics.json and plots; returns the report."""
+    from alpr import db, storage
+    from alpr.reader import PlateReader
+    from alpr.record import check_name
+    from alpr.train import checkpoint_meta, train_dir
+
+    check_name("run id", options.run_id)
+    workdir = options.workdir.resolve()
+    train = train_dir(workdir, options.run_id)
+    meta = checkpoint_meta(checkpoints(train)[-1]).get("alpr", {})
+    dataset = workdir / "datasets" / meta["dataset"]["name"] / meta["dataset"]["version"]
+    scored, gts = {}, {}
+    for checkpoint in checkpoints(train):
+        reader = PlateReader.from_checkpoint(checkpoint, options.device)
+        gt, detections, plates = predict_split(reader, dataset, options.split, progress)
+        scored[checkpoint.name] = (evaluate(gt, detections, plates), plates)
+        gts[checkpoint.name] = gt
+    if options.key_metric not in next(iter(scored.values()))[0]:
+        raise UsageError(f"--metric {options.key_metric!r}: not a metric; choose from "
+                         f"{', '.join(sorted(scalar_metrics(next(iter(scored.values()))[0])))}")
+    best = max(scored, key=lambda name: scored[name][0][options.key_metric])
+    best_metrics, best_plates = scored[best]
+    out = run_dir(workdir, options.run_id) / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    plots = plot(out, gts[best], best_plates, best_metrics)
+    report = {
+        "run_id": options.run_id, "split": options.split, "key_metric": options.key_metric,
+        "dataset": meta["dataset"], "best_checkpoint": str(train / best), "best": best_metrics,
+        "checkpoints": {name: scalar_metrics(m) for name, (m, _) in scored.items()},
+        "plots": [p.name for p in plots],
+    }
+    write_json(out / "metrics.json", report)
+    for key in KEY_METRICS:  # one file each: Argo output parameters read them
+        (out / key).write_text(f"{best_metrics[key]:.6f}\n")
+    settings = meta.get("settings", {})
+    engine = db.connect(options.db_url or db.default_db_url(workdir))
+    db.record_run(engine, options.run_id, settings.get("model", "?"), meta["dataset"]["name"],
+                  meta["dataset"]["version"], settings, str(train / best), options.split, report["checkpoints"])
+    if options.store:
+        base = storage.join(options.store, "runs", options.run_id)
+        storage.upload_file(train / best, storage.join(base, "best.pth"))
+        storage.upload_file(out / "metrics.json", storage.join(base, "metrics.json"))
+        report["uploaded"] = storage.join(base, "best.pth")
+    return report

@@ -1,0 +1,250 @@
+"""The models alpr trains, as mmengine configs built in code (no config files, no downloads).
+
+- ``rtmdet-ins-tiny``: RTMDet-Ins tiny (CSPNeXt + PAFPN + instance kernels); the default, fast on CPU.
+- ``mask-rcnn-swin-t``: Mask R-CNN with a Swin-T backbone and FPN; the seed-era model.
+- ``smoke``: RTMDet-Ins at a quarter of tiny's width, small enough to train in CI on 2 cores.
+
+All start from random weights unless ``load_from`` names a local checkpoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from alpr.errors import UsageError
+from alpr.plates import CLASSES
+
+MODELS = ("rtmdet-ins-tiny", "mask-rcnn-swin-t", "smoke")
+PAD_VALUE = (114, 114, 114)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Everything a training run is made of; stored in every checkpoint."""
+
+    model: str = "rtmdet-ins-tiny"
+    epochs: int = 30
+    iters: int | None = None  # when set, train by iterations instead of epochs
+    val_interval: int = 1  # epochs, or iterations when training by iterations
+    batch_size: int = 8
+    lr: float | None = None  # default: the model's own
+    weight_decay: float = 0.05
+    img_size: int | None = None  # default: the model's own
+    widen_factor: float | None = None  # rtmdet models
+    drop_path_rate: float = 0.2  # swin
+    window_size: int = 7  # swin
+    mlp_ratio: float = 4.0  # swin
+    warmup_iters: int = 100
+    num_workers: int = 2
+    amp: bool = False
+    seed: int = 0
+    best_metric: str = "EIR"
+    log_interval: int = 10
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.model not in MODELS:
+            raise UsageError(f"--model {self.model!r}: expected one of {', '.join(MODELS)}")
+        for name in ("epochs", "batch_size", "val_interval"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.iters is not None and self.iters < 1:
+            raise UsageError(f"--iters must be at least 1, got {self.iters}")
+
+    @property
+    def image_size(self) -> int:
+        return self.img_size or {"smoke": 320, "rtmdet-ins-tiny": 640, "mask-rcnn-swin-t": 800}[self.model]
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr or {"smoke": 2e-3, "rtmdet-ins-tiny": 1e-3, "mask-rcnn-swin-t": 1e-4}[self.model]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _rtmdet(widen: float, num_classes: int) -> dict:
+    channels = [int(c * widen) for c in (256, 512, 1024)]
+    width = int(256 * widen)
+    norm, act = dict(type="BN"), dict(type="SiLU", inplace=True)
+    return dict(
+        type="RTMDet",
+        data_preprocessor=dict(type="DetDataPreprocessor", mean=[103.53, 116.28, 123.675],
+                               std=[57.375, 57.12, 58.395], bgr_to_rgb=False, batch_augments=None),
+        backbone=dict(type="CSPNeXt", arch="P5", expand_ratio=0.5, deepen_factor=0.167, widen_factor=widen,
+                      channel_attention=True, norm_cfg=norm, act_cfg=act),
+        neck=dict(type="CSPNeXtPAFPN", in_channels=channels, out_channels=width, num_csp_blocks=1,
+                  expand_ratio=0.5, norm_cfg=norm, act_cfg=act),
+        bbox_head=dict(
+            type="RTMDetInsSepBNHead", num_classes=num_classes, in_channels=width, stacked_convs=2,
+            share_conv=True, pred_kernel_size=1, feat_channels=width, act_cfg=act,
+            norm_cfg=dict(type="BN", requires_grad=True),
+            anchor_generator=dict(type="MlvlPointGenerator", offset=0, strides=[8, 16, 32]),
+            bbox_coder=dict(type="DistancePointBBoxCoder"),
+            loss_cls=dict(type="QualityFocalLoss", use_sigmoid=True, beta=2.0, loss_weight=1.0),
+            loss_bbox=dict(type="GIoULoss", loss_weight=2.0),
+            loss_mask=dict(type="DiceLoss", loss_weight=2.0, eps=5e-6, reduction="mean")),
+        train_cfg=dict(assigner=dict(type="DynamicSoftLabelAssigner", topk=13), allowed_border=-1, pos_weight=-1,
+                       debug=False),
+        test_cfg=dict(nms_pre=1000, min_bbox_size=0, score_thr=0.05, nms=dict(type="nms", iou_threshold=0.6),
+                      max_per_img=100, mask_thr_binary=0.5),
+    )
+
+
+def _mask_rcnn_swin(settings: TrainSettings, num_classes: int) -> dict:
+    def box_coder(stds):
+        return dict(type="DeltaXYWHBBoxCoder", target_means=[0.0] * 4, target_stds=stds)
+
+    def assigner(pos, neg, low):
+        return dict(type="MaxIoUAssigner", pos_iou_thr=pos, neg_iou_thr=neg, min_pos_iou=low,
+                    match_low_quality=True, ignore_iof_thr=-1)
+
+    def roi_extractor(size):
+        return dict(type="SingleRoIExtractor", roi_layer=dict(type="RoIAlign", output_size=size, sampling_ratio=0),
+                    out_channels=256, featmap_strides=[4, 8, 16, 32])
+
+    return dict(
+        type="MaskRCNN",
+        data_preprocessor=dict(type="DetDataPreprocessor", mean=[123.675, 116.28, 103.53],
+                               std=[58.395, 57.12, 57.375], bgr_to_rgb=True, pad_mask=True, pad_size_divisor=32),
+        backbone=dict(type="SwinTransformer", embed_dims=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24],
+                      window_size=settings.window_size, mlp_ratio=settings.mlp_ratio, qkv_bias=True, qk_scale=None,
+                      drop_rate=0.0, attn_drop_rate=0.0, drop_path_rate=settings.drop_path_rate, patch_norm=True,
+                      out_indices=(0, 1, 2, 3), with_cp=False, convert_weights=False, init_cfg=None),
+        neck=dict(type="FPN", in_channels=[96, 192, 384, 768], out_channels=256, num_outs=5),
+        rpn_head=dict(
+            type="RPNHead", in_channels=256, feat_channels=256,
+            anchor_generator=dict(type="AnchorGenerator", scales=[8], ratios=[0.25, 0.5, 1.0, 2.0],
+                                  strides=[4, 8, 16, 32, 64]),
+            bbox_coder=box_coder([1.0] * 4),
+            loss_cls=dict(type="CrossEntropyLoss", use_sigmoid=True, loss_weight=1.0),
+            loss_bbox=dict(type="L1Loss", loss_weight=1.0)),
+        roi_head=dict(
+            type="StandardRoIHead",
+            bbox_roi_extractor=roi_extractor(7),
+            bbox_head=dict(type="Shared2FCBBoxHead", in_channels=256, fc_out_channels=1024, roi_feat_size=7,
+                           num_classes=num_classes, bbox_coder=box_coder([0.1, 0.1, 0.2, 0.2]),
+                           reg_class_agnostic=False,
+                           loss_cls=dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0),
+                           loss_bbox=dict(type="L1Loss", loss_weight=1.0)),
+            mask_roi_extractor=roi_extractor(14),
+            mask_head=dict(type="FCNMaskHead", num_convs=4, in_channels=256, conv_out_channels=256,
+                           num_classes=num_classes,
+                           loss_mask=dict(type="CrossEntropyLoss", use_mask=True, loss_weight=1.0))),
+        train_cfg=dict(
+            rpn=dict(assigner=assigner(0.7, 0.3, 0.3),
+                     sampler=dict(type="RandomSampler", num=256, pos_fraction=0.5, neg_pos_ub=-1,
+                                  add_gt_as_proposals=False),
+                     allowed_border=-1, pos_weight=-1, debug=False),
+            rpn_proposal=dict(nms_pre=2000, max_per_img=1000, nms=dict(type="nms", iou_threshold=0.7),
+                              min_bbox_size=0),
+            rcnn=dict(assigner=assigner(0.5, 0.5, 0.5),
+                      sampler=dict(type="RandomSampler", num=512, pos_fraction=0.25, neg_pos_ub=-1,
+                                   add_gt_as_proposals=True),
+                      mask_size=28, pos_weight=-1, debug=False)),
+        test_cfg=dict(
+            rpn=dict(nms_pre=1000, max_per_img=1000, nms=dict(type="nms", iou_threshold=0.7), min_bbox_size=0),
+            rcnn=dict(score_thr=0.05, nms=dict(type="nms", iou_threshold=0.5), max_per_img=100,
+                      mask_thr_binary=0.5)),
+    )
+
+
+def model_config(settings: TrainSettings) -> dict:
+    if settings.model == "mask-rcnn-swin-t":
+        return _mask_rcnn_swin(settings, len(CLASSES))
+    default_widen = 0.125 if settings.model == "smoke" else 0.375
+    return _rtmdet(settings.widen_factor or default_widen, len(CLASSES))
+
+
+def train_pipeline(size: int) -> list[dict]:
+    # No flips: a mirrored character is another character (or none).
+    return [
+        dict(type="LoadImageFromFile"),
+        dict(type="LoadAnnotations", with_bbox=True, with_mask=True, poly2mask=False),
+        dict(type="RandomResize", scale=(size, size), ratio_range=(0.8, 1.25), keep_ratio=True),
+        dict(type="RandomCrop", crop_size=(size, size), recompute_bbox=True, allow_negative_crop=True),
+        dict(type="YOLOXHSVRandomAug"),
+        dict(type="Pad", size=(size, size), pad_val=dict(img=PAD_VALUE)),
+        dict(type="FilterAnnotations", min_gt_bbox_wh=(1, 1)),
+        dict(type="PackDetInputs"),
+    ]
+
+
+def test_pipeline(size: int) -> list[dict]:
+    return [
+        dict(type="LoadImageFromFile"),
+        dict(type="Resize", scale=(size, size), keep_ratio=True),
+        dict(type="Pad", size=(size, size), pad_val=dict(img=PAD_VALUE)),
+        dict(type="PackDetInputs", meta_keys=("img_id", "img_path", "ori_shape", "img_shape", "scale_factor")),
+    ]
+
+
+def _dataset(dataset_dir: Path, split: str, pipeline: list[dict], train: bool) -> dict:
+    return dict(type="CocoDataset", data_root=str(dataset_dir), ann_file=f"{split}.json",
+                data_prefix=dict(img="images/"), metainfo=dict(classes=CLASSES),
+                filter_cfg=dict(filter_empty_gt=train, min_size=1), pipeline=pipeline, test_mode=not train)
+
+
+def _loader(dataset: dict, batch_size: int, workers: int, shuffle: bool) -> dict:
+    return dict(batch_size=batch_size, num_workers=workers, persistent_workers=workers > 0,
+                sampler=dict(type="DefaultSampler", shuffle=shuffle), dataset=dataset)
+
+
+def build_config(settings: TrainSettings, dataset_dir: Path, work_dir: Path, dataset: dict,
+                 load_from: str | None = None, resume: bool = False) -> dict:
+    """The complete mmengine config of a training run."""
+    size = settings.image_size
+    by_epoch = settings.iters is None
+    train_loop = (dict(type="EpochBasedTrainLoop", max_epochs=settings.epochs, val_interval=settings.val_interval)
+                  if by_epoch else
+                  dict(type="IterBasedTrainLoop", max_iters=settings.iters, val_interval=settings.val_interval))
+    total = settings.epochs if by_epoch else settings.iters
+    optimizer = dict(type="AdamW", lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    val_file = str(dataset_dir / "val.json")
+    return dict(
+        default_scope="mmdet",
+        custom_imports=dict(imports=["alpr.mmdet_ext"], allow_failed_imports=False),
+        model=model_config(settings),
+        work_dir=str(work_dir),
+        train_dataloader=_loader(_dataset(dataset_dir, "train", train_pipeline(size), True), settings.batch_size,
+                                 settings.num_workers, True),
+        val_dataloader=_loader(_dataset(dataset_dir, "val", test_pipeline(size), False), 1, settings.num_workers,
+                               False),
+        test_dataloader=_loader(_dataset(dataset_dir, "test", test_pipeline(size), False), 1,
+                                settings.num_workers, False),
+        val_evaluator=dict(type="PlateMetric", ann_file=val_file),
+        test_evaluator=dict(type="PlateMetric", ann_file=str(dataset_dir / "test.json")),
+        train_cfg=train_loop,
+        val_cfg=dict(type="ValLoop"),
+        test_cfg=dict(type="TestLoop"),
+        optim_wrapper=dict(type="AmpOptimWrapper" if settings.amp else "OptimWrapper", optimizer=optimizer,
+                           clip_grad=dict(max_norm=35, norm_type=2),
+                           paramwise_cfg=dict(norm_decay_mult=0, bias_decay_mult=0, bypass_duplicate=True)),
+        param_scheduler=[
+            dict(type="LinearLR", start_factor=1e-3, by_epoch=False, begin=0, end=settings.warmup_iters),
+            dict(type="CosineAnnealingLR", eta_min=settings.learning_rate * 0.05, begin=0, end=total,
+                 T_max=total, by_epoch=by_epoch, convert_to_iter_based=by_epoch),
+        ],
+        default_hooks=dict(
+            timer=dict(type="IterTimerHook"),
+            logger=dict(type="LoggerHook", interval=settings.log_interval),
+            param_scheduler=dict(type="ParamSchedulerHook"),
+            checkpoint=dict(type="CheckpointHook", interval=settings.val_interval, by_epoch=by_epoch,
+                            save_best=settings.best_metric, rule="greater", max_keep_ckpts=3),
+            sampler_seed=dict(type="DistSamplerSeedHook"),
+        ),
+        custom_hooks=[dict(type="AlprRunHook", run_meta=dict(settings=settings.to_dict(), dataset=dataset),
+                           priority="LOWEST")],
+        env_cfg=dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0),
+                     dist_cfg=dict(backend="nccl")),
+        visualizer=dict(type="DetLocalVisualizer", name="visualizer", vis_backends=[
+            dict(type="LocalVisBackend", save_dir=str(work_dir), scalar_save_file="log.json"),
+            dict(type="TensorboardVisBackend", save_dir=str(work_dir / "tensorboard")),
+        ]),
+        log_processor=dict(type="LogProcessor", window_size=settings.log_interval, by_epoch=by_epoch),
+        log_level="INFO",
+        randomness=dict(seed=settings.seed, deterministic=False),
+        load_from=load_from,
+        resume=resume,
+    )

@@ -1,0 +1,105 @@
+"""The test step: the best model on a folder of images, predictions.jsonl and pictures of what it read."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from alpr.backgrounds import IMAGE_SUFFIXES
+from alpr.errors import UsageError
+from alpr.plates import BOARD_LABELS, CHARACTER_CLASSES
+from alpr.postprocess import Detection, Plate
+
+BATCH = 4
+
+
+@dataclass(frozen=True)
+class TestOptions:
+    workdir: Path
+    run_id: str
+    images: Path | None = None  # default: the dataset's test split
+    device: str = "auto"
+    checkpoint: Path | None = None  # default: runs/RUN/train/best.pth
+
+
+def prediction_line(image: str, plates: list[Plate]) -> str:
+    """One line of ``alpr predict --json``."""
+    return json.dumps({"image": image, "plates": [p.to_dict() for p in plates]})
+
+
+def _colour(label: str) -> tuple[int, int, int]:
+    if label in BOARD_LABELS:
+        return (0, 200, 255)
+    if label in CHARACTER_CLASSES:
+        return (0, 255, 0)
+    return (255, 128, 0)
+
+
+def draw(image: np.ndarray, detections: list[Detection], plates: list[Plate]) -> np.ndarray:
+    """Masks tinted, boxes outlined, and each plate's text (or why it is unread) above its board."""
+    canvas = image.copy()
+    for det in detections:
+        colour = _colour(det.label)
+        if isinstance(det.mask, np.ndarray) and det.mask.any():
+            tint = canvas[det.mask.astype(bool)].astype(np.float32) * 0.6 + np.float32(colour) * 0.4
+            canvas[det.mask.astype(bool)] = tint.astype(np.uint8)
+        x1, y1, x2, y2 = (int(round(v)) for v in det.bbox)
+        cv2.rectangle(canvas, (x1, y1), (x2, y2), colour, 1)
+    for plate in plates:
+        x1, y1 = int(plate.bbox[0]), int(plate.bbox[1])
+        text = plate.text or f"? {plate.reason}"
+        colour = (0, 255, 0) if plate.readable else (0, 0, 255)
+        scale = 0.6
+        (w, h), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 2)
+        top = max(y1 - h - 6, 0)
+        cv2.rectangle(canvas, (x1, top), (x1 + w + 4, top + h + 6), (0, 0, 0), -1)
+        cv2.putText(canvas, text, (x1 + 2, top + h + 2), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, 2, cv2.LINE_AA)
+    return canvas
+
+
+def default_images(workdir: Path, dataset: dict) -> list[Path]:
+    folder = workdir / "datasets" / dataset["name"] / dataset["version"]
+    split = json.loads((folder / "test.json").read_text())
+    return [folder / "images" / image["file_name"] for image in split["images"]]
+
+
+def test_run(options: TestOptions, progress: bool = True) -> Path:
+    """Writes runs/RUN/test/predictions.jsonl and one annotated picture per image; returns the folder."""
+    from rich.progress import Progress
+
+    from alpr.postprocess import read_plates
+    from alpr.reader import PlateReader, load_image
+    from alpr.train import checkpoint_meta, train_dir
+
+    workdir = options.workdir.resolve()
+    checkpoint = options.checkpoint or train_dir(workdir, options.run_id) / "best.pth"
+    if not checkpoint.is_file():
+        raise UsageError(f"{checkpoint}: no best checkpoint; train (and evaluate) run {options.run_id} first")
+    if options.images is not None:
+        if not options.images.is_dir():
+            raise UsageError(f"{options.images}: image folder not found")
+        images = sorted(p for p in options.images.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    else:
+        images = default_images(workdir, checkpoint_meta(checkpoint)["alpr"]["dataset"])
+    if not images:
+        raise UsageError(f"{options.images}: no images ({', '.join(IMAGE_SUFFIXES)}) to test on")
+    reader = PlateReader.from_checkpoint(checkpoint, options.device)
+    out = workdir / "runs" / options.run_id / "test"
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    partial = out / ".predictions.jsonl.partial"
+    with partial.open("w") as lines, Progress(disable=not progress, transient=True) as bar:
+        task = bar.add_task("test", total=len(images))
+        for start in range(0, len(images), BATCH):
+            batch = images[start:start + BATCH]
+            arrays = [load_image(p) for p in batch]
+            for path, array, dets in zip(batch, arrays, reader.detect(arrays)):
+                plates = read_plates(dets, reader.options)
+                lines.write(prediction_line(str(path), plates) + "\n")
+                cv2.imwrite(str(out / "images" / f"{path.stem}.jpg"), draw(array, dets, plates))
+            bar.advance(task, len(batch))
+    partial.replace(out / "predictions.jsonl")
+    return out

@@ -1,0 +1,67 @@
+"""Train an instance-segmentation plate model on a recorded dataset (resumes by itself).
+
+    python steps/train.py --workdir W --dataset NAME --version V --model rtmdet-ins-tiny --run-id R
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from alpr.model import MODELS, TrainSettings
+from alpr.train import DEVICES, TrainOptions, train
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    defaults = TrainSettings()
+    parser = argparse.ArgumentParser(description="Train a plate model; writes WORKDIR/runs/RUN/train.",
+                                     add_help=add_help)
+    parser.add_argument("--workdir", type=Path, default=Path("work"), help="shared work directory")
+    parser.add_argument("--dataset", required=True, help="dataset name")
+    parser.add_argument("--version", required=True, help="dataset version")
+    parser.add_argument("--model", default=defaults.model, choices=MODELS, help="model to train")
+    parser.add_argument("--run-id", required=True, help="run folder name under WORKDIR/runs")
+    parser.add_argument("--epochs", type=int, default=defaults.epochs, help="epochs (ignored with --iters)")
+    parser.add_argument("--iters", type=int, default=None, help="train by iterations instead of epochs")
+    parser.add_argument("--val-interval", type=int, default=defaults.val_interval,
+                        help="validate and checkpoint every N epochs (or iterations with --iters)")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="images per batch")
+    parser.add_argument("--lr", type=float, default=None, help="learning rate (default: the model's own)")
+    parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay, help="AdamW weight decay")
+    parser.add_argument("--img-size", type=int, default=None, help="training and test image size (square)")
+    parser.add_argument("--widen-factor", type=float, default=None, help="RTMDet width multiplier")
+    parser.add_argument("--drop-path-rate", type=float, default=defaults.drop_path_rate, help="Swin drop path")
+    parser.add_argument("--window-size", type=int, default=defaults.window_size, help="Swin window size")
+    parser.add_argument("--mlp-ratio", type=float, default=defaults.mlp_ratio, help="Swin MLP ratio")
+    parser.add_argument("--warmup-iters", type=int, default=defaults.warmup_iters, help="linear warm-up iterations")
+    parser.add_argument("--workers", type=int, default=defaults.num_workers, help="data loader processes")
+    parser.add_argument("--device", default="auto", choices=DEVICES, help="where to train")
+    parser.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="random seed")
+    parser.add_argument("--best-metric", default=defaults.best_metric,
+                        help="validation metric that picks best.pth (EIR, mAP, dv_mAP, ...)")
+    parser.add_argument("--log-interval", type=int, default=defaults.log_interval, help="iterations per log line")
+    parser.add_argument("--load-from", type=Path, default=None, help="local checkpoint to start from")
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> TrainSettings:
+    return TrainSettings(
+        model=args.model, epochs=args.epochs, iters=args.iters, val_interval=args.val_interval,
+        batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, img_size=args.img_size,
+        widen_factor=args.widen_factor, drop_path_rate=args.drop_path_rate, window_size=args.window_size,
+        mlp_ratio=args.mlp_ratio, warmup_iters=args.warmup_iters, num_workers=args.workers, amp=args.amp,
+        seed=args.seed, best_metric=args.best_metric, log_interval=args.log_interval)
+
+
+def main(args: argparse.Namespace) -> Path:
+    best = train(TrainOptions(args.workdir, args.dataset, args.version, args.run_id, settings_from_args(args),
+                              args.device, args.load_from))
+    print(f"best checkpoint: {best}")
+    return best
+
+
+if __name__ == "__main__":
+    from alpr.cli import run_step
+
+    run_step(get_args_parser, main)

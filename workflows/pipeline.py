@@ -1,0 +1,44 @@
+"""The alpr-pipeline WorkflowTemplate: synth -> record -> train -> evaluate -> test.
+
+Regenerate the YAML beside it with `make workflows`.
+"""
+
+from hera.workflows import DAG, Parameter, WorkflowTemplate
+
+from alpr.argo import RUN_ID, WORK_MOUNT, common_parameters, metric_outputs, param, step, volumes, workflow_metadata
+
+DATASET = ["--dataset", param("dataset-name"), "--version", param("dataset-version")]
+
+with WorkflowTemplate(
+    name="alpr-pipeline",
+    entrypoint="pipeline",
+    arguments=[
+        Parameter(name="dataset-name", value="plates", description="dataset name"),
+        Parameter(name="dataset-version", value="1", description="dataset version to record"),
+        Parameter(name="source", value=f"{WORK_MOUNT}/synth/plates",
+                  description="labelme folder on the volume; synth writes here (set synth-count 0 to use yours)"),
+        Parameter(name="synth-count", value="1000", description="synthetic images to draw (0: none)"),
+        Parameter(name="synth-seed", value="0", description="synthesis seed"),
+        Parameter(name="model", value="rtmdet-ins-tiny", description="rtmdet-ins-tiny, mask-rcnn-swin-t or smoke"),
+        Parameter(name="epochs", value="30", description="training epochs"),
+        Parameter(name="batch-size", value="8", description="images per batch"),
+        Parameter(name="lr", value="0.001", description="learning rate"),
+        Parameter(name="img-size", value="640", description="training and test image size"),
+        *common_parameters(),
+    ],
+    volumes=volumes(),
+    **workflow_metadata(),
+) as pipeline:
+    workdir = ["--workdir", WORK_MOUNT]
+    synth = step("synth", ["--out", param("source"), "--count", param("synth-count"),
+                           "--seed", param("synth-seed"), "--no-progress"])
+    record = step("record", ["--source", param("source"), *workdir, *DATASET, "--db-url", param("db-url"),
+                             "--store", param("store")])
+    train = step("train", [*workdir, *DATASET, "--model", param("model"), "--run-id", RUN_ID,
+                           "--epochs", param("epochs"), "--batch-size", param("batch-size"), "--lr", param("lr"),
+                           "--img-size", param("img-size")], gpu=True, retries=3, memory="8Gi")
+    evaluate = step("evaluate", [*workdir, "--run-id", RUN_ID, "--db-url", param("db-url"),
+                                 "--store", param("store")], gpu=True, outputs=metric_outputs())
+    test = step("test", [*workdir, "--run-id", RUN_ID])
+    with DAG(name="pipeline"):
+        synth() >> record() >> train() >> evaluate() >> test()
