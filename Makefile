@@ -12,12 +12,12 @@ WORK ?= work
 setup: $(STAMP)
 
 # Idempotent: reruns only when the requirements change; pip's cache holds the mmcv wheel after the first build.
-$(STAMP): requirements.txt requirements-test.txt pyproject.toml
+$(STAMP): requirements.txt requirements-test.txt requirements-build.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -U pip
 	$(PIP) install -q -r requirements.txt -r requirements-test.txt
 	# mmcv 2.1.0 has no wheel for this torch: build it (~12 min once) against the installed torch.
-	$(PIP) install -q "setuptools<70" wheel ninja
+	$(PIP) install -q -r requirements-build.txt
 	$(PIP) install -q --no-build-isolation mmcv==2.1.0
 	$(PIP) install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)

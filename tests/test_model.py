@@ -134,3 +134,14 @@ def test_wrong_classes_fail_before_training(workdir, tmp_path):
     result = _step("train", "--workdir", str(bad), *TRAIN)
     assert result.returncode == 1 and f"{split}: categories" in result.stderr
     assert not (bad / "runs" / "r1" / "train" / "iter_2.pth").exists()
+
+
+def test_empty_validation_split_fails_before_training(workdir, tmp_path):
+    import shutil
+
+    bad = tmp_path / "work"
+    shutil.copytree(workdir / "datasets", bad / "datasets")
+    split = bad / "datasets" / "smoke" / "1" / "val.json"
+    split.write_text(json.dumps({**json.loads(split.read_text()), "images": [], "annotations": []}))
+    result = _step("train", "--workdir", str(bad), *TRAIN)
+    assert result.returncode == 1 and "the val split has no images" in result.stderr

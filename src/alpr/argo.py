@@ -6,6 +6,8 @@ WORK_MOUNT; the GCS key is a file from the Secret, database credentials an env v
 
 from __future__ import annotations
 
+import json
+
 from hera.workflows import Container, Env, Parameter, RetryStrategy, SecretEnv
 from hera.workflows import models as m
 
@@ -58,11 +60,11 @@ def _env() -> list:
 
 
 def step(name: str, args: list[str], gpu: bool = False, retries: int = 0, outputs: list[Parameter] = (),
-         cpu: str = "1", memory: str = "4Gi") -> Container:
+         cpu: str = "1", memory: str = "4Gi", labels: dict[str, str] | None = None) -> Container:
     """One pipeline step: ``python steps/NAME.py ARGS`` in the step image on the shared volume."""
-    limits = {"memory": memory}
-    if gpu:
-        limits["nvidia.com/gpu"] = param("gpus")
+    # A GPU count from a parameter is not a valid Quantity in the template itself; Argo
+    # substitutes it in podSpecPatch, so gpus=0 runs the same template on a CPU cluster.
+    patch = json.dumps({"containers": [{"name": "main", "resources": {"limits": {"nvidia.com/gpu": param("gpus")}}}]})
     return Container(
         name=name,
         image=IMAGE,
@@ -71,7 +73,9 @@ def step(name: str, args: list[str], gpu: bool = False, retries: int = 0, output
         env=_env(),
         volume_mounts=[m.VolumeMount(name="work", mount_path=WORK_MOUNT),
                        m.VolumeMount(name="secrets", mount_path=SECRET_MOUNT, read_only=True)],
-        resources=m.ResourceRequirements(requests={"cpu": cpu, "memory": memory}, limits=limits),
+        resources=m.ResourceRequirements(requests={"cpu": cpu, "memory": memory}, limits={"memory": memory}),
+        pod_spec_patch=patch if gpu else None,
+        labels=labels,
         retry_strategy=RetryStrategy(limit=str(retries), retry_policy="Always") if retries else None,
         outputs=list(outputs),
     )

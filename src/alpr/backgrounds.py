@@ -78,21 +78,19 @@ def random_crop(rng: np.random.Generator, photo: np.ndarray, width: int, height:
     return cv2.resize(crop, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
-def _smooth_field(rng: np.random.Generator, width: int, height: int, cells: int) -> np.ndarray:
-    """Low-frequency noise in [0, 1]: random values on a coarse grid, upscaled."""
-    coarse = rng.random((max(2, cells * height // width), cells), dtype=np.float32)
-    return cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC).clip(0, 1)
+def _texture(rng: np.random.Generator, width: int, height: int, cells: int) -> np.ndarray:
+    """A low-frequency gain field in [0.7, 1.3] x 128, as uint8 BGR (coarse noise, upscaled)."""
+    coarse = rng.uniform(0.7, 1.3, (max(2, cells * height // width), cells, 1)).repeat(3, axis=2)
+    return cv2.resize((coarse * 128).astype(np.uint8), (width, height), interpolation=cv2.INTER_CUBIC)
 
 
 def procedural_scene(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
     """A street-like scene: sky/wall gradient, road, and boxes as cars and buildings."""
-    top, bottom = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
-    ramp = np.linspace(0, 1, height, dtype=np.float32)[:, None, None]
-    image = (top * (1 - ramp) + bottom * ramp).astype(np.float32)
-    image = np.broadcast_to(image, (height, width, 3)).copy()
+    ends = rng.integers(0, 256, (2, 1, 3)).astype(np.uint8)  # top and bottom colours
+    image = cv2.resize(ends, (width, height), interpolation=cv2.INTER_LINEAR)
     horizon = int(height * rng.uniform(0.3, 0.7))
     road = rng.integers(40, 140)
-    image[horizon:] = road + rng.integers(-15, 16, 3)
+    image[horizon:] = np.clip(road + rng.integers(-15, 16, 3), 0, 255).astype(np.uint8)
     for _ in range(rng.integers(2, 12)):
         x0, y0 = rng.integers(0, width), rng.integers(0, height)
         w, h = rng.integers(width // 20, width // 2), rng.integers(height // 20, height // 2)
@@ -102,6 +100,4 @@ def procedural_scene(rng: np.random.Generator, width: int, height: int) -> np.nd
         p0 = tuple(int(v) for v in (rng.integers(0, width), rng.integers(horizon, height)))
         p1 = tuple(int(v) for v in (rng.integers(0, width), rng.integers(horizon, height)))
         cv2.line(image, p0, p1, (220, 220, 220), int(rng.integers(2, 8)))
-    texture = _smooth_field(rng, width, height, int(rng.integers(4, 40)))
-    image *= (0.7 + 0.6 * texture)[..., None]
-    return image.clip(0, 255).astype(np.uint8)
+    return cv2.multiply(image, _texture(rng, width, height, int(rng.integers(4, 40))), scale=1 / 128)

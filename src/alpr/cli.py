@@ -70,6 +70,16 @@ def _run(args: argparse.Namespace) -> None:
             print(f"{name}={value}  ({task})")
 
 
+def _submit(args: argparse.Namespace) -> None:
+    from alpr.local_run import parse_parameters
+    from alpr.submit import ArgoServer, submit
+
+    server = ArgoServer.from_env(args.argo_server, args.token, args.namespace, args.insecure_skip_verify)
+    name = submit(server, parse_parameters(args.parameter), args.template)
+    print(f"submitted {name} from workflowtemplate/{args.template} in namespace {server.namespace}")
+    print(f"watch: argo watch -n {server.namespace} {name}   or the Argo UI at {server.host}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from alpr import __version__
 
@@ -97,6 +107,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workdir", type=Path, default=Path("work"), help="local folder for the work volume")
     run.add_argument("--resume", action="store_true", help="skip the steps that already succeeded")
     run.set_defaults(handler=_run)
+
+    submit = commands.add_parser("submit", help="create a Workflow from a WorkflowTemplate on an Argo server")
+    submit.add_argument("-p", "--parameter", action="append", default=[], metavar="NAME=VALUE",
+                        help="workflow parameter (repeatable)")
+    submit.add_argument("--template", default="alpr-pipeline", help="WorkflowTemplate name")
+    submit.add_argument("--argo-server", default=None, help="Argo server URL (default $ARGO_SERVER)")
+    submit.add_argument("--token", default=None, help="bearer token (default $ARGO_TOKEN)")
+    submit.add_argument("--namespace", default=None, help="namespace (default $ARGO_NAMESPACE, else argo)")
+    submit.add_argument("--insecure-skip-verify", action="store_true", help="skip TLS verification")
+    submit.set_defaults(handler=_submit)
 
     data = commands.add_parser("data", help="dataset versions: pull an exact version from the DVC remote")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")

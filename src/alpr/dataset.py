@@ -117,8 +117,9 @@ def _polygon(path: Path, index: int, shape: object) -> Polygon:
                    str(shape.get("description") or ""))
 
 
-def _inside(point: np.ndarray, polygon: np.ndarray) -> bool:
-    return cv2.pointPolygonTest(polygon, (float(point[0]), float(point[1])), False) >= 0
+def _inside_any(point: np.ndarray, polygons: list[np.ndarray]) -> bool:
+    xy = (float(point[0]), float(point[1]))
+    return any(cv2.pointPolygonTest(polygon, xy, False) >= 0 for polygon in polygons)
 
 
 def load_labelme(json_path: Path, source: Path) -> AnnotatedImage:
@@ -143,14 +144,17 @@ def load_labelme(json_path: Path, source: Path) -> AnnotatedImage:
         raise AnnotationError(json_path, f"imageWidth x imageHeight is {document['imageWidth']}x"
                                          f"{document['imageHeight']} but {image_path.name} is {width}x{height}")
     polygons = tuple(_polygon(json_path, i, shape) for i, shape in enumerate(document["shapes"]))
-    for i, polygon in enumerate(polygons):
+    everything = np.concatenate([p.points for p in polygons]) if polygons else np.zeros((0, 2))
+    inside_image = not len(everything) or (everything.min() >= 0 and everything[:, 0].max() <= width
+                                           and everything[:, 1].max() <= height)
+    for i, polygon in enumerate(polygons if not inside_image else ()):  # find the culprit only when one exists
         pts = polygon.points
         if pts.min() < 0 or pts[:, 0].max() > width or pts[:, 1].max() > height:
             raise AnnotationError(json_path, f"shapes[{i}] ({polygon.label}): polygon lies outside the "
                                              f"{width}x{height} image")
     boards = [p.points.astype(np.float32) for p in polygons if p.label in BOARD_LABELS]
     for i, polygon in enumerate(polygons):
-        if polygon.label in CHARACTER_CLASSES and not any(_inside(polygon.points.mean(0), b) for b in boards):
+        if polygon.label in CHARACTER_CLASSES and not _inside_any(polygon.points.mean(0), boards):
             raise AnnotationError(json_path, f"shapes[{i}] ({polygon.label}): character lies outside every board")
     relative = image_path.relative_to(source.resolve()) if image_path.is_relative_to(source.resolve()) else Path(
         image_path.name)
@@ -255,8 +259,8 @@ def to_coco(items: list[tuple[int, AnnotatedImage]], first_annotation_id: int = 
                 "id": next_id,
                 "image_id": image_id,
                 "category_id": CLASSES.index(polygon.label) + 1,
-                "segmentation": [pts.round(2).reshape(-1).tolist()],
-                "bbox": np.round([x0, y0, x1 - x0, y1 - y0], 2).tolist(),
+                "segmentation": [[round(v, 2) for v in pts.ravel().tolist()]],
+                "bbox": [round(float(v), 2) for v in (x0, y0, x1 - x0, y1 - y0)],
                 "area": round(polygon_area(pts), 2),
                 "iscrowd": 0,
             }

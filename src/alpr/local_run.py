@@ -3,7 +3,7 @@
 The template's own command and args run as local processes: ``python`` is this
 interpreter, the work PVC's mount path maps to the local workdir, Secret-backed env
 vars come from this environment. Images, resources, pod GC and TTL only matter in a
-cluster and are ignored here; any other feature the runner cannot honour stops the run
+cluster (as do podSpecPatch's resource limits) and are ignored here; any other feature the runner cannot honour stops the run
 with a "not supported locally" error instead of being skipped.
 """
 
@@ -26,7 +26,7 @@ EXPRESSION = re.compile(r"\{\{\s*([^{}]+?)\s*\}\}")
 CLUSTER_ONLY_SPEC = {"podGC", "ttlStrategy", "serviceAccountName", "podMetadata", "workflowMetadata",
                      "activeDeadlineSeconds", "parallelism"}
 SPEC_KEYS = {"entrypoint", "arguments", "templates", "volumes"} | CLUSTER_ONLY_SPEC
-TEMPLATE_KEYS = {"name", "container", "dag", "inputs", "outputs", "retryStrategy", "metadata"}
+TEMPLATE_KEYS = {"name", "container", "dag", "inputs", "outputs", "retryStrategy", "metadata", "podSpecPatch"}
 CONTAINER_KEYS = {"name", "image", "imagePullPolicy", "command", "args", "env", "volumeMounts", "resources",
                   "workingDir"}
 TASK_KEYS = {"name", "template", "dependencies", "depends", "arguments"}

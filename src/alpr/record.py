@@ -85,9 +85,12 @@ def build_splits(items: list[AnnotatedImage], fractions: tuple[float, float, flo
     return documents
 
 
-def _file_checksums(folder: Path) -> dict[str, str]:
-    return {p.relative_to(folder).as_posix(): sha256_bytes(p.read_bytes())
-            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != "manifest.json"}
+def _file_checksums(folder: Path, items: list[AnnotatedImage]) -> dict[str, str]:
+    """sha256 of every file but the manifest; image hashes are known from validation."""
+    known = {f"images/{item.name}": item.image_sha256 for item in items}
+    return {path: known.get(path) or sha256_bytes((folder / path).read_bytes())
+            for path in sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
+                               if p.is_file() and p.name != "manifest.json")}
 
 
 def _write_dataset(folder: Path, items: list[AnnotatedImage], splits: dict[str, dict], manifest: dict,
@@ -99,15 +102,23 @@ def _write_dataset(folder: Path, items: list[AnnotatedImage], splits: dict[str, 
         _write_json(folder / f"{split}.json", document)
     if skipped:
         _write_json(folder / "invalid.json", {"skipped": skipped})
-    manifest["files"] = _file_checksums(folder)
+    manifest["files"] = _file_checksums(folder, items)
     _write_json(folder / "manifest.json", manifest)
 
 
-def _write_annotations(folder: Path, items: list[AnnotatedImage]) -> None:
+def _link_or_copy(source: Path, target: Path) -> None:
+    """A hard link where the filesystem allows (both copies are immutable versions), else a copy."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+def _write_annotations(folder: Path, items: list[AnnotatedImage], dataset_images: Path) -> None:
     folder.mkdir(parents=True)
     for item in items:
         stem = Path(item.name).stem
-        shutil.copyfile(item.image_path, folder / item.name)
+        _link_or_copy(dataset_images / item.name, folder / item.name)
         raw = item.json_path.read_bytes()
         document = json.loads(raw)
         if document["imagePath"] == item.name:
@@ -201,9 +212,9 @@ def record(options: RecordOptions) -> RecordResult:
                             "files": len(items)},
             "dataset_tag": dataset_tag(name, version),
         }
-        if not annotations.exists():
-            _atomic_folder(annotations, lambda tmp: _write_annotations(tmp, items))
         _atomic_folder(folder, lambda tmp: _write_dataset(tmp, items, splits, manifest, skipped))
+    if not annotations.exists():  # also repairs a run that stopped between the two folders
+        _atomic_folder(annotations, lambda tmp: _write_annotations(tmp, items, folder / "images"))
     manifest = json.loads((folder / "manifest.json").read_text())
 
     if options.dvc:

@@ -42,7 +42,10 @@ def check_dataset(folder: Path) -> dict:
         path = folder / f"{split}.json"
         if not path.is_file():
             raise UsageError(f"{path}: split file missing")
-        categories = json.loads(path.read_text()).get("categories", [])
+        document = json.loads(path.read_text())
+        if split in ("train", "val") and not document.get("images"):
+            raise UsageError(f"{path}: the {split} split has no images; record more images or change --split")
+        categories = document.get("categories", [])
         names = tuple(c["name"] for c in sorted(categories, key=lambda c: c["id"]))
         if names != CLASSES:
             raise UsageError(f"{path}: categories {list(names)} do not match alpr's classes in order "

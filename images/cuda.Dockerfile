@@ -1,0 +1,43 @@
+# The CUDA step image: as the CPU image, with torch's CUDA build and mmcv's CUDA ops.
+# Build from the repository root:  docker build -f images/cuda.Dockerfile -t REGISTRY/alpr-cuda:VERSION .
+FROM nvidia/cuda:12.8.1-cudnn-devel-ubuntu22.04 AS build
+
+ARG DEBIAN_FRONTEND=noninteractive
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends software-properties-common build-essential git \
+    && add-apt-repository -y ppa:deadsnakes/ppa \
+    && apt-get install -y --no-install-recommends python3.11 python3.11-venv python3.11-dev \
+    && rm -rf /var/lib/apt/lists/*
+
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 MMCV_WITH_OPS=1 FORCE_CUDA=1 \
+    TORCH_CUDA_ARCH_LIST="8.0;8.6;8.9;9.0"
+RUN python3.11 -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+WORKDIR /src
+COPY requirements.txt requirements-build.txt ./
+RUN pip install torch==2.13.0 \
+    && pip install -r requirements.txt \
+    && pip install -r requirements-build.txt \
+    && pip install --no-build-isolation mmcv==2.1.0
+COPY pyproject.toml README.md ./
+COPY src ./src
+COPY steps ./steps
+RUN pip install --no-deps --no-build-isolation .
+
+FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu22.04
+ARG DEBIAN_FRONTEND=noninteractive
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends software-properties-common git \
+    && add-apt-repository -y ppa:deadsnakes/ppa \
+    && apt-get install -y --no-install-recommends python3.11 \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --create-home --uid 1000 alpr
+COPY --from=build /opt/venv /opt/venv
+WORKDIR /app
+COPY --chown=alpr:alpr steps ./steps
+ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1
+USER 1000
+ENTRYPOINT []
+CMD ["alpr", "--help"]

@@ -1,0 +1,60 @@
+"""``alpr submit``: create a Workflow from a WorkflowTemplate on an Argo server (Hera's WorkflowsService).
+
+Like the argo CLI, the server, token and namespace come from flags or ARGO_SERVER,
+ARGO_TOKEN and ARGO_NAMESPACE. The token is sent, never printed.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from alpr.errors import AlprError, UsageError
+
+
+@dataclass(frozen=True)
+class ArgoServer:
+    host: str
+    token: str | None = None
+    namespace: str = "argo"
+    verify_ssl: bool = True
+
+    @classmethod
+    def from_env(cls, host: str | None = None, token: str | None = None, namespace: str | None = None,
+                 insecure: bool = False) -> "ArgoServer":
+        host = host or os.environ.get("ARGO_SERVER")
+        if not host:
+            raise UsageError("no Argo server: pass --argo-server or set ARGO_SERVER (e.g. https://argo.example:2746)")
+        if "://" not in host:
+            host = f"https://{host}"  # the argo CLI's ARGO_SERVER is host:port over TLS
+        token = token or os.environ.get("ARGO_TOKEN")
+        if token and not token.startswith("Bearer "):
+            token = f"Bearer {token}"
+        insecure = insecure or os.environ.get("ARGO_INSECURE_SKIP_VERIFY", "").lower() in ("1", "true")
+        return cls(host.rstrip("/") + "/", token, namespace or os.environ.get("ARGO_NAMESPACE", "argo"),
+                   not insecure)
+
+
+def workflow_from_template(template: str, parameters: dict[str, str], namespace: str):
+    from hera.workflows import Parameter, Workflow
+    from hera.workflows import models as m
+
+    return Workflow(generate_name=f"{template}-", namespace=namespace,
+                    workflow_template_ref=m.WorkflowTemplateRef(name=template),
+                    arguments=[Parameter(name=k, value=v) for k, v in parameters.items()])
+
+
+def submit(server: ArgoServer, parameters: dict[str, str], template: str = "alpr-pipeline") -> str:
+    """Creates the Workflow and returns its name."""
+    from hera.exceptions import HeraException
+    from hera.workflows import WorkflowsService
+    from requests import RequestException
+
+    workflow = workflow_from_template(template, parameters, server.namespace)
+    workflow.workflows_service = WorkflowsService(host=server.host, token=server.token,
+                                                  namespace=server.namespace, verify_ssl=server.verify_ssl)
+    try:
+        created = workflow.create()
+    except (HeraException, RequestException) as error:
+        raise AlprError(f"Argo server {server.host} refused the workflow: {error}") from None
+    return created.metadata.name

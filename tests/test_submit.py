@@ -1,0 +1,80 @@
+"""`alpr submit` against a real HTTP server on 127.0.0.1 that records what it receives."""
+
+import json
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import pytest
+
+from schemas import argo_validator, errors
+
+ROOT = Path(__file__).parents[1]
+
+
+class Recorder(BaseHTTPRequestHandler):
+    requests: list = []
+    status = 200
+
+    def do_POST(self):  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        Recorder.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
+        workflow = {**body["workflow"], "metadata": {**body["workflow"]["metadata"], "name": "alpr-pipeline-abc12"}}
+        reply = json.dumps(workflow if Recorder.status == 200 else {"code": 3, "message": "bad things"}).encode()
+        self.send_response(Recorder.status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(reply)))
+        self.end_headers()
+        self.wfile.write(reply)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def argo_server():
+    Recorder.requests, Recorder.status = [], 200
+    server = HTTPServer(("127.0.0.1", 0), Recorder)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+
+
+def _submit(server, *extra, env=None):
+    return subprocess.run([sys.executable, "-m", "alpr.cli", "submit", "--argo-server", server, "-p",
+                           "dataset-version=7", "-p", "gpus=0", *extra], cwd=ROOT, capture_output=True, text=True,
+                          env=env)
+
+
+def test_submit_creates_a_valid_workflow_from_the_template(argo_server, monkeypatch):
+    import os
+
+    env = {**os.environ, "ARGO_TOKEN": "s3cr3t-token", "ARGO_NAMESPACE": "ml"}
+    result = _submit(argo_server, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "submitted alpr-pipeline-abc12" in result.stdout and "s3cr3t" not in result.stdout + result.stderr
+    [request] = Recorder.requests
+    assert request["path"] == "/api/v1/workflows/ml"
+    assert request["headers"]["Authorization"] == "Bearer s3cr3t-token"
+    workflow = request["body"]["workflow"]
+    assert workflow["spec"]["workflowTemplateRef"] == {"name": "alpr-pipeline"}
+    assert workflow["metadata"]["generateName"] == "alpr-pipeline-"
+    assert {p["name"]: p["value"] for p in workflow["spec"]["arguments"]["parameters"]} == \
+        {"dataset-version": "7", "gpus": "0"}
+    assert errors(argo_validator("Workflow"), {"apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow",
+                                               **workflow}) == []
+
+
+def test_server_errors_and_missing_server_are_clear(argo_server, monkeypatch):
+    Recorder.status = 400
+    result = _submit(argo_server)
+    assert result.returncode == 1 and "refused the workflow" in result.stderr and "Traceback" not in result.stderr
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "ARGO_SERVER"}
+    result = subprocess.run([sys.executable, "-m", "alpr.cli", "submit"], cwd=ROOT, capture_output=True, text=True,
+                            env=env)
+    assert result.returncode == 1 and "set ARGO_SERVER" in result.stderr

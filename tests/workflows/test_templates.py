@@ -1,0 +1,85 @@
+"""The committed WorkflowTemplates: in sync with their Hera modules and valid for Argo."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from schemas import argo_validator, crd_validator, errors
+
+ROOT = Path(__file__).parents[2]
+MODULES = sorted((ROOT / "workflows").glob("*.py"))
+
+
+def yaml_for(module: Path) -> Path:
+    return module.with_name(f"alpr-{module.stem.replace('_', '-')}.yaml")
+
+
+@pytest.mark.parametrize("module", MODULES, ids=lambda p: p.stem)
+def test_committed_yaml_matches_its_hera_module(module):
+    generated = subprocess.run([str(Path(sys.executable).with_name("hera")), "generate", "yaml", str(module)],
+                               capture_output=True, text=True, cwd=ROOT)
+    assert generated.returncode == 0, generated.stderr
+    committed = yaml_for(module)
+    assert committed.is_file(), f"{committed.name} missing: run `make workflows`"
+    assert yaml.safe_load(generated.stdout) == yaml.safe_load(committed.read_text()), \
+        f"{committed.name} is out of date with {module.name}: run `make workflows`"
+
+
+@pytest.mark.parametrize("module", MODULES, ids=lambda p: p.stem)
+def test_template_validates_against_argo_schemas(module):
+    document = yaml.safe_load(yaml_for(module).read_text())
+    assert document["kind"] == "WorkflowTemplate"
+    assert errors(argo_validator("WorkflowTemplate"), document) == []
+    assert errors(crd_validator("argo/argoproj.io_workflowtemplates.yaml"), document) == []
+
+
+def _templates(document):
+    return {t["name"]: t for t in document["spec"]["templates"]}
+
+
+def test_pipeline_dag_and_step_contract():
+    document = yaml.safe_load((ROOT / "workflows" / "alpr-pipeline.yaml").read_text())
+    templates = _templates(document)
+    tasks = {t["name"]: t for t in templates["pipeline"]["dag"]["tasks"]}
+    assert [tasks[n].get("depends") for n in ("synth", "record", "train", "evaluate", "test")] == \
+        [None, "synth", "record", "train", "evaluate"]
+    for name in ("synth", "record", "train", "evaluate", "test"):
+        container = templates[name]["container"]
+        assert container["command"] == ["python", f"steps/{name}.py"]
+        assert (ROOT / "steps" / f"{name}.py").is_file()
+        assert {"name": "work", "mountPath": "/work"} in container["volumeMounts"]
+        env = {e["name"]: e for e in container["env"]}
+        assert env["ALPR_DB_URL"]["valueFrom"]["secretKeyRef"]["key"] == "db-url"
+        assert env["GOOGLE_APPLICATION_CREDENTIALS"]["value"].startswith("/var/secrets/")
+    assert templates["train"]["retryStrategy"]["limit"] == "3"
+    for name in ("train", "evaluate"):
+        patch = json.loads(templates[name]["podSpecPatch"])
+        assert patch["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "{{workflow.parameters.gpus}}"
+    outputs = {p["name"] for p in templates["evaluate"]["outputs"]["parameters"]}
+    assert outputs == {"mAP", "dv_mAP", "EIR"}
+    spec = document["spec"]
+    assert spec["podGC"]["strategy"] and spec["ttlStrategy"]["secondsAfterCompletion"] > 0
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["work"]["persistentVolumeClaim"]["claimName"] == "{{workflow.parameters.work-pvc}}"
+    assert "secret" in volumes["secrets"]
+    text = yaml_for(ROOT / "workflows" / "pipeline.py").read_text()
+    assert "password" not in text.lower()
+
+
+def test_every_step_flag_in_the_template_exists():
+    """Each --flag the templates pass is one the step's own parser accepts."""
+    import importlib
+
+    for path in (ROOT / "workflows").glob("alpr-*.yaml"):
+        for template in yaml.safe_load(path.read_text())["spec"]["templates"]:
+            if "container" not in template:
+                continue
+            step = template["container"]["command"][1].removeprefix("steps/").removesuffix(".py")
+            parser = importlib.import_module(f"alpr.steps.{step}").get_args_parser()
+            known = {s for action in parser._actions for s in action.option_strings}
+            used = {a for a in template["container"]["args"] if a.startswith("--")}
+            assert used <= known, f"{path.name} {step}: unknown flags {used - known}"
