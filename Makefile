@@ -22,16 +22,31 @@ $(STAMP): requirements.txt requirements-test.txt requirements-build.txt pyprojec
 	$(PIP) install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-demo: setup
-	$(VENV)/bin/alpr synth --out $(WORK)/synth/demo-1 --count 200 --seed 0 --width 640 --height 480
-	$(VENV)/bin/alpr record --source $(WORK)/synth/demo-1 --workdir $(WORK) --dataset demo --version 1 \
-		--store file://$(abspath $(WORK))/bucket
+# The whole pipeline (synth -> record -> train -> evaluate -> test) from the very WorkflowTemplate a
+# cluster runs, sized to finish in about 15 minutes on 2 CPU cores.
+DEMO_PARAMS := -p synth-count=$(DEMO_IMAGES) -p epochs=$(DEMO_EPOCHS) -p img-size=320 -p batch-size=4 \
+	-p run-id=demo -p dataset-name=demo -p source=/work/synth/demo -p store=file://$(abspath $(WORK))/bucket
+DEMO_IMAGES ?= 200
+DEMO_EPOCHS ?= 3
 
-# Regenerate the WorkflowTemplate YAML from the Hera modules beside it: workflows/x_y.py -> workflows/alpr-x-y.yaml.
+demo: setup
+	$(VENV)/bin/alpr run workflows/alpr-pipeline.yaml --workdir $(WORK) $(DEMO_PARAMS)
+	@echo "model:          $(WORK)/runs/demo/train/best.pth (also in $(WORK)/bucket/runs/demo)"
+	@echo "metrics, plots: $(WORK)/runs/demo/eval/"
+	@echo "pictures:       $(WORK)/runs/demo/test/images/"
+	@echo "tensorboard:    $(VENV)/bin/tensorboard --logdir $(WORK)/runs"
+	@echo "serve it:       $(VENV)/bin/alpr serve --model $(WORK)/runs/demo/train/best.pth"
+
+# Regenerate the WorkflowTemplate YAML from the Hera modules beside it: workflows/x_y.py -> workflows/alpr-x-y.yaml,
+# and the Katib Experiment from katib/experiment.py.
 workflows: setup
 	for module in workflows/*.py; do \
 		$(VENV)/bin/hera generate yaml $$module --to workflows/alpr-$$(basename $$module .py | tr _ -).yaml; \
 	done
+	$(PY) katib/experiment.py --to katib/experiment.yaml
+	# The Helm chart installs the very same YAML.
+	rm -f charts/alpr/files/workflows/alpr-*.yaml
+	cp workflows/alpr-*.yaml charts/alpr/files/workflows/
 
 test: setup
 	$(PY) -m pytest
@@ -39,6 +54,8 @@ test: setup
 benchmarks: setup
 	$(PY) benchmarks/synth_speed.py
 	$(PY) benchmarks/record_speed.py
+	$(PY) benchmarks/model_speed.py
+	$(PY) benchmarks/serve_speed.py
 
 clean-demo:
 	rm -rf $(WORK)

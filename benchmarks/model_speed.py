@@ -22,6 +22,22 @@ from alpr.synth import SynthOptions, generate
 ROOT = Path(__file__).parents[1]
 
 
+def train_bench_model(folder: Path, model: str, iters: int, batch_size: int, device: str = "auto") -> Path:
+    """64 synthetic 1280x720 images recorded and trained on for ``iters`` iterations; returns the workdir.
+
+    The checkpoint is ``WORK/runs/bench/train/best.pth`` and the images are ``FOLDER/synth/*.jpg``.
+    """
+    work = folder / "work"
+    generate(folder / "synth", 64, seed=1, options=SynthOptions(1280, 720), progress=False)
+    record(RecordOptions(folder / "synth", work, "bench", "1", dvc=False))
+    command = [sys.executable, str(ROOT / "steps/train.py"), "--workdir", str(work), "--dataset", "bench",
+               "--version", "1", "--model", model, "--run-id", "bench", "--iters", str(iters),
+               "--val-interval", str(iters), "--batch-size", str(batch_size), "--device", device,
+               "--log-interval", "1"]
+    subprocess.run(command, check=True, capture_output=True)
+    return work
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="rtmdet-ins-tiny")
@@ -32,14 +48,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
-        work = Path(folder) / "work"
-        generate(Path(folder) / "synth", 64, seed=1, options=SynthOptions(1280, 720), progress=False)
-        record(RecordOptions(Path(folder) / "synth", work, "bench", "1", dvc=False))
-        command = [sys.executable, str(ROOT / "steps/train.py"), "--workdir", str(work), "--dataset", "bench",
-                   "--version", "1", "--model", args.model, "--run-id", "bench", "--iters", str(args.iters),
-                   "--val-interval", str(args.iters), "--batch-size", str(args.batch_size), "--device", args.device,
-                   "--log-interval", "1"]
-        subprocess.run(command, check=True, capture_output=True)
+        work = train_bench_model(Path(folder), args.model, args.iters, args.batch_size, args.device)
         logged = [json.loads(line) for line in (work / "runs/bench/train/log.json").read_text().splitlines()]
         times = [entry["time"] for entry in logged if "loss" in entry][3:]  # skip warm-up iterations
         per_iter = statistics.median(times)

@@ -11,7 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from alpr.record import RecordOptions, record
 from alpr.synth import SynthOptions, generate
+
+ROOT = Path(__file__).parents[1]
 
 MARIADB_URL = os.environ.get("ALPR_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test")
 SMALL = SynthOptions(width=320, height=240, max_plates=3, empty_fraction=0.1)
@@ -81,3 +84,29 @@ def gcs_emulator():
     yield f"http://127.0.0.1:{port}"
     process.terminate()
     process.wait(10)
+
+
+# Four iterations of the smoke model on the synthetic folder: a real checkpoint in about half a minute.
+SMOKE_TRAIN = ["--dataset", "smoke", "--version", "1", "--model", "smoke", "--run-id", "r1", "--iters", "4",
+               "--val-interval", "2", "--batch-size", "2", "--workers", "0", "--device", "cpu", "--img-size", "256",
+               "--log-interval", "1", "--warmup-iters", "2"]
+
+
+def run_step_script(name: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, f"steps/{name}.py", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=900)
+
+
+@pytest.fixture(scope="session")
+def smoke_workdir(synth_dir, tmp_path_factory) -> Path:
+    work = tmp_path_factory.mktemp("model") / "work"
+    record(RecordOptions(synth_dir, work, "smoke", "1", fractions=(0.5, 0.25, 0.25), dvc=False))
+    return work
+
+
+@pytest.fixture(scope="session")
+def smoke_training(smoke_workdir) -> subprocess.CompletedProcess:
+    """Trains run r1; its checkpoints are under smoke_workdir/runs/r1/train."""
+    result = run_step_script("train", "--workdir", str(smoke_workdir), *SMOKE_TRAIN)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result

@@ -6,59 +6,35 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import sqlalchemy as sa
 
-from alpr.record import RecordOptions, record
+from conftest import ROOT, SMOKE_TRAIN, run_step_script
 
-ROOT = Path(__file__).parents[1]
 KATIB = re.compile(r"([\w|-]+)\s*=\s*([+-]?\d*(\.\d+)?([Ee][+-]?\d+)?)")
-TRAIN = ["--dataset", "smoke", "--version", "1", "--model", "smoke", "--run-id", "r1", "--iters", "4",
-         "--val-interval", "2", "--batch-size", "2", "--workers", "0", "--device", "cpu", "--img-size", "256",
-         "--log-interval", "1", "--warmup-iters", "2"]
 
 
-def _step(name: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, f"steps/{name}.py", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=900)
-
-
-@pytest.fixture(scope="module")
-def workdir(synth_dir, tmp_path_factory) -> Path:
-    work = tmp_path_factory.mktemp("model") / "work"
-    record(RecordOptions(synth_dir, work, "smoke", "1", fractions=(0.5, 0.25, 0.25), dvc=False))
-    return work
-
-
-@pytest.fixture(scope="module")
-def trained(workdir) -> subprocess.CompletedProcess:
-    result = _step("train", "--workdir", str(workdir), *TRAIN)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
-
-
-def test_training_writes_every_output(workdir, trained):
-    train = workdir / "runs" / "r1" / "train"
+def test_training_writes_every_output(smoke_workdir, smoke_training):
+    train = smoke_workdir / "runs" / "r1" / "train"
     assert (train / "best.pth").is_file() and (train / "iter_4.pth").is_file()
     assert list((train / "tensorboard").rglob("events.out.tfevents.*"))
     scalars = [json.loads(line) for line in next(train.rglob("log.json")).read_text().splitlines()]
     assert any("loss" in s for s in scalars) and any("EIR" in s for s in scalars)
 
 
-def test_metric_lines_parse_with_katibs_regex(trained):
-    lines = [line for line in trained.stdout.splitlines() if re.fullmatch(r"(mAP|dv_mAP|EIR)=\S+", line)]
+def test_metric_lines_parse_with_katibs_regex(smoke_training):
+    lines = [line for line in smoke_training.stdout.splitlines() if re.fullmatch(r"(mAP|dv_mAP|EIR)=\S+", line)]
     found = {m.group(1) for line in lines for m in KATIB.finditer(line)}
     assert found == {"mAP", "dv_mAP", "EIR"} and len(lines) == 6  # two validations
-    assert re.search(r"Iter\(train\) \[\s*4/4\].*eta.*memory.*loss", trained.stdout + trained.stderr)
+    assert re.search(r"Iter\(train\) \[\s*4/4\].*eta.*memory.*loss", smoke_training.stdout + smoke_training.stderr)
 
 
-def test_checkpoint_reloads_with_no_config_file(workdir, trained, synth_dir):
+def test_checkpoint_reloads_with_no_config_file(smoke_workdir, smoke_training, synth_dir):
     import torch
 
     from alpr import PlateReader
     from alpr.plates import CLASSES
 
-    best = workdir / "runs" / "r1" / "train" / "best.pth"
+    best = smoke_workdir / "runs" / "r1" / "train" / "best.pth"
     meta = torch.load(best, map_location="cpu", weights_only=False)["meta"]
     assert meta["alpr"]["classes"] == list(CLASSES) and meta["alpr"]["dataset"]["name"] == "smoke"
     assert meta["alpr"]["settings"]["model"] == "smoke" and "cfg" in meta
@@ -69,51 +45,52 @@ def test_checkpoint_reloads_with_no_config_file(workdir, trained, synth_dir):
     assert len(reader.predict_batch([synth_dir / "000001.jpg", synth_dir / "000002.jpg"])) == 2
 
 
-def test_training_resumes_from_its_last_checkpoint(workdir, trained):
-    result = _step("train", "--workdir", str(workdir), *[a if a != "4" else "6" for a in TRAIN])
+def test_training_resumes_from_its_last_checkpoint(smoke_workdir, smoke_training):
+    more = [a if a != "4" else "6" for a in SMOKE_TRAIN]
+    result = run_step_script("train", "--workdir", str(smoke_workdir), *more)
     assert result.returncode == 0, result.stderr[-3000:]
     log = result.stdout + result.stderr
     assert "resumed" in log.lower() and "Iter(train) [1/6]" not in log
-    assert (workdir / "runs" / "r1" / "train" / "iter_6.pth").is_file()
+    assert (smoke_workdir / "runs" / "r1" / "train" / "iter_6.pth").is_file()
 
 
-def test_evaluate_writes_metrics_plots_and_database_rows(workdir, trained):
-    result = _step("evaluate", "--workdir", str(workdir), "--run-id", "r1", "--device", "cpu",
-                   "--store", (workdir / "bucket").as_uri())
+def test_evaluate_writes_metrics_plots_and_database_rows(smoke_workdir, smoke_training):
+    result = run_step_script("evaluate", "--workdir", str(smoke_workdir), "--run-id", "r1", "--device", "cpu",
+                   "--store", (smoke_workdir / "bucket").as_uri())
     assert result.returncode == 0, result.stderr[-3000:]
     found = {m.group(1) for m in KATIB.finditer(result.stdout)}
     assert {"mAP", "dv_mAP", "EIR"} <= found
-    eval_dir = workdir / "runs" / "r1" / "eval"
+    eval_dir = smoke_workdir / "runs" / "r1" / "eval"
     report = json.loads((eval_dir / "metrics.json").read_text())
     assert set(report["best"]) >= {"mAP", "bbox_mAP", "dv_mAP", "EIR", "char_accuracy", "EIR_one_row"}
     for plot in ("precision_recall.png", "confusion.png", "layouts.png"):
         assert (eval_dir / plot).stat().st_size > 1000
-    assert (workdir / "bucket" / "runs" / "r1" / "best.pth").is_file()
+    assert (smoke_workdir / "bucket" / "runs" / "r1" / "best.pth").is_file()
     from alpr import db
 
-    engine = db.connect(f"sqlite:///{workdir / 'alpr.db'}")
+    engine = db.connect(f"sqlite:///{smoke_workdir / 'alpr.db'}")
     with engine.connect() as conn:
         rows = conn.execute(sa.select(sa.func.count()).select_from(db.run_metrics)).scalar()
         run = conn.execute(sa.select(db.runs)).one()
     assert run.run_id == "r1" and run.model == "smoke" and rows > 10
-    again = _step("evaluate", "--workdir", str(workdir), "--run-id", "r1", "--device", "cpu")
+    again = run_step_script("evaluate", "--workdir", str(smoke_workdir), "--run-id", "r1", "--device", "cpu")
     assert again.returncode == 0
     with engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(db.run_metrics)).scalar() == rows
 
 
-def test_test_step_writes_predictions_and_pictures(workdir, trained):
-    result = _step("test", "--workdir", str(workdir), "--run-id", "r1", "--device", "cpu")
+def test_test_step_writes_predictions_and_pictures(smoke_workdir, smoke_training):
+    result = run_step_script("test", "--workdir", str(smoke_workdir), "--run-id", "r1", "--device", "cpu")
     assert result.returncode == 0, result.stderr[-3000:]
-    out = workdir / "runs" / "r1" / "test"
+    out = smoke_workdir / "runs" / "r1" / "test"
     lines = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
-    test_split = json.loads((workdir / "datasets" / "smoke" / "1" / "test.json").read_text())
+    test_split = json.loads((smoke_workdir / "datasets" / "smoke" / "1" / "test.json").read_text())
     assert len(lines) == len(test_split["images"]) and all(set(line) == {"image", "plates"} for line in lines)
     assert len(list((out / "images").glob("*.jpg"))) == len(lines)
 
 
-def test_predict_prints_one_json_line_per_image(workdir, trained, synth_dir):
-    best = workdir / "runs" / "r1" / "train" / "best.pth"
+def test_predict_prints_one_json_line_per_image(smoke_workdir, smoke_training, synth_dir):
+    best = smoke_workdir / "runs" / "r1" / "train" / "best.pth"
     result = subprocess.run([sys.executable, "-m", "alpr.cli", "predict", str(synth_dir / "000001.jpg"),
                              str(synth_dir / "000002.jpg"), "--model", str(best), "--json", "--device", "cpu"],
                             cwd=ROOT, capture_output=True, text=True)
@@ -122,26 +99,26 @@ def test_predict_prints_one_json_line_per_image(workdir, trained, synth_dir):
     assert [Path(line["image"]).name for line in lines] == ["000001.jpg", "000002.jpg"]
 
 
-def test_wrong_classes_fail_before_training(workdir, tmp_path):
+def test_wrong_classes_fail_before_training(smoke_workdir, tmp_path):
     import shutil
 
     bad = tmp_path / "work"
-    shutil.copytree(workdir / "datasets", bad / "datasets")
+    shutil.copytree(smoke_workdir / "datasets", bad / "datasets")
     split = bad / "datasets" / "smoke" / "1" / "train.json"
     document = json.loads(split.read_text())
     document["categories"][0]["name"] = "zero"
     split.write_text(json.dumps(document))
-    result = _step("train", "--workdir", str(bad), *TRAIN)
+    result = run_step_script("train", "--workdir", str(bad), *SMOKE_TRAIN)
     assert result.returncode == 1 and f"{split}: categories" in result.stderr
     assert not (bad / "runs" / "r1" / "train" / "iter_2.pth").exists()
 
 
-def test_empty_validation_split_fails_before_training(workdir, tmp_path):
+def test_empty_validation_split_fails_before_training(smoke_workdir, tmp_path):
     import shutil
 
     bad = tmp_path / "work"
-    shutil.copytree(workdir / "datasets", bad / "datasets")
+    shutil.copytree(smoke_workdir / "datasets", bad / "datasets")
     split = bad / "datasets" / "smoke" / "1" / "val.json"
     split.write_text(json.dumps({**json.loads(split.read_text()), "images": [], "annotations": []}))
-    result = _step("train", "--workdir", str(bad), *TRAIN)
+    result = run_step_script("train", "--workdir", str(bad), *SMOKE_TRAIN)
     assert result.returncode == 1 and "the val split has no images" in result.stderr

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from alpr.errors import AlprError
 
-STEPS = ("synth", "record", "train", "evaluate", "test")
+STEPS = ("synth", "record", "train", "evaluate", "test", "serve")
 
 # Errors that mean "bad input or state", reported as one clear message, not a traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = (AlprError, FileNotFoundError)
@@ -70,6 +70,16 @@ def _run(args: argparse.Namespace) -> None:
             print(f"{name}={value}  ({task})")
 
 
+def _tune(args: argparse.Namespace) -> None:
+    from alpr.local_run import load_workflow, parse_parameters
+    from alpr.tune import load_experiment, project_path, report, template_path, tune
+
+    experiment = load_experiment(project_path(args.experiment))
+    template = load_workflow(project_path(args.template) if args.template else template_path(experiment))
+    study = tune(experiment, template, args.workdir, parse_parameters(args.parameter), args.max_trials)
+    report(study, experiment)
+
+
 def _submit(args: argparse.Namespace) -> None:
     from alpr.local_run import parse_parameters
     from alpr.submit import ArgoServer, submit
@@ -107,6 +117,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workdir", type=Path, default=Path("work"), help="local folder for the work volume")
     run.add_argument("--resume", action="store_true", help="skip the steps that already succeeded")
     run.set_defaults(handler=_run)
+
+    tune = commands.add_parser("tune", help="run a Katib Experiment's search locally with Optuna")
+    tune.add_argument("--experiment", type=Path, default=Path("katib/experiment.yaml"),
+                      help="Katib Experiment YAML (default: katib/experiment.yaml)")
+    tune.add_argument("--max-trials", type=int, default=None, help="trials to run (default: its maxTrialCount)")
+    tune.add_argument("-p", "--parameter", action="append", default=[], metavar="NAME=VALUE",
+                      help="trial workflow parameter that is not tuned, e.g. dataset-version=2 (repeatable)")
+    tune.add_argument("--template", type=Path, default=None,
+                      help="the trials' WorkflowTemplate YAML (default: workflows/<its workflowTemplateRef>.yaml)")
+    tune.add_argument("--workdir", type=Path, default=Path("work"), help="local folder for the work volume")
+    tune.set_defaults(handler=_tune)
 
     submit = commands.add_parser("submit", help="create a Workflow from a WorkflowTemplate on an Argo server")
     submit.add_argument("-p", "--parameter", action="append", default=[], metavar="NAME=VALUE",

@@ -1,0 +1,91 @@
+"""Latency and throughput of the KServe model server (V1, one 1280x720 JPEG per request).
+
+    python benchmarks/serve_speed.py [--checkpoint PATH] [--requests 100] [--concurrency 1 8]
+
+Without --checkpoint it trains rtmdet-ins-tiny for 2 iterations on synthetic images (the
+speed of a model does not depend on how well it is trained). The server runs in a subprocess
+on 127.0.0.1 with its default batching; each concurrency level is warmed up first.
+"""
+
+import argparse
+import base64
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+
+from model_speed import ROOT, train_bench_model
+
+
+def start_server(checkpoint: Path, port: int, device: str, log: Path) -> subprocess.Popen:
+    process = subprocess.Popen([sys.executable, str(ROOT / "steps/serve.py"), "--model", str(checkpoint),
+                                "--http-port", str(port), "--device", device],
+                               stdout=log.open("w"), stderr=subprocess.STDOUT)
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/v1/models/alpr", timeout=1).status_code == 200:
+                return process
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    process.kill()
+    raise SystemExit(f"the server did not start; its log:\n{log.read_text()[-3000:]}")
+
+
+def measure(url: str, bodies: list[dict], requests: int, concurrency: int) -> tuple[list[float], float]:
+    """Per-request latencies in ms and requests/s for ``requests`` calls, ``concurrency`` at a time."""
+    with httpx.Client(timeout=300) as client:
+        def call(index: int) -> float:
+            start = time.perf_counter()
+            response = client.post(url, json=bodies[index % len(bodies)])
+            response.raise_for_status()
+            return (time.perf_counter() - start) * 1000
+
+        with ThreadPoolExecutor(concurrency) as pool:
+            list(pool.map(call, range(2 * concurrency)))  # warm-up
+            start = time.perf_counter()
+            latencies = list(pool.map(call, range(requests)))
+            elapsed = time.perf_counter() - start
+    return latencies, requests / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", type=Path, default=None, help="alpr checkpoint (default: train a tiny one)")
+    parser.add_argument("--requests", type=int, default=100)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--port", type=int, default=8085)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        checkpoint = args.checkpoint
+        if checkpoint is None:
+            checkpoint = train_bench_model(folder, "rtmdet-ins-tiny", 2, 2, args.device) / "runs/bench/train/best.pth"
+        else:
+            from alpr.synth import SynthOptions, generate
+
+            generate(folder / "synth", 16, seed=1, options=SynthOptions(1280, 720), progress=False)
+        bodies = [{"instances": [{"image_b64": base64.b64encode(p.read_bytes()).decode()}]}
+                  for p in sorted((folder / "synth").glob("*.jpg"))]
+        server = start_server(checkpoint, args.port, args.device, folder / "server.log")
+        try:
+            url = f"http://127.0.0.1:{args.port}/v1/models/alpr:predict"
+            for concurrency in args.concurrency:
+                latencies, throughput = measure(url, bodies, args.requests, concurrency)
+                p95 = statistics.quantiles(latencies, n=20)[-1]
+                print(f"concurrency={concurrency} requests={args.requests} latency_median_ms="
+                      f"{statistics.median(latencies):.1f} latency_p95_ms={p95:.1f} "
+                      f"throughput_rps={throughput:.2f}  ({checkpoint.name}, {args.device}, 1280x720 JPEG)")
+        finally:
+            server.terminate()
+            server.wait(30)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""The Katib Experiment that tunes alpr-train-trial: each trial is an Argo Workflow of that template.
+
+Katib samples the search space below, puts each value into the trial Workflow through
+``${trialParameters.X}``, and reads the metrics the train pod prints as ``name=value`` lines
+(StdOut collector). ``alpr tune`` runs the same experiment on one machine with Optuna.
+
+    python katib/experiment.py [--objective EIR] [--algorithm tpe] [--to katib/experiment.yaml]
+
+Regenerate the committed YAML with `make workflows`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import yaml
+
+from alpr.argo import KEY_METRICS
+
+NAME = "alpr-tune"
+TRIAL_TEMPLATE = "alpr-train-trial"  # the WorkflowTemplate every trial runs (workflows/alpr-train-trial.yaml)
+METRICS = KEY_METRICS  # what the train step prints after every validation
+OBJECTIVE = "EIR"
+ALGORITHMS = ("tpe", "random")
+ALGORITHM = "tpe"
+SEED = "42"
+PARALLEL_TRIALS = 2
+MAX_TRIALS = 12
+MAX_FAILED_TRIALS = 3
+# The label of the train pod in alpr-train-trial (workflows/train_trial.py KATIB_LABEL): only that
+# pod gets Katib's metrics collector sidecar.
+PRIMARY_POD_LABELS = {"katib.kubeflow.org/model-training": "true"}
+# Katib's StdOut default, stated explicitly: `name=value` with a number.
+METRICS_FORMAT = r"([\w|-]+)\s*=\s*([+-]?\d*(\.\d+)?([Ee][+-]?\d+)?)"
+# Values for the trial that are not tuned; `alpr tune -p` overrides them.
+FIXED = {"dataset-name": "plates", "dataset-version": "1"}
+
+# (alpr-train-trial parameter, trial parameter name, Katib parameterType, feasibleSpace), sized for
+# rtmdet-ins-tiny trained with AdamW from scratch (defaults: lr 1e-3, weight decay 0.05, widen 0.375, batch 8).
+SEARCH_SPACE = (
+    ("lr", "learningRate", "double", {"min": "0.0001", "max": "0.01", "distribution": "logUniform"}),
+    ("weight-decay", "weightDecay", "double", {"min": "0.005", "max": "0.1", "distribution": "logUniform"}),
+    ("widen-factor", "widenFactor", "discrete", {"list": ["0.25", "0.375", "0.5"]}),
+    ("batch-size", "batchSize", "discrete", {"list": ["4", "8", "16"]}),
+)
+
+
+def trial_spec() -> dict:
+    """An Argo Workflow of the trial template; Katib names it and fills in ${trialParameters.X}."""
+    tuned = [{"name": name, "value": "${trialParameters.%s}" % trial_name} for name, trial_name, _, _ in SEARCH_SPACE]
+    fixed = [{"name": name, "value": value} for name, value in FIXED.items()]
+    return {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "Workflow",
+        "spec": {
+            "workflowTemplateRef": {"name": TRIAL_TEMPLATE},
+            "arguments": {"parameters": fixed + tuned},
+        },
+    }
+
+
+def experiment(objective: str = OBJECTIVE, algorithm: str = ALGORITHM) -> dict:
+    if objective not in METRICS:
+        raise SystemExit(f"--objective {objective!r}: expected one of {', '.join(METRICS)}")
+    if algorithm not in ALGORITHMS:
+        raise SystemExit(f"--algorithm {algorithm!r}: expected one of {', '.join(ALGORITHMS)}")
+    additional = [m for m in METRICS if m != objective]
+    return {
+        "apiVersion": "kubeflow.org/v1beta1",
+        "kind": "Experiment",
+        "metadata": {"name": NAME, "labels": {"app.kubernetes.io/name": "alpr"}},
+        "spec": {
+            "objective": {
+                "type": "maximize",
+                "objectiveMetricName": objective,
+                "additionalMetricNames": additional,
+                # Katib's defaults for maximize, stated: the best validation of the run (what best.pth keeps).
+                "metricStrategies": [{"name": m, "value": "max"} for m in (objective, *additional)],
+            },
+            "algorithm": {"algorithmName": algorithm,
+                          "algorithmSettings": [{"name": "random_state", "value": SEED}]},
+            "parallelTrialCount": PARALLEL_TRIALS,
+            "maxTrialCount": MAX_TRIALS,
+            "maxFailedTrialCount": MAX_FAILED_TRIALS,
+            "parameters": [{"name": name, "parameterType": kind, "feasibleSpace": space}
+                           for name, _, kind, space in SEARCH_SPACE],
+            "metricsCollectorSpec": {
+                "collector": {"kind": "StdOut"},
+                "source": {"filter": {"metricsFormat": [METRICS_FORMAT]}},
+            },
+            "trialTemplate": {
+                "retain": True,  # keep trial Workflows for the Argo UI; the template's ttlStrategy removes them
+                "primaryContainerName": "main",  # Argo runs a template's container as `main`
+                "primaryPodLabels": PRIMARY_POD_LABELS,
+                "successCondition": 'status.[@this].#(phase=="Succeeded")#',
+                "failureCondition": 'status.[@this].#(phase=="Failed")#',
+                "trialParameters": [{"name": trial_name, "reference": name} for name, trial_name, _, _ in SEARCH_SPACE],
+                "trialSpec": trial_spec(),
+            },
+        },
+    }
+
+
+def render(document: dict) -> str:
+    return "# Generated by katib/experiment.py (`make workflows`); edit that, not this.\n" + \
+        yaml.safe_dump(document, sort_keys=False, width=120)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Generate the Katib Experiment for alpr-train-trial.")
+    parser.add_argument("--objective", default=OBJECTIVE, help=f"metric to maximize ({', '.join(METRICS)})")
+    parser.add_argument("--algorithm", default=ALGORITHM, help=f"Katib algorithm ({', '.join(ALGORITHMS)})")
+    parser.add_argument("--to", type=Path, default=None, help="write the YAML here (default: stdout)")
+    args = parser.parse_args(argv)
+    text = render(experiment(args.objective, args.algorithm))
+    if args.to is None:
+        sys.stdout.write(text)
+        return
+    partial = args.to.with_name(f".{args.to.name}.partial")
+    partial.write_text(text)
+    partial.replace(args.to)
+
+
+if __name__ == "__main__":
+    main()

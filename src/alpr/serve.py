@@ -1,0 +1,254 @@
+"""The model server: KServe's ModelServer with an ``alpr`` model that turns images into plates.
+
+- V1: ``POST /v1/models/alpr:predict`` with ``{"instances": [{"image_b64": "..."}]}`` returns
+  ``{"predictions": [{"plates": [...]}]}``, one entry per instance.
+- V2 (Open Inference Protocol): ``POST /v2/models/alpr/infer`` with a ``BYTES`` input ``image``
+  holding base64-encoded image files returns a ``BYTES`` output ``plates``: one JSON string per image.
+
+Images from concurrent requests are batched on the device (``max_batch_size``, ``max_wait_ms``).
+Bad input raises kserve's InvalidInput, which the server answers with a 400 and a message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import io
+import json
+import tempfile
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from alpr.errors import UsageError
+from alpr.postprocess import Plate, ReadOptions
+
+KSERVE_MODEL_DIR = "/mnt/models"
+V2_INPUT, V2_OUTPUT = "image", "plates"
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    model: str = KSERVE_MODEL_DIR  # a checkpoint path or folder, file:// or gs:// URL
+    name: str = "alpr"
+    http_port: int = 8080
+    device: str = "auto"
+    max_batch_size: int = 8
+    max_wait_ms: float = 5.0
+    max_image_bytes: int = 8 * 2**20
+    max_pixels: int = 4096 * 4096
+    read: ReadOptions = ReadOptions()
+
+
+class InvalidImage(ValueError):
+    pass
+
+
+def resolve_checkpoint(model: str, cache: Path) -> Path:
+    """A local checkpoint file from a path, a folder holding one (KServe's /mnt/models), or a URL."""
+    from alpr import storage
+
+    if model.startswith("gs://") or model.startswith("file://"):
+        target = cache / Path(model.split("://", 1)[1]).name
+        storage.download_file(model, target)
+        return target
+    path = Path(model)
+    if path.is_dir():
+        found = sorted(path.rglob("*.pth"), key=lambda p: (p.name != "best.pth", str(p)))
+        if not found:
+            raise UsageError(f"{path}: no .pth checkpoint in this folder")
+        return found[0]
+    if not path.is_file():
+        raise UsageError(f"{path}: checkpoint not found")
+    return path
+
+
+def decode_image(data: bytes, max_bytes: int, max_pixels: int) -> np.ndarray:
+    """A BGR array from an encoded image file, or InvalidImage saying what is wrong with it."""
+    import cv2
+    from PIL import Image, UnidentifiedImageError
+
+    if not data:
+        raise InvalidImage("empty image")
+    if len(data) > max_bytes:
+        raise InvalidImage(f"image of {len(data)} bytes is over the limit of {max_bytes} bytes")
+    try:
+        with Image.open(io.BytesIO(data)) as header:  # reads the header only: size before decoding
+            width, height, kind = header.width, header.height, header.format
+    except UnidentifiedImageError:
+        raise InvalidImage("not an image file (no known image format)") from None
+    except (Image.DecompressionBombError, OSError) as error:
+        raise InvalidImage(f"not a readable image file ({error})") from None
+    if width * height > max_pixels:
+        raise InvalidImage(f"image of {width}x{height} pixels is over the limit of {max_pixels} pixels")
+    if kind == "JPEG" and not data.rstrip(b"\0").endswith(b"\xff\xd9"):
+        raise InvalidImage("truncated JPEG: no end-of-image marker")
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise InvalidImage(f"{kind} image could not be decoded (truncated or corrupt)")
+    return image
+
+
+def decode_base64_image(text: Any, max_bytes: int, max_pixels: int) -> np.ndarray:
+    if not isinstance(text, str):
+        raise InvalidImage(f"expected a base64 string, got {type(text).__name__}")
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as error:
+        raise InvalidImage(f"not valid base64 ({error})") from None
+    return decode_image(data, max_bytes, max_pixels)
+
+
+class Batcher:
+    """Gathers images from concurrent requests and runs them through the model together.
+
+    A batch closes when it holds ``max_size`` images or ``max_wait`` seconds after its first
+    one; while the model runs, new images queue up for the next batch. One model call at a time.
+    """
+
+    def __init__(self, run: Callable[[list], list], max_size: int, max_wait: float):
+        self.run, self.max_size, self.max_wait = run, max_size, max_wait
+        self._queue: asyncio.Queue | None = None
+        self._worker: asyncio.Task | None = None
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="alpr-model")
+
+    async def submit(self, items: list) -> list:
+        loop = asyncio.get_running_loop()
+        if self._worker is None:
+            self._queue = asyncio.Queue()
+            self._worker = loop.create_task(self._serve())
+        futures = [loop.create_future() for _ in items]
+        for item, future in zip(items, futures):
+            self._queue.put_nowait((item, future))
+        return list(await asyncio.gather(*futures))
+
+    async def _next_batch(self) -> list[tuple[Any, asyncio.Future]]:
+        loop = asyncio.get_running_loop()
+        batch = [await self._queue.get()]
+        deadline = loop.time() + self.max_wait
+        while len(batch) < self.max_size:
+            if not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+                continue
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+            except asyncio.TimeoutError:
+                break
+        return batch
+
+    async def _serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [(item, future) for item, future in await self._next_batch() if not future.done()]
+            if not batch:
+                continue
+            try:
+                results = await loop.run_in_executor(self._executor, self.run, [item for item, _ in batch])
+            except Exception as error:  # the requests of this batch fail; the server goes on
+                results, failure = None, error
+            for index, (_, future) in enumerate(batch):
+                if future.done():
+                    continue
+                if results is None:
+                    future.set_exception(failure)
+                else:
+                    future.set_result(results[index])
+
+
+def _plates_json(plates: list[Plate]) -> list[dict]:
+    return [plate.to_dict() for plate in plates]
+
+
+def make_model(options: ServeOptions):
+    """The kserve.Model subclass is built here so that importing alpr.serve does not import kserve."""
+    import kserve
+    from kserve.errors import InvalidInput
+    from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+
+    class PlateModel(kserve.Model):
+        def __init__(self):
+            super().__init__(options.name)
+            self.reader = None
+            self.batcher: Batcher | None = None
+
+        def load(self) -> bool:
+            from alpr.reader import PlateReader
+
+            with tempfile.TemporaryDirectory(prefix="alpr-model-") as cache:
+                checkpoint = resolve_checkpoint(options.model, Path(cache))
+                self.reader = PlateReader.from_checkpoint(checkpoint, options.device, options.read)
+            self.batcher = Batcher(self.reader.predict_batch, options.max_batch_size, options.max_wait_ms / 1000)
+            self.ready = True
+            return self.ready
+
+        async def _decode(self, texts: list, where: Callable[[int], str]) -> list[np.ndarray]:
+            if not texts:
+                raise InvalidInput(f"{where(0).split('[')[0]}: no images in the request")
+
+            def decode_all() -> list[np.ndarray]:
+                images = []
+                for index, text in enumerate(texts):
+                    try:
+                        images.append(decode_base64_image(text, options.max_image_bytes, options.max_pixels))
+                    except InvalidImage as error:
+                        raise InvalidInput(f"{where(index)}: {error}") from None
+                return images
+
+            return await asyncio.get_running_loop().run_in_executor(None, decode_all)
+
+        async def _predict_v1(self, payload: Any) -> dict:
+            if not isinstance(payload, dict) or not isinstance(payload.get("instances"), list):
+                raise InvalidInput('expected a JSON object {"instances": [{"image_b64": "<base64 image>"}, ...]}')
+            texts = []
+            for index, instance in enumerate(payload["instances"]):
+                if not isinstance(instance, dict) or "image_b64" not in instance:
+                    raise InvalidInput(f"instances[{index}]: missing field 'image_b64' (a base64-encoded image)")
+                texts.append(instance["image_b64"])
+            images = await self._decode(texts, lambda i: f"instances[{i}].image_b64")
+            results = await self.batcher.submit(images)
+            return {"predictions": [{"plates": _plates_json(plates)} for plates in results]}
+
+        async def _infer_v2(self, request: InferRequest) -> InferResponse:
+            inputs = [i for i in request.inputs if i.name == V2_INPUT] or request.inputs[:1]
+            if len(inputs) != 1 or inputs[0].datatype != "BYTES":
+                raise InvalidInput(f"expected one BYTES input named {V2_INPUT!r} holding base64-encoded images")
+            data = inputs[0].data
+            texts = [t.decode() if isinstance(t, bytes) else t for t in (data.tolist() if hasattr(data, "tolist")
+                                                                         else list(data or []))]
+            images = await self._decode(texts, lambda i: f"inputs[{V2_INPUT}][{i}]")
+            results = await self.batcher.submit(images)
+            output = InferOutput(V2_OUTPUT, [len(results)], "BYTES",
+                                 [json.dumps(_plates_json(plates)) for plates in results])
+            return InferResponse(request.id or str(uuid.uuid4()), self.name, [output])
+
+        async def predict(self, payload, headers=None, response_headers=None):
+            if isinstance(payload, InferRequest):
+                return await self._infer_v2(payload)
+            return await self._predict_v1(payload)
+
+        def get_input_types(self) -> list[dict]:
+            return [{"name": V2_INPUT, "datatype": "BYTES", "shape": [-1]}]
+
+        def get_output_types(self) -> list[dict]:
+            return [{"name": V2_OUTPUT, "datatype": "BYTES", "shape": [-1]}]
+
+    return PlateModel()
+
+
+def serve(options: ServeOptions) -> None:
+    """Loads the model, then serves it until interrupted: the server is ready only once loaded."""
+    import kserve
+
+    model = make_model(options)
+    model.load()
+    print(f"serving {options.name} on http://0.0.0.0:{options.http_port} "
+          f"(V1 /v1/models/{options.name}:predict, V2 /v2/models/{options.name}/infer)", flush=True)
+    kserve.ModelServer(http_port=options.http_port, enable_grpc=False, workers=1).start([model])

@@ -1,0 +1,360 @@
+"""``alpr tune``: run a Katib Experiment's search on this machine with Optuna.
+
+The experiment (katib/experiment.yaml) is read as Katib reads it: its parameters become an
+Optuna search space, each trial's values go through ``trialTemplate.trialParameters`` into the
+trial Workflow's parameters, the referenced WorkflowTemplate runs step by step with the local
+runner (:mod:`alpr.local_run`), and the metrics are parsed from the output of the steps whose
+pod carries ``primaryPodLabels`` with the StdOut collector's regex and metric strategies.
+Trials run one after another; ``parallelTrialCount`` only matters in a cluster.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from alpr.errors import AlprError, UsageError
+from alpr.local_run import LocalRun, StepFailed, project_root
+
+# Katib's StdOut collector default: `name=value` with a number.
+DEFAULT_METRICS_FORMAT = r"([\w|-]+)\s*=\s*([+-]?\d*(\.\d+)?([Ee][+-]?\d+)?)"
+TRIAL_PARAMETER = re.compile(r"\$\{trialParameters\.([^{}]+)\}")
+OUTPUT_LINE = re.compile(r"\[(?P<task>[^\]]+)\] (?P<text>.*)")  # how LocalRun echoes a step's output
+SAMPLERS = ("tpe", "multivariate-tpe", "random")
+
+
+class NotSupportedLocally(AlprError):
+    pass
+
+
+class TrialFailed(AlprError):
+    pass
+
+
+class TuneFailed(AlprError):
+    pass
+
+
+def project_path(path: Path) -> Path:
+    """A relative path that is missing here but exists in the project (katib/..., workflows/...)."""
+    if not path.exists() and not path.is_absolute() and (project_root() / path).exists():
+        return project_root() / path
+    return path
+
+
+def load_experiment(path: Path) -> dict:
+    if not path.is_file():
+        raise UsageError(f"{path}: experiment file not found")
+    document = yaml.safe_load(path.read_text())
+    if not isinstance(document, dict) or document.get("kind") != "Experiment":
+        raise UsageError(f"{path}: not a Katib Experiment")
+    return document
+
+
+def template_path(experiment: dict) -> Path:
+    """The WorkflowTemplate YAML the trials reference: workflows/<workflowTemplateRef.name>.yaml."""
+    return project_path(Path("workflows") / f"{workflow_template_name(experiment)}.yaml")
+
+
+def workflow_template_name(experiment: dict) -> str:
+    spec = experiment["spec"]["trialTemplate"].get("trialSpec", {})
+    name = spec.get("spec", {}).get("workflowTemplateRef", {}).get("name")
+    if spec.get("kind") != "Workflow" or not name:
+        raise NotSupportedLocally("trialTemplate.trialSpec: only an Argo Workflow with spec.workflowTemplateRef "
+                                  "runs locally")
+    return name
+
+
+# --- search space ----------------------------------------------------------------------------
+
+def suggest(trial, parameter: dict):
+    """One Katib ParameterSpec as an Optuna suggestion."""
+    name, kind, space = parameter["name"], parameter["parameterType"], parameter.get("feasibleSpace", {})
+    if kind in ("categorical", "discrete"):
+        return trial.suggest_categorical(name, list(space["list"]))
+    distribution = space.get("distribution", "uniform")
+    if distribution not in ("uniform", "logUniform"):
+        raise NotSupportedLocally(f"parameter {name}: distribution {distribution!r} (uniform or logUniform)")
+    log = distribution == "logUniform"
+    if kind == "double":
+        step = float(space["step"]) if "step" in space and not log else None
+        return trial.suggest_float(name, float(space["min"]), float(space["max"]), step=step, log=log)
+    if kind == "int":
+        return trial.suggest_int(name, int(space["min"]), int(space["max"]), step=int(space.get("step", 1)), log=log)
+    raise UsageError(f"parameter {name}: parameterType {kind!r}; expected double, int, discrete or categorical")
+
+
+def sampler(experiment: dict):
+    import optuna
+
+    algorithm = experiment["spec"].get("algorithm", {})
+    name = algorithm.get("algorithmName", "random")
+    settings = {s["name"]: s.get("value") for s in algorithm.get("algorithmSettings", [])}
+    seed = int(settings.get("random_state", 0))
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name in ("tpe", "multivariate-tpe"):
+        return optuna.samplers.TPESampler(seed=seed, multivariate=name == "multivariate-tpe")
+    raise NotSupportedLocally(f"algorithm {name!r}: alpr tune runs {', '.join(SAMPLERS)}")
+
+
+def direction(experiment: dict) -> str:
+    kind = experiment["spec"]["objective"]["type"]
+    if kind not in ("maximize", "minimize"):
+        raise UsageError(f"objective.type {kind!r}: expected maximize or minimize")
+    return kind
+
+
+# --- trial parameters ------------------------------------------------------------------------
+
+def workflow_arguments(experiment: dict, assignments: dict[str, object]) -> dict[str, str]:
+    """The trial Workflow's parameters, ${trialParameters.X} replaced by the assigned values."""
+    template = experiment["spec"]["trialTemplate"]
+    references = {p["name"]: p["reference"] for p in template.get("trialParameters", [])}
+
+    def value(match: re.Match) -> str:
+        name = match.group(1)
+        if name not in references:
+            raise UsageError(f"trialSpec uses ${{trialParameters.{name}}}, which trialParameters does not define")
+        if references[name] not in assignments:
+            raise NotSupportedLocally(f"trial parameter {name}: reference {references[name]!r} is not a parameter "
+                                      "of the search space")
+        return str(assignments[references[name]])
+
+    parameters = template["trialSpec"]["spec"].get("arguments", {}).get("parameters", [])
+    return {p["name"]: TRIAL_PARAMETER.sub(value, str(p.get("value", ""))) for p in parameters}
+
+
+def tuned_names(experiment: dict) -> set[str]:
+    parameters = experiment["spec"]["trialTemplate"]["trialSpec"]["spec"].get("arguments", {}).get("parameters", [])
+    return {p["name"] for p in parameters if TRIAL_PARAMETER.search(str(p.get("value", "")))}
+
+
+def check_overrides(experiment: dict, overrides: dict[str, str]) -> None:
+    clash = set(overrides) & (tuned_names(experiment) | {"run-id"})
+    if clash:
+        raise UsageError(f"-p {', '.join(sorted(clash))}: set by alpr tune for every trial; leave it out")
+
+
+# --- metrics ---------------------------------------------------------------------------------
+
+def metric_names(experiment: dict) -> list[str]:
+    objective = experiment["spec"]["objective"]
+    return [objective["objectiveMetricName"], *objective.get("additionalMetricNames", [])]
+
+
+def metric_filters(experiment: dict) -> list[re.Pattern]:
+    spec = experiment["spec"].get("metricsCollectorSpec", {})
+    kind = spec.get("collector", {}).get("kind", "StdOut")
+    if kind != "StdOut":
+        raise NotSupportedLocally(f"metrics collector {kind!r}: alpr tune reads StdOut only")
+    formats = spec.get("source", {}).get("filter", {}).get("metricsFormat") or [DEFAULT_METRICS_FORMAT]
+    return [re.compile(f) for f in formats]
+
+
+def metric_strategies(experiment: dict) -> dict[str, str]:
+    """min, max or latest for each metric; unset ones follow the objective type, as Katib's defaulter does."""
+    objective = experiment["spec"]["objective"]
+    default = {"maximize": "max", "minimize": "min"}.get(objective["type"], "latest")
+    given = {s["name"]: s["value"] for s in objective.get("metricStrategies", [])}
+    return {name: given.get(name, default) for name in metric_names(experiment)}
+
+
+def parse_metrics(lines: list[str], names: list[str], filters: list[re.Pattern]) -> dict[str, list[float]]:
+    """Every value of the named metrics in the lines, in order (what Katib's StdOut collector records)."""
+    found: dict[str, list[float]] = {}
+    for line in lines:
+        for pattern in filters:
+            for match in pattern.finditer(line):
+                name, value = match.group(1).strip(), match.group(2).strip()
+                if name in names:
+                    try:
+                        found.setdefault(name, []).append(float(value))
+                    except ValueError:
+                        continue  # `name=` with no number
+    return found
+
+
+def observe(values: dict[str, list[float]], strategies: dict[str, str]) -> dict[str, float]:
+    pick = {"min": min, "max": max, "latest": lambda v: v[-1]}
+    return {name: pick[strategies.get(name, "latest")](found) for name, found in values.items() if found}
+
+
+@dataclass(frozen=True)
+class Collector:
+    """Katib's StdOut metrics collector for one experiment: which steps, which metrics, which values."""
+
+    tasks: set[str]
+    names: list[str]
+    filters: list[re.Pattern]
+    strategies: dict[str, str]
+
+    @classmethod
+    def of(cls, experiment: dict, template: dict) -> Collector:
+        labels = experiment["spec"]["trialTemplate"].get("primaryPodLabels")
+        return cls(primary_tasks(template, labels), metric_names(experiment), metric_filters(experiment),
+                   metric_strategies(experiment))
+
+    @property
+    def objective(self) -> str:
+        return self.names[0]
+
+    def metrics(self, lines: list[str]) -> dict[str, float]:
+        return observe(parse_metrics(lines, self.names, self.filters), self.strategies)
+
+
+# --- running trials --------------------------------------------------------------------------
+
+def primary_tasks(template: dict, labels: dict[str, str] | None) -> set[str]:
+    """The DAG tasks whose pods Katib's collector wraps: those with primaryPodLabels (all without them)."""
+    spec = template["spec"]
+    templates = {t["name"]: t for t in spec.get("templates", [])}
+    tasks = templates.get(spec.get("entrypoint"), {}).get("dag", {}).get("tasks", [])
+
+    def labelled(task: dict) -> bool:
+        return labels.items() <= templates.get(task["template"], {}).get("metadata", {}).get("labels", {}).items()
+
+    chosen = {t["name"] for t in tasks if not labels or labelled(t)}
+    if not chosen:
+        raise UsageError(f"no step of {template['metadata']['name']} carries primaryPodLabels {labels}: "
+                         "Katib would collect no metrics")
+    return chosen
+
+
+def run_trial(template: dict, workdir: Path, parameters: dict[str, str], tasks: set[str], log: Path,
+              on_line: Callable[[str, str], None] = lambda task, text: None) -> list[str]:
+    """Runs the trial's WorkflowTemplate locally; returns the output lines of the primary tasks."""
+    lines: list[str] = []
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as out:
+        def echo(line: str) -> None:
+            out.write(line + "\n")
+            out.flush()
+            match = OUTPUT_LINE.fullmatch(line)
+            if match and match["task"] in tasks and not match["text"].startswith("$ "):
+                lines.append(match["text"])
+                on_line(match["task"], match["text"])
+
+        try:
+            LocalRun(template, workdir, parameters, echo=echo).run()
+        except StepFailed as error:
+            raise TrialFailed(f"{error} (log: {log})") from error
+    return lines
+
+
+def tune(experiment: dict, template: dict, workdir: Path, overrides: dict[str, str], max_trials: int | None = None,
+         echo: Callable[[str], None] = print):
+    """Runs the experiment's trials in turn; returns the Optuna study (failed trials are TrialState.FAIL)."""
+    import optuna
+
+    spec = experiment["spec"]
+    if workflow_template_name(experiment) != template["metadata"]["name"]:
+        raise UsageError(f"the experiment's trials run workflowTemplateRef {workflow_template_name(experiment)!r}, "
+                         f"not {template['metadata']['name']!r}")
+    if max_trials is not None and max_trials < 1:
+        raise UsageError(f"--max-trials must be at least 1, got {max_trials}")
+    check_overrides(experiment, overrides)
+    collect = Collector.of(experiment, template)
+    total = max_trials or spec.get("maxTrialCount", 10)
+    max_failed, goal = spec.get("maxFailedTrialCount"), spec["objective"].get("goal")
+    name = f"{experiment['metadata'].get('name', 'tune')}-{time.strftime('%Y%m%d%H%M%S')}"
+    logs = Path(workdir).resolve() / "tune" / name
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name=name, direction=direction(experiment), sampler=sampler(experiment))
+    echo(f"tune {name}: {total} trials of {template['metadata']['name']}, {direction(experiment)} "
+         f"{collect.objective}; logs in {logs}")
+    for _ in range(total):
+        trial = study.ask()
+        assignments = {p["name"]: suggest(trial, p) for p in spec["parameters"]}
+        run_id = f"{name}-{trial.number}"
+        trial.set_user_attr("run_id", run_id)
+        echo(f"trial {trial.number}: {' '.join(f'{k}={_format(v)}' for k, v in assignments.items())}")
+        parameters = {**workflow_arguments(experiment, assignments), **overrides, "run-id": run_id}
+        try:
+            metrics = _run(template, workdir, parameters, collect, logs / f"{run_id}.log", echo)
+        except TrialFailed as error:
+            trial.set_user_attr("error", str(error))
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            echo(f"trial {trial.number} failed: {error}")
+            failed = sum(t.state == optuna.trial.TrialState.FAIL for t in study.trials)
+            if max_failed is not None and failed > max_failed:
+                echo(f"stopping: {failed} trials failed (maxFailedTrialCount {max_failed})")
+                break
+            continue
+        trial.set_user_attr("metrics", metrics)
+        study.tell(trial, metrics[collect.objective])
+        echo(f"trial {trial.number}: {' '.join(f'{k}={v:.4f}' for k, v in metrics.items())}")
+        if goal is not None and _reached(metrics[collect.objective], float(goal), direction(experiment)):
+            echo(f"goal {collect.objective}={goal} reached")
+            break
+    return study
+
+
+def _run(template: dict, workdir: Path, parameters: dict[str, str], collect: Collector, log: Path,
+         echo: Callable[[str], None]) -> dict[str, float]:
+    """One trial: its metrics, or TrialFailed when a step fails or the objective metric never shows."""
+    def progress(task: str, text: str) -> None:
+        if collect.metrics([text]):
+            echo(f"  [{task}] {text}")
+
+    metrics = collect.metrics(run_trial(template, workdir, parameters, collect.tasks, log, progress))
+    if collect.objective not in metrics:
+        raise TrialFailed(f"no {collect.objective}= line from {', '.join(sorted(collect.tasks))} (log: {log})")
+    return metrics
+
+
+def _reached(value: float, goal: float, kind: str) -> bool:
+    return value >= goal if kind == "maximize" else value <= goal
+
+
+def _format(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+# --- report ----------------------------------------------------------------------------------
+
+def trials_table(study, experiment: dict):
+    from rich.table import Table
+
+    parameters = [p["name"] for p in experiment["spec"]["parameters"]]
+    metrics = metric_names(experiment)
+    table = Table(title=f"{study.study_name}: {len(study.trials)} trials")
+    for column in ("trial", "state", *parameters, *metrics):
+        table.add_column(column, justify="right" if column != "state" else "left")
+    for trial in study.trials:
+        found = trial.user_attrs.get("metrics", {})
+        table.add_row(str(trial.number), trial.state.name,
+                      *(_format(trial.params.get(p, "")) for p in parameters),
+                      *(f"{found[m]:.4f}" if m in found else "-" for m in metrics))
+    return table
+
+
+def report(study, experiment: dict, console=None) -> None:
+    """Prints the trials and the best parameters; raises when no trial succeeded."""
+    import optuna
+    from rich.console import Console
+
+    # Piped (CI logs, tests), rich would squeeze the table into 80 columns.
+    console = console or (Console() if sys.stdout.isatty() else Console(width=160))
+    console.print(trials_table(study, experiment))
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not done:
+        raise TuneFailed(f"all {len(study.trials)} trials failed; the first: "
+                         f"{study.trials[0].user_attrs.get('error', '?') if study.trials else 'none ran'}")
+    best = study.best_trial
+    objective = metric_names(experiment)[0]
+    console.print(f"best trial {best.number} (run {best.user_attrs['run_id']}): {objective}={best.value:.4f}",
+                  highlight=False)
+    console.print("best parameters: " + " ".join(f"{k}={v}" for k, v in best.params.items()),
+                  highlight=False, soft_wrap=True)
+    failed = len(study.trials) - len(done)
+    limit = experiment["spec"].get("maxFailedTrialCount")
+    if limit is not None and failed > limit:
+        raise TuneFailed(f"{failed} trials failed, more than maxFailedTrialCount {limit}")

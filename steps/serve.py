@@ -1,0 +1,53 @@
+"""Serve a trained model over HTTP with KServe: images in, plates out (V1 and V2 protocols).
+
+    python steps/serve.py --model PATH_OR_URL [--http-port 8080]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from alpr.errors import UsageError
+from alpr.postprocess import ReadOptions
+from alpr.serve import KSERVE_MODEL_DIR, ServeOptions, serve
+
+DEFAULTS = ServeOptions()
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Serve an alpr checkpoint as the KServe model 'alpr'.",
+                                     add_help=add_help)
+    parser.add_argument("--model", default=KSERVE_MODEL_DIR,
+                        help="checkpoint path, a folder holding one, or a file:// or gs:// URL "
+                             f"(default {KSERVE_MODEL_DIR}, where KServe puts the storageUri)")
+    parser.add_argument("--http-port", type=int, default=DEFAULTS.http_port, help="HTTP port")
+    parser.add_argument("--device", default=DEFAULTS.device, help="auto, cpu or cuda[:N]")
+    parser.add_argument("--max-batch-size", type=int, default=DEFAULTS.max_batch_size,
+                        help="most images run through the model together")
+    parser.add_argument("--max-wait-ms", type=float, default=DEFAULTS.max_wait_ms,
+                        help="how long a batch waits for more images after its first")
+    parser.add_argument("--max-image-bytes", type=int, default=DEFAULTS.max_image_bytes,
+                        help="largest encoded image accepted")
+    parser.add_argument("--max-pixels", type=int, default=DEFAULTS.max_pixels,
+                        help="largest image accepted, width x height")
+    parser.add_argument("--board-threshold", type=float, default=ReadOptions.board_threshold,
+                        help="lowest score of a plate board that is reported")
+    parser.add_argument("--char-threshold", type=float, default=ReadOptions.char_threshold,
+                        help="lowest score of a character that is read")
+    return parser
+
+
+def main(args: argparse.Namespace) -> None:
+    if args.max_batch_size < 1 or args.max_wait_ms < 0:
+        raise UsageError(f"--max-batch-size {args.max_batch_size} / --max-wait-ms {args.max_wait_ms}: "
+                         "the batch size must be at least 1 and the wait at least 0")
+    read = ReadOptions(board_threshold=args.board_threshold, char_threshold=args.char_threshold)
+    serve(ServeOptions(args.model, http_port=args.http_port, device=args.device,
+                       max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
+                       max_image_bytes=args.max_image_bytes, max_pixels=args.max_pixels, read=read))
+
+
+if __name__ == "__main__":
+    from alpr.cli import run_step
+
+    run_step(get_args_parser, main)

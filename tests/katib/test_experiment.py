@@ -1,0 +1,185 @@
+"""The committed Katib Experiment: in sync with katib/experiment.py, valid for Katib's schema and
+webhook, and wired to the alpr-train-trial WorkflowTemplate its trials run."""
+
+import copy
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from schemas import SCHEMAS, argo_validator, crd_validator, errors
+
+ROOT = Path(__file__).parents[2]
+EXPERIMENT = ROOT / "katib" / "experiment.yaml"
+TRIAL_TEMPLATE = ROOT / "workflows" / "alpr-train-trial.yaml"
+USES = re.compile(r"\$\{trialParameters\.([^{}]+)\}")
+ARGO_SUCCEEDED = 'status.[@this].#(phase=="Succeeded")#'
+ARGO_FAILED = 'status.[@this].#(phase=="Failed")#'
+
+
+@pytest.fixture(scope="module")
+def experiment() -> dict:
+    return yaml.safe_load(EXPERIMENT.read_text())
+
+
+@pytest.fixture(scope="module")
+def trial_template() -> dict:
+    return yaml.safe_load(TRIAL_TEMPLATE.read_text())
+
+
+def _generate(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "katib/experiment.py", *args], cwd=ROOT, capture_output=True, text=True)
+
+
+def test_committed_yaml_matches_its_generator():
+    generated = _generate()
+    assert generated.returncode == 0, generated.stderr
+    assert EXPERIMENT.is_file(), "katib/experiment.yaml missing: run `make workflows`"
+    assert yaml.safe_load(generated.stdout) == yaml.safe_load(EXPERIMENT.read_text()), \
+        "katib/experiment.yaml is out of date with katib/experiment.py: run `make workflows`"
+
+
+def test_generator_options():
+    random = yaml.safe_load(_generate("--algorithm", "random", "--objective", "mAP").stdout)["spec"]
+    assert random["algorithm"]["algorithmName"] == "random"
+    assert random["objective"]["objectiveMetricName"] == "mAP"
+    assert set(random["objective"]["additionalMetricNames"]) == {"EIR", "dv_mAP"}
+    bad = _generate("--algorithm", "grid")
+    assert bad.returncode != 0 and "expected one of tpe, random" in bad.stderr
+
+
+def _strict(node):
+    """The schema with additionalProperties: false on every object that lists its properties."""
+    if isinstance(node, dict):
+        node = {k: _strict(v) for k, v in node.items()}
+        if "properties" in node and "additionalProperties" not in node:
+            node["additionalProperties"] = False
+        return node
+    if isinstance(node, list):
+        return [_strict(v) for v in node]
+    return node
+
+
+def test_validates_against_katib_openapi_schema(experiment):
+    path = SCHEMAS / "katib" / "katib-openapi-v3.json"
+    if not path.is_file():
+        pytest.fail(f"{path} missing: the upstream schemas must sit in ../shared/schemas beside the repo")
+    schema = json.loads(path.read_text())
+    # Types and, made strict here, field names (a misspelt field would be pruned by the API server).
+    validator = jsonschema.Draft202012Validator({**_strict(schema), "$ref": "#/components/schemas/v1beta1.Experiment"})
+    assert errors(validator, experiment) == []
+
+
+def test_required_fields_and_experiment_rules(experiment):
+    """What the schema cannot say: required fields and the webhook's checks of the spec."""
+    assert experiment["apiVersion"] == "kubeflow.org/v1beta1" and experiment["kind"] == "Experiment"
+    assert experiment["metadata"]["name"] and "namespace" not in experiment["metadata"]  # kubectl -n picks it
+    spec = experiment["spec"]
+    objective = spec["objective"]
+    assert objective["type"] == "maximize" and objective["objectiveMetricName"] == "EIR"
+    assert set(objective["additionalMetricNames"]) == {"mAP", "dv_mAP"}
+    assert {s["name"] for s in objective["metricStrategies"]} == {"EIR", "mAP", "dv_mAP"}
+    assert {s["value"] for s in objective["metricStrategies"]} <= {"min", "max", "latest"}
+    assert spec["algorithm"]["algorithmName"] in ("tpe", "random")
+    assert 1 <= spec["parallelTrialCount"] <= spec["maxTrialCount"]
+    assert 0 <= spec["maxFailedTrialCount"] <= spec["maxTrialCount"]
+    assert spec["metricsCollectorSpec"]["collector"]["kind"] == "StdOut"
+    for fmt in spec["metricsCollectorSpec"]["source"]["filter"]["metricsFormat"]:
+        assert re.compile(fmt).groups >= 2  # the webhook wants a name group and a value group
+    names = [p["name"] for p in spec["parameters"]]
+    assert names and len(set(names)) == len(names)
+    for parameter in spec["parameters"]:
+        space = parameter["feasibleSpace"]
+        if parameter["parameterType"] in ("double", "int"):
+            assert float(space["min"]) < float(space["max"]), parameter
+            if space.get("distribution") == "logUniform":
+                assert float(space["min"]) > 0, parameter
+        else:
+            assert parameter["parameterType"] in ("discrete", "categorical") and space["list"], parameter
+            if parameter["parameterType"] == "discrete":
+                [float(v) for v in space["list"]]
+    assert spec["trialTemplate"]["trialSpec"]
+
+
+def test_trial_template_follows_the_webhook_rules_for_argo_workflows(experiment):
+    template = experiment["spec"]["trialTemplate"]
+    assert template["primaryContainerName"] == "main"
+    assert template["successCondition"] == ARGO_SUCCEEDED and template["failureCondition"] == ARGO_FAILED
+    trial_spec = template["trialSpec"]
+    assert trial_spec["apiVersion"] == "argoproj.io/v1alpha1" and trial_spec["kind"] == "Workflow"
+    assert not {"name", "namespace"} & set(trial_spec.get("metadata", {}))
+    used = set(USES.findall(json.dumps(trial_spec)))
+    defined = [p["name"] for p in template["trialParameters"]]
+    assert len(set(defined)) == len(defined)
+    assert used == set(defined), f"used but not defined: {used - set(defined)}; unused: {set(defined) - used}"
+    parameters = {p["name"] for p in experiment["spec"]["parameters"]}
+    assert {p["reference"] for p in template["trialParameters"]} == parameters
+
+
+def test_trial_spec_is_a_valid_argo_workflow(experiment):
+    workflow = copy.deepcopy(experiment["spec"]["trialTemplate"]["trialSpec"])
+    workflow["metadata"] = {"name": "alpr-tune-x7k2p9qd", "namespace": "alpr"}  # what Katib adds
+    assert errors(argo_validator("Workflow"), workflow) == []
+    assert errors(crd_validator("argo/argoproj.io_workflows.yaml"), workflow) == []
+
+
+def test_trials_run_alpr_train_trial_with_parameters_it_declares(experiment, trial_template):
+    trial_spec = experiment["spec"]["trialTemplate"]["trialSpec"]["spec"]
+    assert trial_spec["workflowTemplateRef"]["name"] == trial_template["metadata"]["name"] == "alpr-train-trial"
+    declared = {p["name"] for p in trial_template["spec"]["arguments"]["parameters"]}
+    passed = [p["name"] for p in trial_spec["arguments"]["parameters"]]
+    assert len(set(passed)) == len(passed) and set(passed) <= declared, set(passed) - declared
+    # Each tuned value reaches the workflow parameter of the same name.
+    references = {p["name"]: p["reference"] for p in experiment["spec"]["trialTemplate"]["trialParameters"]}
+    for parameter in trial_spec["arguments"]["parameters"]:
+        for name in USES.findall(parameter["value"]):
+            assert references[name] == parameter["name"]
+
+
+def _templates(document: dict) -> dict:
+    return {t["name"]: t for t in document["spec"]["templates"]}
+
+
+def test_primary_pod_labels_mark_the_pod_that_prints_the_metrics(experiment, trial_template):
+    labels = experiment["spec"]["trialTemplate"]["primaryPodLabels"]
+    assert labels
+    labelled = [t for t in trial_template["spec"]["templates"]
+                if labels.items() <= t.get("metadata", {}).get("labels", {}).items()]
+    assert [t["name"] for t in labelled] == ["train"]
+    container = labelled[0]["container"]
+    assert container["command"] == ["python", "steps/train.py"]
+    assert container.get("name", "main") == experiment["spec"]["trialTemplate"]["primaryContainerName"]
+
+
+def test_the_collector_reads_the_metric_lines_the_train_step_prints(experiment):
+    from alpr.metrics import metric_lines
+
+    printed = metric_lines({"mAP": 0.25, "dv_mAP": 0.125, "EIR": 0.5, "plate_recall": 0.75})
+    spec = experiment["spec"]
+    wanted = {spec["objective"]["objectiveMetricName"], *spec["objective"]["additionalMetricNames"]}
+    found = {}
+    for fmt in spec["metricsCollectorSpec"]["source"]["filter"]["metricsFormat"]:
+        for match in re.finditer(fmt, printed):
+            found[match.group(1)] = float(match.group(2))
+    assert {k: v for k, v in found.items() if k in wanted} == {"mAP": 0.25, "dv_mAP": 0.125, "EIR": 0.5}
+
+
+def test_search_space_values_are_accepted_by_the_train_step(experiment, trial_template):
+    """Each tuned workflow parameter feeds a train flag whose parser takes every value of the space."""
+    from alpr.steps.train import get_args_parser
+
+    args = _templates(trial_template)["train"]["container"]["args"]
+    flag_of = {value: args[i - 1] for i, value in enumerate(args) if value.startswith("{{workflow.parameters.")}
+    required = ["--workdir", "w", "--dataset", "d", "--version", "1", "--run-id", "r"]
+    for parameter in experiment["spec"]["parameters"]:
+        flag = flag_of["{{workflow.parameters.%s}}" % parameter["name"]]
+        space = parameter["feasibleSpace"]
+        values = space.get("list") or [space["min"], space["max"]]
+        for value in values:
+            parsed = get_args_parser().parse_args([*required, flag, value])
+            assert float(getattr(parsed, flag[2:].replace("-", "_"))) == float(value)

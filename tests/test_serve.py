@@ -1,0 +1,189 @@
+"""The KServe model server, started for real on 127.0.0.1 and called over HTTP (V1 and V2)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import httpx
+import numpy as np
+import pytest
+
+from conftest import ROOT, free_port
+
+MAX_PIXELS = 100_000  # the synthetic images are 320x240
+MAX_BYTES = 300_000
+LOW_THRESHOLDS = ["--board-threshold", "0", "--char-threshold", "0"]  # a 4-iteration model scores low
+
+
+@pytest.fixture(scope="module")
+def checkpoint(smoke_workdir, smoke_training, tmp_path_factory) -> Path:
+    copy = tmp_path_factory.mktemp("serve") / "model.pth"  # other tests go on training run r1
+    shutil.copyfile(smoke_workdir / "runs" / "r1" / "train" / "iter_4.pth", copy)
+    return copy
+
+
+@pytest.fixture(scope="module")
+def images(synth_dir) -> list[Path]:
+    return sorted(synth_dir.glob("*.jpg"))[:6]
+
+
+@pytest.fixture(scope="module")
+def expected(checkpoint, images) -> dict[str, list[dict]]:
+    """What PlateReader reads in-process, with the server's options."""
+    from alpr import PlateReader
+    from alpr.postprocess import ReadOptions
+
+    reader = PlateReader.from_checkpoint(checkpoint, "cpu", ReadOptions(board_threshold=0, char_threshold=0))
+    plates = {path.name: [p.to_dict() for p in reader.predict(path)] for path in images}
+    assert sum(map(len, plates.values())) > 0, "the model finds no boards at all: the comparison would prove nothing"
+    return plates
+
+
+@pytest.fixture(scope="module")
+def server(checkpoint, tmp_path_factory):
+    port = free_port()
+    log = (tmp_path_factory.mktemp("serve-log") / "server.log").open("w+")
+    process = subprocess.Popen(
+        [sys.executable, "steps/serve.py", "--model", checkpoint.as_uri(), "--http-port", str(port), "--device", "cpu",
+         "--max-batch-size", "4", "--max-pixels", str(MAX_PIXELS), "--max-image-bytes", str(MAX_BYTES),
+         *LOW_THRESHOLDS], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 180
+    while time.time() < deadline and process.poll() is None:
+        try:
+            if httpx.get(f"{url}/v1/models/alpr", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    else:
+        process.kill()
+        log.seek(0)
+        pytest.fail(f"the server did not become ready:\n{log.read()[-3000:]}")
+    yield url
+    process.terminate()
+    process.wait(30)
+    assert process.returncode is not None
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def v1(url: str, instances: list) -> httpx.Response:
+    return httpx.post(f"{url}/v1/models/alpr:predict", json={"instances": instances}, timeout=60)
+
+
+def assert_same_plates(got: list[dict], want: list[dict]) -> None:
+    """Equal reads; boxes and scores equal up to batched-versus-single float noise."""
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert {k: g[k] for k in g if k not in ("bbox", "score", "char_scores")} == \
+               {k: w[k] for k in w if k not in ("bbox", "score", "char_scores")}
+        assert np.allclose(g["bbox"], w["bbox"], atol=1.0) and abs(g["score"] - w["score"]) < 1e-3
+        assert np.allclose(g["char_scores"], w["char_scores"], atol=1e-3)
+
+
+def test_v1_returns_the_plates_plate_reader_reads(server, images, expected):
+    response = v1(server, [{"image_b64": b64(path.read_bytes())} for path in images])
+    assert response.status_code == 200, response.text
+    predictions = response.json()["predictions"]
+    assert len(predictions) == len(images)
+    for path, prediction in zip(images, predictions):
+        assert_same_plates(prediction["plates"], expected[path.name])
+        assert all(set(plate) >= {"text", "region", "vehicle_type", "serial", "layout", "bbox", "score",
+                                  "char_scores"} for plate in prediction["plates"])
+
+
+def test_v2_with_kserves_rest_client(server, images, expected):
+    from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig
+
+    async def infer():
+        client = InferenceRESTClient(RESTConfig(protocol="v2", retries=0))
+        try:
+            request = InferRequest("alpr", [InferInput("image", [2], "BYTES",
+                                                       [b64(p.read_bytes()) for p in images[:2]])])
+            response = await client.infer(server, request, model_name="alpr")
+            ready = await client.is_model_ready(server, "alpr")
+        finally:
+            await client.close()
+        return response, ready
+
+    response, ready = asyncio.run(infer())
+    assert ready is True
+    output = response.outputs[0]
+    assert output.name == "plates" and output.datatype == "BYTES" and output.shape == [2]
+    for path, text in zip(images[:2], output.data):
+        assert_same_plates(json.loads(text), expected[path.name])
+    metadata = httpx.get(f"{server}/v2/models/alpr", timeout=10).json()
+    assert metadata["inputs"] == [{"name": "image", "datatype": "BYTES", "shape": [-1]}]
+    assert metadata["outputs"][0]["name"] == "plates"
+
+
+def _encoded(image: np.ndarray, ext: str) -> bytes:
+    return cv2.imencode(ext, image)[1].tobytes()
+
+
+def _bad_requests(good: bytes) -> dict[str, tuple[dict, str]]:
+    """name: (request kwargs for httpx.post, a phrase the error must contain)."""
+    rng = np.random.default_rng(0)
+    too_many_pixels = _encoded(np.zeros((400, 400, 3), np.uint8), ".png")
+    too_many_bytes = _encoded(rng.integers(0, 256, (300, 300, 3), dtype=np.uint8), ".png")
+    assert len(too_many_bytes) > MAX_BYTES
+    instances = lambda data: {"json": {"instances": [{"image_b64": b64(data)}]}}  # noqa: E731
+    return {
+        "not an image": (instances(b"hello, this is not an image"), "not an image file"),
+        "truncated JPEG": (instances(good[: len(good) // 2]), "truncated"),
+        "empty body": ({"content": b"", "headers": {"content-type": "application/json"}}, "Unrecognized request"),
+        "not JSON": ({"content": b"{instances", "headers": {"content-type": "application/json"}},
+                     "Unrecognized request"),
+        "no instances": ({"json": {"inputs": []}}, '"instances"'),
+        "missing field": ({"json": {"instances": [{"image": b64(good)}]}}, "missing field 'image_b64'"),
+        "not base64": ({"json": {"instances": [{"image_b64": "@@not base64@@"}]}}, "not valid base64"),
+        "empty image": (instances(b""), "empty image"),
+        "too many pixels": (instances(too_many_pixels), "over the limit of 100000 pixels"),
+        "too many bytes": (instances(too_many_bytes), f"over the limit of {MAX_BYTES} bytes"),
+        "no images": ({"json": {"instances": []}}, "no images"),
+    }
+
+
+def test_bad_input_gets_a_4xx_that_says_why_and_the_server_goes_on(server, images, expected):
+    good = images[0].read_bytes()
+    for name, (kwargs, phrase) in _bad_requests(good).items():
+        response = httpx.post(f"{server}/v1/models/alpr:predict", timeout=60, **kwargs)
+        assert 400 <= response.status_code < 500, (name, response.status_code, response.text)
+        assert phrase in response.text, (name, response.text)
+    v2_text = httpx.post(f"{server}/v2/models/alpr/infer", timeout=60, json={
+        "inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [b64(b"not an image")]}]})
+    assert v2_text.status_code == 400 and "inputs[image][0]: not an image file" in v2_text.text
+    v2_type = httpx.post(f"{server}/v2/models/alpr/infer", timeout=60, json={
+        "inputs": [{"name": "image", "shape": [1], "datatype": "FP32", "data": [1.0]}]})
+    assert v2_type.status_code == 400 and "BYTES" in v2_type.text
+    response = v1(server, [{"image_b64": b64(good)}])
+    assert response.status_code == 200
+    assert_same_plates(response.json()["predictions"][0]["plates"], expected[images[0].name])
+
+
+def test_bounded_concurrent_load_returns_what_plate_reader_reads(server, images, expected):
+    encoded = {path.name: b64(path.read_bytes()) for path in images}
+    names = [images[i % len(images)].name for i in range(200)]
+
+    with httpx.Client(timeout=120) as client:
+        def call(name: str) -> tuple[str, httpx.Response]:
+            return name, client.post(f"{server}/v1/models/alpr:predict",
+                                     json={"instances": [{"image_b64": encoded[name]}]})
+
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(call, names))
+    assert [r.status_code for _, r in results] == [200] * 200
+    for name, response in results:
+        assert_same_plates(response.json()["predictions"][0]["plates"], expected[name])
