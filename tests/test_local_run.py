@@ -72,6 +72,18 @@ def test_failure_names_the_step_and_resume_skips_what_succeeded(tmp_path):
     assert (tmp_path / "count.txt").read_text() == "a\n"  # step a ran once
 
 
+@pytest.mark.parametrize("greeting, ran", [("hello", ["yes"]), ("bye", ["no"])])
+def test_when_runs_a_task_only_if_its_condition_holds(tmp_path, greeting, ran):
+    workflow = _template(
+        tasks=[{"name": "yes", "template": "yes", "when": "{{workflow.parameters.greeting}} == hello"},
+               {"name": "no", "template": "no", "when": "'{{workflow.parameters.greeting}}' != 'hello'"}],
+        templates=[_python("yes", APPEND, ["/work/ran.txt", "yes"]), _python("no", APPEND, ["/work/ran.txt", "no"])])
+    lines = []
+    LocalRun(workflow, tmp_path, {"greeting": greeting}, echo=lines.append).run()
+    assert (tmp_path / "ran.txt").read_text().split() == ran
+    assert any("skipped: when" in line for line in lines)
+
+
 def test_retry_strategy_retries_a_failing_step(tmp_path):
     flaky = ("import pathlib, sys; p = pathlib.Path(sys.argv[1]); n = int(p.read_text()) if p.exists() else 0; "
              "p.write_text(str(n + 1)); sys.exit(0 if n >= 2 else 1)")
@@ -82,7 +94,7 @@ def test_retry_strategy_retries_a_failing_step(tmp_path):
 
 
 @pytest.mark.parametrize("change, message", [
-    (lambda w: w["spec"]["templates"][0]["dag"]["tasks"][0].update(when="'a' == 'a'"), "when not supported"),
+    (lambda w: w["spec"]["templates"][0]["dag"]["tasks"][0].update(when="1 < 2"), "when expressions other than"),
     (lambda w: w["spec"]["templates"][1].update(script={"source": "print(1)"}), "script not supported"),
     (lambda w: w["spec"].update(onExit="cleanup"), "onExit not supported"),
     (lambda w: w["spec"]["templates"][1]["container"]["args"].append("{{steps.x.outputs.result}}"),
@@ -121,4 +133,6 @@ def test_alpr_run_executes_the_pipeline_template_end_to_end(tmp_path):
     assert (run / "test" / "predictions.jsonl").is_file()
     assert (tmp_path / "datasets" / "plates" / "1" / "manifest.json").is_file()
     state = json.loads((tmp_path / ".alpr-run" / "alpr-pipeline.json").read_text())
-    assert set(state["outputs"]) == {"synth", "record", "train", "evaluate", "test"}
+    assert set(state["outputs"]) == {"synth", "record", "train", "evaluate", "test", "deploy"}
+    assert "[deploy] skipped: when '{{workflow.parameters.deploy}} == true' is false" in result.stdout
+    assert "[deploy] $ " not in result.stdout

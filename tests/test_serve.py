@@ -20,8 +20,8 @@ import pytest
 from conftest import ROOT, free_port
 
 MAX_PIXELS = 100_000  # the synthetic images are 320x240
-MAX_BYTES = 300_000
-LOW_THRESHOLDS = ["--board-threshold", "0", "--char-threshold", "0"]  # a 4-iteration model scores low
+MAX_BYTES = 200_000
+LOW_THRESHOLDS = ["--board-threshold", "0", "--char-threshold", "0"]  # a 4-iteration model scores ~0.01
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +86,8 @@ def v1(url: str, instances: list) -> httpx.Response:
 def assert_same_plates(got: list[dict], want: list[dict]) -> None:
     """Equal reads; boxes and scores equal up to batched-versus-single float noise."""
     assert len(got) == len(want)
-    for g, w in zip(got, want):
+    order = lambda plates: sorted(plates, key=lambda p: (p["bbox"], p["score"]))  # noqa: E731  (ties may swap)
+    for g, w in zip(order(got), order(want)):
         assert {k: g[k] for k in g if k not in ("bbox", "score", "char_scores")} == \
                {k: w[k] for k in w if k not in ("bbox", "score", "char_scores")}
         assert np.allclose(g["bbox"], w["bbox"], atol=1.0) and abs(g["score"] - w["score"]) < 1e-3
@@ -161,7 +162,7 @@ def test_bad_input_gets_a_4xx_that_says_why_and_the_server_goes_on(server, image
     for name, (kwargs, phrase) in _bad_requests(good).items():
         response = httpx.post(f"{server}/v1/models/alpr:predict", timeout=60, **kwargs)
         assert 400 <= response.status_code < 500, (name, response.status_code, response.text)
-        assert phrase in response.text, (name, response.text)
+        assert phrase in response.json()["error"], (name, response.text)
     v2_text = httpx.post(f"{server}/v2/models/alpr/infer", timeout=60, json={
         "inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [b64(b"not an image")]}]})
     assert v2_text.status_code == 400 and "inputs[image][0]: not an image file" in v2_text.text

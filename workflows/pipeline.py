@@ -1,9 +1,11 @@
-"""The alpr-pipeline WorkflowTemplate: synth -> record -> train -> evaluate -> test.
+"""The alpr-pipeline WorkflowTemplate: synth -> record -> train -> evaluate -> test [-> deploy].
 
 Regenerate the YAML beside it with `make workflows`.
 """
 
-from hera.workflows import DAG, Parameter, WorkflowTemplate
+import json
+
+from hera.workflows import DAG, Parameter, Resource, WorkflowTemplate
 
 from alpr.argo import RUN_ID, WORK_MOUNT, common_parameters, metric_outputs, param, step, volumes, workflow_metadata
 
@@ -24,6 +26,9 @@ with WorkflowTemplate(
         Parameter(name="batch-size", value="8", description="images per batch"),
         Parameter(name="lr", value="0.001", description="learning rate"),
         Parameter(name="img-size", value="640", description="training and test image size"),
+        Parameter(name="deploy", value="false",
+                  description="true: point the InferenceService at this run's best model in the store"),
+        Parameter(name="inference-service", value="alpr", description="InferenceService the deploy step updates"),
         *common_parameters(),
     ],
     volumes=volumes(),
@@ -40,5 +45,13 @@ with WorkflowTemplate(
     evaluate = step("evaluate", [*workdir, "--run-id", RUN_ID, "--db-url", param("db-url"),
                                  "--store", param("store")], gpu=True, outputs=metric_outputs())
     test = step("test", [*workdir, "--run-id", RUN_ID])
+    # The chart's InferenceService serves STORAGE_URI (its first env var; the "test" op fails the
+    # patch if that ever changes): point it at the checkpoint evaluate uploaded, and KServe rolls out.
+    deploy = Resource(name="deploy", action="patch", merge_strategy="json",
+                      flags=["inferenceservice", param("inference-service")],
+                      manifest=json.dumps([
+                          {"op": "test", "path": "/spec/predictor/containers/0/env/0/name", "value": "STORAGE_URI"},
+                          {"op": "replace", "path": "/spec/predictor/containers/0/env/0/value",
+                           "value": f"{param('store')}/runs/{RUN_ID}/best.pth"}]))
     with DAG(name="pipeline"):
-        synth() >> record() >> train() >> evaluate() >> test()
+        synth() >> record() >> train() >> evaluate() >> test() >> deploy(when=f"{param('deploy')} == true")

@@ -29,7 +29,8 @@ SPEC_KEYS = {"entrypoint", "arguments", "templates", "volumes"} | CLUSTER_ONLY_S
 TEMPLATE_KEYS = {"name", "container", "dag", "inputs", "outputs", "retryStrategy", "metadata", "podSpecPatch"}
 CONTAINER_KEYS = {"name", "image", "imagePullPolicy", "command", "args", "env", "volumeMounts", "resources",
                   "workingDir"}
-TASK_KEYS = {"name", "template", "dependencies", "depends", "arguments"}
+TASK_KEYS = {"name", "template", "dependencies", "depends", "arguments", "when"}
+COMPARISON = re.compile(r"^\s*(\S+?)\s*(==|!=)\s*(\S+?)\s*$")
 
 
 class NotSupportedLocally(AlprError):
@@ -86,6 +87,15 @@ def substitute(text: str, scope: dict[str, str], where: str) -> str:
             return text
         text = EXPRESSION.sub(replace, text)
     return text
+
+
+def condition_holds(when: str, where: str) -> bool:
+    """A substituted ``when`` of the form ``A == B`` or ``A != B``, as Argo compares simple values."""
+    match = COMPARISON.match(when)
+    if not match:
+        _unsupported(f"{where} when {when!r}", ["when expressions other than A == B or A != B"])
+    left, operator, right = (part.strip("'\"") for part in match.groups())
+    return (left == right) == (operator == "==")
 
 
 def dependencies(task: dict) -> list[str]:
@@ -192,7 +202,12 @@ class LocalRun:
             if task["name"] in self.outputs:
                 self.echo(f"[{task['name']}] already succeeded; skipped (--resume)")
                 continue
-            self.outputs[task["name"]] = self.run_task(task)
+            when = task.get("when")
+            if when is not None and not condition_holds(substitute(when, self.scope({}), task["name"]), task["name"]):
+                self.echo(f"[{task['name']}] skipped: when {when!r} is false")
+                self.outputs[task["name"]] = {}
+            else:
+                self.outputs[task["name"]] = self.run_task(task)
             self._save_state()
         return self.outputs
 

@@ -28,6 +28,14 @@ from alpr.postprocess import Detection, read_plates
 os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
 
 
+def set_score_threshold(model, threshold: float) -> None:
+    """Sets the score below which the model's heads drop detections (RTMDet's head, Mask R-CNN's RoI head)."""
+    for module in model.modules():
+        test_cfg = getattr(module, "test_cfg", None)
+        if test_cfg is not None and "score_thr" in test_cfg:
+            test_cfg.score_thr = threshold
+
+
 def to_detections(pred_instances, score_threshold: float = 0.05, rle: bool = False) -> list[Detection]:
     """mmdet predictions (bboxes, scores, labels[, masks]) as Detections; masks as RLE when rle.
 

@@ -50,9 +50,14 @@ class PlateReader:
     def __init__(self, model, options: ReadOptions = ReadOptions(), score_threshold: float = 0.05):
         from mmcv.transforms import Compose
 
+        from alpr.mmdet_ext import set_score_threshold
+
         self.model = model
         self.options = options
-        self.score_threshold = score_threshold
+        # Detections under the reading thresholds are never used; lower ones also serve COCO mAP.
+        self.score_threshold = min(score_threshold, options.board_threshold, options.char_threshold,
+                                   options.region_threshold)
+        set_score_threshold(model, self.score_threshold)
         pipeline = [dict(step) for step in model.cfg.test_dataloader.dataset.pipeline]
         pipeline[0] = dict(type="mmdet.LoadImageFromNDArray")
         self.pipeline = Compose(pipeline)

@@ -6,6 +6,15 @@ trial Workflow's parameters, the referenced WorkflowTemplate runs step by step w
 runner (:mod:`alpr.local_run`), and the metrics are parsed from the output of the steps whose
 pod carries ``primaryPodLabels`` with the StdOut collector's regex and metric strategies.
 Trials run one after another; ``parallelTrialCount`` only matters in a cluster.
+
+- Sampler: ``random`` is Optuna's RandomSampler, ``tpe`` its TPESampler, seeded with the
+  algorithm setting ``random_state``. The study's direction is ``objective.type``.
+- Metrics: every ``name=value`` a primary step prints is kept (Katib's default StdOut filter
+  unless ``metricsFormat`` says otherwise); a trial's value of each metric is the max, min or
+  latest of them as its ``metricStrategies`` say, else max for maximize and min for minimize
+  (Katib's defaulter). For EIR that is the run's best validation, the one best.pth keeps.
+- A trial whose step fails, or that prints no objective metric, is a failed trial: reported
+  in the table, not the end of the study (unless more than ``maxFailedTrialCount`` fail).
 """
 
 from __future__ import annotations
@@ -20,17 +29,13 @@ from pathlib import Path
 import yaml
 
 from alpr.errors import AlprError, UsageError
-from alpr.local_run import LocalRun, StepFailed, project_root
+from alpr.local_run import LocalRun, NotSupportedLocally, StepFailed, project_root
 
 # Katib's StdOut collector default: `name=value` with a number.
 DEFAULT_METRICS_FORMAT = r"([\w|-]+)\s*=\s*([+-]?\d*(\.\d+)?([Ee][+-]?\d+)?)"
 TRIAL_PARAMETER = re.compile(r"\$\{trialParameters\.([^{}]+)\}")
 OUTPUT_LINE = re.compile(r"\[(?P<task>[^\]]+)\] (?P<text>.*)")  # how LocalRun echoes a step's output
 SAMPLERS = ("tpe", "multivariate-tpe", "random")
-
-
-class NotSupportedLocally(AlprError):
-    pass
 
 
 class TrialFailed(AlprError):
@@ -254,13 +259,9 @@ def tune(experiment: dict, template: dict, workdir: Path, overrides: dict[str, s
     import optuna
 
     spec = experiment["spec"]
-    if workflow_template_name(experiment) != template["metadata"]["name"]:
-        raise UsageError(f"the experiment's trials run workflowTemplateRef {workflow_template_name(experiment)!r}, "
-                         f"not {template['metadata']['name']!r}")
-    if max_trials is not None and max_trials < 1:
-        raise UsageError(f"--max-trials must be at least 1, got {max_trials}")
-    check_overrides(experiment, overrides)
+    _check_inputs(experiment, template, overrides, max_trials)
     collect = Collector.of(experiment, template)
+    declared = {p["name"] for p in template["spec"].get("arguments", {}).get("parameters", [])}
     total = max_trials or spec.get("maxTrialCount", 10)
     max_failed, goal = spec.get("maxFailedTrialCount"), spec["objective"].get("goal")
     name = f"{experiment['metadata'].get('name', 'tune')}-{time.strftime('%Y%m%d%H%M%S')}"
@@ -276,7 +277,9 @@ def tune(experiment: dict, template: dict, workdir: Path, overrides: dict[str, s
         run_id = f"{name}-{trial.number}"
         trial.set_user_attr("run_id", run_id)
         echo(f"trial {trial.number}: {' '.join(f'{k}={_format(v)}' for k, v in assignments.items())}")
-        parameters = {**workflow_arguments(experiment, assignments), **overrides, "run-id": run_id}
+        parameters = {**workflow_arguments(experiment, assignments), **overrides}
+        if "run-id" in declared:  # in a cluster run-id is the Workflow's name, unique per trial
+            parameters["run-id"] = run_id
         try:
             metrics = _run(template, workdir, parameters, collect, logs / f"{run_id}.log", echo)
         except TrialFailed as error:
@@ -284,7 +287,7 @@ def tune(experiment: dict, template: dict, workdir: Path, overrides: dict[str, s
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
             echo(f"trial {trial.number} failed: {error}")
             failed = sum(t.state == optuna.trial.TrialState.FAIL for t in study.trials)
-            if max_failed is not None and failed > max_failed:
+            if max_failed is not None and failed > max_failed:  # Katib fails the experiment here too
                 echo(f"stopping: {failed} trials failed (maxFailedTrialCount {max_failed})")
                 break
             continue
@@ -295,6 +298,15 @@ def tune(experiment: dict, template: dict, workdir: Path, overrides: dict[str, s
             echo(f"goal {collect.objective}={goal} reached")
             break
     return study
+
+
+def _check_inputs(experiment: dict, template: dict, overrides: dict[str, str], max_trials: int | None) -> None:
+    if workflow_template_name(experiment) != template["metadata"]["name"]:
+        raise UsageError(f"the experiment's trials run workflowTemplateRef {workflow_template_name(experiment)!r}, "
+                         f"not {template['metadata']['name']!r}")
+    if max_trials is not None and max_trials < 1:
+        raise UsageError(f"--max-trials must be at least 1, got {max_trials}")
+    check_overrides(experiment, overrides)
 
 
 def _run(template: dict, workdir: Path, parameters: dict[str, str], collect: Collector, log: Path,

@@ -27,7 +27,7 @@ BUILTIN_KINDS = {"Deployment", "Service", "PersistentVolumeClaim", "Secret", "Se
 CRDS = {"InferenceService": "kserve/serving.kserve.io_inferenceservices.yaml",
         "WorkflowTemplate": "argo/argoproj.io_workflowtemplates.yaml"}
 # Parameters whose defaults the chart points at its own objects and values; nothing else in a template changes.
-ADJUSTED_PARAMETERS = {"work-pvc", "secret-name", "image", "image-tag", "gpus", "store"}
+ADJUSTED_PARAMETERS = {"work-pvc", "secret-name", "image", "image-tag", "gpus", "store", "inference-service"}
 ARGO_EXPRESSION = re.compile(r"\{\{.*?\}\}")
 TEMPLATES = len(list((ROOT / "workflows").glob("alpr-*.yaml")))
 # The objects each scenario must render, and no others.
@@ -136,8 +136,16 @@ def test_every_object_validates(chart, path):
         else:
             assert kind in CRDS, f"{kind}/{name}: no schema to validate it against"
             if kind == "WorkflowTemplate":
+                # The full CRD schema takes ~4 s a document: test_workflow_templates_match_the_crd runs it once.
                 assert errors(argo_validator("WorkflowTemplate"), doc) == [], f"{kind}/{name}"
-            assert errors(crd_validator(CRDS[kind]), doc) == [], f"{kind}/{name}"
+            else:
+                assert errors(crd_validator(CRDS[kind]), doc) == [], f"{kind}/{name}"
+
+
+def test_workflow_templates_match_the_crd(chart):
+    """Helm's YAML round trip of the templates keeps them valid for the (stricter) CRD schema."""
+    for template in of_kind(render(chart, scenario("gpu-kserve")), "WorkflowTemplate"):
+        assert errors(crd_validator(CRDS["WorkflowTemplate"]), template) == [], template["metadata"]["name"]
 
 
 def test_every_scenario_is_expected():
@@ -157,8 +165,10 @@ def test_chart_workflows_are_the_generated_yaml():
 
 
 def test_argo_expressions_survive_helm(chart):
+    """Each rendered WorkflowTemplate is workflows/alpr-*.yaml parsed, Argo's {{...}} untouched by Helm."""
     rendered = {t["metadata"]["name"]: t for t in of_kind(render(chart), "WorkflowTemplate")}
-    for path in sorted(CHART_WORKFLOWS.glob("*.yaml")):
+    assert len(rendered) == TEMPLATES
+    for path in sorted((ROOT / "workflows").glob("alpr-*.yaml")):
         original = yaml.safe_load(path.read_text())
         template = rendered[original["metadata"]["name"]]
         expressions = Counter(e for s in strings(original) for e in ARGO_EXPRESSION.findall(s))
@@ -185,6 +195,8 @@ def test_templates_point_at_the_release(chart):
     for template in of_kind(docs, "WorkflowTemplate"):
         assert {name: parameters(template)[name] for name in expected} == expected
         assert template["spec"]["serviceAccountName"] == account
+        if "inference-service" in parameters(template):  # the pipeline's deploy step
+            assert parameters(template)["inference-service"] == "team-alpr"
 
 
 def test_release_alpr_uses_the_names_the_templates_default_to(chart):
@@ -195,7 +207,7 @@ def test_release_alpr_uses_the_names_the_templates_default_to(chart):
         original = yaml.safe_load(path.read_text())
         defaults = parameters(original)
         assert names == {"PersistentVolumeClaim": defaults["work-pvc"], "Secret": defaults["secret-name"],
-                         "ServiceAccount": original["spec"].get("serviceAccountName", "alpr-workflow")}, path.name
+                         "ServiceAccount": original["spec"]["serviceAccountName"]}, path.name
 
 
 # --- secrets ----------------------------------------------------------------------------------------------------
@@ -264,7 +276,9 @@ def test_given_db_url_wins_over_mysql(chart):
     ({"mysql": {"enabled": True}}, "mysql.auth.rootPassword is required"),
     ({"mysql": {"enabled": True, "auth": {"existingSecret": "root-pw"}}}, "give the database URL in secrets.dbUrl"),
     ({"kserve": {"enabled": True}}, "kserve.storageUri is required"),
-], ids=["mysql-password", "mysql-existing-secret-needs-url", "kserve-storage-uri"])
+    ({"kserve": {"enabled": True, "storageUri": "gs://b/best.pth", "minReplicas": 3, "maxReplicas": 2}},
+     "kserve.minReplicas (3) must not exceed kserve.maxReplicas (2)"),
+], ids=["mysql-password", "mysql-existing-secret-needs-url", "kserve-storage-uri", "kserve-replicas"])
 def test_missing_required_values_fail_clearly(chart, values, message):
     with pytest.raises(helm.HelmRenderError, match=re.escape(message)):
         chart.render(values, name=RELEASE, namespace=NAMESPACE)
@@ -300,6 +314,7 @@ def test_rbac_grants_what_the_argo_executor_needs(chart):
     needed = {("", "pods", v) for v in ("get", "watch", "patch")} | {("", "pods/log", v) for v in ("get", "watch")} \
         | {("argoproj.io", "workflowtaskresults", v) for v in ("create", "patch")}
     assert needed <= granted
+    assert not any(group == "serving.kserve.io" for group, _, _ in granted)
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": one(docs, "ServiceAccount")["metadata"]["name"],
                                     "namespace": NAMESPACE}]
@@ -307,7 +322,8 @@ def test_rbac_grants_what_the_argo_executor_needs(chart):
 
 def test_inference_service_runs_the_serve_step(chart):
     values = scenario("gpu-kserve")
-    service = one(render(chart, values), "InferenceService")
+    docs = render(chart, values)
+    service = one(docs, "InferenceService")
     predictor = service["spec"]["predictor"]
     assert (predictor["minReplicas"], predictor["maxReplicas"]) == (1, 3)
     [container] = predictor["containers"]
@@ -319,6 +335,14 @@ def test_inference_service_runs_the_serve_step(chart):
     assert args[args.index("--model") + 1] == "/mnt/models"
     assert {"name": "STORAGE_URI", "value": values["kserve"]["storageUri"]} in container["env"]
     assert container["resources"] == values["kserve"]["resources"]
+    # Ready once the model is loaded: the V1 model endpoint answers 200 (tests/test_serve.py waits on it too).
+    assert container["readinessProbe"]["httpGet"] == {"path": "/v1/models/alpr", "port": 8080}
+    # The pipeline's deploy step (deploy=true) JSON-patches env/0 of this InferenceService, by name.
+    assert container["env"][0]["name"] == "STORAGE_URI"
+    role, pipeline = one(docs, "Role"), named(docs, "WorkflowTemplate", "alpr-pipeline")
+    assert parameters(pipeline)["inference-service"] == service["metadata"]["name"]
+    assert {"apiGroups": ["serving.kserve.io"], "resources": ["inferenceservices"],
+            "resourceNames": [service["metadata"]["name"]], "verbs": ["get", "patch"]} in role["rules"]
     parser = importlib.import_module("alpr.steps.serve").get_args_parser()
     known = {flag for action in parser._actions for flag in action.option_strings}
     assert {a for a in args if a.startswith("--")} <= known

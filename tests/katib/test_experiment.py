@@ -2,6 +2,7 @@
 webhook, and wired to the alpr-train-trial WorkflowTemplate its trials run."""
 
 import copy
+import importlib.util
 import json
 import re
 import subprocess
@@ -22,9 +23,24 @@ ARGO_SUCCEEDED = 'status.[@this].#(phase=="Succeeded")#'
 ARGO_FAILED = 'status.[@this].#(phase=="Failed")#'
 
 
-@pytest.fixture(scope="module")
-def experiment() -> dict:
-    return yaml.safe_load(EXPERIMENT.read_text())
+def _generator():
+    """katib/experiment.py as a module (it is a script, not part of the package)."""
+    spec = importlib.util.spec_from_file_location("katib_experiment", ROOT / "katib" / "experiment.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+generator = _generator()
+# The committed YAML, and the other model's search space with the other algorithm.
+VARIANTS = {"committed": None, "swin-random": {"model": "mask-rcnn-swin-t", "algorithm": "random"}}
+
+
+@pytest.fixture(scope="module", params=list(VARIANTS))
+def experiment(request) -> dict:
+    if VARIANTS[request.param] is None:
+        return yaml.safe_load(EXPERIMENT.read_text())
+    return yaml.safe_load(generator.render(generator.experiment(**VARIANTS[request.param])))
 
 
 @pytest.fixture(scope="module")
@@ -45,12 +61,25 @@ def test_committed_yaml_matches_its_generator():
 
 
 def test_generator_options():
-    random = yaml.safe_load(_generate("--algorithm", "random", "--objective", "mAP").stdout)["spec"]
-    assert random["algorithm"]["algorithmName"] == "random"
-    assert random["objective"]["objectiveMetricName"] == "mAP"
-    assert set(random["objective"]["additionalMetricNames"]) == {"EIR", "dv_mAP"}
-    bad = _generate("--algorithm", "grid")
-    assert bad.returncode != 0 and "expected one of tpe, random" in bad.stderr
+    spec = generator.experiment(objective="mAP", algorithm="random", objective_type="minimize")["spec"]
+    assert spec["algorithm"]["algorithmName"] == "random"
+    assert spec["objective"]["type"] == "minimize" and spec["objective"]["objectiveMetricName"] == "mAP"
+    assert set(spec["objective"]["additionalMetricNames"]) == {"EIR", "dv_mAP"}
+    assert {s["value"] for s in spec["objective"]["metricStrategies"]} == {"min"}
+
+    swin = generator.experiment(model="mask-rcnn-swin-t")
+    assert swin["metadata"]["name"] == "alpr-tune-mask-rcnn-swin-t"
+    assert {p["name"] for p in swin["spec"]["parameters"]} == {
+        "lr", "weight-decay", "drop-path-rate", "window-size", "mlp-ratio"}
+    passed = swin["spec"]["trialTemplate"]["trialSpec"]["spec"]["arguments"]["parameters"]
+    assert {p["name"]: p["value"] for p in passed}["model"] == "mask-rcnn-swin-t"
+
+    for option, value, allowed in (("algorithm", "grid", "tpe, random"), ("model", "yolo", "rtmdet-ins-tiny"),
+                                   ("objective", "loss", "mAP, dv_mAP, EIR"), ("objective_type", "max", "maximize")):
+        with pytest.raises(SystemExit, match=f"{value!r}: expected one of {allowed}"):
+            generator.experiment(**{option: value})
+    bad = _generate("--model", "yolo")
+    assert bad.returncode != 0 and "--model 'yolo': expected one of" in bad.stderr
 
 
 def _strict(node):

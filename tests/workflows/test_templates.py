@@ -70,6 +70,22 @@ def test_pipeline_dag_and_step_contract():
     assert "password" not in text.lower()
 
 
+def test_optional_deploy_patches_the_inference_service_with_the_uploaded_model():
+    document = yaml.safe_load((ROOT / "workflows" / "alpr-pipeline.yaml").read_text())
+    templates = _templates(document)
+    task = next(t for t in templates["pipeline"]["dag"]["tasks"] if t["name"] == "deploy")
+    assert task["depends"] == "test" and task["when"] == "{{workflow.parameters.deploy}} == true"
+    defaults = {p["name"]: p["value"] for p in document["spec"]["arguments"]["parameters"]}
+    assert defaults["deploy"] == "false"
+    resource = templates["deploy"]["resource"]
+    assert resource["action"] == "patch" and resource["mergeStrategy"] == "json"
+    assert resource["flags"] == ["inferenceservice", "{{workflow.parameters.inference-service}}"]
+    test, replace = json.loads(resource["manifest"])
+    assert test == {"op": "test", "path": "/spec/predictor/containers/0/env/0/name", "value": "STORAGE_URI"}
+    # the very URL evaluate uploads the best checkpoint to
+    assert replace["value"] == "{{workflow.parameters.store}}/runs/{{workflow.parameters.run-id}}/best.pth"
+
+
 def test_every_step_flag_in_the_template_exists():
     """Each --flag the templates pass is one the step's own parser accepts."""
     import importlib

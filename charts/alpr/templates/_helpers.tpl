@@ -99,6 +99,13 @@ The ServiceAccount of the workflow pods.
 {{- end -}}
 
 {{/*
+The InferenceService; the pipeline's deploy step patches it by this name.
+*/}}
+{{- define "alpr.inferenceServiceName" -}}
+{{- default (include "alpr.fullname" .) .Values.kserve.name -}}
+{{- end -}}
+
+{{/*
 MySQL: its Service (host) and the Secret holding mysql-root-password.
 */}}
 {{- define "alpr.mysql.fullname" -}}
@@ -111,7 +118,8 @@ MySQL: its Service (host) and the Secret holding mysql-root-password.
 
 {{/*
 The db-url the chart's Secret carries: secrets.dbUrl, else the chart's MySQL, else none (SQLite on the volume).
-The password is percent-encoded for the URL (urlquery writes a space as "+", which SQLAlchemy would keep).
+The password is percent-encoded for the URL; urlquery writes a space as "+" (a real "+" as %2B), which
+SQLAlchemy would read as "+", so those become %20.
 */}}
 {{- define "alpr.dbUrl" -}}
 {{- if .Values.secrets.dbUrl -}}
@@ -121,6 +129,6 @@ The password is percent-encoded for the URL (urlquery writes a space as "+", whi
 {{- fail "mysql.auth.existingSecret is set: the chart cannot read that password, so give the database URL in secrets.dbUrl (or use secrets.existingSecret)" -}}
 {{- end -}}
 {{- $password := required "mysql.auth.rootPassword is required when mysql.enabled=true (or set mysql.auth.existingSecret)" .Values.mysql.auth.rootPassword -}}
-{{- printf "mysql+pymysql://root:%s@%s:3306/%s" $password (include "alpr.mysql.fullname" .) .Values.mysql.database -}}
+{{- printf "mysql+pymysql://root:%s@%s:3306/%s" (urlquery $password | replace "+" "%20") (include "alpr.mysql.fullname" .) .Values.mysql.database -}}
 {{- end -}}
 {{- end -}}

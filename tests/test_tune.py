@@ -1,0 +1,186 @@
+"""``alpr tune``: a Katib Experiment's search run locally with Optuna, on a toy trial template
+whose one step prints ``EIR=f(lr)`` (no mmdet needed)."""
+
+import math
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from alpr import cli
+from alpr.local_run import load_workflow
+from alpr.tune import (Collector, TuneFailed, load_experiment, report, sampler, suggest, template_path,
+                       workflow_arguments)
+
+ROOT = Path(__file__).parents[1]
+LABELS = {"katib.kubeflow.org/model-training": "true"}
+
+# The toy train step: EIR peaks at lr = 0.01. It prints a worse value after the best one, so the
+# trial's EIR shows the metric strategy (max) at work, and it fails while WORK/fail-first exists
+# (the file is removed by the failing run, so only the first trial fails).
+TRAIN = """
+import math, os, sys
+lr, work = float(sys.argv[1]), sys.argv[2]
+if os.path.exists(work + '/fail-first'):
+    os.remove(work + '/fail-first')
+    sys.exit('cannot train')
+eir = 1 - (math.log10(lr) + 2) ** 2
+print(f'epoch 1: mAP={eir / 2:.6f} dv_mAP={eir / 4:.6f} EIR={eir:.6f}')
+print(f'epoch 2: mAP={eir / 2 - 1:.6f} dv_mAP={eir / 4 - 1:.6f} EIR={eir - 1:.6f}')
+"""
+
+
+def best_eir(lr: float) -> float:
+    return 1 - (math.log10(lr) + 2) ** 2
+
+
+def toy_template() -> dict:
+    """A trial WorkflowTemplate: a labelled train step, and an unlabelled step whose output Katib ignores."""
+    mount = [{"name": "work", "mountPath": "/work"}]
+    return {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "WorkflowTemplate",
+        "metadata": {"name": "toy-trial"},
+        "spec": {
+            "entrypoint": "trial",
+            "arguments": {"parameters": [{"name": "lr", "value": "0.1"}, {"name": "run-id", "value": "x"}]},
+            "volumes": [{"name": "work", "persistentVolumeClaim": {"claimName": "work"}}],
+            "templates": [
+                {"name": "train", "metadata": {"labels": LABELS},
+                 "container": {"image": "toy", "command": ["python", "-c", TRAIN],
+                               "args": ["{{workflow.parameters.lr}}", "/work"], "volumeMounts": mount}},
+                {"name": "report", "container": {"image": "toy", "command": ["python", "-c", "print('EIR=99')"]}},
+                {"name": "trial", "dag": {"tasks": [{"name": "train", "template": "train"},
+                                                    {"name": "report", "template": "report", "depends": "train"}]}},
+            ],
+        },
+    }
+
+
+def toy_experiment(algorithm: str = "random", max_failed: int = 3) -> dict:
+    return {
+        "apiVersion": "kubeflow.org/v1beta1",
+        "kind": "Experiment",
+        "metadata": {"name": "toy"},
+        "spec": {
+            "objective": {"type": "maximize", "objectiveMetricName": "EIR", "additionalMetricNames": ["mAP"]},
+            "algorithm": {"algorithmName": algorithm, "algorithmSettings": [{"name": "random_state", "value": "7"}]},
+            "maxTrialCount": 6,
+            "maxFailedTrialCount": max_failed,
+            "parameters": [{"name": "lr", "parameterType": "double",
+                            "feasibleSpace": {"min": "0.0001", "max": "1", "distribution": "logUniform"}}],
+            "metricsCollectorSpec": {"collector": {"kind": "StdOut"}},
+            "trialTemplate": {
+                "primaryContainerName": "main",
+                "primaryPodLabels": LABELS,
+                "trialParameters": [{"name": "learningRate", "reference": "lr"}],
+                "trialSpec": {"apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow",
+                              "spec": {"workflowTemplateRef": {"name": "toy-trial"},
+                                       "arguments": {"parameters": [
+                                           {"name": "lr", "value": "${trialParameters.learningRate}"}]}}},
+            },
+        },
+    }
+
+
+def write(tmp_path: Path, experiment: dict) -> list[str]:
+    (tmp_path / "experiment.yaml").write_text(yaml.safe_dump(experiment))
+    (tmp_path / "template.yaml").write_text(yaml.safe_dump(toy_template()))
+    return ["tune", "--experiment", str(tmp_path / "experiment.yaml"), "--template", str(tmp_path / "template.yaml"),
+            "--workdir", str(tmp_path / "work")]
+
+
+def test_each_trial_runs_its_values_and_the_best_is_reported(tmp_path, capsys):
+    cli.main([*write(tmp_path, toy_experiment()), "--max-trials", "5"])
+    out = capsys.readouterr().out
+
+    rows = [line for line in out.splitlines() if "COMPLETE" in line]
+    assert len(rows) == 5
+    trials = {}
+    for row in rows:  # │ trial │ state │ lr │ EIR │ mAP │
+        number, _, lr, eir, map_ = [cell.strip() for cell in row.strip("│ ").split("│")]
+        trials[int(number)] = float(lr)
+        # The value the step saw is the value Optuna chose; EIR is its best (max) validation,
+        # not the unlabelled step's EIR=99.
+        assert float(eir) == pytest.approx(best_eir(float(lr)), abs=5e-3)
+        assert float(map_) == pytest.approx(best_eir(float(lr)) / 2, abs=5e-3)
+    best = max(trials, key=lambda n: best_eir(trials[n]))
+    assert f"best trial {best} " in out
+    assert "best parameters: lr=" in out
+    best_lr = float(out.split("best parameters: lr=")[1].split()[0])
+    assert best_lr == pytest.approx(trials[best], rel=1e-3)
+    assert "trial 0: lr=" in out and "[train] epoch 1: mAP=" in out  # progress: values and metric lines
+
+
+def test_a_failed_trial_is_reported_and_the_study_goes_on(tmp_path, capsys):
+    args = write(tmp_path, toy_experiment())
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "fail-first").touch()
+    cli.main([*args, "--max-trials", "3"])
+    out = capsys.readouterr().out
+    assert "trial 0 failed: step 'train' failed with exit code 1" in out
+    assert len([line for line in out.splitlines() if "FAIL " in line]) == 1
+    assert len([line for line in out.splitlines() if "COMPLETE" in line]) == 2
+    assert "best trial" in out
+    logs = list((tmp_path / "work" / "tune").glob("toy-*/*-0.log"))
+    assert logs and "cannot train" in logs[0].read_text()
+
+
+def test_all_trials_failing_stops_at_max_failed_and_exits_1(tmp_path, capsys, monkeypatch):
+    experiment = toy_experiment(max_failed=0)
+    experiment["spec"]["objective"]["objectiveMetricName"] = "recall"  # never printed: every trial fails
+    with pytest.raises(SystemExit) as exit:
+        cli.main(write(tmp_path, experiment))
+    assert exit.value.code == 1
+    captured = capsys.readouterr()
+    assert "trial 0 failed: no recall= line from train" in captured.out
+    assert "stopping: 1 trials failed (maxFailedTrialCount 0)" in captured.out
+    assert "trial 1" not in captured.out
+    assert "error: all 1 trials failed" in captured.err
+
+
+def test_bad_options_are_usage_errors(tmp_path, capsys):
+    args = write(tmp_path, toy_experiment())
+    for extra, message in ((["-p", "lr=0.1"], "-p lr: set by alpr tune for every trial"),
+                           (["--max-trials", "0"], "--max-trials must be at least 1")):
+        with pytest.raises(SystemExit):
+            cli.main([*args, *extra])
+        assert message in capsys.readouterr().err
+
+
+def test_search_space_maps_to_optuna():
+    study = optuna.create_study()
+    trial = study.ask()
+    spaces = [
+        {"name": "a", "parameterType": "int", "feasibleSpace": {"min": "2", "max": "8", "step": "2"}},
+        {"name": "b", "parameterType": "discrete", "feasibleSpace": {"list": ["4", "8"]}},
+        {"name": "c", "parameterType": "categorical", "feasibleSpace": {"list": ["x", "y"]}},
+        {"name": "d", "parameterType": "double", "feasibleSpace": {"min": "0.1", "max": "0.2"}},
+    ]
+    a, b, c, d = (suggest(trial, p) for p in spaces)
+    assert a in (2, 4, 6, 8) and b in ("4", "8") and c in ("x", "y") and 0.1 <= d <= 0.2
+    assert isinstance(sampler(toy_experiment("tpe")), optuna.samplers.TPESampler)
+    assert isinstance(sampler(toy_experiment("random")), optuna.samplers.RandomSampler)
+
+
+def test_the_committed_experiment_runs_the_real_trial_template():
+    """What `alpr tune` would run for katib/experiment.yaml, without training."""
+    experiment = load_experiment(ROOT / "katib" / "experiment.yaml")
+    template = load_workflow(template_path(experiment))
+    assert template["metadata"]["name"] == "alpr-train-trial"
+    assert Collector.of(experiment, template).tasks == {"train"}
+    assignments = {p["name"]: "0.5" for p in experiment["spec"]["parameters"]}
+    arguments = workflow_arguments(experiment, assignments)
+    declared = {p["name"] for p in template["spec"]["arguments"]["parameters"]}
+    assert set(arguments) <= declared
+    assert {arguments[name] for name in assignments} == {"0.5"}
+    assert "${" not in str(arguments)
+    assert arguments["model"] == "rtmdet-ins-tiny"
+
+
+def test_report_without_successful_trials_raises(capsys):
+    study = optuna.create_study(direction="maximize")
+    study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)
+    with pytest.raises(TuneFailed, match="all 1 trials failed"):
+        report(study, toy_experiment())
