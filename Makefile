@@ -24,10 +24,10 @@ $(STAMP): requirements.txt requirements-test.txt requirements-build.txt pyprojec
 
 # The whole pipeline (synth -> record -> train -> evaluate -> test) from the very WorkflowTemplate a
 # cluster runs, sized to finish in about 15 minutes on 2 CPU cores.
-DEMO_PARAMS := -p synth-count=$(DEMO_IMAGES) -p epochs=$(DEMO_EPOCHS) -p img-size=320 -p batch-size=4 \
-	-p run-id=demo -p dataset-name=demo -p source=/work/synth/demo -p store=file://$(abspath $(WORK))/bucket
 DEMO_IMAGES ?= 200
 DEMO_EPOCHS ?= 3
+DEMO_PARAMS := -p synth-count=$(DEMO_IMAGES) -p epochs=$(DEMO_EPOCHS) -p img-size=320 -p batch-size=4 \
+	-p run-id=demo -p dataset-name=demo -p source=/work/synth/demo -p store=file://$(abspath $(WORK))/bucket
 
 demo: setup
 	$(VENV)/bin/alpr run workflows/alpr-pipeline.yaml --workdir $(WORK) $(DEMO_PARAMS)

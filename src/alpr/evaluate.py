@@ -157,7 +157,10 @@ def evaluate_run(options: EvaluateOptions, progress: bool = True) -> dict:
     if options.key_metric not in next(iter(scored.values()))[0]:
         raise UsageError(f"--metric {options.key_metric!r}: not a metric; choose from "
                          f"{', '.join(sorted(scalar_metrics(next(iter(scored.values()))[0])))}")
-    best = max(scored, key=lambda name: scored[name][0][options.key_metric])
+    # Ties on the key metric (EIR is often 0 early on) go to the better mAP, then the later checkpoint.
+    order = list(scored)
+    best = max(order, key=lambda name: (scored[name][0][options.key_metric], scored[name][0]["mAP"],
+                                        order.index(name)))
     best_metrics, best_plates = scored[best]
     out = run_dir(workdir, options.run_id) / "eval"
     out.mkdir(parents=True, exist_ok=True)

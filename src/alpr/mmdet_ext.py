@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,11 @@ from alpr.postprocess import Detection, read_plates
 # ConfigDicts and log buffers in mmengine's own checkpoints. Checkpoints are pickles: load
 # only ones you trust (your runs, your store), as with any PyTorch checkpoint.
 os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+# Deprecation notes from mmdet/mmcv/mmengine on this torch, and the notice of the setting above:
+# they say nothing about the run and bury its log.
+warnings.filterwarnings("ignore", category=FutureWarning, module=r"(mmdet|mmcv|mmengine)\.")
+warnings.filterwarnings("ignore", message=r"torch\.meshgrid", category=UserWarning)
+warnings.filterwarnings("ignore", message="Environment variable TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", category=UserWarning)
 
 
 def set_score_threshold(model, threshold: float) -> None:

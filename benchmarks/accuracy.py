@@ -1,0 +1,82 @@
+"""EIR on a freshly synthesized test set (a seed never trained on) after a fixed training time.
+
+    python benchmarks/accuracy.py [--minutes 30] [--model rtmdet-ins-tiny] [--train-images 1000]
+        [--test-images 300] [--img-size 640] [--batch-size 8] [--checkpoint-iters 100] [--device auto]
+
+Synthesizes and records a training set (seed 0) and a test set (seed 1000, every image in the
+test split), trains by iterations with a checkpoint every --checkpoint-iters, stops the
+training when the time is up, and scores the last checkpoint on the test set. Prints the
+figures as name=value lines; the target is EIR >= 0.99 on >= 500 plates.
+"""
+
+import argparse
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from alpr.record import RecordOptions, record
+from alpr.synth import generate
+
+ROOT = Path(__file__).parents[1]
+TEST_SEED = 1000
+
+
+def train_for(work: Path, args: argparse.Namespace) -> tuple[Path, float]:
+    """Trains until done or out of time; returns the last checkpoint and the seconds spent."""
+    command = [sys.executable, str(ROOT / "steps/train.py"), "--workdir", str(work), "--dataset", "train",
+               "--version", "1", "--model", args.model, "--run-id", "accuracy", "--iters", "1000000",
+               "--val-interval", str(args.checkpoint_iters), "--batch-size", str(args.batch_size),
+               "--img-size", str(args.img_size), "--device", args.device]
+    start = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        process.wait(timeout=args.minutes * 60)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGINT)
+        process.wait()
+    spent = time.perf_counter() - start
+    saved = sorted((work / "runs/accuracy/train").glob("iter_*.pth"), key=lambda p: int(re.findall(r"\d+", p.name)[0]))
+    if not saved:
+        raise SystemExit(f"no checkpoint after {spent / 60:.1f} minutes: lower --checkpoint-iters")
+    return saved[-1], spent
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=30)
+    parser.add_argument("--model", default="rtmdet-ins-tiny")
+    parser.add_argument("--train-images", type=int, default=1000)
+    parser.add_argument("--test-images", type=int, default=300)
+    parser.add_argument("--img-size", type=int, default=640)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--checkpoint-iters", type=int, default=100)
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+
+    from alpr import PlateReader
+    from alpr.evaluate import predict_split
+    from alpr.metrics import evaluate
+
+    with tempfile.TemporaryDirectory() as folder:
+        work = Path(folder) / "work"
+        for name, count, seed, fractions in (("train", args.train_images, 0, (0.9, 0.1, 0.0)),
+                                             ("fresh", args.test_images, TEST_SEED, (0.0, 0.0, 1.0))):
+            generate(Path(folder) / name, count, seed=seed, progress=False)
+            record(RecordOptions(Path(folder) / name, work, name, "1", fractions=fractions, dvc=False))
+        checkpoint, spent = train_for(work, args)
+        reader = PlateReader.from_checkpoint(checkpoint, args.device)
+        gt, detections, plates = predict_split(reader, work / "datasets/fresh/1", "test", progress=False)
+        metrics = evaluate(gt, detections, plates)
+        print(f"{args.model}: trained {spent / 60:.1f} min on {args.train_images} images at {args.img_size} px, "
+              f"{checkpoint.stem}, scored on {args.test_images} fresh images (seed {TEST_SEED})")
+        print(f"ground_truth_plates={metrics['plates']}")
+        for key in ("mAP", "dv_mAP", "EIR", "EIR_one_row", "EIR_two_row", "char_accuracy"):
+            print(f"{key}={metrics[key]:.4f}")
+
+
+if __name__ == "__main__":
+    main()
