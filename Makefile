@@ -23,7 +23,7 @@ $(STAMP): requirements.txt requirements-test.txt requirements-build.txt pyprojec
 	touch $(STAMP)
 
 # The whole pipeline (synth -> record -> train -> evaluate -> test) from the very WorkflowTemplate a
-# cluster runs, sized to finish in about 15 minutes on 2 CPU cores.
+# cluster runs, sized to finish in about 7 minutes on 2 CPU cores (15 at most).
 DEMO_IMAGES ?= 200
 DEMO_EPOCHS ?= 3
 DEMO_PARAMS := -p synth-count=$(DEMO_IMAGES) -p epochs=$(DEMO_EPOCHS) -p img-size=320 -p batch-size=4 \
