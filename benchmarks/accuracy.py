@@ -2,15 +2,20 @@
 
     python benchmarks/accuracy.py [--minutes 30] [--model rtmdet-ins-tiny] [--train-images 1000]
         [--test-images 300] [--img-size 640] [--batch-size 8] [--checkpoint-iters 25] [--device auto]
+        [--workers 2] [--amp] [--lr LR] [--iters N] [--train-log FILE]
+        [--save-checkpoint PATH]
 
 Synthesizes and records a training set (seed 0) and a test set (seed 1000, every image in the
 test split), trains by iterations with a checkpoint every --checkpoint-iters, stops the
-training when the time is up, and scores the last checkpoint on the test set. Prints the
+training when the time is up (or after --iters, which also sets the length of the cosine
+learning-rate schedule), and scores the last checkpoint on the test set. Prints the
 figures as name=value lines; the target is EIR >= 0.99 on >= 500 plates.
 """
 
 import argparse
+import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,16 +33,18 @@ TEST_SEED = 1000
 def train_for(work: Path, args: argparse.Namespace) -> tuple[Path, float]:
     """Trains until done or out of time; returns the last checkpoint and the seconds spent."""
     command = [sys.executable, str(ROOT / "steps/train.py"), "--workdir", str(work), "--dataset", "train",
-               "--version", "1", "--model", args.model, "--run-id", "accuracy", "--iters", "1000000",
+               "--version", "1", "--model", args.model, "--run-id", "accuracy", "--iters", str(args.iters),
                "--val-interval", str(args.checkpoint_iters), "--batch-size", str(args.batch_size),
-               "--img-size", str(args.img_size), "--device", args.device]
+               "--img-size", str(args.img_size), "--device", args.device, "--workers", str(args.workers)]
+    command += ["--amp"] * args.amp + (["--lr", str(args.lr)] if args.lr else [])
     start = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        process.wait(timeout=args.minutes * 60)
-    except subprocess.TimeoutExpired:
-        process.send_signal(signal.SIGINT)
-        process.wait()
+    with open(args.train_log or os.devnull, "w") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            process.wait(timeout=args.minutes * 60)
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGINT)
+            process.wait()
     spent = time.perf_counter() - start
     saved = sorted((work / "runs/accuracy/train").glob("iter_*.pth"), key=lambda p: int(re.findall(r"\d+", p.name)[0]))
     if not saved:
@@ -55,6 +62,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--checkpoint-iters", type=int, default=25)  # ~5 min apart on 2 CPU cores
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--workers", type=int, default=2, help="data loader processes")
+    parser.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
+    parser.add_argument("--lr", type=float, default=None, help="learning rate (default: the model's own)")
+    parser.add_argument("--iters", type=int, default=1_000_000,
+                        help="length of the learning-rate schedule; training stops at --minutes in any case")
+    parser.add_argument("--save-checkpoint", type=Path, default=None, help="copy the scored checkpoint here")
+    parser.add_argument("--train-log", type=Path, default=None, help="file for the training step's output")
     args = parser.parse_args()
 
     from alpr import PlateReader
@@ -68,6 +82,8 @@ def main() -> None:
             generate(Path(folder) / name, count, seed=seed, progress=False)
             record(RecordOptions(Path(folder) / name, work, name, "1", fractions=fractions, dvc=False))
         checkpoint, spent = train_for(work, args)
+        if args.save_checkpoint:
+            shutil.copyfile(checkpoint, args.save_checkpoint)
         reader = PlateReader.from_checkpoint(checkpoint, args.device)
         gt, detections, plates = predict_split(reader, work / "datasets/fresh/1", "test", progress=False)
         metrics = evaluate(gt, detections, plates)

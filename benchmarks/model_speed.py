@@ -1,6 +1,7 @@
 """Training images/s and inference ms per 1280x720 image for a model, on this machine's device.
 
     python benchmarks/model_speed.py [--model rtmdet-ins-tiny] [--iters 20] [--runs 30] [--batch 1 16]
+        [--batch-size 8] [--workers 2] [--amp] [--device auto]
 
 Synthesizes a small 1280x720 dataset, trains --iters iterations (after 3 warm-up ones are
 excluded via the timer in the log), then times PlateReader on single images (median of --runs)
@@ -22,7 +23,8 @@ from alpr.synth import SynthOptions, generate
 ROOT = Path(__file__).parents[1]
 
 
-def train_bench_model(folder: Path, model: str, iters: int, batch_size: int, device: str = "auto") -> Path:
+def train_bench_model(folder: Path, model: str, iters: int, batch_size: int, device: str = "auto",
+                      extra: tuple[str, ...] = ()) -> Path:
     """64 synthetic 1280x720 images recorded and trained on for ``iters`` iterations; returns the workdir.
 
     The checkpoint is ``WORK/runs/bench/train/best.pth`` and the images are ``FOLDER/synth/*.jpg``.
@@ -33,8 +35,10 @@ def train_bench_model(folder: Path, model: str, iters: int, batch_size: int, dev
     command = [sys.executable, str(ROOT / "steps/train.py"), "--workdir", str(work), "--dataset", "bench",
                "--version", "1", "--model", model, "--run-id", "bench", "--iters", str(iters),
                "--val-interval", str(iters), "--batch-size", str(batch_size), "--device", device,
-               "--log-interval", "1"]
-    subprocess.run(command, check=True, capture_output=True)
+               "--log-interval", "1", *extra]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode:
+        raise SystemExit(f"training failed ({' '.join(command)}):\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
     return work
 
 
@@ -46,9 +50,12 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 16], help="inference batch sizes")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--workers", type=int, default=2, help="data loader processes")
+    parser.add_argument("--amp", action="store_true", help="mixed precision training (CUDA only)")
     args = parser.parse_args()
+    extra = ("--workers", str(args.workers), *["--amp"] * args.amp)
     with tempfile.TemporaryDirectory() as folder:
-        work = train_bench_model(Path(folder), args.model, args.iters, args.batch_size, args.device)
+        work = train_bench_model(Path(folder), args.model, args.iters, args.batch_size, args.device, extra)
         logged = [json.loads(line) for line in (work / "runs/bench/train/log.json").read_text().splitlines()]
         times = [entry["time"] for entry in logged if "loss" in entry][3:]  # skip warm-up iterations
         per_iter = statistics.median(times)

@@ -1,6 +1,7 @@
 # The CUDA step image: as the CPU image, with torch's CUDA build and mmcv's CUDA ops.
 # Build from the repository root:  docker build -f images/cuda.Dockerfile -t REGISTRY/alpr-cuda:VERSION .
-FROM nvidia/cuda:12.8.1-cudnn-devel-ubuntu22.04 AS build
+# torch 2.13.0 from PyPI is built with CUDA 13.0: mmcv must be compiled with the same major version.
+FROM nvidia/cuda:13.0.0-cudnn-devel-ubuntu22.04 AS build
 
 ARG DEBIAN_FRONTEND=noninteractive
 # hadolint ignore=DL3008
@@ -25,7 +26,7 @@ COPY src ./src
 COPY steps ./steps
 RUN pip install --no-deps --no-build-isolation .
 
-FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu22.04
+FROM nvidia/cuda:13.0.0-cudnn-runtime-ubuntu22.04
 ARG DEBIAN_FRONTEND=noninteractive
 # hadolint ignore=DL3008
 RUN apt-get update \

@@ -167,6 +167,7 @@ def train_pipeline(size: int) -> list[dict]:
         dict(type="YOLOXHSVRandomAug"),
         dict(type="Pad", size=(size, size), pad_val=dict(img=PAD_VALUE)),
         dict(type="FilterAnnotations", min_gt_bbox_wh=(1, 1)),
+        dict(type="UseFilledPolygonMasks"),
         dict(type="PackDetInputs"),
     ]
 

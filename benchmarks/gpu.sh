@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The GPU figures of RESULTS.md in one go, sized for a 10-minute slot on one H100/H200:
+#
+#     bash benchmarks/gpu.sh [TRAIN_MINUTES] [OUTPUT_DIR]
+#
+# Needs the alpr dependencies with mmcv built with CUDA ops (RESULTS.md says how it was built).
+# Checks the CUDA ops first, then times training and inference (model_speed.py), trains for
+# TRAIN_MINUTES on fresh synthetic data with a cosine schedule sized from the measured speed and
+# scores EIR on an unseen seed (accuracy.py), then serves that model (serve_speed.py).
+# Each figure is printed and saved in OUTPUT_DIR; a failing stage does not stop the later ones.
+set -uo pipefail
+minutes=${1:-5}
+out=${2:-gpu-results}
+batch=32
+workers=$(( $(nproc) > 2 ? $(nproc) - 2 : 1 ))
+here=$(dirname "$0")
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 15 > "$out/gpu_use.csv" &
+monitor=$!
+python3 - <<'EOF' || exit 1
+# Fail fast when mmcv was built without CUDA ops: NMS on the GPU must match the CPU.
+import torch
+from mmcv.ops import batched_nms
+boxes = torch.rand(2000, 4) * 500
+boxes[:, 2:] += boxes[:, :2]
+scores, labels = torch.rand(2000), torch.randint(0, 5, (2000,))
+cpu, _ = batched_nms(boxes, scores, labels, dict(iou_threshold=0.5))
+gpu, _ = batched_nms(boxes.cuda(), scores.cuda(), labels.cuda(), dict(iou_threshold=0.5))
+assert torch.allclose(cpu, gpu.cpu()), "mmcv CUDA NMS differs from the CPU"
+print(f"torch {torch.__version__} on {torch.cuda.get_device_name()}: mmcv CUDA ops work ({len(cpu)} boxes kept)")
+EOF
+
+python3 "$here/model_speed.py" --device cuda --batch-size $batch --workers $workers --amp --iters 30 \
+    --batch 1 16 | tee "$out/model_speed.txt"
+
+# Size the cosine schedule to end within the time budget (60%: start-up, validation and a slower
+# pace on the larger set take the rest; the 64-image set trained twice as fast as 6000 images).
+ips=$(sed -n 's/^train_images_per_second=//p' "$out/model_speed.txt")
+iters=$(python3 -c "print(max(30, int($minutes * 60 * ${ips:-50} / $batch * 0.6)))")
+python3 "$here/accuracy.py" --device cuda --minutes "$minutes" --iters "$iters" \
+    --checkpoint-iters $(( iters / 2 )) --batch-size $batch --workers $workers --amp --lr 0.002 \
+    --train-images 6000 --test-images 300 --train-log "$out/train.log" --save-checkpoint /tmp/accuracy.pth \
+    | tee "$out/accuracy.txt"
+
+checkpoint=()
+[ -f /tmp/accuracy.pth ] && checkpoint=(--checkpoint /tmp/accuracy.pth)
+python3 "$here/serve_speed.py" --device cuda "${checkpoint[@]}" --requests 200 --concurrency 1 8 \
+    | tee "$out/serve_speed.txt"
+kill $monitor
