@@ -1,4 +1,6 @@
 import json
+import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -7,7 +9,7 @@ from pathlib import Path
 import pytest
 from pycocotools.coco import COCO
 
-from alpr.dataset import InvalidAnnotations, parse_fractions, scan, split_of
+from alpr.dataset import AnnotationError, InvalidAnnotations, _rounded, parse_fractions, scan, split_of
 from alpr.errors import UsageError
 from alpr.plates import CLASSES
 from alpr.record import RecordOptions, record
@@ -66,6 +68,14 @@ def _break_outside(json_path):
     _edit(json_path, lambda d: d["shapes"][0]["points"][0].__setitem__(0, d["imageWidth"] + 5))
 
 
+def _break_huge_number(json_path):
+    _edit(json_path, lambda d: d["shapes"][0]["points"][0].__setitem__(0, 10 ** 400))  # no float holds it
+
+
+def _break_text_number(json_path):
+    _edit(json_path, lambda d: d["shapes"][0]["points"][0].__setitem__(0, "12.5"))
+
+
 def _break_char_outside(json_path):
     def move(d):
         d["shapes"][_char_index(d)]["points"] = [[0, 0], [3, 0], [3, 3], [0, 3]]
@@ -81,6 +91,8 @@ BAD_INPUTS = {
     "size mismatch": (_break_size, "imageWidth x imageHeight is"),
     "unknown label": (_break_label, "unknown label 'car'"),
     "too few points": (_break_points, "polygon has 2 point(s), needs at least 3"),
+    "huge number": (_break_huge_number, "points must be a list of [x, y] numbers"),
+    "text number": (_break_text_number, "points must be a list of [x, y] numbers"),
     "outside image": (_break_outside, "polygon lies outside the 320x240 image"),
     "char outside board": (_break_char_outside, "character lies outside every board"),
 }
@@ -163,3 +175,33 @@ def test_scan_reports_duplicates_and_missing_folder(tmp_path, synth_dir):
     shutil.copy(synth_dir / "000001.jpg", folder / "000001.jpg")
     valid, errors = scan(folder)
     assert len(valid) == 1 and "already annotated by" in errors[0].problem
+
+
+def test_many_files_are_checked_by_workers_and_their_problems_come_back(tmp_path, synth_dir):
+    for i in range(9):  # 216 files: enough for the worker pool
+        shutil.copytree(synth_dir, tmp_path / f"part{i}")
+    broken = _first_with_plate(tmp_path / "part4")
+    _break_label(broken)
+    valid, errors = scan(tmp_path)
+    assert len(valid) == 215 and [e.path for e in errors] == [broken] and "unknown label 'car'" in errors[0].problem
+    error = pickle.loads(pickle.dumps(errors[0]))  # how workers send it
+    assert isinstance(error, AnnotationError) and (error.path, error.problem) == (errors[0].path, errors[0].problem)
+
+
+def test_coordinates_are_rounded_as_python_rounds_them():
+    values = (0.0, -0.0, 1.005, 2.675, 0.125, 129.05, 129.049999, 1e-9, -0.004, 639.995, 12.0, 3.14159, 480.0)
+    assert [list(map(repr, g)) for g in _rounded([values, values[:3], ()])] == [
+        [repr(round(v, 2)) for v in values], [repr(round(v, 2)) for v in values[:3]], []]
+
+
+def test_dataset_images_are_links_where_possible_else_copies(synth_dir, tmp_path, monkeypatch):
+    image = sorted(synth_dir.glob("*.jpg"))[0]
+    linked = record(RecordOptions(synth_dir, tmp_path / "a", "ds", "1", dvc=False)).path / "images" / image.name
+    assert os.path.samefile(linked, image)
+
+    def no_links(source, target):
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", no_links)
+    copied = record(RecordOptions(synth_dir, tmp_path / "b", "ds", "1", dvc=False)).path / "images" / image.name
+    assert not os.path.samefile(copied, image) and copied.read_bytes() == image.read_bytes()

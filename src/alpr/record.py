@@ -25,6 +25,7 @@ from alpr.dataset import (
     AnnotatedImage,
     InvalidAnnotations,
     content_sha256,
+    paused_gc,
     scan,
     sha256_bytes,
     split_of,
@@ -79,9 +80,10 @@ def build_splits(items: list[AnnotatedImage], fractions: tuple[float, float, flo
     for image_id, item in enumerate(items, start=1):
         by_split[split_of(item.name, fractions)].append((image_id, item))
     documents, next_id = {}, 1
-    for split in SPLITS:
-        documents[split] = to_coco(by_split[split], first_annotation_id=next_id)
-        next_id += len(documents[split]["annotations"])
+    with paused_gc():
+        for split in SPLITS:
+            documents[split] = to_coco(by_split[split], first_annotation_id=next_id)
+            next_id += len(documents[split]["annotations"])
     return documents
 
 
@@ -97,7 +99,7 @@ def _write_dataset(folder: Path, items: list[AnnotatedImage], splits: dict[str, 
                    skipped: list[dict]) -> None:
     (folder / "images").mkdir(parents=True)
     for item in items:
-        shutil.copyfile(item.image_path, folder / "images" / item.name)
+        _link_or_copy(item.image_path, folder / "images" / item.name)
     for split, document in splits.items():
         _write_json(folder / f"{split}.json", document)
     if skipped:
@@ -107,7 +109,13 @@ def _write_dataset(folder: Path, items: list[AnnotatedImage], splits: dict[str, 
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
-    """A hard link where the filesystem allows (both copies are immutable versions), else a copy."""
+    """A hard link where the filesystem allows, else a copy: a new file costs far more than a link.
+
+    A link shares its bytes with the source, so an image edited in place after recording would
+    change the version too; alpr and labelme never do that (alpr writes a temporary file and
+    renames it, labelme does not write images), the manifest's sha256 would tell, and DVC's
+    cache holds a copy.
+    """
     try:
         os.link(source, target)
     except OSError:
@@ -119,11 +127,10 @@ def _write_annotations(folder: Path, items: list[AnnotatedImage], dataset_images
     for item in items:
         stem = Path(item.name).stem
         _link_or_copy(dataset_images / item.name, folder / item.name)
-        raw = item.json_path.read_bytes()
-        document = json.loads(raw)
-        if document["imagePath"] == item.name:
-            (folder / f"{stem}.json").write_bytes(raw)
+        if item.image_ref == item.name:  # a copy, not a link: labelme saves its files in place
+            shutil.copyfile(item.json_path, folder / f"{stem}.json")
         else:
+            document = json.loads(item.json_path.read_bytes())
             document["imagePath"] = item.name  # the copy sits next to its image
             _write_json(folder / f"{stem}.json", document)
 
