@@ -33,11 +33,12 @@ assert torch.allclose(cpu, gpu.cpu()), "mmcv CUDA NMS differs from the CPU"
 print(f"torch {torch.__version__} on {torch.cuda.get_device_name()}: mmcv CUDA ops work ({len(cpu)} boxes kept)")
 EOF
 
+python3 "$here/mask_speed.py" --device cuda | tee "$out/mask_speed.txt"
 python3 "$here/model_speed.py" --device cuda --batch-size $batch --workers $workers --amp --iters 30 \
-    --batch 1 16 | tee "$out/model_speed.txt"
+    --images $(( batch * workers )) --batch 1 16 | tee "$out/model_speed.txt"
 
 # Size the cosine schedule to end within the time budget (60%: start-up, validation and a slower
-# pace on the larger set take the rest; the 64-image set trained twice as fast as 6000 images).
+# pace take the rest: 64 images trained twice as fast as 6000 did on the H100).
 ips=$(sed -n 's/^train_images_per_second=//p' "$out/model_speed.txt")
 iters=$(python3 -c "print(max(30, int($minutes * 60 * ${ips:-50} / $batch * 0.6)))")
 python3 "$here/accuracy.py" --device cuda --minutes "$minutes" --iters "$iters" \

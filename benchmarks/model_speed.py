@@ -1,7 +1,7 @@
 """Training images/s and inference ms per 1280x720 image for a model, on this machine's device.
 
     python benchmarks/model_speed.py [--model rtmdet-ins-tiny] [--iters 20] [--runs 30] [--batch 1 16]
-        [--batch-size 8] [--workers 2] [--amp] [--device auto]
+        [--batch-size 8] [--workers 2] [--amp] [--images 64] [--device auto]
 
 Synthesizes a small 1280x720 dataset, trains --iters iterations (after 3 warm-up ones are
 excluded via the timer in the log), then times PlateReader on single images (median of --runs)
@@ -24,13 +24,13 @@ ROOT = Path(__file__).parents[1]
 
 
 def train_bench_model(folder: Path, model: str, iters: int, batch_size: int, device: str = "auto",
-                      extra: tuple[str, ...] = ()) -> Path:
-    """64 synthetic 1280x720 images recorded and trained on for ``iters`` iterations; returns the workdir.
+                      extra: tuple[str, ...] = (), images: int = 64) -> Path:
+    """``images`` synthetic 1280x720 images recorded and trained on for ``iters`` iterations; returns the workdir.
 
     The checkpoint is ``WORK/runs/bench/train/best.pth`` and the images are ``FOLDER/synth/*.jpg``.
     """
     work = folder / "work"
-    generate(folder / "synth", 64, seed=1, options=SynthOptions(1280, 720), progress=False)
+    generate(folder / "synth", images, seed=1, options=SynthOptions(1280, 720), progress=False)
     record(RecordOptions(folder / "synth", work, "bench", "1", dvc=False))
     command = [sys.executable, str(ROOT / "steps/train.py"), "--workdir", str(work), "--dataset", "bench",
                "--version", "1", "--model", model, "--run-id", "bench", "--iters", str(iters),
@@ -52,10 +52,12 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--workers", type=int, default=2, help="data loader processes")
     parser.add_argument("--amp", action="store_true", help="mixed precision training (CUDA only)")
+    parser.add_argument("--images", type=int, default=64,
+                        help="training images; an epoch must hold a batch for every worker, or loading limits the pace")
     args = parser.parse_args()
     extra = ("--workers", str(args.workers), *["--amp"] * args.amp)
     with tempfile.TemporaryDirectory() as folder:
-        work = train_bench_model(Path(folder), args.model, args.iters, args.batch_size, args.device, extra)
+        work = train_bench_model(Path(folder), args.model, args.iters, args.batch_size, args.device, extra, args.images)
         logged = [json.loads(line) for line in (work / "runs/bench/train/log.json").read_text().splitlines()]
         times = [entry["time"] for entry in logged if "loss" in entry][3:]  # skip warm-up iterations
         per_iter = statistics.median(times)
