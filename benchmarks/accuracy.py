@@ -30,6 +30,12 @@ ROOT = Path(__file__).parents[1]
 TEST_SEED = 1000
 
 
+def _stoppable() -> None:
+    """Lets the training stop at SIGINT even when this script runs in the background, where the
+    shell starts it, and so the training, with SIGINT ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def train_for(work: Path, args: argparse.Namespace) -> tuple[Path, float]:
     """Trains until done or out of time; returns the last checkpoint and the seconds spent."""
     command = [sys.executable, str(ROOT / "steps/train.py"), "--workdir", str(work), "--dataset", "train",
@@ -39,7 +45,7 @@ def train_for(work: Path, args: argparse.Namespace) -> tuple[Path, float]:
     command += ["--amp"] * args.amp + (["--lr", str(args.lr)] if args.lr else [])
     start = time.perf_counter()
     with open(args.train_log or os.devnull, "w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_stoppable)
         try:
             process.wait(timeout=args.minutes * 60)
         except subprocess.TimeoutExpired:
