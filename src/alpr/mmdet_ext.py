@@ -54,13 +54,11 @@ def to_detections(pred_instances, score_threshold: float = 0.05, rle: bool = Fal
     fields = pred_instances if isinstance(pred_instances, dict) else pred_instances.to_dict()
     keep = fields["scores"] >= score_threshold
     scores, bboxes, labels = (fields[key][keep].cpu().numpy() for key in ("scores", "bboxes", "labels"))
-    masks = None
+    masks = [None] * len(scores)
     if "masks" in fields:
-        bitmaps = fields["masks"][keep].cpu().numpy()
-        masks = [_rle(mask) if rle else mask.astype(np.uint8) for mask in bitmaps]
-    return [Detection(CLASSES[int(label)], float(score), tuple(float(v) for v in box),
-                      None if masks is None else masks[i])
-            for i, (box, label, score) in enumerate(zip(bboxes, labels, scores))]
+        masks = [_rle(mask) if rle else mask.astype(np.uint8) for mask in fields["masks"][keep].cpu().numpy()]
+    return [Detection(CLASSES[int(label)], float(score), tuple(float(v) for v in box), mask)
+            for box, label, score, mask in zip(bboxes, labels, scores, masks)]
 
 
 def _rle(mask: np.ndarray) -> dict:
