@@ -51,15 +51,25 @@ assert "REGISTER_DEVICE_IMPL(roi_align_backward_impl, CUDA, roi_align_backward_c
 EOF
 fi
 
-# torch's CUDA headers include cusparse.h & co., which ship in the nvidia wheels, not always with nvcc.
+# torch's CUDA headers include cusparse.h & co., which ship in the nvidia wheels, not always with nvcc;
+# nvcc's own headers come first (the wheels' cuda_runtime_api.h lacks the crt/ folder it includes).
+# nvcc may be a wrapper outside its CUDA folder (libcudart too): it names that folder itself (TOP).
 site=$(venv/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
-export CPATH=$(ls -d "$site"/nvidia/cu*/include 2>/dev/null | head -1)${CPATH:+:$CPATH}
+cuda_top=$(nvcc --dryrun -x cu -c /dev/null -o /dev/null 2>&1 | sed -n 's/^#\$ TOP=//p')
+export CPATH=$cuda_top/include:$(ls -d "$site"/nvidia/cu*/include 2>/dev/null | head -1)${CPATH:+:$CPATH}
+export LIBRARY_PATH=$cuda_top/lib64${LIBRARY_PATH:+:$LIBRARY_PATH}
+cuda_home=${CUDA_HOME:-$(dirname "$(dirname "$(command -v nvcc)")")}
 (cd mmcv-2.1.0 && FORCE_CUDA=1 MMCV_WITH_OPS=1 TORCH_CUDA_ARCH_LIST="$arch" MAX_JOBS=$(nproc) \
-    CUDA_HOME=${CUDA_HOME:-$(dirname "$(dirname "$(command -v nvcc)")")} ../venv/bin/python setup.py -q bdist_wheel -d ../dist)
+    CUDA_HOME=$cuda_home ../venv/bin/python setup.py -q bdist_wheel -d ../dist)
 
 # Without debug symbols the wheel is 2 MB instead of 33.
 rm -rf unpacked && venv/bin/python -m wheel unpack -d unpacked dist/mmcv-2.1.0-*.whl
 strip --strip-debug unpacked/mmcv-2.1.0/mmcv/_ext*.so
 venv/bin/python -m wheel pack -d "$out" unpacked/mmcv-2.1.0
 rm -rf check && venv/bin/pip install -q --no-deps --target check "$out"/mmcv-2.1.0-*.whl
-PYTHONPATH=check venv/bin/python -c "import mmcv.ops" && echo "built: $(ls "$out"/mmcv-2.1.0-*.whl)"
+# loads the extension (it links against torch and the CUDA runtime) without mmcv's other needs (cv2)
+venv/bin/python -c "import glob, importlib.util, torch
+spec = importlib.util.spec_from_file_location('mmcv._ext', glob.glob('check/mmcv/_ext*.so')[0])
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+assert hasattr(module, 'nms')" && echo "built: $(ls "$out"/mmcv-2.1.0-*.whl)"

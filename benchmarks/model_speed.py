@@ -1,7 +1,7 @@
 """Training images/s and inference ms per 1280x720 image for a model, on this machine's device.
 
     python benchmarks/model_speed.py [--model rtmdet-ins-tiny] [--iters 20] [--runs 30] [--batch 1 16]
-        [--batch-size 8] [--workers 2] [--amp] [--images 64] [--device auto]
+        [--batch-size 8] [--workers 2] [--amp] [--images 64] [--img-size N] [--crop-size N] [--device auto]
 
 Synthesizes a small 1280x720 dataset, trains --iters iterations (after 3 warm-up ones are
 excluded via the timer in the log), then times PlateReader on single images (median of --runs)
@@ -42,6 +42,11 @@ def train_bench_model(folder: Path, model: str, iters: int, batch_size: int, dev
     return work
 
 
+def _sizes(args: argparse.Namespace) -> str:
+    resized = f"resized to {args.img_size}" if args.img_size else "resized to the model's size"
+    return resized + (f", {args.crop_size} px crops" if args.crop_size else "")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="rtmdet-ins-tiny")
@@ -54,15 +59,19 @@ def main() -> None:
     parser.add_argument("--amp", action="store_true", help="mixed precision training (CUDA only)")
     parser.add_argument("--images", type=int, default=64,
                         help="training images; an epoch must hold a batch for every worker, or loading limits the pace")
+    parser.add_argument("--img-size", type=int, default=None, help="size images are resized to (default: the model's)")
+    parser.add_argument("--crop-size", type=int, default=None, help="training crops (default: --img-size)")
     args = parser.parse_args()
-    extra = ("--workers", str(args.workers), *["--amp"] * args.amp)
+    extra = ("--workers", str(args.workers), *["--amp"] * args.amp,
+             *(["--img-size", str(args.img_size)] if args.img_size else []),
+             *(["--crop-size", str(args.crop_size)] if args.crop_size else []))
     with tempfile.TemporaryDirectory() as folder:
         work = train_bench_model(Path(folder), args.model, args.iters, args.batch_size, args.device, extra, args.images)
         logged = [json.loads(line) for line in (work / "runs/bench/train/log.json").read_text().splitlines()]
         times = [entry["time"] for entry in logged if "loss" in entry][3:]  # skip warm-up iterations
         per_iter = statistics.median(times)
         print(f"train {args.model}: median {per_iter:.2f} s per iteration of {args.batch_size} images "
-              f"(iterations 4-{args.iters}, 1280x720 resized to the model's size)")
+              f"(iterations 4-{args.iters}, 1280x720 {_sizes(args)})")
         print(f"train_images_per_second={args.batch_size / per_iter:.2f}")
 
         from alpr import PlateReader

@@ -28,7 +28,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="images per batch")
     parser.add_argument("--lr", type=float, default=None, help="learning rate (default: the model's own)")
     parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay, help="AdamW weight decay")
-    parser.add_argument("--img-size", type=int, default=None, help="training and test image size (square)")
+    parser.add_argument("--img-size", type=int, default=None,
+                        help="size images are resized to (longest side), in training and test")
+    parser.add_argument("--crop-size", type=int, default=None,
+                        help="train on square crops of this size from the resized images (default: --img-size)")
     parser.add_argument("--widen-factor", type=float, default=None, help="RTMDet width multiplier")
     parser.add_argument("--drop-path-rate", type=float, default=defaults.drop_path_rate, help="Swin drop path")
     parser.add_argument("--window-size", type=int, default=defaults.window_size, help="Swin window size")
@@ -49,9 +52,10 @@ def settings_from_args(args: argparse.Namespace) -> TrainSettings:
     return TrainSettings(
         model=args.model, epochs=args.epochs, iters=args.iters, val_interval=args.val_interval,
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, img_size=args.img_size,
-        widen_factor=args.widen_factor, drop_path_rate=args.drop_path_rate, window_size=args.window_size,
-        mlp_ratio=args.mlp_ratio, warmup_iters=args.warmup_iters, num_workers=args.workers, amp=args.amp,
-        seed=args.seed, best_metric=args.best_metric, log_interval=args.log_interval)
+        crop_size=args.crop_size, widen_factor=args.widen_factor, drop_path_rate=args.drop_path_rate,
+        window_size=args.window_size, mlp_ratio=args.mlp_ratio, warmup_iters=args.warmup_iters,
+        num_workers=args.workers, amp=args.amp, seed=args.seed, best_metric=args.best_metric,
+        log_interval=args.log_interval)
 
 
 def main(args: argparse.Namespace) -> Path:

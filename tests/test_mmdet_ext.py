@@ -1,9 +1,12 @@
-"""alpr's mmdet pieces that need no training: the ground-truth mask rasterizer and to_detections."""
+"""alpr's mmdet pieces that need no training: the ground-truth mask rasterizer, the batched target
+assignment and to_detections."""
 
 import numpy as np
 import pytest
 import torch
+from mmdet.registry import MODELS
 from mmdet.structures.mask import BitmapMasks, PolygonMasks
+from mmengine.structures import InstanceData
 from pycocotools import mask as mask_utils
 
 from alpr.mmdet_ext import FilledPolygonMasks, UseFilledPolygonMasks, to_detections
@@ -52,6 +55,56 @@ def test_transform_swaps_only_polygon_masks():
     bitmaps = BitmapMasks(np.zeros((1, 8, 8), np.uint8), 8, 8)
     assert UseFilledPolygonMasks()(dict(gt_masks=bitmaps))["gt_masks"] is bitmaps
     assert UseFilledPolygonMasks()(dict(img=None)) == dict(img=None)
+
+
+def _head_inputs(seed: int, objects: list[int], size: int = 128, num_classes: int = 6):
+    """Random RTMDet-ins head outputs for len(objects) images and ground truth with masks."""
+    rng = torch.Generator().manual_seed(seed)
+    levels = [(size // s, size // s, s) for s in (8, 16, 32)]
+    params = 169  # RTMDetInsHead's dynamic-conv parameters for 8 prototypes, 8 channels, 3 layers
+    batch = len(objects)
+    cls_scores = [torch.randn(batch, num_classes, h, w, generator=rng) - 2 for h, w, _ in levels]
+    bbox_preds = [(0.5 + torch.rand(batch, 4, h, w, generator=rng) * 3) * s for h, w, s in levels]
+    kernels = [torch.randn(batch, params, h, w, generator=rng) * 0.3 for h, w, _ in levels]
+    mask_feat = torch.randn(batch, 8, size // 8, size // 8, generator=rng)
+    gt = []
+    for count in objects:
+        corner = torch.rand(count, 2, generator=rng) * size * 0.7
+        boxes = torch.cat([corner, (corner + 6 + torch.rand(count, 2, generator=rng) * size * 0.3).clamp(max=size)], 1)
+        polygons = [[np.array([x0, y0, x1, y0, x1, y1, x0, y1])] for x0, y0, x1, y1 in boxes.tolist()]
+        gt.append(InstanceData(bboxes=boxes, labels=torch.randint(0, num_classes, (count,), generator=rng),
+                               masks=FilledPolygonMasks(polygons, size, size)))
+    return [cls_scores, bbox_preds, kernels, mask_feat], gt, [dict(img_shape=(size, size), pad_shape=(size, size))] * batch
+
+
+@pytest.mark.parametrize("seed, objects", [(0, [3, 12, 0, 25]), (1, [1]), (2, [0, 0]), (3, [40, 40])])
+def test_batched_head_gives_mmdets_losses_and_gradients(seed, objects):
+    config = dict(num_classes=6, in_channels=8, feat_channels=8, stacked_convs=1,
+                  anchor_generator=dict(type="MlvlPointGenerator", offset=0, strides=[8, 16, 32]),
+                  bbox_coder=dict(type="DistancePointBBoxCoder"),
+                  loss_cls=dict(type="QualityFocalLoss", use_sigmoid=True, beta=2.0, loss_weight=1.0),
+                  loss_bbox=dict(type="GIoULoss", loss_weight=2.0),
+                  loss_mask=dict(type="DiceLoss", loss_weight=2.0, eps=5e-6, reduction="mean"),
+                  train_cfg=dict(assigner=dict(type="DynamicSoftLabelAssigner", topk=13), allowed_border=-1,
+                                 pos_weight=-1, debug=False))
+    results = []
+    for head_type in ("RTMDetInsSepBNHead", "BatchedRTMDetInsHead"):
+        outputs, gt, metas = _head_inputs(seed, objects)
+        leaves = [t.requires_grad_() for level in outputs[:3] for t in level] + [outputs[3].requires_grad_()]
+        losses = MODELS.build(dict(type=head_type, **config)).loss_by_feat(*outputs, gt, metas)
+        total = {name: sum(value) if isinstance(value, list) else value for name, value in losses.items()}
+        gradients = torch.autograd.grad(sum(total.values()), leaves, allow_unused=True)
+        results.append((total, gradients))
+    (expected, expected_grads), (batched, batched_grads) = results
+    assert expected.keys() == batched.keys() == {"loss_cls", "loss_bbox", "loss_mask"}
+    for name in expected:
+        assert torch.allclose(expected[name], batched[name], rtol=1e-5, atol=1e-7), name
+    if sum(objects):
+        assert expected["loss_bbox"] > 0 and expected["loss_mask"] > 0  # objects were assigned priors
+    for want, got in zip(expected_grads, batched_grads):
+        want = torch.zeros(1) if want is None else want
+        got = torch.zeros(1) if got is None else got
+        assert torch.allclose(want, got, rtol=1e-4, atol=1e-7)
 
 
 @pytest.mark.parametrize("rle", [False, True])

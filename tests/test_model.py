@@ -38,11 +38,30 @@ def test_checkpoint_reloads_with_no_config_file(smoke_workdir, smoke_training, s
     meta = torch.load(best, map_location="cpu", weights_only=False)["meta"]
     assert meta["alpr"]["classes"] == list(CLASSES) and meta["alpr"]["dataset"]["name"] == "smoke"
     assert meta["alpr"]["settings"]["model"] == "smoke" and "cfg" in meta
+    assert meta["alpr"]["settings"]["img_size"] == 256 and meta["alpr"]["settings"]["crop_size"] == 192
     reader = PlateReader.from_checkpoint(best, device="cpu")
     assert reader.classes == CLASSES
     plates = reader.predict(synth_dir / "000001.jpg")
     assert isinstance(plates, list)
     assert len(reader.predict_batch([synth_dir / "000001.jpg", synth_dir / "000002.jpg"])) == 2
+
+
+def test_training_takes_crops_and_reading_takes_the_whole_resized_image(smoke_workdir):
+    from mmdet.registry import DATASETS
+
+    import alpr.mmdet_ext  # noqa: F401  (registers the mask transform)
+    from alpr.model import TrainSettings, build_config
+
+    data = smoke_workdir / "datasets/smoke/1"
+    config = build_config(TrainSettings(model="smoke", img_size=256, crop_size=192), data, smoke_workdir, {})
+    train = DATASETS.build(config["train_dataloader"]["dataset"])[0]
+    test = DATASETS.build(config["test_dataloader"]["dataset"])[0]
+    assert tuple(train["inputs"].shape) == (3, 192, 192)
+    height, width = test["data_samples"].ori_shape
+    factor = min(256 / width, 256 / height)
+    resized = round(height * factor), round(width * factor)
+    # the whole image with its longest side at 256 px, padded to a multiple of 32 only (not to a square)
+    assert tuple(test["inputs"].shape[1:]) == tuple(-(-side // 32) * 32 for side in resized) == (192, 256)
 
 
 def test_training_resumes_from_its_last_checkpoint(smoke_workdir, smoke_training):

@@ -13,9 +13,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from mmcv.transforms import BaseTransform
-from mmdet.registry import HOOKS, METRICS, TRANSFORMS
+from mmdet.models.dense_heads import RTMDetInsSepBNHead
+from mmdet.registry import HOOKS, METRICS, MODELS, TRANSFORMS
+from mmdet.structures.bbox import bbox_overlaps, distance2bbox
 from mmdet.structures.mask import PolygonMasks, polygon_to_bitmap
+from mmdet.utils import reduce_mean
+from torch.nn.utils.rnn import pad_sequence
 from mmengine.evaluator import BaseMetric
 from mmengine.hooks import Hook
 from pycocotools import mask as mask_utils
@@ -68,20 +73,25 @@ def _rle(mask: np.ndarray) -> dict:
 
 
 class FilledPolygonMasks(PolygonMasks):
-    """PolygonMasks whose to_tensor rasterizes each instance inside its bounding box only and sets
-    those pixels in a tensor made on the target device. mmdet's own rasterizer draws them, so
-    the masks are mmdet's, but for float rounding at a few edge pixels (about 1 in 10,000).
+    """PolygonMasks rasterized when made, each instance inside its bounding box only, as flat pixel
+    indices; to_tensor sets those pixels in a tensor made on the target device. mmdet's own
+    rasterizer draws them, so the masks are mmdet's, but for float rounding at a few edge pixels
+    (about 1 in 10,000).
 
     RTMDet-ins turns the ground-truth polygons into full-size bitmaps on the training process
     every iteration; plates bring about ten small instances each, and writing hundreds of
-    full-size bitmaps in host memory then takes longer than the GPU's whole step.
+    full-size bitmaps in host memory then takes longer than the GPU's whole step. Made by the
+    transform below, these are rasterized in the data loader's workers instead.
     """
+
+    def __init__(self, masks, height, width):
+        super().__init__(masks, height, width)
+        pixels = [self._pixels(i, polygons) for i, polygons in enumerate(self.masks)]
+        self.pixels = np.concatenate(pixels) if pixels else np.zeros(0, np.int64)
 
     def to_tensor(self, dtype, device):
         masks = torch.zeros((len(self.masks), self.height, self.width), dtype=torch.bool, device=device)
-        pixels = [self._pixels(i, polygons) for i, polygons in enumerate(self.masks)]
-        if pixels:
-            masks.view(-1)[torch.from_numpy(np.concatenate(pixels)).to(device)] = True
+        masks.view(-1)[torch.from_numpy(self.pixels).to(device)] = True
         return masks.to(dtype)
 
     def _pixels(self, index: int, polygons: list) -> np.ndarray:
@@ -108,6 +118,127 @@ class UseFilledPolygonMasks(BaseTransform):
         if isinstance(masks, PolygonMasks):
             results["gt_masks"] = FilledPolygonMasks(masks.masks, masks.height, masks.width)
         return results
+
+
+def _padded(parts) -> torch.Tensor:
+    """(B, G + 1, ...) from B tensors of (count, ...): zeros after each image's objects, and at least one
+    padding column, so that a batch without objects takes the same path."""
+    stacked = pad_sequence(list(parts), batch_first=True)
+    return torch.cat([stacked, stacked.new_zeros((stacked.shape[0], 1, *stacked.shape[2:]))], 1)
+
+
+def _centre_of_mass(masks: torch.Tensor) -> torch.Tensor:
+    """(x, y) of each (N, H, W) mask's pixels; what mmdet's assigner takes as an object's centre."""
+    pixels = masks.sum((1, 2)).float().clamp(min=1e-7)
+    x = (masks.sum(1) * torch.arange(masks.shape[2], device=masks.device)).sum(1) / pixels
+    y = (masks.sum(2) * torch.arange(masks.shape[1], device=masks.device)).sum(1) / pixels
+    return torch.stack([x, y], 1)
+
+
+@MODELS.register_module()
+class BatchedRTMDetInsHead(RTMDetInsSepBNHead):
+    """RTMDetInsSepBNHead whose training loss treats the whole batch in one set of tensor operations.
+
+    mmdet's head assigns targets and computes mask losses image by image and object by object:
+    some 400 small GPU operations per image, each launched from Python, and a few hundred
+    waits for the GPU per batch (a tensor read as a number). A batch of 32 then keeps the
+    training process busy for about half a second while the GPU idles. This head computes the
+    same assignment (dynamic soft labels, with the settings of ``train_cfg.assigner``), the same
+    losses and the same normalization on padded (image, prior, object) tensors instead.
+
+    Assumes every prior is valid, as alpr's training pipeline pads each image to the same size.
+    """
+
+    def loss_by_feat(self, cls_scores, bbox_preds, kernel_preds, mask_feat, batch_gt_instances, batch_img_metas,
+                     batch_gt_instances_ignore=None):
+        num_imgs, device = len(batch_img_metas), cls_scores[0].device
+        sizes = [score.shape[-2:] for score in cls_scores]
+        priors = torch.cat(self.prior_generator.grid_priors(sizes, device=device, with_stride=True))  # x, y, stride
+
+        def flat(maps):  # (B, C, H, W) per level -> (B, priors, C)
+            return torch.cat([m.permute(0, 2, 3, 1).reshape(num_imgs, -1, m.shape[1]) for m in maps], 1)
+
+        scores, kernels, distances = flat(cls_scores), flat(kernel_preds), flat(bbox_preds)
+        boxes = distance2bbox(priors, distances)
+        counts = [len(g) for g in batch_gt_instances]
+        masks = torch.cat([g.masks.to_tensor(torch.bool, device) for g in batch_gt_instances])
+        gt_boxes, gt_labels, gt_centres = (_padded(torch.split(values, counts)) for values in (
+            torch.cat([g.bboxes for g in batch_gt_instances]), torch.cat([g.labels for g in batch_gt_instances]),
+            _centre_of_mass(masks)))
+        real = torch.arange(gt_boxes.shape[1], device=device) < torch.tensor(counts, device=device)[:, None]
+        with torch.no_grad():  # in float32 whatever the autocast: costs span many orders of magnitude
+            positive, gt_index, ious = self._assign(priors, scores.detach().float(), boxes.detach().float(),
+                                                    gt_boxes.float(), gt_labels, gt_centres, real)
+        labels = torch.where(positive, gt_labels.gather(1, gt_index), self.num_classes)
+        metrics = torch.where(positive, ious, 0.0)
+        # normalized by the sum of the positives' IoUs, as mmdet's RTMDet head does
+        avg_factor = reduce_mean(metrics.sum()).clamp_(min=1).item()
+        loss_cls = self.loss_cls(scores.reshape(-1, self.cls_out_channels), (labels.reshape(-1), metrics.reshape(-1)),
+                                 avg_factor=1.0) / avg_factor
+        image_index, prior_index = positive.nonzero(as_tuple=True)
+        matched = gt_index[image_index, prior_index]
+        loss_bbox = self.loss_bbox(boxes[image_index, prior_index], gt_boxes[image_index, matched],
+                                   weight=metrics[image_index, prior_index], avg_factor=1.0) / avg_factor
+        first_gt = torch.tensor([0, *counts], device=device).cumsum(0)
+        step = self.mask_loss_stride
+        gt_masks = masks[first_gt[image_index] + matched][:, step // 2::step, step // 2::step]
+        loss_mask = self._mask_loss(mask_feat, kernels[image_index, prior_index], priors[prior_index], image_index,
+                                    gt_masks)
+        return dict(loss_cls=loss_cls, loss_bbox=loss_bbox, loss_mask=loss_mask)
+
+    def _assign(self, priors, scores, boxes, gt_boxes, gt_labels, gt_centres, real):
+        """Dynamic soft-label assignment for every image at once: (positive, object index, IoU), each (B, N)."""
+        num_priors, num_gt = priors.shape[0], gt_boxes.shape[1]
+        settings = self.assigner
+        centres, strides = priors[:, :2], priors[:, 2]
+        inside = ((centres[None, :, None] > gt_boxes[:, None, :, :2]) &
+                  (centres[None, :, None] < gt_boxes[:, None, :, 2:])).all(-1) & real[:, None]  # (B, N, G)
+        candidate = inside.any(2, keepdim=True)  # only priors inside some object are assigned at all
+        ious = bbox_overlaps(boxes, gt_boxes)  # (B, N, G)
+        distance = (centres[None, :, None] - gt_centres[:, None]).pow(2).sum(-1).sqrt() / strides[None, :, None]
+        # binary cross-entropy against the soft label (IoU for the object's class, 0 for the others),
+        # weighted by the squared error: all classes as negatives, then the object's class corrected
+        probability = scores.sigmoid()
+        as_negatives = (F.binary_cross_entropy_with_logits(scores, torch.zeros_like(scores), reduction="none")
+                        * probability.pow(2)).sum(-1, keepdim=True)
+        own = scores.gather(2, gt_labels[:, None].expand(-1, num_priors, -1))
+        own_probability = own.sigmoid()
+        cls_cost = (as_negatives - F.binary_cross_entropy_with_logits(own, torch.zeros_like(own), reduction="none")
+                    * own_probability.pow(2)
+                    + F.binary_cross_entropy_with_logits(own, ious, reduction="none") * (ious - own_probability).pow(2))
+        cost = (cls_cost - torch.log(ious + 1e-7) * settings.iou_weight
+                + torch.pow(10, distance - settings.soft_center_radius))
+        usable = candidate & real[:, None]
+        cost = cost.masked_fill(~usable, float("inf"))
+        # each object takes its k cheapest priors, k = the sum of its best IoUs
+        k = min(settings.topk, num_priors)
+        dynamic_ks = torch.topk(ious * candidate, k, dim=1).values.sum(1).int().clamp(min=1)  # (B, G)
+        cheapest = torch.topk(cost, k, dim=1, largest=False).indices  # (B, k, G)
+        taken = (torch.arange(k, device=cost.device)[None, :, None] < dynamic_ks[:, None]) & usable.gather(1, cheapest)
+        matching = torch.zeros_like(usable).scatter_(1, cheapest, taken)
+        # a prior taken by several objects goes to the one it costs least
+        contested = matching.sum(2, keepdim=True) > 1
+        matching = torch.where(contested, F.one_hot(cost.argmin(2), num_gt).bool(), matching)
+        return matching.any(2), matching.byte().argmax(2), (matching * ious).sum(2)
+
+    def _mask_loss(self, mask_feat, kernels, priors, image_index, gt_masks):
+        """Dice loss of every positive prior's mask. The dynamic convolutions are 1x1, so each is one
+        batched matrix product over all images' instances."""
+        num_pos = reduce_mean(mask_feat.new_tensor([len(kernels)])).clamp_(min=1).item()
+        if len(kernels) == 0:
+            return mask_feat.sum() * 0
+        h, w = mask_feat.shape[-2:]
+        grid = self.prior_generator.single_level_grid_priors((h, w), level_idx=0, device=mask_feat.device)
+        relative = (priors[:, None, :2] - grid[None]).permute(0, 2, 1) / (priors[:, 2, None, None] * 8)
+        x = torch.cat([relative, mask_feat[image_index].flatten(2)], 1)  # (instances, 2 + prototypes, h * w)
+        weights, biases = self.parse_dynamic_params(kernels)
+        for layer, (weight, bias) in enumerate(zip(weights, biases)):
+            x = torch.baddbmm(bias.reshape(len(kernels), -1, 1), weight.reshape(len(kernels), -1, x.shape[1]), x)
+            if layer < len(weights) - 1:
+                x = F.relu(x)
+        scale = self.prior_generator.strides[0][0] // self.mask_loss_stride
+        logits = F.interpolate(x.reshape(1, -1, h, w), scale_factor=scale, mode="bilinear", align_corners=False)[0]
+        return self.loss_mask(logits, gt_masks, weight=None, avg_factor=num_pos)
 
 
 @METRICS.register_module()

@@ -31,6 +31,7 @@ class TrainSettings:
     lr: float | None = None  # default: the model's own
     weight_decay: float = 0.05
     img_size: int | None = None  # default: the model's own
+    crop_size: int | None = None  # square crops trained on, from images resized to img_size; default: img_size
     widen_factor: float | None = None  # rtmdet models
     drop_path_rate: float = 0.2  # swin
     window_size: int = 7  # swin
@@ -57,6 +58,10 @@ class TrainSettings:
         return self.img_size or {"smoke": 320, "rtmdet-ins-tiny": 640, "mask-rcnn-swin-t": 800}[self.model]
 
     @property
+    def train_crop_size(self) -> int:
+        return self.crop_size or self.image_size
+
+    @property
     def learning_rate(self) -> float:
         return self.lr or {"smoke": 2e-3, "rtmdet-ins-tiny": 1e-3, "mask-rcnn-swin-t": 1e-4}[self.model]
 
@@ -77,7 +82,7 @@ def _rtmdet(widen: float, num_classes: int) -> dict:
         neck=dict(type="CSPNeXtPAFPN", in_channels=channels, out_channels=width, num_csp_blocks=1,
                   expand_ratio=0.5, norm_cfg=norm, act_cfg=act),
         bbox_head=dict(
-            type="RTMDetInsSepBNHead", num_classes=num_classes, in_channels=width, stacked_convs=2,
+            type="BatchedRTMDetInsHead", num_classes=num_classes, in_channels=width, stacked_convs=2,
             share_conv=True, pred_kernel_size=1, feat_channels=width, act_cfg=act,
             norm_cfg=dict(type="BN", requires_grad=True),
             anchor_generator=dict(type="MlvlPointGenerator", offset=0, strides=[8, 16, 32]),
@@ -157,15 +162,17 @@ def model_config(settings: TrainSettings) -> dict:
     return _rtmdet(settings.widen_factor or default_widen, len(CLASSES))
 
 
-def train_pipeline(size: int) -> list[dict]:
+def train_pipeline(size: int, crop: int) -> list[dict]:
+    """Images resized to about ``size``, then ``crop`` x ``crop`` pieces: a crop smaller than the size
+    trains at full detail (small plates stay readable) for the cost of a small image."""
     # No flips: a mirrored character is another character (or none).
     return [
         dict(type="LoadImageFromFile"),
         dict(type="LoadAnnotations", with_bbox=True, with_mask=True, poly2mask=False),
         dict(type="RandomResize", scale=(size, size), ratio_range=(0.8, 1.25), keep_ratio=True),
-        dict(type="RandomCrop", crop_size=(size, size), recompute_bbox=True, allow_negative_crop=True),
+        dict(type="RandomCrop", crop_size=(crop, crop), recompute_bbox=True, allow_negative_crop=True),
         dict(type="YOLOXHSVRandomAug"),
-        dict(type="Pad", size=(size, size), pad_val=dict(img=PAD_VALUE)),
+        dict(type="Pad", size=(crop, crop), pad_val=dict(img=PAD_VALUE)),
         dict(type="FilterAnnotations", min_gt_bbox_wh=(1, 1)),
         dict(type="UseFilledPolygonMasks"),
         dict(type="PackDetInputs"),
@@ -176,7 +183,8 @@ def test_pipeline(size: int) -> list[dict]:
     return [
         dict(type="LoadImageFromFile"),
         dict(type="Resize", scale=(size, size), keep_ratio=True),
-        dict(type="Pad", size=(size, size), pad_val=dict(img=PAD_VALUE)),
+        # to a multiple of the largest stride only: a 16:9 image is not padded to a square
+        dict(type="Pad", size_divisor=32, pad_val=dict(img=PAD_VALUE)),
         dict(type="PackDetInputs", meta_keys=("img_id", "img_path", "ori_shape", "img_shape", "scale_factor")),
     ]
 
@@ -208,8 +216,8 @@ def build_config(settings: TrainSettings, dataset_dir: Path, work_dir: Path, dat
         custom_imports=dict(imports=["alpr.mmdet_ext"], allow_failed_imports=False),
         model=model_config(settings),
         work_dir=str(work_dir),
-        train_dataloader=_loader(_dataset(dataset_dir, "train", train_pipeline(size), True), settings.batch_size,
-                                 settings.num_workers, True),
+        train_dataloader=_loader(_dataset(dataset_dir, "train", train_pipeline(size, settings.train_crop_size), True),
+                                 settings.batch_size, settings.num_workers, True),
         val_dataloader=_loader(_dataset(dataset_dir, "val", test_pipeline(size), False), 1, settings.num_workers,
                                False),
         test_dataloader=_loader(_dataset(dataset_dir, "test", test_pipeline(size), False), 1,
