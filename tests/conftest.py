@@ -89,7 +89,7 @@ def gcs_emulator():
 # Four iterations of the smoke model on the synthetic folder: a real checkpoint in about half a minute.
 SMOKE_TRAIN = ["--dataset", "smoke", "--version", "1", "--model", "smoke", "--run-id", "r1", "--iters", "4",
                "--val-interval", "2", "--batch-size", "2", "--workers", "0", "--device", "cpu", "--img-size", "256",
-               "--crop-size", "192", "--log-interval", "1", "--warmup-iters", "2"]
+               "--log-interval", "1", "--warmup-iters", "2"]
 
 
 def run_step_script(name: str, *args: str) -> subprocess.CompletedProcess:

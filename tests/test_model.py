@@ -38,7 +38,6 @@ def test_checkpoint_reloads_with_no_config_file(smoke_workdir, smoke_training, s
     meta = torch.load(best, map_location="cpu", weights_only=False)["meta"]
     assert meta["alpr"]["classes"] == list(CLASSES) and meta["alpr"]["dataset"]["name"] == "smoke"
     assert meta["alpr"]["settings"]["model"] == "smoke" and "cfg" in meta
-    assert meta["alpr"]["settings"]["img_size"] == 256 and meta["alpr"]["settings"]["crop_size"] == 192
     reader = PlateReader.from_checkpoint(best, device="cpu")
     assert reader.classes == CLASSES
     plates = reader.predict(synth_dir / "000001.jpg")
@@ -50,10 +49,13 @@ def test_training_takes_crops_and_reading_takes_the_whole_resized_image(smoke_wo
     from mmdet.registry import DATASETS
 
     import alpr.mmdet_ext  # noqa: F401  (registers the mask transform)
-    from alpr.model import TrainSettings, build_config
+    from alpr.model import build_config
+    from steps.train import get_args_parser, settings_from_args
 
+    args = get_args_parser().parse_args(["--dataset", "smoke", "--version", "1", "--run-id", "c", "--model", "smoke",
+                                         "--img-size", "256", "--crop-size", "192"])
     data = smoke_workdir / "datasets/smoke/1"
-    config = build_config(TrainSettings(model="smoke", img_size=256, crop_size=192), data, smoke_workdir, {})
+    config = build_config(settings_from_args(args), data, smoke_workdir, {})
     train = DATASETS.build(config["train_dataloader"]["dataset"])[0]
     test = DATASETS.build(config["test_dataloader"]["dataset"])[0]
     assert tuple(train["inputs"].shape) == (3, 192, 192)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from alpr.errors import UsageError
-from alpr.metrics import KEY_METRICS, evaluate, plate_pr_curve
+from alpr.metrics import KEY_METRICS, evaluate, mask_rle, plate_pr_curve
 from alpr.plates import CHARACTER_CLASSES, Layout
 from alpr.postprocess import Detection, Plate, read_plates
 
@@ -44,7 +44,6 @@ def checkpoints(train: Path) -> list[Path]:
 def predict_split(reader, dataset: Path, split: str, progress: bool = True
                   ) -> tuple[object, dict[int, list[Detection]], dict[int, list[Plate]]]:
     """Runs the reader over a split; returns the ground truth, detections (RLE masks) and plates."""
-    from pycocotools import mask as mask_utils
     from pycocotools.coco import COCO
     from rich.progress import Progress
 
@@ -61,20 +60,14 @@ def predict_split(reader, dataset: Path, split: str, progress: bool = True
             ids = image_ids[start:start + BATCH]
             paths = [dataset / "images" / gt.imgs[i]["file_name"] for i in ids]
             for image_id, dets in zip(ids, reader.detect(paths)):
-                detections[image_id] = [_with_rle(d, mask_utils) for d in dets]
+                detections[image_id] = [_with_rle(d) for d in dets]
             bar.advance(task, len(ids))
     plates = {i: read_plates(d, reader.options) for i, d in detections.items()}
     return gt, detections, plates
 
 
-def _with_rle(det: Detection, mask_utils) -> Detection:
-    if det.mask is None or isinstance(det.mask, dict):
-        return det
-    import numpy as np
-
-    rle = mask_utils.encode(np.asfortranarray(det.mask.astype(np.uint8)))
-    rle["counts"] = rle["counts"].decode()
-    return Detection(det.label, det.score, det.bbox, rle)
+def _with_rle(det: Detection) -> Detection:
+    return det if det.mask is None else Detection(det.label, det.score, det.bbox, mask_rle(det.mask))
 
 
 def plot(folder: Path, gt, plates: dict[int, list[Plate]], metrics: dict) -> list[Path]:

@@ -40,9 +40,14 @@ def third_boxes(mask: np.ndarray) -> np.ndarray:
     boxes: max + 1). Do the same along x. A rectangle and a slanted quad with the same
     bounding box get different thirds, so they differ here.
     """
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    if not contours:
+    rows, columns = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    if len(rows) == 0:
         return np.zeros((6, 4))
+    y, x = rows[0], columns[0]
+    # contours of the mask's bounding rectangle, with a free pixel around: the same points, far less to scan
+    region = np.zeros((rows[-1] - y + 3, columns[-1] - x + 3), np.uint8)
+    region[1:-1, 1:-1] = mask[y:rows[-1] + 1, x:columns[-1] + 1]
+    contours, _ = cv2.findContours(region, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE, offset=(int(x) - 1, int(y) - 1))
     points = np.concatenate(contours).reshape(-1, 2).astype(np.float64)
     boxes = []
     for axis in (1, 0):
@@ -87,24 +92,25 @@ class DvCOCOeval(COCOeval):
 # ---------------------------------------------------------------- COCO AP
 
 
-def _rle(mask, height: int, width: int) -> dict:
+def mask_rle(mask) -> dict:
+    """A mask as COCO RLE with text counts; an RLE dict is returned as it is. A column-major uint8
+    mask (what :func:`alpr.mmdet_ext.to_detections` gives) is encoded without a copy."""
     if isinstance(mask, dict):
         return mask
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    rle["counts"] = rle["counts"].decode() if isinstance(rle["counts"], bytes) else rle["counts"]
+    rle = mask_utils.encode(np.asfortranarray(mask, dtype=np.uint8))
+    rle["counts"] = rle["counts"].decode()
     return rle
 
 
 def coco_results(gt: COCO, detections: dict[int, list[Detection]]) -> list[dict]:
     results = []
     for image_id, dets in detections.items():
-        info = gt.imgs[image_id]
         for det in dets:
             x1, y1, x2, y2 = det.bbox
             result = {"image_id": image_id, "category_id": CLASSES.index(det.label) + 1,
                       "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(det.score)}
             if det.mask is not None:
-                result["segmentation"] = _rle(det.mask, info["height"], info["width"])
+                result["segmentation"] = mask_rle(det.mask)
             results.append(result)
     return results
 

@@ -23,11 +23,10 @@ from mmdet.utils import reduce_mean
 from torch.nn.utils.rnn import pad_sequence
 from mmengine.evaluator import BaseMetric
 from mmengine.hooks import Hook
-from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from alpr.errors import AlprError
-from alpr.metrics import evaluate, metric_lines
+from alpr.metrics import evaluate, mask_rle, metric_lines
 from alpr.plates import CLASSES
 from alpr.postprocess import Detection, read_plates
 
@@ -61,15 +60,12 @@ def to_detections(pred_instances, score_threshold: float = 0.05, rle: bool = Fal
     scores, bboxes, labels = (fields[key][keep].cpu().numpy() for key in ("scores", "bboxes", "labels"))
     masks = [None] * len(scores)
     if "masks" in fields:
-        masks = [_rle(mask) if rle else mask.astype(np.uint8) for mask in fields["masks"][keep].cpu().numpy()]
+        # transposed where they are, so each arrives column-major: COCO's RLE encoder then copies nothing
+        columns = fields["masks"][keep].transpose(1, 2).contiguous().cpu().numpy()
+        columns = columns.view(np.uint8) if columns.dtype == bool else columns.astype(np.uint8)
+        masks = [mask_rle(mask.T) if rle else mask.T for mask in columns]
     return [Detection(CLASSES[int(label)], float(score), tuple(float(v) for v in box), mask)
             for box, label, score, mask in zip(bboxes, labels, scores, masks)]
-
-
-def _rle(mask: np.ndarray) -> dict:
-    encoded = mask_utils.encode(np.asfortranarray(mask, dtype=np.uint8))
-    encoded["counts"] = encoded["counts"].decode()
-    return encoded
 
 
 class FilledPolygonMasks(PolygonMasks):
