@@ -4,7 +4,8 @@
 #     bash benchmarks/gpu.sh [TRAIN_MINUTES] [OUTPUT_DIR]
 #
 # Needs the alpr dependencies with mmcv built with CUDA ops (RESULTS.md says how it was built).
-# Checks the CUDA ops first, then times training and inference (model_speed.py), trains for
+# Checks the CUDA ops first, then times training and inference (model_speed.py, profiled by py-spy
+# where it is installed), trains for
 # TRAIN_MINUTES on fresh synthetic data with a cosine schedule sized from the measured speed and
 # scores EIR on an unseen seed (accuracy.py), then serves that model (serve_speed.py).
 # Images are resized to IMG_SIZE (1280: full detail for small plates) and trained on CROP_SIZE
@@ -36,10 +37,17 @@ assert torch.allclose(cpu, gpu.cpu()), "mmcv CUDA NMS differs from the CPU"
 print(f"torch {torch.__version__} on {torch.cuda.get_device_name()}: mmcv CUDA ops work ({len(cpu)} boxes kept)")
 PY
 
-# Two batches per loader worker, so that loading does not set the pace.
-python3 "$here/model_speed.py" --device cuda --batch-size $batch --workers $workers --amp --iters 20 --runs 20 \
-    --images $(( 2 * batch * workers )) --img-size "$size" --crop-size "$crop" --batch 1 16 \
-    | tee "$out/model_speed.txt"
+# Two batches per loader worker, so that loading does not set the pace. Where py-spy is installed
+# (a wheel travels in .whl), it samples every process of this run: where the training process's
+# time goes is then printed from its samples, and the samples are kept.
+speed=(python3 "$here/model_speed.py" --device cuda --batch-size $batch --workers $workers --amp --iters 20
+       --runs 20 --images $(( 2 * batch * workers )) --img-size "$size" --crop-size "$crop" --batch 1 16)
+if command -v py-spy > /dev/null; then
+    py-spy record --subprocesses --idle --rate 100 --format raw -o "$out/train_profile.txt" -- "${speed[@]}" \
+        | tee "$out/model_speed.txt"
+    python3 "$here/profile_summary.py" "$out/train_profile.txt" --top 30
+fi
+grep -q '^train_images_per_second=' "$out/model_speed.txt" 2> /dev/null || "${speed[@]}" | tee "$out/model_speed.txt"
 
 # Size the cosine schedule to end within the time budget: start-up and two validations (each
 # about 45 s on 2 % of the images, measured on the H100) take about two minutes of it, and 20 %

@@ -125,9 +125,10 @@ def _padded(parts) -> torch.Tensor:
 
 def _centre_of_mass(masks: torch.Tensor) -> torch.Tensor:
     """(x, y) of each (N, H, W) mask's pixels; what mmdet's assigner takes as an object's centre."""
-    pixels = masks.sum((1, 2)).float().clamp(min=1e-7)
-    x = (masks.sum(1) * torch.arange(masks.shape[2], device=masks.device)).sum(1) / pixels
-    y = (masks.sum(2) * torch.arange(masks.shape[1], device=masks.device)).sum(1) / pixels
+    per_column, per_row = masks.sum(1), masks.sum(2)  # (N, W), (N, H): two passes over the masks
+    pixels = per_column.sum(1).float().clamp(min=1e-7)
+    x = (per_column * torch.arange(masks.shape[2], device=masks.device)).sum(1) / pixels
+    y = (per_row * torch.arange(masks.shape[1], device=masks.device)).sum(1) / pixels
     return torch.stack([x, y], 1)
 
 
