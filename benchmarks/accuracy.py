@@ -41,9 +41,9 @@ def train_for(work: Path, args: argparse.Namespace) -> tuple[Path, float]:
     command = [sys.executable, str(ROOT / "steps/train.py"), "--workdir", str(work), "--dataset", "train",
                "--version", "1", "--model", args.model, "--run-id", "accuracy", "--iters", str(args.iters),
                "--val-interval", str(args.checkpoint_iters), "--batch-size", str(args.batch_size),
-               "--img-size", str(args.img_size), "--crop-size", str(args.crop_size or args.img_size),
-               "--device", args.device, "--workers", str(args.workers)]
+               "--img-size", str(args.img_size), "--device", args.device, "--workers", str(args.workers)]
     command += ["--amp"] * args.amp + (["--lr", str(args.lr)] if args.lr else [])
+    command += ["--crop-size", str(args.crop_size)] if args.crop_size else []
     start = time.perf_counter()
     with open(args.train_log or os.devnull, "w") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_stoppable)

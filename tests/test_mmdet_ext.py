@@ -74,7 +74,8 @@ def _head_inputs(seed: int, objects: list[int], size: int = 128, num_classes: in
         polygons = [[np.array([x0, y0, x1, y0, x1, y1, x0, y1])] for x0, y0, x1, y1 in boxes.tolist()]
         gt.append(InstanceData(bboxes=boxes, labels=torch.randint(0, num_classes, (count,), generator=rng),
                                masks=FilledPolygonMasks(polygons, size, size)))
-    return [cls_scores, bbox_preds, kernels, mask_feat], gt, [dict(img_shape=(size, size), pad_shape=(size, size))] * batch
+    metas = [dict(img_shape=(size, size), pad_shape=(size, size))] * batch
+    return [cls_scores, bbox_preds, kernels, mask_feat], gt, metas
 
 
 @pytest.mark.parametrize("seed, objects", [(0, [3, 12, 0, 25]), (1, [1]), (2, [0, 0]), (3, [40, 40])])

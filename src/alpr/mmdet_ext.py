@@ -1,4 +1,5 @@
-"""alpr's pieces registered in mmdetection's registries: the plate metric, the run hook and a mask transform.
+"""alpr's pieces registered in mmdetection's registries: the plate metric, the run hook, a mask
+transform and RTMDet-ins's head with a batched training loss.
 
 Imported by the training config (``custom_imports``), never by editing mmdet itself.
 """
@@ -20,10 +21,10 @@ from mmdet.registry import HOOKS, METRICS, MODELS, TRANSFORMS
 from mmdet.structures.bbox import bbox_overlaps, distance2bbox
 from mmdet.structures.mask import PolygonMasks, polygon_to_bitmap
 from mmdet.utils import reduce_mean
-from torch.nn.utils.rnn import pad_sequence
 from mmengine.evaluator import BaseMetric
 from mmengine.hooks import Hook
 from pycocotools.coco import COCO
+from torch.nn.utils.rnn import pad_sequence
 
 from alpr.errors import AlprError
 from alpr.metrics import evaluate, mask_rle, metric_lines
@@ -196,12 +197,11 @@ class BatchedRTMDetInsHead(RTMDetInsSepBNHead):
         # binary cross-entropy against the soft label (IoU for the object's class, 0 for the others),
         # weighted by the squared error: all classes as negatives, then the object's class corrected
         probability = scores.sigmoid()
-        as_negatives = (F.binary_cross_entropy_with_logits(scores, torch.zeros_like(scores), reduction="none")
-                        * probability.pow(2)).sum(-1, keepdim=True)
-        own = scores.gather(2, gt_labels[:, None].expand(-1, num_priors, -1))
-        own_probability = own.sigmoid()
-        cls_cost = (as_negatives - F.binary_cross_entropy_with_logits(own, torch.zeros_like(own), reduction="none")
-                    * own_probability.pow(2)
+        as_negative = F.binary_cross_entropy_with_logits(scores, torch.zeros_like(scores), reduction="none") \
+            * probability.pow(2)  # (B, N, classes)
+        own_class = gt_labels[:, None].expand(-1, num_priors, -1)  # (B, N, G)
+        own, own_probability = scores.gather(2, own_class), probability.gather(2, own_class)
+        cls_cost = (as_negative.sum(-1, keepdim=True) - as_negative.gather(2, own_class)
                     + F.binary_cross_entropy_with_logits(own, ious, reduction="none") * (ious - own_probability).pow(2))
         cost = (cls_cost - torch.log(ious + 1e-7) * settings.iou_weight
                 + torch.pow(10, distance - settings.soft_center_radius))
