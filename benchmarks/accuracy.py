@@ -2,7 +2,7 @@
 
     python benchmarks/accuracy.py [--minutes 30] [--model rtmdet-ins-tiny] [--train-images 1000]
         [--test-images 300] [--img-size 640] [--crop-size N] [--batch-size 8] [--checkpoint-iters 25]
-        [--device auto] [--workers 2] [--amp] [--lr LR] [--iters N] [--train-log FILE]
+        [--device auto] [--workers 2] [--amp] [--lr LR] [--iters N] [--warmup-iters N] [--train-log FILE]
         [--save-checkpoint PATH]
 
 Synthesizes and records a training set (seed 0) and a test set (seed 1000, every image in the
@@ -44,6 +44,7 @@ def train_for(work: Path, args: argparse.Namespace) -> tuple[Path, float]:
                "--img-size", str(args.img_size), "--device", args.device, "--workers", str(args.workers)]
     command += ["--amp"] * args.amp + (["--lr", str(args.lr)] if args.lr else [])
     command += ["--crop-size", str(args.crop_size)] if args.crop_size else []
+    command += ["--warmup-iters", str(args.warmup_iters)] if args.warmup_iters else []
     start = time.perf_counter()
     with open(args.train_log or os.devnull, "w") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_stoppable)
@@ -75,6 +76,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=None, help="learning rate (default: the model's own)")
     parser.add_argument("--iters", type=int, default=1_000_000,
                         help="length of the learning-rate schedule; training stops at --minutes in any case")
+    parser.add_argument("--warmup-iters", type=int, default=None, help="linear warm-up (default: the training step's)")
     parser.add_argument("--save-checkpoint", type=Path, default=None, help="copy the scored checkpoint here")
     parser.add_argument("--train-log", type=Path, default=None, help="file for the training step's output")
     args = parser.parse_args()

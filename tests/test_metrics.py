@@ -4,7 +4,7 @@ import pytest
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from alpr.metrics import coco_aps, dv_iou, evaluate, metric_lines, plate_metrics, third_boxes
+from alpr.metrics import coco_aps, dv_iou, evaluate, mask_rle, metric_lines, plate_metrics, rle_counts, third_boxes
 from alpr.plates import CLASSES
 from alpr.postprocess import Detection, Plate
 
@@ -51,9 +51,73 @@ def test_third_boxes_of_a_rectangle():
     assert boxes[0][0] == 20 and boxes[0][2] == 121 and boxes[3][1] == 20 and boxes[3][3] == 61
 
 
+def _third_boxes_by_contours(mask: np.ndarray) -> np.ndarray:
+    """DESIGN.md's definition, literally: boxes around thirds of the outer contour points."""
+    padded = np.pad(mask, 1)  # contours of pixels on the image's edge
+    contours, _ = cv2.findContours(padded, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE, offset=(-1, -1))
+    if not contours:
+        return np.zeros((6, 4))
+    points = np.concatenate(contours).reshape(-1, 2).astype(np.float64)
+    boxes = []
+    for axis in (1, 0):
+        low, high = points[:, axis].min(), points[:, axis].max() + 1
+        third = np.minimum(((points[:, axis] - low) * 3 / (high - low)).astype(int), 2)
+        for k in range(3):
+            part = points[third == k] if (third == k).any() else points
+            boxes.append((*part.min(0), *(part.max(0) + 1)))
+    return np.asarray(boxes)
+
+
+def _random_mask(rng, height: int, width: int) -> np.ndarray:
+    """Blobs, outlines, rings with a dot inside, speckle: shapes with holes, gaps and thin parts."""
+    mask = np.zeros((height, width), np.uint8)
+    kind = rng.integers(0, 4)
+    for _ in range(rng.integers(1, 4)):
+        points = rng.integers(0, (width, height), size=(rng.integers(3, 7), 2)).astype(np.int32)
+        if kind == 0:
+            cv2.fillPoly(mask, [points], 1)
+        elif kind == 1:
+            cv2.polylines(mask, [points], True, 1, 1)
+        elif kind == 2:
+            cv2.fillPoly(mask, [points], 1)
+            cv2.fillPoly(mask, [points // 2 + 2], 0)
+            mask[min(points[0, 1] // 2 + 3, height - 1), min(points[0, 0] // 2 + 3, width - 1)] = 1
+        else:
+            mask[rng.random((height, width)) < 0.03] = 1
+    return mask
+
+
+def test_third_boxes_from_runs_equal_the_contour_definition():
+    rng = np.random.default_rng(7)
+    for _ in range(600):
+        mask = _random_mask(rng, int(rng.integers(1, 50)), int(rng.integers(1, 50)))
+        expected = _third_boxes_by_contours(mask)
+        assert np.array_equal(third_boxes(mask), expected), mask
+        assert np.array_equal(third_boxes(mask_rle(mask)), expected)
+
+
+def test_rle_counts_reads_pycocotools_strings():
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        mask = _random_mask(rng, int(rng.integers(1, 300)), int(rng.integers(1, 300)))
+        changes = np.flatnonzero(np.diff(mask.T.ravel(), prepend=0))  # column-major, background first
+        expected = np.diff(changes, prepend=0, append=mask.size).tolist()
+        assert rle_counts(mask_rle(mask)["counts"]) == expected
+
+
 def test_dv_iou_tells_shapes_apart_that_box_iou_does_not():
     rect, slant = third_boxes(_mask(RECT)), third_boxes(_mask(SLANT))
     assert 0.2 < dv_iou(rect, slant) < 0.8
+
+
+def test_dv_iou_by_hand_and_as_a_matrix():
+    square, shifted = np.tile([0.0, 0, 2, 2], (6, 1)), np.tile([1.0, 0, 3, 2], (6, 1))
+    assert dv_iou(square, shifted) == pytest.approx(1 / 3)  # each box: overlap 2, union 6
+    assert dv_iou(np.zeros((6, 4)), np.zeros((6, 4))) == 0.0  # empty masks overlap nothing
+    stack = np.stack([square, shifted, third_boxes(_mask(RECT)), third_boxes(_mask(SLANT))])
+    matrix = dv_iou(stack[:3], stack)
+    assert matrix.shape == (3, 4)
+    assert np.allclose(matrix, [[dv_iou(x, y) for y in stack] for x in stack[:3]])
 
 
 def test_dv_map_is_one_for_the_right_shape_and_low_for_a_wrong_one():

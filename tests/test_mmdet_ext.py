@@ -9,7 +9,8 @@ from mmdet.structures.mask import BitmapMasks, PolygonMasks
 from mmengine.structures import InstanceData
 from pycocotools import mask as mask_utils
 
-from alpr.mmdet_ext import FilledPolygonMasks, UseFilledPolygonMasks, to_detections
+from alpr.metrics import mask_rle
+from alpr.mmdet_ext import FilledPolygonMasks, UseFilledPolygonMasks, masks_rle, rle_from_run_changes, to_detections
 from alpr.plates import CLASSES
 
 
@@ -108,15 +109,65 @@ def test_batched_head_gives_mmdets_losses_and_gradients(seed, objects):
         assert torch.allclose(want, got, rtol=1e-4, atol=1e-7)
 
 
-@pytest.mark.parametrize("rle", [False, True])
-def test_to_detections_drops_low_scores_and_keeps_each_mask(rle):
+def test_to_detections_drops_low_scores_and_keeps_each_mask():
     masks = torch.zeros((3, 12, 16), dtype=torch.bool)
     masks[0, 1:4, 2:6] = masks[1, 5:9, 3:12] = masks[2, 0:2, 0:2] = True
     fields = dict(scores=torch.tensor([0.9, 0.01, 0.5]), bboxes=torch.tensor([[2.0, 1, 6, 4], [3, 5, 12, 9], [0, 0, 2, 2]]),
                   labels=torch.tensor([0, 3, 5]), masks=masks)
-    detections = to_detections(fields, score_threshold=0.05, rle=rle)
+    detections = to_detections(fields, score_threshold=0.05)
     assert [d.label for d in detections] == [CLASSES[0], CLASSES[5]]
     assert [round(d.score, 3) for d in detections] == [0.9, 0.5] and detections[1].bbox == (0.0, 0.0, 2.0, 2.0)
     for detection, expected in zip(detections, masks[[0, 2]].numpy()):
-        mask = mask_utils.decode(detection.mask) if rle else detection.mask
-        assert mask.dtype == np.uint8 and np.array_equal(mask, expected)
+        assert np.array_equal(mask_utils.decode(detection.mask), expected)
+    assert [d.mask for d in to_detections(fields, score_threshold=0.05, masks=False)] == [None, None]
+
+
+def test_rle_from_run_changes_equals_pycocotools():
+    generator = torch.Generator().manual_seed(0)
+    for shape in ((40, 7, 5), (30, 33, 41), (3, 1, 1), (0, 4, 4)):
+        masks = torch.rand(shape, generator=generator) < torch.rand((shape[0], 1, 1), generator=generator)
+        masks[: shape[0] // 3] = False  # empty masks too
+        if shape[0]:
+            masks[-1] = True  # and a full one
+        expected = [mask_rle(mask.numpy().astype(np.uint8)) for mask in masks]
+        assert rle_from_run_changes(masks) == expected == masks_rle(masks)
+
+
+def _plate_sample(boards: list[tuple[float, float, float, float]], labels: list[str]) -> dict:
+    from mmdet.structures.bbox import HorizontalBoxes
+
+    polygons = [[np.array([x1, y1, x2, y1, x2, y2, x1, y2], np.float64)] for x1, y1, x2, y2 in boards]
+    return dict(img=np.zeros((720, 1280, 3), np.uint8), img_shape=(720, 1280),
+                gt_bboxes=HorizontalBoxes(torch.tensor(boards, dtype=torch.float32)),
+                gt_bboxes_labels=np.array([CLASSES.index(label) for label in labels]),
+                gt_ignore_flags=np.zeros(len(boards), bool), gt_masks=PolygonMasks(polygons, 720, 1280))
+
+
+def test_plate_crop_keeps_a_whole_board_in_every_window():
+    from alpr.mmdet_ext import PlateCrop
+
+    crop = PlateCrop(crop_size=(320, 320), recompute_bbox=True, allow_negative_crop=True)
+    np.random.seed(0)
+    boards = [(100.0, 600.0, 300.0, 650.0), (1000.0, 40.0, 1100.0, 90.0)]
+    offsets = set()
+    for _ in range(60):
+        result = crop(_plate_sample(boards + [(110.0, 610.0, 120.0, 640.0)], ["l_board", "r_board", "7"]))
+        x0, y0 = -result["homography_matrix"][:2, 2]
+        offsets.add((x0, y0))
+        assert result["img"].shape[:2] == (320, 320)
+        assert any(x0 <= x1 and y0 <= y1 and x2 <= x0 + 320 and y2 <= y0 + 320 for x1, y1, x2, y2 in boards)
+        kept = result["gt_bboxes_labels"]
+        assert CLASSES.index("l_board") in kept or CLASSES.index("r_board") in kept
+    assert len(offsets) > 20  # still random: anywhere that holds the board
+
+
+def test_plate_crop_centres_a_board_larger_than_the_window_and_crops_anywhere_without_one():
+    from alpr.mmdet_ext import PlateCrop
+
+    crop = PlateCrop(crop_size=(320, 320), recompute_bbox=True, allow_negative_crop=True)
+    x0, y0 = -crop(_plate_sample([(200.0, 300.0, 700.0, 400.0)], ["l_board"]))["homography_matrix"][:2, 2]
+    assert x0 == 290 and 80 <= y0 <= 300  # centred across the board's width; its whole height inside
+    np.random.seed(1)
+    starts = {tuple(-crop(_plate_sample([(0.0, 0.0, 10.0, 10.0)], ["7"]))["homography_matrix"][:2, 2])
+              for _ in range(20)}
+    assert len(starts) > 10

@@ -87,3 +87,26 @@ def test_plate_json_shape():
     assert set(data) == {"text", "region", "vehicle_type", "serial", "layout", "bbox", "score", "char_scores",
                          "reason"}
     assert data["bbox"] == [0, 0, 200, 40]
+
+
+def _replace(dets: list[Detection], found: dict[int, list[tuple[str, float]]]) -> list[Detection]:
+    """The plate's characters at the given positions (in reading order) replaced by what was found on their boxes."""
+    chars = [d for d in dets if len(d.label) == 1]
+    kept = [d for d in dets if not any(d is chars[i] for i in found)]
+    return kept + [Detection(label, score, chars[i].bbox) for i, labels in found.items() for label, score in labels]
+
+
+def test_a_position_reads_the_models_best_class_of_the_kind_the_format_puts_there():
+    # 8 is the first choice on the letter's glyph, B the best letter there; on a serial digit, D before 0
+    dets = _replace(_plate("12B3456"), {2: [("8", 0.7), ("b", 0.4), ("e", 0.1)], 3: [("d", 0.6), ("0", 0.5)]})
+    [plate] = read_plates(dets)
+    assert plate.text == "12B0456" and plate.reason is None
+    assert plate.char_scores[2] == pytest.approx(0.4) and plate.char_scores[3] == pytest.approx(0.5)
+
+
+def test_a_character_of_the_wrong_kind_with_no_alternative_there_leaves_the_plate_unread():
+    # weak detections elsewhere on the board are no alternatives
+    [plate] = read_plates(_replace(_plate("12A3456"), {0: [("c", 0.8)]}) + [Detection("7", 0.2, (0, 0, 6, 6))])
+    assert plate.text is None and "region" in plate.reason
+    [plate] = read_plates(_replace(_plate("12A3456"), {2: [("5", 0.8)]}) + [Detection("a", 0.2, (150, 8, 160, 30))])
+    assert plate.text is None and "vehicle type" in plate.reason

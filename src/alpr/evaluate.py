@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from alpr.errors import UsageError
-from alpr.metrics import KEY_METRICS, evaluate, mask_rle, plate_pr_curve
+from alpr.metrics import KEY_METRICS, evaluate, plate_pr_curve
 from alpr.plates import CHARACTER_CLASSES, Layout
 from alpr.postprocess import Detection, Plate, read_plates
 
@@ -60,14 +60,10 @@ def predict_split(reader, dataset: Path, split: str, progress: bool = True
             ids = image_ids[start:start + BATCH]
             paths = [dataset / "images" / gt.imgs[i]["file_name"] for i in ids]
             for image_id, dets in zip(ids, reader.detect(paths)):
-                detections[image_id] = [_with_rle(d) for d in dets]
+                detections[image_id] = dets
             bar.advance(task, len(ids))
     plates = {i: read_plates(d, reader.options) for i, d in detections.items()}
     return gt, detections, plates
-
-
-def _with_rle(det: Detection) -> Detection:
-    return det if det.mask is None else Detection(det.label, det.score, det.bbox, mask_rle(det.mask))
 
 
 def plot(folder: Path, gt, plates: dict[int, list[Plate]], metrics: dict) -> list[Path]:

@@ -17,7 +17,6 @@ import contextlib
 import io
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
@@ -32,37 +31,91 @@ MATCH_IOU = 0.5
 # ---------------------------------------------------------------- dv-IoU
 
 
-def third_boxes(mask: np.ndarray) -> np.ndarray:
-    """Six boxes that describe a mask's shape: (6, 4) as x1, y1, x2, y2.
+def third_boxes(mask) -> np.ndarray:
+    """Six boxes that describe a mask's shape: (6, 4) as x1, y1, x2, y2. The mask is an array or
+    a COCO RLE.
 
     Take the mask's boundary points (every pixel on its outer contours). Slice the mask's
     y extent into three equal thirds; the points in each third get their bounding box (pixel
     boxes: max + 1). Do the same along x. A rectangle and a slanted quad with the same
     bounding box get different thirds, so they differ here.
+
+    Each row's and each column's outermost pixels lie on the outer contour, and every contour
+    point is a pixel of the mask, so each third's box is the box of the mask's pixels in it:
+    computed here from the RLE's runs, without drawing the mask or tracing its contours.
     """
-    rows, columns = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-    if len(rows) == 0:
+    column, top, bottom = _column_segments(mask if isinstance(mask, dict) else mask_rle(mask))
+    if len(column) == 0:
         return np.zeros((6, 4))
-    y, x = rows[0], columns[0]
-    # contours of the mask's bounding rectangle, with a free pixel around: the same points, far less to scan
-    region = np.zeros((rows[-1] - y + 3, columns[-1] - x + 3), np.uint8)
-    region[1:-1, 1:-1] = mask[y:rows[-1] + 1, x:columns[-1] + 1]
-    contours, _ = cv2.findContours(region, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE, offset=(int(x) - 1, int(y) - 1))
-    points = np.concatenate(contours).reshape(-1, 2).astype(np.float64)
+    left, right, low, high = column[0], column[-1] + 1, top.min(), bottom.max()
+    whole = (left, low, right, high)  # the box of a third without points (a mask one or two pixels thin)
     boxes = []
-    for axis in (1, 0):
-        low, high = points[:, axis].min(), points[:, axis].max() + 1
-        third = np.minimum(((points[:, axis] - low) * 3 / (high - low)).astype(int), 2)
-        for k in range(3):
-            part = points[third == k]
-            part = part if len(part) else points  # a one-pixel-thin mask: its thirds are the whole
-            boxes.append((*part.min(0), *(part.max(0) + 1)))
-    return np.asarray(boxes)
+    row_thirds = _thirds(np.arange(low, high), low, high)
+    for first, last in zip(np.searchsorted(row_thirds, range(3)), np.searchsorted(row_thirds, range(3), "right")):
+        a, b = low + first, low + last
+        hit = (top < b) & (bottom > a)
+        boxes.append((column[hit].min(), max(top[hit].min(), a), column[hit].max() + 1, min(bottom[hit].max(), b))
+                     if hit.any() else whole)
+    cuts = np.searchsorted(_thirds(column, left, right), range(4))  # segments come column by column
+    for a, b in zip(cuts[:-1], cuts[1:]):
+        boxes.append((column[a], top[a:b].min(), column[b - 1] + 1, bottom[a:b].max()) if b > a else whole)
+    return np.asarray(boxes, dtype=np.float64)
 
 
-def dv_iou(a: np.ndarray, b: np.ndarray) -> float:
-    """dv-IoU of two masks' third boxes: the mean of the six box IoUs, pair by pair."""
-    return float(np.mean([box_iou(tuple(x), tuple(y)) for x, y in zip(a, b)]))
+def _thirds(positions: np.ndarray, low: int, high: int) -> np.ndarray:
+    """Which third of [low, high) each position falls in."""
+    return np.minimum(((positions - low) * 3 / (high - low)).astype(int), 2)
+
+
+def _column_segments(rle: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """An RLE mask's pixels as vertical segments: each one's column, first row and the row after
+    its last, column by column."""
+    height = rle["size"][0]
+    counts = rle["counts"]
+    bounds = np.cumsum(rle_counts(counts) if isinstance(counts, (str, bytes)) else counts)
+    # runs alternate: background first, then mask; a mask run can wrap into the next column
+    starts, ends = bounds[0:len(bounds) - 1:2], bounds[1::2]
+    first, last = starts // height, (ends - 1) // height
+    columns = last - first + 1
+    run = np.repeat(np.arange(len(starts)), columns)
+    column = first[run] + np.arange(columns.sum()) - np.repeat(np.cumsum(columns) - columns, columns)
+    top = np.where(column == first[run], starts[run] - first[run] * height, 0)
+    bottom = np.where(column == last[run], ends[run] - last[run] * height, height)
+    return column, top, bottom
+
+
+def rle_counts(text: str | bytes) -> list[int]:
+    """The run lengths in a compressed COCO RLE string: each count is 5-bit groups, low first, one
+    character each (value + 48, bit 6 set while more follow, bit 5 of the last the sign); from the
+    third count on, each is stored as its difference from the count two before."""
+    data = text.encode() if isinstance(text, str) else text
+    counts: list[int] = []
+    position = 0
+    while position < len(data):
+        value = shift = 0
+        while True:
+            chunk = data[position] - 48
+            position += 1
+            value |= (chunk & 0x1F) << shift
+            shift += 5
+            if not chunk & 0x20:
+                break
+        if chunk & 0x10:
+            value -= 1 << shift
+        counts.append(value + counts[-2] if len(counts) > 2 else value)
+    return counts
+
+
+def dv_iou(a: np.ndarray, b: np.ndarray):
+    """dv-IoU of two masks' third boxes, (6, 4) each: the mean of the six box IoUs, pair by pair.
+    Given stacks of them, (D, 6, 4) and (G, 6, 4), the (D, G) matrix of every pair's."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.ndim == 3:
+        a, b = a[:, None], b[None]
+    inter = np.prod(np.clip(np.minimum(a[..., 2:], b[..., 2:]) - np.maximum(a[..., :2], b[..., :2]), 0, None), -1)
+    union = np.prod(a[..., 2:] - a[..., :2], -1) + np.prod(b[..., 2:] - b[..., :2], -1) - inter
+    iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0).mean(-1)
+    return float(iou) if iou.ndim == 0 else iou
 
 
 class DvCOCOeval(COCOeval):
@@ -75,7 +128,8 @@ class DvCOCOeval(COCOeval):
     def _third_boxes(self, kind: str, ann: dict) -> np.ndarray:
         key = (kind, ann["id"])
         if key not in self._boxes:
-            self._boxes[key] = third_boxes(mask_utils.decode(ann["segmentation"]))
+            coco = self.cocoGt if kind == "gt" else self.cocoDt
+            self._boxes[key] = third_boxes(coco.annToRLE(ann))
         return self._boxes[key]
 
     def computeIoU(self, imgId, catId):  # noqa: N802 (pycocotools' name)
@@ -84,9 +138,9 @@ class DvCOCOeval(COCOeval):
             return []
         order = np.argsort([-d["score"] for d in dts], kind="mergesort")
         dts = [dts[i] for i in order][: self.params.maxDets[-1]]
-        g = [self._third_boxes("gt", x) for x in gts]
-        d = [self._third_boxes("dt", x) for x in dts]
-        return np.array([[dv_iou(di, gi) for gi in g] for di in d])
+        g = np.stack([self._third_boxes("gt", x) for x in gts])
+        d = np.stack([self._third_boxes("dt", x) for x in dts])
+        return dv_iou(d, g)
 
 
 # ---------------------------------------------------------------- COCO AP

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from mmcv.transforms import BaseTransform
+from mmdet.datasets.transforms import RandomCrop
 from mmdet.models.dense_heads import RTMDetInsSepBNHead
 from mmdet.registry import HOOKS, METRICS, MODELS, TRANSFORMS
 from mmdet.structures.bbox import bbox_overlaps, distance2bbox
@@ -23,12 +24,13 @@ from mmdet.structures.mask import PolygonMasks, polygon_to_bitmap
 from mmdet.utils import reduce_mean
 from mmengine.evaluator import BaseMetric
 from mmengine.hooks import Hook
+from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from torch.nn.utils.rnn import pad_sequence
 
 from alpr.errors import AlprError
 from alpr.metrics import evaluate, mask_rle, metric_lines
-from alpr.plates import CLASSES
+from alpr.plates import BOARD_LABELS, CLASSES
 from alpr.postprocess import Detection, read_plates
 
 # mmengine 0.10 calls torch.load without weights_only, and torch >= 2.6 then refuses the
@@ -41,6 +43,8 @@ warnings.filterwarnings("ignore", category=FutureWarning, module=r"(mmdet|mmcv|m
 warnings.filterwarnings("ignore", message=r"torch\.meshgrid", category=UserWarning)
 warnings.filterwarnings("ignore", message="Environment variable TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", category=UserWarning)
 
+BOARD_IDS = [CLASSES.index(label) for label in BOARD_LABELS]
+
 
 def set_score_threshold(model, threshold: float) -> None:
     """Sets the score below which the model's heads drop detections (RTMDet's head, Mask R-CNN's RoI head)."""
@@ -50,23 +54,50 @@ def set_score_threshold(model, threshold: float) -> None:
             test_cfg.score_thr = threshold
 
 
-def to_detections(pred_instances, score_threshold: float = 0.05, rle: bool = False) -> list[Detection]:
-    """mmdet predictions (bboxes, scores, labels[, masks]) as Detections; masks as RLE when rle.
+def to_detections(pred_instances, score_threshold: float = 0.05, masks: bool = True) -> list[Detection]:
+    """mmdet predictions (bboxes, scores, labels[, masks]) as Detections, masks as COCO RLEs
+    (none when ``masks`` is False).
 
     pred_instances is an InstanceData, or the dict the evaluator turns it into. Low scores are
-    dropped where the tensors are: an early model's 100 full-size masks are ~90 MB to copy.
+    dropped where the tensors are: an early model's 100 full-size masks are ~90 MB.
     """
     fields = pred_instances if isinstance(pred_instances, dict) else pred_instances.to_dict()
     keep = fields["scores"] >= score_threshold
     scores, bboxes, labels = (fields[key][keep].cpu().numpy() for key in ("scores", "bboxes", "labels"))
-    masks = [None] * len(scores)
-    if "masks" in fields:
-        # transposed where they are, so each arrives column-major: COCO's RLE encoder then copies nothing
-        columns = fields["masks"][keep].transpose(1, 2).contiguous().cpu().numpy()
-        columns = columns.view(np.uint8) if columns.dtype == bool else columns.astype(np.uint8)
-        masks = [mask_rle(mask.T) if rle else mask.T for mask in columns]
-    return [Detection(CLASSES[int(label)], float(score), tuple(float(v) for v in box), mask)
-            for box, label, score, mask in zip(bboxes, labels, scores, masks)]
+    rles = masks_rle(fields["masks"][keep]) if masks and "masks" in fields else [None] * len(scores)
+    return [Detection(CLASSES[int(label)], float(score), tuple(float(v) for v in box), rle)
+            for box, label, score, rle in zip(bboxes, labels, scores, rles)]
+
+
+def masks_rle(masks: torch.Tensor) -> list[dict]:
+    """(N, H, W) masks as COCO RLEs. From a GPU, only the positions where runs change leave it
+    (a few kB, not ~1 MB a mask); on the CPU, pycocotools' encoder is the faster."""
+    if masks.device.type != "cpu":
+        return rle_from_run_changes(masks)
+    # transposed, so that each mask is column-major: COCO's encoder then copies nothing
+    columns = masks.transpose(1, 2).contiguous().numpy()
+    columns = columns.view(np.uint8) if columns.dtype == bool else columns.astype(np.uint8)
+    return [mask_rle(column.T) for column in columns]
+
+
+def rle_from_run_changes(masks: torch.Tensor) -> list[dict]:
+    """COCO RLEs of (N, H, W) masks, computed where the masks are: the flat column-major
+    positions where a mask's value changes are its run boundaries."""
+    count, height, width = masks.shape
+    if count == 0:
+        return []
+    flat = masks.bool().transpose(1, 2).reshape(count, -1)
+    changes = torch.empty_like(flat)
+    changes[:, 0] = flat[:, 0]  # a run of 0 background pixels where a mask starts at its first pixel
+    torch.ne(flat[:, 1:], flat[:, :-1], out=changes[:, 1:])
+    which, where = (t.cpu().numpy() for t in changes.nonzero(as_tuple=True))
+    bounds = np.searchsorted(which, np.arange(count + 1))
+    runs = [{"counts": np.diff(where[a:b], prepend=0, append=height * width).tolist(), "size": [height, width]}
+            for a, b in zip(bounds[:-1], bounds[1:])]
+    rles = mask_utils.frPyObjects(runs, height, width)
+    for rle in rles:
+        rle["counts"] = rle["counts"].decode()
+    return rles
 
 
 class FilledPolygonMasks(PolygonMasks):
@@ -115,6 +146,38 @@ class UseFilledPolygonMasks(BaseTransform):
         if isinstance(masks, PolygonMasks):
             results["gt_masks"] = FilledPolygonMasks(masks.masks, masks.height, masks.width)
         return results
+
+
+@TRANSFORMS.register_module()
+class PlateCrop(RandomCrop):
+    """RandomCrop whose window holds a whole plate board, one of the image's picked at random
+    (anywhere, where the image has none or the board is larger than the window).
+
+    On 1280 px synthetic images, a 640 px window placed anywhere holds under one whole plate of
+    the 2.3 an image has and cuts others through their characters
+    (``benchmarks/crop_plates.py``); this one holds at least one whole plate each time.
+    """
+
+    def transform(self, results: dict) -> dict | None:
+        boxes, labels = results["gt_bboxes"].numpy(), results["gt_bboxes_labels"]
+        self._boards = boxes[np.isin(labels, BOARD_IDS)]
+        height, width = results["img"].shape[:2]
+        self._window = min(self.crop_size[1], height), min(self.crop_size[0], width)
+        return super().transform(results)
+
+    def _rand_offset(self, margin: tuple[int, int]) -> tuple[int, int]:
+        if not len(self._boards):
+            return super()._rand_offset(margin)
+        x1, y1, x2, y2 = self._boards[np.random.randint(len(self._boards))]
+        return (self._offset(y1, y2, self._window[0], margin[0]), self._offset(x1, x2, self._window[1], margin[1]))
+
+    @staticmethod
+    def _offset(low: float, high: float, window: int, margin: int) -> int:
+        """A random window start along one axis that keeps [low, high) inside, or centres it there."""
+        first, last = max(int(np.ceil(high)) - window, 0), min(int(low), margin)
+        if first > last:
+            return int(np.clip((low + high - window) / 2, 0, margin))
+        return np.random.randint(first, last + 1)
 
 
 def _padded(parts) -> torch.Tensor:
@@ -250,7 +313,7 @@ class PlateMetric(BaseMetric):
 
     def process(self, data_batch, data_samples) -> None:
         for sample in data_samples:
-            detections = to_detections(sample["pred_instances"], rle=True)
+            detections = to_detections(sample["pred_instances"])
             self.results.append((sample["img_id"], detections))
 
     def compute_metrics(self, results: list) -> dict:

@@ -163,14 +163,15 @@ def model_config(settings: TrainSettings) -> dict:
 
 
 def train_pipeline(size: int, crop: int) -> list[dict]:
-    """Images resized to about ``size``, then ``crop`` x ``crop`` pieces: a crop smaller than the size
-    trains at full detail (small plates stay readable) for the cost of a small image."""
+    """Images resized to about ``size``, then ``crop`` x ``crop`` pieces, each holding a whole plate:
+    a crop smaller than the size trains at full detail (small plates stay readable) for the cost
+    of a small image."""
     # No flips: a mirrored character is another character (or none).
     return [
         dict(type="LoadImageFromFile"),
         dict(type="LoadAnnotations", with_bbox=True, with_mask=True, poly2mask=False),
         dict(type="RandomResize", scale=(size, size), ratio_range=(0.8, 1.25), keep_ratio=True),
-        dict(type="RandomCrop", crop_size=(crop, crop), recompute_bbox=True, allow_negative_crop=True),
+        dict(type="PlateCrop", crop_size=(crop, crop), recompute_bbox=True, allow_negative_crop=True),
         dict(type="YOLOXHSVRandomAug"),
         dict(type="Pad", size=(crop, crop), pad_val=dict(img=PAD_VALUE)),
         dict(type="FilterAnnotations", min_gt_bbox_wh=(1, 1)),
@@ -245,7 +246,8 @@ def build_config(settings: TrainSettings, dataset_dir: Path, work_dir: Path, dat
         ),
         custom_hooks=[dict(type="AlprRunHook", run_meta=dict(settings=settings.to_dict(), dataset=dataset),
                            priority="LOWEST")],
-        env_cfg=dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0),
+        # training crops all have one size, so cuDNN's search for the fastest kernels runs once
+        env_cfg=dict(cudnn_benchmark=True, mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0),
                      dist_cfg=dict(backend="nccl")),
         visualizer=dict(type="DetLocalVisualizer", name="visualizer", vis_backends=[
             dict(type="LocalVisBackend", save_dir=str(work_dir), scalar_save_file="log.json"),

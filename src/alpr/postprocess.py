@@ -2,7 +2,8 @@
 
 A board owns the sub-text and main-text regions and the characters whose centres
 fall inside it. Each character goes to the region that holds its centre and is read
-left to right. A plate is returned read only when the sub text is two digits and a
+left to right. Where the model's first choice at a position is a letter where the format
+puts a digit (or the reverse), its best choice of the right kind there is read. A plate is returned read only when the sub text is two digits and a
 letter A-E and the main text four digits; otherwise it carries the reason and no text.
 """
 
@@ -24,6 +25,7 @@ from alpr.plates import (
 )
 
 BOX = tuple[float, float, float, float]
+TEXT_KINDS = ("DDL", "DDDD")  # the format, position by position: sub text, main text (D digit, L letter)
 
 
 @dataclass(frozen=True)
@@ -31,7 +33,7 @@ class Detection:
     label: str
     score: float
     bbox: BOX  # x1, y1, x2, y2
-    mask: np.ndarray | None = field(default=None, compare=False, repr=False)
+    mask: dict | np.ndarray | None = field(default=None, compare=False, repr=False)  # COCO RLE from a model
 
     @property
     def centre(self) -> tuple[float, float]:
@@ -100,9 +102,21 @@ def _best(detections: list[Detection], labels: dict, board: BOX, layout: Layout)
     return max(candidates, key=lambda d: d.score, default=None)
 
 
-def _read_row(chars: list[Detection]) -> tuple[str, list[float]]:
-    ordered = sorted(chars, key=lambda d: d.centre[0])
-    return "".join(label_char(c.label) for c in ordered), [c.score for c in ordered]
+def _left_to_right(chars: list[Detection]) -> list[Detection]:
+    return sorted(chars, key=lambda d: d.centre[0])
+
+
+def _of_kind(char: Detection, found: list[Detection], kinds: str, index: int, iou: float) -> Detection:
+    """The character at a position, of the kind the format puts there (D digit, L letter): where
+    the model's first choice is of the other kind, its best choice of the right kind in the same
+    place (as mmdet suppresses overlaps per class, a 8 and a B can both be found on one glyph)."""
+    def fits(c: Detection) -> bool:
+        return label_char(c.label).isdigit() == (kinds[index] == "D")
+
+    if fits(char):
+        return char
+    others = [c for c in found if fits(c) and box_iou(c.bbox, char.bbox) >= iou]
+    return max(others, key=lambda c: c.score, default=char)
 
 
 def _unread(layout: Layout, board: Detection, reason: str, scores: list[float] = ()) -> Plate:
@@ -123,9 +137,13 @@ def read_board(board: Detection, detections: list[Detection], options: ReadOptio
         return _unread(layout, board, f"{missing} region not found", [c.score for c in chars])
     sub_chars = [c for c in chars if _inside(c.centre, sub.bbox)]
     main_chars = [c for c in chars if _inside(c.centre, main.bbox) and c not in sub_chars]
-    sub_text, sub_scores = _read_row(sub_chars)
-    main_text, main_scores = _read_row(main_chars)
-    scores = sub_scores + main_scores
+    rows = [_left_to_right(sub_chars), _left_to_right(main_chars)]
+    if [len(row) for row in rows] == [len(kinds) for kinds in TEXT_KINDS]:
+        found = [d for d in detections if d.label in CHARACTER_CLASSES and _inside(d.centre, board.bbox)]
+        rows = [[_of_kind(c, found, kinds, i, options.duplicate_iou) for i, c in enumerate(row)]
+                for row, kinds in zip(rows, TEXT_KINDS)]
+    sub_text, main_text = ("".join(label_char(c.label) for c in row) for row in rows)
+    scores = [c.score for row in rows for c in row]
     stray = len(chars) - len(sub_chars) - len(main_chars)
     if stray:
         return _unread(layout, board, f"{stray} character(s) outside both text regions", scores)

@@ -86,8 +86,9 @@ class PlateReader:
     def classes(self) -> tuple[str, ...]:
         return tuple(self.model.dataset_meta["classes"])
 
-    def detect(self, images: list[Image]) -> list[list[Detection]]:
-        """Raw detections for a batch of images, run through the model together."""
+    def detect(self, images: list[Image], masks: bool = True) -> list[list[Detection]]:
+        """Raw detections for a batch of images, run through the model together; their masks as
+        COCO RLEs, unless ``masks`` is False (reading plates needs only the boxes)."""
         import torch
         from mmengine.dataset import pseudo_collate
 
@@ -98,10 +99,10 @@ class PlateReader:
         data = [self.pipeline(dict(img=load_image(image), img_id=i)) for i, image in enumerate(images)]
         with torch.no_grad():
             results = self.model.test_step(pseudo_collate(data))
-        return [to_detections(r.pred_instances, self.score_threshold) for r in results]
+        return [to_detections(r.pred_instances, self.score_threshold, masks) for r in results]
 
     def predict_batch(self, images: list[Image]) -> list[list[Plate]]:
-        return [read_plates(dets, self.options) for dets in self.detect(images)]
+        return [read_plates(dets, self.options) for dets in self.detect(images, masks=False)]
 
     def predict(self, image: Image) -> list[Plate]:
         return self.predict_batch([image])[0]

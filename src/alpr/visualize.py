@@ -8,6 +8,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from pycocotools import mask as mask_utils
 
 from alpr.backgrounds import IMAGE_SUFFIXES
 from alpr.errors import UsageError
@@ -39,14 +40,20 @@ def _colour(label: str) -> tuple[int, int, int]:
     return (255, 128, 0)
 
 
+def _dense(mask) -> np.ndarray | None:
+    if isinstance(mask, dict):
+        mask = mask_utils.decode(mask)
+    return None if mask is None else mask.astype(bool)
+
+
 def draw(image: np.ndarray, detections: list[Detection], plates: list[Plate]) -> np.ndarray:
     """Masks tinted, boxes outlined, and each plate's text (or why it is unread) above its board."""
     canvas = image.copy()
     for det in detections:
         colour = _colour(det.label)
-        if isinstance(det.mask, np.ndarray) and det.mask.any():
-            tint = canvas[det.mask.astype(bool)].astype(np.float32) * 0.6 + np.float32(colour) * 0.4
-            canvas[det.mask.astype(bool)] = tint.astype(np.uint8)
+        mask = _dense(det.mask)
+        if mask is not None and mask.any():
+            canvas[mask] = (canvas[mask].astype(np.float32) * 0.6 + np.float32(colour) * 0.4).astype(np.uint8)
         x1, y1, x2, y2 = (int(round(v)) for v in det.bbox)
         cv2.rectangle(canvas, (x1, y1), (x2, y2), colour, 1)
     for plate in plates:
