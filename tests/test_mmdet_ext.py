@@ -49,6 +49,24 @@ def test_no_instances_and_requested_dtype():
     assert square.dtype == torch.uint8 and square.sum() == 36
 
 
+def test_picking_instances_keeps_the_drawn_pixels():
+    polygons = [[np.array([x, 2, x + 6, 2, x + 6, 9, x, 9], float)] for x in (1, 10, 20, 30)]
+    filled = FilledPolygonMasks(polygons, 12, 40)
+    full = filled.to_tensor(torch.bool, "cpu")
+    for index, rows in ((np.array([True, False, True, False]), [0, 2]), ([3, 1], [3, 1]), (2, [2]),
+                        (slice(1, 3), [1, 2]), (torch.tensor([False, True, True, True]), [1, 2, 3]),
+                        (np.array([], np.int64), [])):
+        picked = filled[index]
+        assert type(picked) is FilledPolygonMasks and picked.masks == [polygons[i] for i in rows]
+        assert torch.equal(picked.to_tensor(torch.bool, "cpu"), full[rows])
+    joined = FilledPolygonMasks.cat([filled[[2]], filled[[0, 1]]])
+    assert type(joined) is FilledPolygonMasks and torch.equal(joined.to_tensor(torch.bool, "cpu"), full[[2, 0, 1]])
+    # mmengine's InstanceData picks by a boolean tensor, slice by slice, then cat
+    instances = InstanceData(masks=filled, labels=torch.arange(4))[torch.tensor([True, False, False, True])]
+    assert type(instances.masks) is FilledPolygonMasks
+    assert torch.equal(instances.masks.to_tensor(torch.bool, "cpu"), full[[0, 3]])
+
+
 def test_transform_swaps_only_polygon_masks():
     polygons = PolygonMasks([[np.array([1, 1, 5, 1, 5, 5], float)]], 8, 8)
     converted = UseFilledPolygonMasks()(dict(gt_masks=polygons))["gt_masks"]

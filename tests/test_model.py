@@ -47,8 +47,11 @@ def test_checkpoint_reloads_with_no_config_file(smoke_workdir, smoke_training, s
 
 def test_training_takes_crops_and_reading_takes_the_whole_resized_image(smoke_workdir):
     from mmdet.registry import DATASETS
+    from mmdet.utils import register_all_modules
 
     import alpr.mmdet_ext  # noqa: F401  (registers the mask transform)
+
+    register_all_modules()  # mmdet's transforms by their plain names, as the training config sets
     from alpr.model import build_config
     from steps.train import get_args_parser, settings_from_args
 
@@ -59,6 +62,8 @@ def test_training_takes_crops_and_reading_takes_the_whole_resized_image(smoke_wo
     train = DATASETS.build(config["train_dataloader"]["dataset"])[0]
     test = DATASETS.build(config["test_dataloader"]["dataset"])[0]
     assert tuple(train["inputs"].shape) == (3, 192, 192)
+    # drawn in the loader's workers, and still so after packing picks the instances
+    assert type(train["data_samples"].gt_instances.masks) is alpr.mmdet_ext.FilledPolygonMasks
     height, width = test["data_samples"].ori_shape
     factor = min(256 / width, 256 / height)
     resized = round(height * factor), round(width * factor)

@@ -112,18 +112,37 @@ class FilledPolygonMasks(PolygonMasks):
     transform below, these are rasterized in the data loader's workers instead.
     """
 
-    def __init__(self, masks, height, width):
+    def __init__(self, masks, height, width, pixels: list[np.ndarray] | None = None):
         super().__init__(masks, height, width)
-        pixels = [self._pixels(i, polygons) for i, polygons in enumerate(self.masks)]
-        self.pixels = np.concatenate(pixels) if pixels else np.zeros(0, np.int64)
+        # each instance's pixels as flat indices into one height x width plane
+        self.pixels = [self._pixels(polygons) for polygons in self.masks] if pixels is None else pixels
+
+    def __getitem__(self, index) -> "FilledPolygonMasks":
+        # mmdet's PackDetInputs and mmengine's InstanceData pick instances by indexing: the pixels
+        # go along (PolygonMasks would return plain polygons, drawn again in the training process)
+        if isinstance(index, torch.Tensor):
+            index = index.cpu().numpy()
+        chosen = np.atleast_1d(np.arange(len(self.masks))[index]).tolist()
+        return FilledPolygonMasks([self.masks[i] for i in chosen], self.height, self.width,
+                                  [self.pixels[i] for i in chosen])
+
+    @classmethod
+    def cat(cls, masks: list["FilledPolygonMasks"]) -> "FilledPolygonMasks":
+        if not masks:
+            raise ValueError("masks should not be an empty list.")
+        return cls([p for m in masks for p in m.masks], masks[0].height, masks[0].width,
+                   [p for m in masks for p in m.pixels])
 
     def to_tensor(self, dtype, device):
         masks = torch.zeros((len(self.masks), self.height, self.width), dtype=torch.bool, device=device)
-        masks.view(-1)[torch.from_numpy(self.pixels).to(device)] = True
+        if self.pixels:
+            plane = self.height * self.width
+            flat = np.concatenate([pixels + i * plane for i, pixels in enumerate(self.pixels)])
+            masks.view(-1)[torch.from_numpy(flat).to(device)] = True
         return masks.to(dtype)
 
-    def _pixels(self, index: int, polygons: list) -> np.ndarray:
-        """Flat indices into the (N, H, W) masks of instance ``index``'s pixels."""
+    def _pixels(self, polygons: list) -> np.ndarray:
+        """Flat indices into a height x width plane of one instance's pixels."""
         polygons = [np.asarray(p, np.float64).reshape(-1, 2) for p in polygons]
         corners = np.concatenate(polygons)
         x0, y0 = np.maximum(np.floor(corners.min(0)).astype(int) - 1, 0)
@@ -133,7 +152,7 @@ class FilledPolygonMasks(PolygonMasks):
         # mmdet's rasterizer on the polygons shifted by whole pixels
         patch = polygon_to_bitmap([(p - (x0, y0)).ravel() for p in polygons], y1 - y0, x1 - x0)
         ys, xs = np.nonzero(patch)
-        return (index * self.height + ys + y0) * self.width + (xs + x0)
+        return (ys + y0) * self.width + (xs + x0)
 
 
 @TRANSFORMS.register_module()
