@@ -103,6 +103,8 @@ def main() -> None:
         print(f"ground_truth_plates={metrics['plates']}")
         for key in ("mAP", "dv_mAP", "EIR", "EIR_one_row", "EIR_two_row", "char_accuracy"):
             print(f"{key}={metrics[key]:.4f}")
+        for outcome, count in metrics["outcomes"].items():  # where the plates not read exactly went
+            print(f"  {count:5d} {outcome}")
 
 
 if __name__ == "__main__":

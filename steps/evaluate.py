@@ -32,6 +32,7 @@ def main(args: argparse.Namespace) -> dict:
                                           args.db_url, args.store))
     print(metric_lines(report["best"]))
     print(f"best checkpoint: {report['best_checkpoint']} ({args.metric}={report['best'][args.metric]:.4f})")
+    print("plates: " + ", ".join(f"{n} {outcome}" for outcome, n in report["best"]["outcomes"].items()))
     print(f"metrics and plots: {Path(args.workdir) / 'runs' / args.run_id / 'eval'}")
     if "uploaded" in report:
         print(f"uploaded: {report['uploaded']}")

@@ -142,6 +142,7 @@ def test_eir_counts_only_exact_reads_and_reports_layouts():
     assert metrics["plate_precision"] == 1.0 and metrics["plate_recall"] == 1.0
     assert metrics["char_accuracy"] == 0.0
     assert metrics["confusion"][1][7] == 1
+    assert metrics["outcomes"] == {"read exactly": 1, "misread": 1}
 
 
 def test_unmatched_and_unread_plates():
@@ -150,6 +151,13 @@ def test_unmatched_and_unread_plates():
     unread = {1: [Plate(None, None, None, None, "one-row", (0, 0, 90, 30), 0.9, (), "no characters")]}
     assert plate_metrics(gt, far, {})["EIR"] == 0.0 and plate_metrics(gt, far, {})["plate_precision"] == 0.0
     assert plate_metrics(gt, unread, {})["EIR"] == 0.0 and plate_metrics(gt, unread, {})["plate_recall"] == 1.0
+    assert plate_metrics(gt, far, {})["outcomes"] == {"not found": 1}
+    assert plate_metrics(gt, unread, {})["outcomes"] == {"unread: no characters": 1}
+    short = {1: [Plate(None, None, None, None, "one-row", (0, 0, 90, 30), 0.9, (),
+                       "read '12' + '3456': expected 3 sub-text and 4 main-text characters")]}
+    # like reasons count together: their particulars are left out
+    assert plate_metrics(gt, short, {})["outcomes"] == {
+        "unread: read ... + ...: expected N sub-text and N main-text characters": 1}
 
 
 def test_metric_lines_parse_with_katibs_default_regex():

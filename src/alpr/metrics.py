@@ -8,6 +8,8 @@
 - ``char_accuracy``: ground-truth characters matched (box IoU >= 0.5) by a detection of the
   same class / ground-truth characters.
 - ``plate_precision`` / ``plate_recall``: plate boards found, at box IoU >= 0.5.
+- ``outcomes``: what became of each ground-truth plate: read exactly, misread, not found, or
+  unread and why.
 Each plate metric is also reported per layout (``EIR_one_row``, ``EIR_two_row``, ...).
 """
 
@@ -15,6 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -248,6 +252,7 @@ def _ratio(a: int, b: int) -> float:
 def plate_metrics(gt: COCO, plates: dict[int, list[Plate]], detections: dict[int, list[Detection]]) -> dict:
     """EIR, plate precision/recall and character accuracy, overall and per layout."""
     counts = {key: {"true": 0, "pred": 0, "found": 0, "exact": 0} for key in ("all", *Layout)}
+    outcomes: Counter[str] = Counter()
     chars_true = chars_right = 0
     confusion = np.zeros((len(CHARACTER_CLASSES), len(CHARACTER_CLASSES) + 1), dtype=np.int64)  # last: missed
     for image_id in gt.getImgIds():
@@ -259,9 +264,12 @@ def plate_metrics(gt: COCO, plates: dict[int, list[Plate]], detections: dict[int
         for plate in predicted:
             counts["all"]["pred"] += 1
             counts[Layout(plate.layout)]["pred"] += 1
-        for i, j in _match(predicted, truth, lambda p: p.bbox, lambda t: t.bbox):
+        matches = _match(predicted, truth, lambda p: p.bbox, lambda t: t.bbox)
+        outcomes["not found"] += len(truth) - len(matches)
+        for i, j in matches:
             layout = truth[j].layout
             exact = predicted[i].text is not None and predicted[i].text == truth[j].text
+            outcomes[_outcome(predicted[i], exact)] += 1
             for key in ("all", layout):
                 counts[key]["found"] += 1
                 counts[key]["exact"] += exact
@@ -284,7 +292,16 @@ def plate_metrics(gt: COCO, plates: dict[int, list[Plate]], detections: dict[int
         metrics[f"plate_recall{suffix}"] = _ratio(c["found"], c["true"])
         metrics[f"plates{suffix}"] = c["true"]
     metrics["confusion"] = confusion.tolist()
+    metrics["outcomes"] = {outcome: n for outcome, n in outcomes.most_common() if n}
     return metrics
+
+
+def _outcome(plate: Plate, exact: bool) -> str:
+    """What became of a found plate: read, misread, or why it was not read (the reason without
+    its particulars, so that like reasons count together)."""
+    if plate.text is not None:
+        return "read exactly" if exact else "misread"
+    return "unread: " + re.sub(r"\d+", "N", re.sub(r"'[^']*'", "...", plate.reason or ""))
 
 
 def evaluate(gt: COCO, detections: dict[int, list[Detection]], plates: dict[int, list[Plate]]) -> dict:

@@ -344,7 +344,8 @@ class PlateMetric(BaseMetric):
         detections = dict(results)
         plates = {image_id: read_plates(dets) for image_id, dets in detections.items()}
         metrics = evaluate(gt, detections, plates)
-        metrics.pop("confusion")
+        for table in ("confusion", "outcomes"):  # mmengine logs numbers only
+            metrics.pop(table)
         return metrics
 
 
