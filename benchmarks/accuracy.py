@@ -44,7 +44,7 @@ def train_for(work: Path, args: argparse.Namespace) -> tuple[Path, float]:
                "--img-size", str(args.img_size), "--device", args.device, "--workers", str(args.workers)]
     command += ["--amp"] * args.amp + (["--lr", str(args.lr)] if args.lr else [])
     command += ["--crop-size", str(args.crop_size)] if args.crop_size else []
-    command += ["--warmup-iters", str(args.warmup_iters)] if args.warmup_iters else []
+    command += ["--warmup-iters", str(args.warmup_iters)] if args.warmup_iters is not None else []
     start = time.perf_counter()
     with open(args.train_log or os.devnull, "w") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_stoppable)

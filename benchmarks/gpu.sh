@@ -10,8 +10,8 @@
 # scores EIR on an unseen seed (accuracy.py), times scoring (score_speed.py), then serves that
 # model (serve_speed.py).
 # Images are resized to IMG_SIZE (1280: full detail for small plates) and trained on CROP_SIZE
-# crops, BATCH at a time at learning rate LR (a tiny model's step costs the host about the same
-# at any batch size, so large batches keep the GPU busy; half the batch if it does not fit).
+# crops, BATCH at a time (128: a tiny model's step costs the host about the same at any batch
+# size, so large batches keep the GPU busy; half that if it does not fit) at learning rate LR.
 # Each figure is printed and saved in OUTPUT_DIR; a failing stage does not stop the later ones.
 set -uo pipefail
 minutes=${1:-5}
@@ -19,7 +19,6 @@ out=${2:-gpu-results}
 size=${IMG_SIZE:-1280}
 crop=${CROP_SIZE:-640}
 batch=${BATCH:-128}
-lr=${LR:-0.004}
 workers=$(( $(nproc) > 2 ? $(nproc) - 2 : 1 ))
 here=$(dirname "$0")
 mkdir -p "$out"
@@ -44,24 +43,27 @@ PY
 # A batch per loader worker, so that loading does not set the pace. Where py-spy is installed
 # (a wheel travels in .whl), it samples every process of this run: where the training process's
 # time goes is then printed from its samples, and the samples are kept.
-measure_speed() {
+measure_speed() {  # $1: "profiled" to run under py-spy where it is installed
     local speed=(python3 "$here/model_speed.py" --device cuda --batch-size $batch --workers $workers --amp
                  --iters 20 --runs 20 --images $(( batch * workers )) --img-size "$size" --crop-size "$crop"
                  --batch 1 16)
-    if command -v py-spy > /dev/null; then
+    if [ "$1" = profiled ] && command -v py-spy > /dev/null; then
         py-spy record --subprocesses --idle --rate 100 --format raw -o "$out/train_profile.txt" -- "${speed[@]}" \
-            | tee "$out/model_speed.txt"
+            2>&1 | tee "$out/model_speed.txt"
         python3 "$here/profile_summary.py" "$out/train_profile.txt" --top 30
     else
-        "${speed[@]}" | tee "$out/model_speed.txt"
+        "${speed[@]}" 2>&1 | tee "$out/model_speed.txt"
     fi
 }
-measure_speed
-if ! grep -q '^train_images_per_second=' "$out/model_speed.txt"; then
+measured() { grep -q '^train_images_per_second=' "$out/model_speed.txt"; }
+measure_speed profiled
+if ! measured && grep -q "out of memory" "$out/model_speed.txt"; then
     batch=$(( batch / 2 ))
-    echo "training did not run at this batch size (out of memory?); again at batch $batch"
-    measure_speed
+    echo "out of GPU memory: again at batch $batch"
 fi
+measured || measure_speed plain  # out of memory, or py-spy could not run
+# the learning rate with the square root of the batch, from 0.004 at 128, unless LR is given
+lr=${LR:-$(python3 -c "print(round(0.004 * ($batch / 128) ** 0.5, 5))")}
 
 # Size the cosine schedule to end within the time budget: start-up and two validations take
 # about a minute and a half of it (each validation was 45 s on the H100 before masks were

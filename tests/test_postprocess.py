@@ -110,3 +110,6 @@ def test_a_character_of_the_wrong_kind_with_no_alternative_there_leaves_the_plat
     assert plate.text is None and "region" in plate.reason
     [plate] = read_plates(_replace(_plate("12A3456"), {2: [("5", 0.8)]}) + [Detection("a", 0.2, (150, 8, 160, 30))])
     assert plate.text is None and "vehicle type" in plate.reason
+    # nor is a weak one in the same place: a misread is worse than a plate left unread
+    [plate] = read_plates(_replace(_plate("12A3456"), {3: [("b", 0.95), ("8", 0.06)]}))
+    assert plate.text is None and "serial" in plate.reason

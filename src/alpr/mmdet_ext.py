@@ -177,6 +177,11 @@ class PlateCrop(RandomCrop):
     (``benchmarks/crop_plates.py``); this one holds at least one whole plate each time.
     """
 
+    def __init__(self, crop_size: tuple[int, int], **kwargs):
+        super().__init__(crop_size, **kwargs)
+        if self.crop_type != "absolute":
+            raise ValueError(f"PlateCrop crops a fixed size in pixels, not crop_type={self.crop_type!r}")
+
     def transform(self, results: dict) -> dict | None:
         boxes, labels = results["gt_bboxes"].numpy(), results["gt_bboxes_labels"]
         self._boards = boxes[np.isin(labels, BOARD_IDS)]

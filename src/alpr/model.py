@@ -246,7 +246,8 @@ def build_config(settings: TrainSettings, dataset_dir: Path, work_dir: Path, dat
         ),
         custom_hooks=[dict(type="AlprRunHook", run_meta=dict(settings=settings.to_dict(), dataset=dataset),
                            priority="LOWEST")],
-        # training crops all have one size, so cuDNN's search for the fastest kernels runs once
+        # training crops all have one size, so cuDNN's search for the fastest kernels runs once (and
+        # once more for each shape of validation image: one for a camera's images)
         env_cfg=dict(cudnn_benchmark=True, mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0),
                      dist_cfg=dict(backend="nccl")),
         visualizer=dict(type="DetLocalVisualizer", name="visualizer", vis_backends=[

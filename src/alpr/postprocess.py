@@ -109,7 +109,8 @@ def _left_to_right(chars: list[Detection]) -> list[Detection]:
 def _of_kind(char: Detection, found: list[Detection], kinds: str, index: int, iou: float) -> Detection:
     """The character at a position, of the kind the format puts there (D digit, L letter): where
     the model's first choice is of the other kind, its best choice of the right kind in the same
-    place (as mmdet suppresses overlaps per class, a 8 and a B can both be found on one glyph)."""
+    place (as mmdet suppresses overlaps per class, a 8 and a B can both be found on one glyph).
+    ``found`` holds only confident detections: a weak guess never turns an unread plate into a read."""
     def fits(c: Detection) -> bool:
         return label_char(c.label).isdigit() == (kinds[index] == "D")
 
@@ -139,7 +140,8 @@ def read_board(board: Detection, detections: list[Detection], options: ReadOptio
     main_chars = [c for c in chars if _inside(c.centre, main.bbox) and c not in sub_chars]
     rows = [_left_to_right(sub_chars), _left_to_right(main_chars)]
     if [len(row) for row in rows] == [len(kinds) for kinds in TEXT_KINDS]:
-        found = [d for d in detections if d.label in CHARACTER_CLASSES and _inside(d.centre, board.bbox)]
+        found = [d for d in detections if d.label in CHARACTER_CLASSES and d.score >= options.char_threshold
+                 and _inside(d.centre, board.bbox)]
         rows = [[_of_kind(c, found, kinds, i, options.duplicate_iou) for i, c in enumerate(row)]
                 for row, kinds in zip(rows, TEXT_KINDS)]
     sub_text, main_text = ("".join(label_char(c.label) for c in row) for row in rows)
