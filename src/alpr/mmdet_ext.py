@@ -177,17 +177,11 @@ class PlateCrop(RandomCrop):
     (``benchmarks/crop_plates.py``); this one holds at least one whole plate each time.
     """
 
-    def __init__(self, crop_size: tuple[int, int], **kwargs):
-        super().__init__(crop_size, **kwargs)
-        if self.crop_type != "absolute":
-            raise ValueError(f"PlateCrop crops a fixed size in pixels, not crop_type={self.crop_type!r}")
-
-    def transform(self, results: dict) -> dict | None:
+    def _crop_data(self, results: dict, crop_size: tuple[int, int], allow_negative_crop: bool) -> dict | None:
+        # the window (h, w) as RandomCrop chose it for this image, and the boards it should hold
         boxes, labels = results["gt_bboxes"].numpy(), results["gt_bboxes_labels"]
-        self._boards = boxes[np.isin(labels, BOARD_IDS)]
-        height, width = results["img"].shape[:2]
-        self._window = min(self.crop_size[1], height), min(self.crop_size[0], width)
-        return super().transform(results)
+        self._boards, self._window = boxes[np.isin(labels, BOARD_IDS)], crop_size
+        return super()._crop_data(results, crop_size, allow_negative_crop)
 
     def _rand_offset(self, margin: tuple[int, int]) -> tuple[int, int]:
         if not len(self._boards):

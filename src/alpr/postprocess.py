@@ -3,8 +3,9 @@
 A board owns the sub-text and main-text regions and the characters whose centres
 fall inside it. Each character goes to the region that holds its centre and is read
 left to right. Where the model's first choice at a position is a letter where the format
-puts a digit (or the reverse), its best choice of the right kind there is read. A plate is returned read only when the sub text is two digits and a
-letter A-E and the main text four digits; otherwise it carries the reason and no text.
+puts a digit (or the reverse), its best choice of the right kind there is read. A plate
+is returned read only when the sub text is two digits and a letter A-E and the main
+text four digits; otherwise it carries the reason and no text.
 """
 
 from __future__ import annotations
@@ -106,13 +107,13 @@ def _left_to_right(chars: list[Detection]) -> list[Detection]:
     return sorted(chars, key=lambda d: d.centre[0])
 
 
-def _of_kind(char: Detection, found: list[Detection], kinds: str, index: int, iou: float) -> Detection:
+def _of_kind(char: Detection, found: list[Detection], kind: str, iou: float) -> Detection:
     """The character at a position, of the kind the format puts there (D digit, L letter): where
     the model's first choice is of the other kind, its best choice of the right kind in the same
     place (as mmdet suppresses overlaps per class, a 8 and a B can both be found on one glyph).
     ``found`` holds only confident detections: a weak guess never turns an unread plate into a read."""
     def fits(c: Detection) -> bool:
-        return label_char(c.label).isdigit() == (kinds[index] == "D")
+        return label_char(c.label).isdigit() == (kind == "D")
 
     if fits(char):
         return char
@@ -129,8 +130,9 @@ def read_board(board: Detection, detections: list[Detection], options: ReadOptio
     regions = [d for d in detections if d.score >= options.region_threshold]
     sub = _best(regions, SUB_LABELS, board.bbox, layout)
     main = _best(regions, MAIN_LABELS, board.bbox, layout)
-    chars = _suppress([d for d in detections if d.label in CHARACTER_CLASSES and d.score >= options.char_threshold
-                       and _inside(d.centre, board.bbox)], options.duplicate_iou)
+    confident = [d for d in detections if d.label in CHARACTER_CLASSES and d.score >= options.char_threshold
+                 and _inside(d.centre, board.bbox)]
+    chars = _suppress(confident, options.duplicate_iou)
     if not chars:
         return _unread(layout, board, "no characters found on the board")
     if sub is None or main is None:
@@ -140,9 +142,7 @@ def read_board(board: Detection, detections: list[Detection], options: ReadOptio
     main_chars = [c for c in chars if _inside(c.centre, main.bbox) and c not in sub_chars]
     rows = [_left_to_right(sub_chars), _left_to_right(main_chars)]
     if [len(row) for row in rows] == [len(kinds) for kinds in TEXT_KINDS]:
-        found = [d for d in detections if d.label in CHARACTER_CLASSES and d.score >= options.char_threshold
-                 and _inside(d.centre, board.bbox)]
-        rows = [[_of_kind(c, found, kinds, i, options.duplicate_iou) for i, c in enumerate(row)]
+        rows = [[_of_kind(c, confident, kind, options.duplicate_iou) for c, kind in zip(row, kinds)]
                 for row, kinds in zip(rows, TEXT_KINDS)]
     sub_text, main_text = ("".join(label_char(c.label) for c in row) for row in rows)
     scores = [c.score for row in rows for c in row]
