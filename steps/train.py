@@ -23,8 +23,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--run-id", required=True, help="run folder name under WORKDIR/runs")
     parser.add_argument("--epochs", type=int, default=defaults.epochs, help="epochs (ignored with --iters)")
     parser.add_argument("--iters", type=int, default=None, help="train by iterations instead of epochs")
+    parser.add_argument("--minutes", type=float, default=None,
+                        help="train by iterations until this much time is spent, the learning rate annealed "
+                             "over the time (--iters, if given, still caps the iterations)")
     parser.add_argument("--val-interval", type=int, default=defaults.val_interval,
-                        help="validate and checkpoint every N epochs (or iterations with --iters)")
+                        help="validate and checkpoint every N epochs (or iterations with --iters or --minutes)")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="images per batch")
     parser.add_argument("--lr", type=float, default=None, help="learning rate (default: the model's own)")
     parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay, help="AdamW weight decay")
@@ -50,12 +53,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 def settings_from_args(args: argparse.Namespace) -> TrainSettings:
     return TrainSettings(
-        model=args.model, epochs=args.epochs, iters=args.iters, val_interval=args.val_interval,
-        batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, img_size=args.img_size,
-        crop_size=args.crop_size, widen_factor=args.widen_factor, drop_path_rate=args.drop_path_rate,
-        window_size=args.window_size, mlp_ratio=args.mlp_ratio, warmup_iters=args.warmup_iters,
-        num_workers=args.workers, amp=args.amp, seed=args.seed, best_metric=args.best_metric,
-        log_interval=args.log_interval)
+        model=args.model, epochs=args.epochs, iters=args.iters, minutes=args.minutes,
+        val_interval=args.val_interval, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+        img_size=args.img_size, crop_size=args.crop_size, widen_factor=args.widen_factor,
+        drop_path_rate=args.drop_path_rate, window_size=args.window_size, mlp_ratio=args.mlp_ratio,
+        warmup_iters=args.warmup_iters, num_workers=args.workers, amp=args.amp, seed=args.seed,
+        best_metric=args.best_metric, log_interval=args.log_interval)
 
 
 def main(args: argparse.Namespace) -> Path:

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 
 from conftest import ROOT, SMOKE_TRAIN, run_step_script
@@ -79,6 +80,43 @@ def test_training_resumes_from_its_last_checkpoint(smoke_workdir, smoke_training
     assert "resumed" in log.lower() and "Iter(train) [1/6]" not in log
     assert (smoke_workdir / "runs" / "r1" / "train" / "iter_6.pth").is_file()
 
+
+
+def test_time_budget_schedule_warms_up_then_anneals_over_the_time():
+    from alpr.mmdet_ext import time_budget_lr_factor
+
+    def factor(fraction, iteration):
+        return time_budget_lr_factor(fraction, iteration, warmup_iters=10, start_factor=1e-3, min_lr_ratio=0.05)
+
+    assert factor(0.0, 0) == pytest.approx(1e-3) and factor(0.0, 5) == pytest.approx(0.5005)
+    assert factor(0.0, 10) == factor(0.0, 500) == pytest.approx(1.0)
+    assert factor(0.5, 500) == pytest.approx(0.525)  # halfway down the cosine
+    assert factor(1.0, 500) == factor(1.7, 500) == pytest.approx(0.05)  # annealed when the time is up, and after
+    later = [factor(f / 10, 500) for f in range(11)]
+    assert later == sorted(later, reverse=True)
+
+
+def test_training_by_minutes_ends_by_itself_annealed_and_a_finished_run_stays_finished(smoke_workdir):
+    timed = [{"r1": "timed"}.get(a, a) for a in SMOKE_TRAIN if a not in ("--iters", "4")] + ["--minutes", "0.25"]
+    timed[timed.index("--val-interval") + 1] = "1000"  # validated at the end only
+    result = run_step_script("train", "--workdir", str(smoke_workdir), *timed)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]  # no --iters: the time ended it
+    train = smoke_workdir / "runs" / "timed" / "train"
+    saved = sorted(train.glob("iter_*.pth"))
+    assert len(saved) == 1 and (train / "best.pth").is_file()
+    scalars = [json.loads(line) for line in next(train.rglob("log.json")).read_text().splitlines()]
+    rates = [s["lr"] for s in scalars if "lr" in s]
+    assert len(rates) == int(saved[0].stem.split("_")[1]) >= 3 and any("EIR" in s for s in scalars)
+    assert rates[-1] == pytest.approx(2e-3 * 0.05)  # the smoke model's peak, annealed to its floor
+    assert rates[2:] == sorted(rates[2:], reverse=True)  # warm-up (2 iterations), then down with the time
+    import torch
+
+    spent = torch.load(saved[0], map_location="cpu", weights_only=False)["message_hub"]["runtime_info"]
+    assert spent["train_seconds"] >= 15
+
+    again = run_step_script("train", "--workdir", str(smoke_workdir), *timed)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resumed" in (again.stdout + again.stderr).lower() and sorted(train.glob("iter_*.pth")) == saved
 
 def test_evaluate_writes_metrics_plots_and_database_rows(smoke_workdir, smoke_training):
     result = run_step_script("evaluate", "--workdir", str(smoke_workdir), "--run-id", "r1", "--device", "cpu",

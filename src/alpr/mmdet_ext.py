@@ -1,5 +1,5 @@
-"""alpr's pieces registered in mmdetection's registries: the plate metric, the run hook, a mask
-transform and RTMDet-ins's head with a batched training loss.
+"""alpr's pieces registered in mmdetection's registries: the plate metric, the run and time-budget
+hooks, the training crop and mask transforms, and RTMDet-ins's head with a batched training loss.
 
 Imported by the training config (``custom_imports``), never by editing mmdet itself.
 """
@@ -7,8 +7,10 @@ Imported by the training config (``custom_imports``), never by editing mmdet its
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
+import time
 import warnings
 from pathlib import Path
 
@@ -385,3 +387,57 @@ class AlprRunHook(Hook):
             partial = target.with_name(".best.pth.partial")
             shutil.copyfile(best, partial)
             partial.replace(target)
+
+
+def time_budget_lr_factor(fraction: float, iteration: int, warmup_iters: int, start_factor: float,
+                          min_lr_ratio: float) -> float:
+    """The learning rate, as a fraction of the peak, once ``fraction`` of the time budget is spent:
+    a linear warm-up over the first iterations, times a cosine from 1 to ``min_lr_ratio`` over the time."""
+    warmup = start_factor + (1 - start_factor) * min(1.0, iteration / warmup_iters) if warmup_iters else 1.0
+    cosine = min_lr_ratio + (1 - min_lr_ratio) * (1 + math.cos(math.pi * min(fraction, 1.0))) / 2
+    return warmup * cosine
+
+
+@HOOKS.register_module()
+class TimeBudgetHook(Hook):
+    """Trains for ``minutes`` of wall-clock time (validations included), whatever the pace.
+
+    The cosine schedule follows the time spent, not the iterations, so it ends annealed when the time
+    is up; the iteration then running is the last: it is checkpointed and validated. A run resumed
+    carries on from the time its checkpoint had spent (kept in the message hub, which checkpoints hold).
+    The iteration count shown, and with it the ETA, is the one projected from the pace so far.
+    """
+
+    priority = "HIGHEST"  # the learning rate is set before RuntimeInfoHook logs it
+
+    def __init__(self, minutes: float, warmup_iters: int, start_factor: float, min_lr_ratio: float):
+        self.seconds = minutes * 60
+        self.warmup_iters, self.start_factor, self.min_lr_ratio = warmup_iters, start_factor, min_lr_ratio
+
+    def before_train(self, runner) -> None:
+        self.started = time.monotonic() - runner.message_hub.get_info("train_seconds", 0.0)
+        self.iteration_cap = runner.train_loop.max_iters  # --iters, if given
+        for group in runner.optim_wrapper.param_groups:
+            group.setdefault("initial_lr", group["lr"])  # restored from the optimizer's state on resume
+        if self._spent() >= self.seconds:  # a finished run, resumed: nothing left to do
+            runner.train_loop._max_iters = runner.iter
+
+    def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
+        spent = self._spent()
+        runner.message_hub.update_info("train_seconds", spent)
+        fraction = spent / self.seconds
+        factor = time_budget_lr_factor(fraction, runner.iter, self.warmup_iters, self.start_factor,
+                                       self.min_lr_ratio)
+        for group in runner.optim_wrapper.param_groups:
+            group["lr"] = group["initial_lr"] * factor
+        # mmengine's loop has no other way to end early and still checkpoint and validate its last iteration
+        projected = runner.iter / fraction if runner.iter and fraction else runner.iter + 2
+        last = runner.iter + 1 if fraction >= 1 else max(runner.iter + 2, round(projected))
+        runner.train_loop._max_iters = min(self.iteration_cap, last)
+
+    def after_train(self, runner) -> None:
+        runner.logger.info(f"time budget: {self._spent() / 60:.1f} of {self.seconds / 60:g} minutes spent, "
+                           f"{runner.iter} iterations")
+
+    def _spent(self) -> float:
+        return time.monotonic() - self.started

@@ -17,6 +17,9 @@ from alpr.plates import CLASSES
 
 MODELS = ("rtmdet-ins-tiny", "mask-rcnn-swin-t", "smoke")
 PAD_VALUE = (114, 114, 114)
+WARMUP_START = 1e-3  # the warm-up's first learning rate, as a fraction of the peak
+MIN_LR_RATIO = 0.05  # where the cosine schedule ends, as a fraction of the peak
+UNTIL_TIME_IS_UP = 2**31 - 1  # the iteration limit of a run trained by --minutes alone
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,7 @@ class TrainSettings:
     model: str = "rtmdet-ins-tiny"
     epochs: int = 30
     iters: int | None = None  # when set, train by iterations instead of epochs
+    minutes: float | None = None  # when set, train by iterations until this much time is spent (see TimeBudgetHook)
     val_interval: int = 1  # epochs, or iterations when training by iterations
     batch_size: int = 8
     lr: float | None = None  # default: the model's own
@@ -52,6 +56,8 @@ class TrainSettings:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.iters is not None and self.iters < 1:
             raise UsageError(f"--iters must be at least 1, got {self.iters}")
+        if self.minutes is not None and not self.minutes > 0:
+            raise UsageError(f"--minutes must be more than 0, got {self.minutes}")
 
     @property
     def image_size(self) -> int:
@@ -201,15 +207,25 @@ def _loader(dataset: dict, batch_size: int, workers: int, shuffle: bool) -> dict
                 sampler=dict(type="DefaultSampler", shuffle=shuffle), dataset=dataset)
 
 
+def _schedule(settings: TrainSettings, by_epoch: bool) -> list[dict]:
+    """Linear warm-up, then cosine annealing over the whole run."""
+    total = settings.epochs if by_epoch else settings.iters
+    return [
+        dict(type="LinearLR", start_factor=WARMUP_START, by_epoch=False, begin=0, end=settings.warmup_iters),
+        dict(type="CosineAnnealingLR", eta_min=settings.learning_rate * MIN_LR_RATIO, begin=0, end=total,
+             T_max=total, by_epoch=by_epoch, convert_to_iter_based=by_epoch),
+    ]
+
+
 def build_config(settings: TrainSettings, dataset_dir: Path, work_dir: Path, dataset: dict,
                  load_from: str | None = None, resume: bool = False) -> dict:
     """The complete mmengine config of a training run."""
     size = settings.image_size
-    by_epoch = settings.iters is None
+    by_epoch = settings.iters is None and settings.minutes is None
     train_loop = (dict(type="EpochBasedTrainLoop", max_epochs=settings.epochs, val_interval=settings.val_interval)
                   if by_epoch else
-                  dict(type="IterBasedTrainLoop", max_iters=settings.iters, val_interval=settings.val_interval))
-    total = settings.epochs if by_epoch else settings.iters
+                  dict(type="IterBasedTrainLoop", max_iters=settings.iters or UNTIL_TIME_IS_UP,
+                       val_interval=settings.val_interval))
     optimizer = dict(type="AdamW", lr=settings.learning_rate, weight_decay=settings.weight_decay)
     val_file = str(dataset_dir / "val.json")
     return dict(
@@ -231,11 +247,7 @@ def build_config(settings: TrainSettings, dataset_dir: Path, work_dir: Path, dat
         optim_wrapper=dict(type="AmpOptimWrapper" if settings.amp else "OptimWrapper", optimizer=optimizer,
                            clip_grad=dict(max_norm=35, norm_type=2),
                            paramwise_cfg=dict(norm_decay_mult=0, bias_decay_mult=0, bypass_duplicate=True)),
-        param_scheduler=[
-            dict(type="LinearLR", start_factor=1e-3, by_epoch=False, begin=0, end=settings.warmup_iters),
-            dict(type="CosineAnnealingLR", eta_min=settings.learning_rate * 0.05, begin=0, end=total,
-                 T_max=total, by_epoch=by_epoch, convert_to_iter_based=by_epoch),
-        ],
+        param_scheduler=None if settings.minutes else _schedule(settings, by_epoch),
         default_hooks=dict(
             timer=dict(type="IterTimerHook"),
             logger=dict(type="LoggerHook", interval=settings.log_interval),
@@ -245,7 +257,9 @@ def build_config(settings: TrainSettings, dataset_dir: Path, work_dir: Path, dat
             sampler_seed=dict(type="DistSamplerSeedHook"),
         ),
         custom_hooks=[dict(type="AlprRunHook", run_meta=dict(settings=settings.to_dict(), dataset=dataset),
-                           priority="LOWEST")],
+                           priority="LOWEST")]
+        + ([dict(type="TimeBudgetHook", minutes=settings.minutes, warmup_iters=settings.warmup_iters,
+                 start_factor=WARMUP_START, min_lr_ratio=MIN_LR_RATIO)] if settings.minutes else []),
         # training crops all have one size, so cuDNN's search for the fastest kernels runs once (and
         # once more for each shape of validation image: one for a camera's images)
         env_cfg=dict(cudnn_benchmark=True, mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0),
