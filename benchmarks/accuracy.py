@@ -57,7 +57,8 @@ def train_for(work: Path, args: argparse.Namespace) -> tuple[Path, float]:
     spent = time.perf_counter() - start
     saved = sorted((work / "runs/accuracy/train").glob("iter_*.pth"), key=lambda p: int(re.findall(r"\d+", p.name)[0]))
     if not saved:
-        raise SystemExit(f"no checkpoint after {spent / 60:.1f} minutes: see the training's output (--train-log)")
+        raise SystemExit(f"no checkpoint after {spent / 60:.1f} minutes (the training exited with status "
+                         f"{process.returncode}): see its output (--train-log)")
     return saved[-1], spent
 
 

@@ -65,7 +65,7 @@ measured || measure_speed plain  # out of memory, or py-spy could not run
 lr=${LR:-$(python3 -c "print(round(0.004 * ($batch / 128) ** 0.5, 5))")}
 
 # The training step's own time budget: its cosine schedule follows the time spent, and it validates
-# and checkpoints once, at the end, after the default warm-up of 100 iterations (under a minute here).
+# and checkpoints once, at the end. Its warm-up: 100 iterations or a tenth of the time, if sooner.
 # 250 test images hold about 570 plates.
 python3 "$here/accuracy.py" --device cuda --minutes "$minutes" --batch-size $batch --workers $workers --amp \
     --lr "$lr" --img-size "$size" --crop-size "$crop" --train-images 6000 --test-images 250 \

@@ -90,6 +90,8 @@ def test_time_budget_schedule_warms_up_then_anneals_over_the_time():
 
     assert factor(0.0, 0) == pytest.approx(1e-3) and factor(0.0, 5) == pytest.approx(0.5005)
     assert factor(0.0, 10) == factor(0.0, 500) == pytest.approx(1.0)
+    assert factor(0.05, 1) == pytest.approx(0.5005 * factor(0.05, 500))  # slow iterations: half the time's tenth
+    assert factor(0.1, 1) == factor(0.1, 500)  # warmed up by a tenth of the time, whatever the iterations
     assert factor(0.5, 500) == pytest.approx(0.525)  # halfway down the cosine
     assert factor(1.0, 500) == factor(1.7, 500) == pytest.approx(0.05)  # annealed when the time is up, and after
     later = [factor(f / 10, 500) for f in range(11)]

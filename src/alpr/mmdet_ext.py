@@ -389,11 +389,16 @@ class AlprRunHook(Hook):
             partial.replace(target)
 
 
+WARMUP_TIME_SHARE = 0.1  # a time budget's warm-up ends by a tenth of the time, however slow the iterations
+
+
 def time_budget_lr_factor(fraction: float, iteration: int, warmup_iters: int, start_factor: float,
                           min_lr_ratio: float) -> float:
     """The learning rate, as a fraction of the peak, once ``fraction`` of the time budget is spent:
-    a linear warm-up over the first iterations, times a cosine from 1 to ``min_lr_ratio`` over the time."""
-    warmup = start_factor + (1 - start_factor) * min(1.0, iteration / warmup_iters) if warmup_iters else 1.0
+    a linear warm-up over the first ``warmup_iters`` iterations (or the first tenth of the time, if
+    that ends sooner), times a cosine from 1 to ``min_lr_ratio`` over the time."""
+    warmed = max(iteration / warmup_iters, fraction / WARMUP_TIME_SHARE) if warmup_iters else 1.0
+    warmup = start_factor + (1 - start_factor) * min(1.0, warmed)
     cosine = min_lr_ratio + (1 - min_lr_ratio) * (1 + math.cos(math.pi * min(fraction, 1.0))) / 2
     return warmup * cosine
 
