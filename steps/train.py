@@ -26,8 +26,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--minutes", type=float, default=None,
                         help="train by iterations until this much time is spent, the learning rate annealed "
                              "over the time (--iters, if given, still caps the iterations)")
-    parser.add_argument("--val-interval", type=int, default=defaults.val_interval,
-                        help="validate and checkpoint every N epochs (or iterations with --iters or --minutes)")
+    parser.add_argument("--val-interval", type=int, default=None,
+                        help="validate and checkpoint every N epochs, or iterations with --iters or --minutes "
+                             "(default: every epoch, or an epoch's worth of iterations)")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="images per batch")
     parser.add_argument("--lr", type=float, default=None, help="learning rate (default: the model's own)")
     parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay, help="AdamW weight decay")
@@ -36,6 +37,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--crop-size", type=int, default=None,
                         help="train on square crops of this size from the resized images (default: --img-size)")
     parser.add_argument("--widen-factor", type=float, default=None, help="RTMDet width multiplier")
+    parser.add_argument("--drop-rate", type=float, default=defaults.drop_rate, help="Swin dropout")
     parser.add_argument("--drop-path-rate", type=float, default=defaults.drop_path_rate, help="Swin drop path")
     parser.add_argument("--window-size", type=int, default=defaults.window_size, help="Swin window size")
     parser.add_argument("--mlp-ratio", type=float, default=defaults.mlp_ratio, help="Swin MLP ratio")
@@ -56,7 +58,8 @@ def settings_from_args(args: argparse.Namespace) -> TrainSettings:
         model=args.model, epochs=args.epochs, iters=args.iters, minutes=args.minutes,
         val_interval=args.val_interval, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         img_size=args.img_size, crop_size=args.crop_size, widen_factor=args.widen_factor,
-        drop_path_rate=args.drop_path_rate, window_size=args.window_size, mlp_ratio=args.mlp_ratio,
+        drop_rate=args.drop_rate, drop_path_rate=args.drop_path_rate, window_size=args.window_size,
+        mlp_ratio=args.mlp_ratio,
         warmup_iters=args.warmup_iters, num_workers=args.workers, amp=args.amp, seed=args.seed,
         best_metric=args.best_metric, log_interval=args.log_interval)
 

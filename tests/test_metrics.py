@@ -4,7 +4,8 @@ import pytest
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from alpr.metrics import coco_aps, dv_iou, evaluate, mask_rle, metric_lines, plate_metrics, rle_counts, third_boxes
+from alpr.metrics import (coco_aps, dv_iou, evaluate, mask_rle, metric_lines, metric_names, plate_metrics, rle_counts,
+                          third_boxes)
 from alpr.plates import CLASSES
 from alpr.postprocess import Detection, Plate
 
@@ -143,6 +144,47 @@ def test_eir_counts_only_exact_reads_and_reports_layouts():
     assert metrics["char_accuracy"] == 0.0
     assert metrics["confusion"][1][7] == 1
     assert metrics["outcomes"] == {"read exactly": 1, "misread": 1}
+
+
+def test_aps_per_layout_ignore_the_other_layouts_plates_but_not_stray_detections():
+    one_row, char = [(0, 0), (90, 0), (90, 30), (0, 30)], [(5, 5), (15, 5), (15, 25), (5, 25)]
+    two_row, stray = [(100, 0), (190, 0), (190, 60), (100, 60)], [(105, 5), (115, 5), (115, 25), (105, 25)]
+    gt = _gt([_ann("l_board", one_row, text="12A3456"), _ann("1", char), _ann("r_board", two_row, text="34B5678")])
+
+    def detection(label, polygon, score):
+        x, y, w, h = _ann(label, polygon)["bbox"]
+        return Detection(label, score, (x, y, x + w, y + h), _mask(polygon))
+
+    # the two-row board is missed, and a "1" that is no character outscores the true one
+    found = {1: [detection("l_board", one_row, 0.9), detection("1", char, 0.9), detection("1", stray, 0.95)]}
+    aps = coco_aps(gt, found)
+    for kind in ("bbox_mAP", "segm_mAP", "dv_mAP"):
+        # per class: l_board 1, "1" 0.5 (its first detection is wrong), r_board 0
+        assert aps[kind] == pytest.approx(0.5, abs=1e-6), kind
+        assert aps[kind + "_one_row"] == pytest.approx(0.75, abs=1e-6), kind
+        assert aps[kind + "_two_row"] == pytest.approx(0.0), kind
+
+
+def test_per_layout_precision_counts_plates_by_the_layout_read_and_characters_by_their_plate():
+    one_row = [(0, 0), (90, 0), (90, 30), (0, 30)]
+    other_one_row = [(100, 0), (190, 0), (190, 30), (100, 30)]
+    gt = _gt([_ann("l_board", one_row, text="12A3456"), _ann("l_board", other_one_row, text="34B5678"),
+              _ann("1", [(5, 5), (15, 5), (15, 25), (5, 25)]), _ann("3", [(105, 5), (115, 5), (115, 25), (105, 25)])])
+    plates = {1: [Plate("12A3456", "12", "A", "3456", "one-row", (0, 0, 90, 30), 0.9, (0.9,) * 7),
+                  Plate("34B5678", "34", "B", "5678", "two-row", (100, 0, 190, 30), 0.8, (0.9,) * 7)]}
+    chars = {1: [Detection("1", 0.9, (5, 5, 15, 25)), Detection("8", 0.9, (105, 5, 115, 25))]}
+    metrics = plate_metrics(gt, plates, chars)
+    # both true plates are one-row; one was read as two-row: each layout's precision is 1 of its 1
+    assert metrics["plate_recall_one_row"] == 1.0 and metrics["plates_two_row"] == 0
+    assert metrics["plate_precision_one_row"] == metrics["plate_precision_two_row"] == 1.0
+    assert metrics["char_accuracy"] == metrics["char_accuracy_one_row"] == 0.5
+    assert metrics["char_accuracy_two_row"] == 0.0
+
+
+def test_metric_names_are_the_numbers_evaluate_returns():
+    gt = _gt([_ann("r_board", RECT, text="12A3456")])
+    metrics = evaluate(gt, {1: [Detection("r_board", 0.9, (20, 20, 121, 61), _mask(RECT))]}, {1: []})
+    assert {k for k, v in metrics.items() if isinstance(v, (int, float))} == set(metric_names())
 
 
 def test_unmatched_and_unread_plates():

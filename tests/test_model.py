@@ -57,7 +57,7 @@ def test_training_takes_crops_and_reading_takes_the_whole_resized_image(smoke_wo
     from steps.train import get_args_parser, settings_from_args
 
     args = get_args_parser().parse_args(["--dataset", "smoke", "--version", "1", "--run-id", "c", "--model", "smoke",
-                                         "--img-size", "256", "--crop-size", "192"])
+                                         "--img-size", "256", "--crop-size", "192", "--val-interval", "1"])
     data = smoke_workdir / "datasets/smoke/1"
     config = build_config(settings_from_args(args), data, smoke_workdir, {})
     train = DATASETS.build(config["train_dataloader"]["dataset"])[0]
@@ -79,6 +79,80 @@ def test_training_resumes_from_its_last_checkpoint(smoke_workdir, smoke_training
     log = result.stdout + result.stderr
     assert "resumed" in log.lower() and "Iter(train) [1/6]" not in log
     assert (smoke_workdir / "runs" / "r1" / "train" / "iter_6.pth").is_file()
+
+
+def test_a_run_resumes_only_with_the_settings_it_started_with(smoke_workdir, smoke_training):
+    train = smoke_workdir / "runs" / "r1" / "train"
+    before = sorted(train.glob("*.pth"))
+    other = list(SMOKE_TRAIN)
+    other[other.index("--batch-size") + 1] = "4"
+    result = run_step_script("train", "--workdir", str(smoke_workdir), *other)
+    assert result.returncode == 1 and "batch_size 2 -> 4" in result.stderr and "--run-id" in result.stderr
+    assert sorted(train.glob("*.pth")) == before
+
+
+def test_a_resumed_iteration_loop_skips_its_trained_batches_without_loading_them():
+    import itertools
+    from types import SimpleNamespace
+
+    from mmengine.runner import IterBasedTrainLoop
+
+    from alpr.mmdet_ext import AlprRunHook
+
+    loaded = []
+
+    def batches():
+        for k in itertools.count():
+            loaded.append(k)
+            yield k
+
+    loop = IterBasedTrainLoop.__new__(IterBasedTrainLoop)  # the attributes resuming uses, without a runner
+    loop._iter, loop.dataloader_iterator = 3, batches()
+    AlprRunHook({}).before_train_epoch(SimpleNamespace(train_loop=loop))
+    assert [next(loop.dataloader_iterator) for _ in range(5)] == [None, None, None, 0, 1] and loaded == [0, 1]
+
+
+def test_validation_interval_defaults_to_every_epoch_or_an_epochs_worth_of_iterations():
+    from alpr.model import TrainSettings, with_val_interval
+
+    assert with_val_interval(TrainSettings(batch_size=8), 100).val_interval == 1
+    assert with_val_interval(TrainSettings(batch_size=8, iters=500), 100).val_interval == 13
+    assert with_val_interval(TrainSettings(batch_size=8, minutes=5), 100).val_interval == 13
+    assert with_val_interval(TrainSettings(batch_size=8, iters=500, val_interval=50), 100).val_interval == 50
+
+
+def test_an_unknown_best_metric_fails_before_training(smoke_workdir):
+    result = run_step_script("train", "--workdir", str(smoke_workdir), *SMOKE_TRAIN, "--run-id", "bad-metric",
+                             "--best-metric", "accuracy")
+    assert result.returncode == 1 and "--best-metric 'accuracy': not a metric" in result.stderr
+    assert "char_accuracy_one_row" in result.stderr and not (smoke_workdir / "runs" / "bad-metric").exists()
+
+
+def test_evaluate_scores_each_saved_weight_set_once(tmp_path):
+    import os
+
+    from alpr.evaluate import checkpoints
+
+    names = ["best_EIR_iter_1.pth", "iter_2.pth", "iter_4.pth", "best_dv_mAP_iter_4.pth", "best.pth"]
+    for age, name in enumerate(names):
+        (tmp_path / name).write_bytes(b"")
+        os.utime(tmp_path / name, (age, age))
+    # iter_1.pth was deleted (max_keep_ckpts): its best_ copy is the only one left of those weights
+    assert [p.name for p in checkpoints(tmp_path)] == ["best_EIR_iter_1.pth", "iter_2.pth", "iter_4.pth"]
+
+
+def test_the_test_step_uses_the_checkpoint_evaluate_picked(tmp_path):
+    from alpr.visualize import best_checkpoint, picture_name
+
+    train = tmp_path / "runs" / "r" / "train"
+    train.mkdir(parents=True)
+    for name in ("iter_2.pth", "best.pth"):
+        (train / name).write_bytes(b"")
+    assert best_checkpoint(tmp_path, "r") == train / "best.pth"
+    (tmp_path / "runs" / "r" / "eval").mkdir()
+    (tmp_path / "runs" / "r" / "eval" / "metrics.json").write_text(json.dumps({"best_checkpoint": "/mnt/w/iter_2.pth"}))
+    assert best_checkpoint(tmp_path, "r") == train / "iter_2.pth"  # by name: the volume may mount elsewhere
+    assert picture_name(Path("in/a.png"), Path("in")) != picture_name(Path("in/sub/a.png"), Path("in")) == "sub__a.jpg"
 
 
 
@@ -168,6 +242,20 @@ def test_predict_prints_one_json_line_per_image(smoke_workdir, smoke_training, s
     assert result.returncode == 0, result.stderr[-2000:]
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert [Path(line["image"]).name for line in lines] == ["000001.jpg", "000002.jpg"]
+
+
+def test_a_checkpoint_for_other_classes_is_refused(smoke_workdir, smoke_training, tmp_path):
+    import torch
+
+    from alpr import PlateReader
+    from alpr.errors import AlprError
+
+    checkpoint = torch.load(smoke_workdir / "runs" / "r1" / "train" / "best.pth", map_location="cpu",
+                            weights_only=False)
+    checkpoint["meta"]["alpr"]["classes"] = checkpoint["meta"]["alpr"]["classes"][::-1]
+    torch.save(checkpoint, tmp_path / "reversed.pth")
+    with pytest.raises(AlprError, match="reversed.pth: trained for the classes"):
+        PlateReader.from_checkpoint(tmp_path / "reversed.pth", "cpu")
 
 
 def test_wrong_classes_fail_before_training(smoke_workdir, tmp_path):

@@ -5,11 +5,12 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from alpr.errors import UsageError
-from alpr.metrics import KEY_METRICS, evaluate, plate_pr_curve
+from alpr.metrics import KEY_METRICS, evaluate, layout_suffix, metric_names, plate_pr_curve
 from alpr.plates import CHARACTER_CLASSES, Layout
 from alpr.postprocess import Detection, Plate, read_plates
 
@@ -31,11 +32,15 @@ def run_dir(workdir: Path, run_id: str) -> Path:
     return workdir / "runs" / run_id
 
 
+SAVED_NAME = re.compile(r"(?:iter|epoch)_\d+\.pth$")  # what mmengine's CheckpointHook names a checkpoint
+
+
 def checkpoints(train: Path) -> list[Path]:
-    """The run's saved checkpoints, oldest first, each weight set once (best.pth and best_* are copies)."""
+    """The run's saved checkpoints, oldest first, each weight set once: best.pth is a copy, and so is
+    best_METRIC_iter_N.pth of iter_N.pth, unless iter_N.pth has since been deleted."""
     names = {p.name for p in train.glob("*.pth")}
-    found = [p for p in train.glob("*.pth") if p.name != "best.pth"
-             and not (p.name.startswith("best_") and p.name.split("_", 2)[-1] in names)]
+    found = [p for p in train.glob("*.pth")
+             if (saved := SAVED_NAME.search(p.name)) and (saved.group() == p.name or saved.group() not in names)]
     if not found:
         raise UsageError(f"{train}: no checkpoints; run `alpr train` for this run first")
     return sorted(found, key=lambda p: p.stat().st_mtime)
@@ -93,10 +98,10 @@ def plot(folder: Path, gt, plates: dict[int, list[Plate]], metrics: dict) -> lis
     ax.set(xlabel="predicted", ylabel="true", title=f"characters: accuracy={metrics['char_accuracy']:.3f}")
     written.append(_save(fig, folder / "confusion.png"))
 
-    names = ("EIR", "plate_precision", "plate_recall")
-    fig, ax = plt.subplots(figsize=(6, 4))
+    names = ("mAP", "dv_mAP", "EIR", "plate_precision", "plate_recall", "char_accuracy")
+    fig, ax = plt.subplots(figsize=(8, 4))
     for k, layout in enumerate(Layout):
-        suffix = "_" + layout.value.replace("-", "_")
+        suffix = layout_suffix(layout)
         ax.bar(np.arange(len(names)) + k * 0.4, [metrics[n + suffix] for n in names], 0.4,
                label=f"{layout.value} ({metrics['plates' + suffix]} plates)")
     ax.set_xticks(np.arange(len(names)) + 0.2, names)
@@ -133,6 +138,8 @@ def evaluate_run(options: EvaluateOptions, progress: bool = True) -> dict:
     from alpr.train import checkpoint_meta, train_dir
 
     check_name("run id", options.run_id)
+    if options.key_metric not in metric_names():
+        raise UsageError(f"--metric {options.key_metric!r}: not a metric; choose from {', '.join(metric_names())}")
     workdir = options.workdir.resolve()
     train = train_dir(workdir, options.run_id)
     meta = checkpoint_meta(checkpoints(train)[-1]).get("alpr", {})
@@ -143,9 +150,6 @@ def evaluate_run(options: EvaluateOptions, progress: bool = True) -> dict:
         gt, detections, plates = predict_split(reader, dataset, options.split, progress)
         scored[checkpoint.name] = (evaluate(gt, detections, plates), plates)
         gts[checkpoint.name] = gt
-    if options.key_metric not in next(iter(scored.values()))[0]:
-        raise UsageError(f"--metric {options.key_metric!r}: not a metric; choose from "
-                         f"{', '.join(sorted(scalar_metrics(next(iter(scored.values()))[0])))}")
     # Ties on the key metric (EIR is often 0 early on) go to the better mAP, then the later checkpoint.
     order = list(scored)
     best = max(order, key=lambda name: (scored[name][0][options.key_metric], scored[name][0]["mAP"],

@@ -10,7 +10,10 @@
 - ``plate_precision`` / ``plate_recall``: plate boards found, at box IoU >= 0.5.
 - ``outcomes``: what became of each ground-truth plate: read exactly, misread, not found, or
   unread and why.
-Each plate metric is also reported per layout (``EIR_one_row``, ``EIR_two_row``, ...).
+Each is also reported per layout (``EIR_one_row``, ``dv_mAP_two_row``, ...): ground-truth plates
+and their characters by their own layout, predicted plates (for precision) by the layout they
+were read as; a layout's APs ignore the other layout's plates (see :func:`_layout_aps`).
+:func:`metric_names` lists them all.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from alpr.plates import BOARD_LABELS, CHARACTER_CLASSES, CLASSES, Layout, PlateFormatError, parse_plate
+from alpr.plates import (BOARD_LABELS, CHARACTER_CLASSES, CLASSES, MAIN_LABELS, SUB_LABELS, Layout, PlateFormatError,
+                         parse_plate)
 from alpr.postprocess import Detection, Plate, box_iou, read_board
 
 MATCH_IOU = 0.5
@@ -91,7 +95,7 @@ def _column_segments(rle: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def rle_counts(text: str | bytes) -> list[int]:
     """The run lengths in a compressed COCO RLE string: each count is 5-bit groups, low first, one
     character each (value + 48, bit 6 set while more follow, bit 5 of the last the sign); from the
-    third count on, each is stored as its difference from the count two before."""
+    fourth count on, each is stored as its difference from the count two before."""
     data = text.encode() if isinstance(text, str) else text
     counts: list[int] = []
     position = 0
@@ -174,28 +178,66 @@ def coco_results(gt: COCO, detections: dict[int, list[Detection]]) -> list[dict]
 
 
 def _ap(evaluator: COCOeval) -> float:
+    """AP at IoU 0.50:0.95 of an evaluator whose images are evaluated."""
     with contextlib.redirect_stdout(io.StringIO()):
-        evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
     return max(float(evaluator.stats[0]), 0.0)
 
 
+def _layout_aps(evaluator: COCOeval, layout_of: dict[int, Layout]) -> dict[Layout, float]:
+    """AP per layout from one evaluation: the same matches, with the ground truth of other plates,
+    and the detections matched to it, ignored, as COCO ignores crowd regions. A detection that
+    matches nothing counts against both layouts."""
+    evaluated, aps = evaluator.evalImgs, {}
+    for layout in Layout:
+        other = np.zeros(max(layout_of, default=0) + 1, bool)  # by annotation id; id 0 is "no match"
+        other[[ann_id for ann_id, of in layout_of.items() if of != layout]] = True
+        evaluator.evalImgs = [e and {**e, "gtIgnore": np.logical_or(e["gtIgnore"], other[e["gtIds"]]),
+                                     "dtIgnore": np.logical_or(e["dtIgnore"], other[e["dtMatches"].astype(int)])}
+                              for e in evaluated]
+        aps[layout] = _ap(evaluator)
+    evaluator.evalImgs = evaluated
+    return aps
+
+
+def gt_layouts(gt: COCO) -> dict[int, Layout | None]:
+    """Each ground-truth annotation's layout: a region's by its class, a character's by the plate
+    that holds it (None outside every plate)."""
+    layouts = {}
+    for image_id in gt.getImgIds():
+        truth = true_plates(gt, image_id)
+        for ann in gt.imgToAnns.get(image_id, []):
+            label = CLASSES[ann["category_id"] - 1]
+            region = BOARD_LABELS.get(label) or SUB_LABELS.get(label) or MAIN_LABELS.get(label)
+            layouts[ann["id"]] = region or _layout_at(truth, _xyxy(ann["bbox"]))
+    return layouts
+
+
+AP_METRICS = ("bbox_mAP", "segm_mAP", "dv_mAP")
+
+
 def coco_aps(gt: COCO, detections: dict[int, list[Detection]]) -> dict[str, float]:
+    """bbox_mAP, segm_mAP and dv_mAP, overall and per layout (``dv_mAP_one_row``, ...)."""
     results = coco_results(gt, detections)
+    scores = {f"{key}{suffix}": 0.0 for key in AP_METRICS for suffix in ("", *map(layout_suffix, Layout))}
     if not results:
-        return {"bbox_mAP": 0.0, "segm_mAP": 0.0, "dv_mAP": 0.0}
+        return scores
     with contextlib.redirect_stdout(io.StringIO()):
         dt = gt.loadRes(results)
-    image_ids = sorted(detections)
-    scores = {}
+    layout_of = gt_layouts(gt)
     for key, evaluator in (("bbox_mAP", COCOeval(gt, dt, "bbox")), ("segm_mAP", COCOeval(gt, dt, "segm")),
                            ("dv_mAP", DvCOCOeval(gt, dt))):
         if key != "bbox_mAP" and not all("segmentation" in r for r in results):
-            scores[key] = 0.0
             continue
-        evaluator.params.imgIds = image_ids
+        evaluator.params.imgIds = sorted(detections)
+        # only AP over all sizes is reported: the small, medium and large ranges would cost 3 times more
+        evaluator.params.areaRng, evaluator.params.areaRngLbl = evaluator.params.areaRng[:1], ["all"]
+        with contextlib.redirect_stdout(io.StringIO()):
+            evaluator.evaluate()
         scores[key] = _ap(evaluator)
+        for layout, ap in _layout_aps(evaluator, layout_of).items():
+            scores[key + layout_suffix(layout)] = ap
     return scores
 
 
@@ -249,30 +291,49 @@ def _ratio(a: int, b: int) -> float:
     return a / b if b else 0.0
 
 
+def layout_suffix(layout: Layout) -> str:
+    return "_" + layout.value.replace("-", "_")
+
+
+PER_LAYOUT = (*AP_METRICS, "mAP", "EIR", "plate_precision", "plate_recall", "char_accuracy", "plates")
+
+
+def metric_names() -> tuple[str, ...]:
+    """The names of every number :func:`evaluate` returns (what ``--best-metric`` may name)."""
+    return tuple(f"{name}{suffix}" for name in PER_LAYOUT for suffix in ("", *map(layout_suffix, Layout)))
+
+
+def _layout_at(truth: list[TruePlate], box) -> Layout | None:
+    """The layout of the ground-truth plate that holds the box's centre."""
+    x, y = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    return next((t.layout for t in truth if t.bbox[0] <= x <= t.bbox[2] and t.bbox[1] <= y <= t.bbox[3]), None)
+
+
 def plate_metrics(gt: COCO, plates: dict[int, list[Plate]], detections: dict[int, list[Detection]]) -> dict:
     """EIR, plate precision/recall and character accuracy, overall and per layout."""
-    counts = {key: {"true": 0, "pred": 0, "found": 0, "exact": 0} for key in ("all", *Layout)}
+    counts = {key: Counter() for key in ("all", *Layout)}
+
+    def tally(layout: Layout | None, name: str, n: int = 1) -> None:
+        for key in ("all", layout) if layout else ("all",):
+            counts[key][name] += n
+
     outcomes: Counter[str] = Counter()
-    chars_true = chars_right = 0
     confusion = np.zeros((len(CHARACTER_CLASSES), len(CHARACTER_CLASSES) + 1), dtype=np.int64)  # last: missed
     for image_id in gt.getImgIds():
         truth = true_plates(gt, image_id)
         predicted = sorted(plates.get(image_id, []), key=lambda p: -p.score)
         for plate in truth:
-            counts["all"]["true"] += 1
-            counts[plate.layout]["true"] += 1
+            tally(plate.layout, "true")
         for plate in predicted:
-            counts["all"]["pred"] += 1
-            counts[Layout(plate.layout)]["pred"] += 1
+            tally(Layout(plate.layout), "predicted")
         matches = _match(predicted, truth, lambda p: p.bbox, lambda t: t.bbox)
         outcomes["not found"] += len(truth) - len(matches)
         for i, j in matches:
-            layout = truth[j].layout
             exact = predicted[i].text is not None and predicted[i].text == truth[j].text
             outcomes[_outcome(predicted[i], exact)] += 1
-            for key in ("all", layout):
-                counts[key]["found"] += 1
-                counts[key]["exact"] += exact
+            tally(truth[j].layout, "found")  # recall: by the true layout
+            tally(truth[j].layout, "exact", exact)
+            counts[Layout(predicted[i].layout)]["found_as_read"] += 1  # precision: by the layout read
         true_chars = [a for a in gt.imgToAnns.get(image_id, []) if CLASSES[a["category_id"] - 1] in CHARACTER_CLASSES]
         pred_chars = sorted((d for d in detections.get(image_id, []) if d.label in CHARACTER_CLASSES),
                             key=lambda d: -d.score)
@@ -282,14 +343,17 @@ def plate_metrics(gt: COCO, plates: dict[int, list[Plate]], detections: dict[int
             row = CHARACTER_CLASSES.index(CLASSES[ann["category_id"] - 1])
             column = CHARACTER_CLASSES.index(pred_chars[matched[j]].label) if j in matched else -1
             confusion[row, column] += 1
-            chars_true += 1
-            chars_right += column == row
-    metrics = {"char_accuracy": _ratio(chars_right, chars_true)}
+            layout = _layout_at(truth, _xyxy(ann["bbox"]))
+            tally(layout, "chars")
+            tally(layout, "chars_right", column == row)
+    metrics = {}
     for key, c in counts.items():
-        suffix = "" if key == "all" else "_" + key.value.replace("-", "_")
+        suffix = "" if key == "all" else layout_suffix(key)
+        found_as_read = c["found"] if key == "all" else c["found_as_read"]
         metrics[f"EIR{suffix}"] = _ratio(c["exact"], c["true"])
-        metrics[f"plate_precision{suffix}"] = _ratio(c["found"], c["pred"])
+        metrics[f"plate_precision{suffix}"] = _ratio(found_as_read, c["predicted"])
         metrics[f"plate_recall{suffix}"] = _ratio(c["found"], c["true"])
+        metrics[f"char_accuracy{suffix}"] = _ratio(c["chars_right"], c["chars"])
         metrics[f"plates{suffix}"] = c["true"]
     metrics["confusion"] = confusion.tolist()
     metrics["outcomes"] = {outcome: n for outcome, n in outcomes.most_common() if n}
@@ -307,7 +371,8 @@ def _outcome(plate: Plate, exact: bool) -> str:
 def evaluate(gt: COCO, detections: dict[int, list[Detection]], plates: dict[int, list[Plate]]) -> dict:
     """Every metric for one split: COCO APs, dv_mAP and the plate metrics."""
     metrics = coco_aps(gt, detections)
-    metrics["mAP"] = metrics["segm_mAP"]
+    for suffix in ("", *map(layout_suffix, Layout)):
+        metrics[f"mAP{suffix}"] = metrics[f"segm_mAP{suffix}"]
     metrics.update(plate_metrics(gt, plates, detections))
     return metrics
 

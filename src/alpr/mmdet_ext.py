@@ -6,6 +6,7 @@ Imported by the training config (``custom_imports``), never by editing mmdet its
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -26,6 +27,7 @@ from mmdet.structures.mask import PolygonMasks, polygon_to_bitmap
 from mmdet.utils import reduce_mean
 from mmengine.evaluator import BaseMetric
 from mmengine.hooks import Hook
+from mmengine.runner import IterBasedTrainLoop
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from torch.nn.utils.rnn import pad_sequence
@@ -352,7 +354,7 @@ class PlateMetric(BaseMetric):
 
 @HOOKS.register_module()
 class AlprRunHook(Hook):
-    """Checks classes before training, stamps checkpoints, prints Katib lines, keeps best.pth."""
+    """Checks the model head before training, stamps checkpoints, prints Katib lines, keeps best.pth."""
 
     priority = "LOWEST"  # after CheckpointHook, so best_ckpt is already this validation's
 
@@ -360,13 +362,19 @@ class AlprRunHook(Hook):
         self.run_meta = json.loads(json.dumps(run_meta))  # plain dicts, not ConfigDicts, in checkpoints
 
     def before_train(self, runner) -> None:
-        classes = tuple(runner.train_dataloader.dataset.metainfo["classes"])
-        if classes != CLASSES:
-            raise AlprError(f"dataset classes {classes} differ from alpr's class order {CLASSES}")
+        # the dataset's classes are checked before the runner is built (alpr.train.check_dataset)
         model = runner.model.module if hasattr(runner.model, "module") else runner.model
         head = getattr(model, "bbox_head", None) or model.roi_head.bbox_head
         if head.num_classes != len(CLASSES):
             raise AlprError(f"model head predicts {head.num_classes} classes, the dataset has {len(CLASSES)}")
+
+    def before_train_epoch(self, runner) -> None:
+        # A resumed iteration-based loop next draws and drops every batch already trained, to reach
+        # the same place in the data: minutes of loading and augmenting for a long run. A fresh pass
+        # of random crops serves training as well, so those draws are made free.
+        loop = runner.train_loop
+        if isinstance(loop, IterBasedTrainLoop) and loop.iter:
+            loop.dataloader_iterator = itertools.chain(itertools.repeat(None, loop.iter), loop.dataloader_iterator)
 
     def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
         # mmengine logs GPU memory only; this puts the process's RAM on the same progress line.

@@ -9,7 +9,8 @@ All start from random weights unless ``load_from`` names a local checkpoint.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import math
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from alpr.errors import UsageError
@@ -30,13 +31,14 @@ class TrainSettings:
     epochs: int = 30
     iters: int | None = None  # when set, train by iterations instead of epochs
     minutes: float | None = None  # when set, train by iterations until this much time is spent (see TimeBudgetHook)
-    val_interval: int = 1  # epochs, or iterations when training by iterations
+    val_interval: int | None = None  # epochs, or iterations when by iterations; default: an epoch's worth
     batch_size: int = 8
     lr: float | None = None  # default: the model's own
     weight_decay: float = 0.05
     img_size: int | None = None  # default: the model's own
     crop_size: int | None = None  # square crops trained on, from images resized to img_size; default: img_size
     widen_factor: float | None = None  # rtmdet models
+    drop_rate: float = 0.0  # swin
     drop_path_rate: float = 0.2  # swin
     window_size: int = 7  # swin
     mlp_ratio: float = 4.0  # swin
@@ -52,12 +54,16 @@ class TrainSettings:
         if self.model not in MODELS:
             raise UsageError(f"--model {self.model!r}: expected one of {', '.join(MODELS)}")
         for name in ("epochs", "batch_size", "val_interval"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.iters is not None and self.iters < 1:
             raise UsageError(f"--iters must be at least 1, got {self.iters}")
         if self.minutes is not None and not self.minutes > 0:
             raise UsageError(f"--minutes must be more than 0, got {self.minutes}")
+
+    @property
+    def by_epoch(self) -> bool:
+        return self.iters is None and self.minutes is None
 
     @property
     def image_size(self) -> int:
@@ -121,8 +127,8 @@ def _mask_rcnn_swin(settings: TrainSettings, num_classes: int) -> dict:
                                std=[58.395, 57.12, 57.375], bgr_to_rgb=True, pad_mask=True, pad_size_divisor=32),
         backbone=dict(type="SwinTransformer", embed_dims=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24],
                       window_size=settings.window_size, mlp_ratio=settings.mlp_ratio, qkv_bias=True, qk_scale=None,
-                      drop_rate=0.0, attn_drop_rate=0.0, drop_path_rate=settings.drop_path_rate, patch_norm=True,
-                      out_indices=(0, 1, 2, 3), with_cp=False, convert_weights=False, init_cfg=None),
+                      drop_rate=settings.drop_rate, attn_drop_rate=0.0, drop_path_rate=settings.drop_path_rate,
+                      patch_norm=True, out_indices=(0, 1, 2, 3), with_cp=False, convert_weights=False, init_cfg=None),
         neck=dict(type="FPN", in_channels=[96, 192, 384, 768], out_channels=256, num_outs=5),
         rpn_head=dict(
             type="RPNHead", in_channels=256, feat_channels=256,
@@ -217,11 +223,21 @@ def _schedule(settings: TrainSettings, by_epoch: bool) -> list[dict]:
     ]
 
 
+def with_val_interval(settings: TrainSettings, train_images: int) -> TrainSettings:
+    """The settings with the validation interval made explicit: by default every epoch, or when
+    training by iterations, an epoch's worth of them (so a long run does not validate each one)."""
+    if settings.val_interval is not None:
+        return settings
+    return replace(settings, val_interval=1 if settings.by_epoch else math.ceil(train_images / settings.batch_size))
+
+
 def build_config(settings: TrainSettings, dataset_dir: Path, work_dir: Path, dataset: dict,
                  load_from: str | None = None, resume: bool = False) -> dict:
     """The complete mmengine config of a training run."""
     size = settings.image_size
-    by_epoch = settings.iters is None and settings.minutes is None
+    by_epoch = settings.by_epoch
+    if settings.val_interval is None:
+        raise ValueError("build_config needs the validation interval resolved: see with_val_interval")
     train_loop = (dict(type="EpochBasedTrainLoop", max_epochs=settings.epochs, val_interval=settings.val_interval)
                   if by_epoch else
                   dict(type="IterBasedTrainLoop", max_iters=settings.iters or UNTIL_TIME_IS_UP,

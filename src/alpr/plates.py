@@ -48,6 +48,12 @@ class Layout(str, Enum):
         return f"{self.prefix}_m_n"
 
 
+def check_classes(checkpoint, classes) -> None:
+    """A checkpoint's stored class list must be this alpr's: class ids index into CLASSES."""
+    if tuple(classes) != CLASSES:
+        raise AlprError(f"{checkpoint}: trained for the classes {list(classes)}, not this alpr's {list(CLASSES)}")
+
+
 BOARD_LABELS = {layout.board_label: layout for layout in Layout}
 SUB_LABELS = {layout.sub_label: layout for layout in Layout}
 MAIN_LABELS = {layout.main_label: layout for layout in Layout}

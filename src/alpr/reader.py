@@ -10,6 +10,7 @@ from typing import Union
 import numpy as np
 
 from alpr.errors import AlprError, UsageError
+from alpr.plates import check_classes
 from alpr.postprocess import Detection, Plate, ReadOptions, read_plates
 
 Image = Union[str, Path, np.ndarray]
@@ -74,6 +75,7 @@ class PlateReader:
         meta = torch.load(path, map_location="cpu", weights_only=False).get("meta", {})
         if "cfg" not in meta or "alpr" not in meta:
             raise AlprError(f"{path}: not an alpr checkpoint (no training config or class list in its meta)")
+        check_classes(path, meta["alpr"].get("classes", ()))
         import alpr.mmdet_ext  # noqa: F401  (registers alpr's modules)
         from mmdet.apis import init_detector
 

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from alpr.errors import AlprError, UsageError
-from alpr.model import TrainSettings, build_config
-from alpr.plates import CLASSES
+from alpr.model import TrainSettings, build_config, with_val_interval
+from alpr.plates import CLASSES, check_classes
 from alpr.record import check_name
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -45,10 +45,10 @@ def check_dataset(folder: Path) -> dict:
         document = json.loads(path.read_text())
         if split in ("train", "val") and not document.get("images"):
             raise UsageError(f"{path}: the {split} split has no images; record more images or change --split")
-        categories = document.get("categories", [])
-        names = tuple(c["name"] for c in sorted(categories, key=lambda c: c["id"]))
-        if names != CLASSES:
-            raise UsageError(f"{path}: categories {list(names)} do not match alpr's classes in order "
+        categories = sorted(document.get("categories", []), key=lambda c: c["id"])
+        found = [(c["id"], c["name"]) for c in categories]
+        if found != list(enumerate(CLASSES, start=1)):  # the metrics take category id N for CLASSES[N - 1]
+            raise UsageError(f"{path}: categories {found} are not alpr's classes with ids 1 to {len(CLASSES)} "
                              f"{list(CLASSES)}; re-record the dataset with this alpr version")
     return json.loads((folder / "manifest.json").read_text())
 
@@ -63,9 +63,26 @@ def checkpoint_meta(path: Path) -> dict:
 
 
 def check_start_checkpoint(path: Path) -> None:
-    classes = checkpoint_meta(path).get("alpr", {}).get("classes")
-    if classes is not None and tuple(classes) != CLASSES:
-        raise UsageError(f"{path}: trained for classes {classes}, not alpr's {list(CLASSES)}")
+    check_classes(path, checkpoint_meta(path).get("alpr", {}).get("classes", CLASSES))
+
+
+# What a resumed run may change: how long it trains, how often it validates, and how it loads and logs.
+RESUMABLE_CHANGES = {"epochs", "iters", "minutes", "val_interval", "num_workers", "log_interval"}
+
+
+def check_resumable(work: Path, settings: TrainSettings, dataset: dict) -> None:
+    """A run resumes with the model, data and optimization it was started with, or not at all: mmengine
+    would load mismatched weights leniently and train on silently."""
+    last = Path((work / "last_checkpoint").read_text().strip())
+    stored = checkpoint_meta(last).get("alpr", {})
+    named = ("name", "version")
+    before = {**stored.get("settings", {}), "dataset": {k: stored.get("dataset", {}).get(k) for k in named}}
+    now = {**settings.to_dict(), "dataset": {k: dataset[k] for k in named}}
+    changed = [f"{key} {before[key]!r} -> {now[key]!r}" for key in now
+               if key not in RESUMABLE_CHANGES and key in before and before[key] != now[key]]
+    if changed:
+        raise UsageError(f"{work}: this run was started with other settings ({'; '.join(changed)}); resume it "
+                         f"with its own, or start a new run with another --run-id")
 
 
 def select_device(device: str, amp: bool = False) -> str:
@@ -87,23 +104,31 @@ def select_device(device: str, amp: bool = False) -> str:
 
 def train(options: TrainOptions) -> Path:
     """Trains (or resumes) runs/RUN/train; returns the path of best.pth."""
+    from alpr.metrics import metric_names
+
     check_name("run id", options.run_id)
+    if options.settings.best_metric not in metric_names():
+        raise UsageError(f"--best-metric {options.settings.best_metric!r}: not a metric; choose from "
+                         f"{', '.join(metric_names())}")
     data = dataset_dir(options.workdir.resolve(), options.dataset, options.version)
     manifest = check_dataset(data)
-    device = select_device(options.device, options.settings.amp)
+    settings = with_val_interval(options.settings, manifest["counts"]["train"]["images"])
+    device = select_device(options.device, settings.amp)
     work = train_dir(options.workdir.resolve(), options.run_id)
     work.mkdir(parents=True, exist_ok=True)
+    dataset = {"name": options.dataset, "version": options.version, "content_sha256": manifest["content_sha256"],
+               "tag": manifest.get("dataset_tag")}
     resume = (work / "last_checkpoint").is_file()
-    if options.load_from and not resume:
+    if resume:
+        check_resumable(work, settings, dataset)
+    elif options.load_from:
         check_start_checkpoint(options.load_from)
     from mmengine.config import Config
     from mmengine.runner import Runner
 
     import alpr.mmdet_ext  # noqa: F401  (registers PlateMetric and AlprRunHook)
 
-    dataset = {"name": options.dataset, "version": options.version, "content_sha256": manifest["content_sha256"],
-               "tag": manifest.get("dataset_tag")}
-    config = build_config(options.settings, data, work, dataset,
+    config = build_config(settings, data, work, dataset,
                           load_from=None if resume else (str(options.load_from) if options.load_from else None),
                           resume=resume)
     config["alpr"] = {"device": device, "run_id": options.run_id}

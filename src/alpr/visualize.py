@@ -24,7 +24,7 @@ class TestOptions:
     run_id: str
     images: Path | None = None  # default: the dataset's test split
     device: str = "auto"
-    checkpoint: Path | None = None  # default: runs/RUN/train/best.pth
+    checkpoint: Path | None = None  # default: the one evaluate picked, else runs/RUN/train/best.pth
 
 
 def prediction_line(image: str, plates: list[Plate]) -> str:
@@ -74,16 +74,31 @@ def default_images(workdir: Path, dataset: dict) -> list[Path]:
     return [folder / "images" / image["file_name"] for image in split["images"]]
 
 
+def best_checkpoint(workdir: Path, run_id: str) -> Path:
+    """The checkpoint the evaluate step picked, where it has run, else the training's best.pth."""
+    from alpr.train import train_dir
+
+    train, report = train_dir(workdir, run_id), workdir / "runs" / run_id / "eval" / "metrics.json"
+    picked = train / Path(json.loads(report.read_text())["best_checkpoint"]).name if report.is_file() else None
+    return picked if picked and picked.is_file() else train / "best.pth"
+
+
+def picture_name(image: Path, root: Path | None) -> str:
+    """One picture per image, named after its path under the folder: a.jpg and sub/a.jpg stay apart."""
+    relative = image.relative_to(root) if root else Path(image.name)
+    return "__".join(relative.with_suffix(".jpg").parts)
+
+
 def test_run(options: TestOptions, progress: bool = True) -> Path:
     """Writes runs/RUN/test/predictions.jsonl and one annotated picture per image; returns the folder."""
     from rich.progress import Progress
 
     from alpr.postprocess import read_plates
     from alpr.reader import PlateReader, load_image
-    from alpr.train import checkpoint_meta, train_dir
+    from alpr.train import checkpoint_meta
 
     workdir = options.workdir.resolve()
-    checkpoint = options.checkpoint or train_dir(workdir, options.run_id) / "best.pth"
+    checkpoint = options.checkpoint or best_checkpoint(workdir, options.run_id)
     if not checkpoint.is_file():
         raise UsageError(f"{checkpoint}: no best checkpoint; train (and evaluate) run {options.run_id} first")
     if options.images is not None:
@@ -97,6 +112,8 @@ def test_run(options: TestOptions, progress: bool = True) -> Path:
     reader = PlateReader.from_checkpoint(checkpoint, options.device)
     out = workdir / "runs" / options.run_id / "test"
     (out / "images").mkdir(parents=True, exist_ok=True)
+    for stale in (out / "images").glob("*.jpg"):  # an earlier test's pictures, maybe of other images
+        stale.unlink()
     partial = out / ".predictions.jsonl.partial"
     with partial.open("w") as lines, Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task("test", total=len(images))
@@ -106,7 +123,7 @@ def test_run(options: TestOptions, progress: bool = True) -> Path:
             for path, array, dets in zip(batch, arrays, reader.detect(arrays)):
                 plates = read_plates(dets, reader.options)
                 lines.write(prediction_line(str(path), plates) + "\n")
-                cv2.imwrite(str(out / "images" / f"{path.stem}.jpg"), draw(array, dets, plates))
+                cv2.imwrite(str(out / "images" / picture_name(path, options.images)), draw(array, dets, plates))
             bar.advance(task, len(batch))
     partial.replace(out / "predictions.jsonl")
     return out
