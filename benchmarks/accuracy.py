@@ -1,7 +1,7 @@
 """EIR on a freshly synthesized test set (a seed never trained on) after a fixed training time.
 
     python benchmarks/accuracy.py [--minutes 30] [--model rtmdet-ins-tiny] [--train-images 1000]
-        [--test-images 300] [--img-size 640] [--crop-size N] [--batch-size 8] [--checkpoint-iters N]
+        [--test-images 300] [--img-size N] [--crop-size N] [--batch-size 8] [--checkpoint-iters N]
         [--device auto] [--workers 2] [--amp] [--lr LR] [--iters N] [--warmup-iters N] [--train-log FILE]
         [--save-checkpoint PATH]
 
@@ -22,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from alpr.model import TrainSettings
 from alpr.record import RecordOptions, record
 from alpr.synth import generate
 
@@ -44,8 +45,9 @@ def train_for(work: Path, args: argparse.Namespace) -> tuple[Path, float]:
     command = [sys.executable, str(ROOT / "steps/train.py"), "--workdir", str(work), "--dataset", "train",
                "--version", "1", "--model", args.model, "--run-id", "accuracy", "--minutes", str(args.minutes),
                "--val-interval", str(args.checkpoint_iters or 2**31 - 1), "--batch-size", str(args.batch_size),
-               "--img-size", str(args.img_size), "--device", args.device, "--workers", str(args.workers)]
+               "--device", args.device, "--workers", str(args.workers)]
     command += ["--amp"] * args.amp + (["--lr", str(args.lr)] if args.lr else [])
+    command += ["--img-size", str(args.img_size)] if args.img_size else []
     command += ["--crop-size", str(args.crop_size)] if args.crop_size else []
     command += ["--iters", str(args.iters)] if args.iters else []
     command += ["--warmup-iters", str(args.warmup_iters)] if args.warmup_iters is not None else []
@@ -71,8 +73,8 @@ def main() -> None:
     parser.add_argument("--model", default="rtmdet-ins-tiny")
     parser.add_argument("--train-images", type=int, default=1000)
     parser.add_argument("--test-images", type=int, default=300)
-    parser.add_argument("--img-size", type=int, default=640)
-    parser.add_argument("--crop-size", type=int, default=None, help="training crops (default: --img-size)")
+    parser.add_argument("--img-size", type=int, default=None, help="size images are resized to (default: the model's)")
+    parser.add_argument("--crop-size", type=int, default=None, help="training crops (default: the model's)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--checkpoint-iters", type=int, default=None,
                         help="validate and checkpoint every N iterations too (default: at the end only)")
@@ -103,8 +105,9 @@ def main() -> None:
         reader = PlateReader.from_checkpoint(checkpoint, args.device)
         gt, detections, plates = predict_split(reader, work / "datasets/fresh/1", "test", progress=False)
         metrics = evaluate(gt, detections, plates)
-        crops = f" ({args.crop_size} px crops)" if args.crop_size else ""
-        print(f"{args.model}: trained {spent / 60:.1f} min on {args.train_images} images at {args.img_size} px{crops}, "
+        sizes = TrainSettings(model=args.model, img_size=args.img_size, crop_size=args.crop_size)
+        print(f"{args.model}: trained {spent / 60:.1f} min on {args.train_images} images at {sizes.image_size} px "
+              f"({sizes.train_crop_size} px crops), "
               f"{checkpoint.stem}, scored on {args.test_images} fresh images (seed {TEST_SEED})")
         print(f"ground_truth_plates={metrics['plates']}")
         for key in ("mAP", "dv_mAP", "EIR", "EIR_one_row", "EIR_two_row", "char_accuracy"):

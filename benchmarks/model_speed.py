@@ -17,6 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from alpr.model import TrainSettings
 from alpr.record import RecordOptions, record
 from alpr.synth import SynthOptions, generate
 
@@ -43,8 +44,8 @@ def train_bench_model(folder: Path, model: str, iters: int, batch_size: int, dev
 
 
 def _sizes(args: argparse.Namespace) -> str:
-    resized = f"resized to {args.img_size}" if args.img_size else "resized to the model's size"
-    return resized + (f", {args.crop_size} px crops" if args.crop_size else "")
+    sizes = TrainSettings(model=args.model, img_size=args.img_size, crop_size=args.crop_size)
+    return f"resized to {sizes.image_size}, {sizes.train_crop_size} px crops"
 
 
 def main() -> None:
@@ -60,7 +61,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=64,
                         help="training images; an epoch must hold a batch for every worker, or loading limits the pace")
     parser.add_argument("--img-size", type=int, default=None, help="size images are resized to (default: the model's)")
-    parser.add_argument("--crop-size", type=int, default=None, help="training crops (default: --img-size)")
+    parser.add_argument("--crop-size", type=int, default=None, help="training crops (default: the model's)")
     args = parser.parse_args()
     extra = ("--workers", str(args.workers), *["--amp"] * args.amp,
              *(["--img-size", str(args.img_size)] if args.img_size else []),

@@ -33,9 +33,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=float, default=None, help="learning rate (default: the model's own)")
     parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay, help="AdamW weight decay")
     parser.add_argument("--img-size", type=int, default=None,
-                        help="size images are resized to (longest side), in training and test")
+                        help="size images are resized to (longest side), in training and test "
+                             "(default: the model's: 1280 for rtmdet-ins-tiny)")
     parser.add_argument("--crop-size", type=int, default=None,
-                        help="train on square crops of this size from the resized images (default: --img-size)")
+                        help="train on square crops of this size from the resized images (default: the model's: "
+                             "448 for rtmdet-ins-tiny, or --img-size where that is smaller)")
     parser.add_argument("--widen-factor", type=float, default=None, help="RTMDet width multiplier")
     parser.add_argument("--drop-rate", type=float, default=defaults.drop_rate, help="Swin dropout")
     parser.add_argument("--drop-path-rate", type=float, default=defaults.drop_path_rate, help="Swin drop path")

@@ -25,7 +25,7 @@ with WorkflowTemplate(
         Parameter(name="epochs", value="30", description="training epochs"),
         Parameter(name="batch-size", value="8", description="images per batch"),
         Parameter(name="lr", value="0.001", description="learning rate"),
-        Parameter(name="img-size", value="640", description="training and test image size"),
+        Parameter(name="img-size", value="1280", description="image size (longest side) for training and test"),
         Parameter(name="deploy", value="false",
                   description="true: point the InferenceService at this run's best model in the store"),
         Parameter(name="inference-service", value="alpr", description="InferenceService the deploy step updates"),

@@ -19,10 +19,11 @@ with WorkflowTemplate(
         Parameter(name="model", value="rtmdet-ins-tiny", description="rtmdet-ins-tiny, mask-rcnn-swin-t or smoke"),
         Parameter(name="epochs", value="30", description="training epochs"),
         Parameter(name="batch-size", value="8", description="images per batch"),
-        Parameter(name="img-size", value="640", description="training and test image size"),
+        Parameter(name="img-size", value="1280", description="image size (longest side) for training and test"),
         Parameter(name="lr", value="0.001", description="learning rate"),
         Parameter(name="weight-decay", value="0.05", description="AdamW weight decay"),
         Parameter(name="widen-factor", value="0.375", description="RTMDet width multiplier"),
+        Parameter(name="drop-rate", value="0", description="Swin dropout rate"),
         Parameter(name="drop-path-rate", value="0.2", description="Swin drop path rate"),
         Parameter(name="window-size", value="7", description="Swin window size"),
         Parameter(name="mlp-ratio", value="4", description="Swin MLP ratio"),
@@ -36,8 +37,8 @@ with WorkflowTemplate(
                            "--model", param("model"), "--run-id", RUN_ID, "--epochs", param("epochs"),
                            "--batch-size", param("batch-size"), "--img-size", param("img-size"), "--lr", param("lr"),
                            "--weight-decay", param("weight-decay"), "--widen-factor", param("widen-factor"),
-                           "--drop-path-rate", param("drop-path-rate"), "--window-size", param("window-size"),
-                           "--mlp-ratio", param("mlp-ratio")], gpu=True, retries=3, memory="8Gi",
+                           "--drop-rate", param("drop-rate"), "--drop-path-rate", param("drop-path-rate"),
+                           "--window-size", param("window-size"), "--mlp-ratio", param("mlp-ratio")], gpu=True, retries=3, memory="8Gi",
                  labels=KATIB_LABEL)
     evaluate = step("evaluate", [*workdir, "--run-id", RUN_ID, "--db-url", param("db-url"),
                                  "--store", param("store")], gpu=True, outputs=metric_outputs())
