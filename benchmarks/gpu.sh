@@ -9,15 +9,16 @@
 # scores EIR on an unseen seed (accuracy.py), times scoring (score_speed.py), then serves that
 # model (serve_speed.py). Besides TRAIN_MINUTES, the rest takes about 4 minutes.
 # Images are resized to IMG_SIZE (1280: full detail for small plates) and trained on CROP_SIZE
-# crops, BATCH at a time (128: a tiny model's step costs the host about the same at any batch
-# size, so large batches keep the GPU busy; half that if it does not fit) at learning rate LR.
+# crops (448: rtmdet-ins-tiny's default), BATCH at a time (256: a tiny model's step costs the host
+# about the same at any batch size, so large batches keep the GPU busy; half that if it does not
+# fit) at learning rate LR (RTMDet's own 0.004 for 256 images a step, with the square root of the batch).
 # Each figure is printed and saved in OUTPUT_DIR; a failing stage does not stop the later ones.
 set -uo pipefail
 minutes=${1:-4}
 out=${2:-gpu-results}
 size=${IMG_SIZE:-1280}
-crop=${CROP_SIZE:-640}
-batch=${BATCH:-128}
+crop=${CROP_SIZE:-448}
+batch=${BATCH:-256}
 workers=$(( $(nproc) > 2 ? $(nproc) - 2 : 1 ))
 here=$(dirname "$0")
 mkdir -p "$out"
@@ -61,8 +62,8 @@ if ! measured && grep -q "out of memory" "$out/model_speed.txt"; then
     echo "out of GPU memory: again at batch $batch"
 fi
 measured || measure_speed plain  # out of memory, or py-spy could not run
-# the learning rate with the square root of the batch, from 0.004 at 128, unless LR is given
-lr=${LR:-$(python3 -c "print(round(0.004 * ($batch / 128) ** 0.5, 5))")}
+# the learning rate with the square root of the batch, from 0.004 at 256, unless LR is given
+lr=${LR:-$(python3 -c "print(round(0.004 * ($batch / 256) ** 0.5, 5))")}
 
 # The training step's own time budget: its cosine schedule follows the time spent, and it validates
 # and checkpoints once, at the end. Its warm-up: 100 iterations or a tenth of the time, if sooner.
