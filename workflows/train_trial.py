@@ -38,8 +38,8 @@ with WorkflowTemplate(
                            "--batch-size", param("batch-size"), "--img-size", param("img-size"), "--lr", param("lr"),
                            "--weight-decay", param("weight-decay"), "--widen-factor", param("widen-factor"),
                            "--drop-rate", param("drop-rate"), "--drop-path-rate", param("drop-path-rate"),
-                           "--window-size", param("window-size"), "--mlp-ratio", param("mlp-ratio")], gpu=True, retries=3, memory="8Gi",
-                 labels=KATIB_LABEL)
+                           "--window-size", param("window-size"), "--mlp-ratio", param("mlp-ratio")],
+                 gpu=True, retries=3, memory="8Gi", labels=KATIB_LABEL)
     evaluate = step("evaluate", [*workdir, "--run-id", RUN_ID, "--db-url", param("db-url"),
                                  "--store", param("store")], gpu=True, outputs=metric_outputs())
     with DAG(name="trial"):

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from alpr.errors import UsageError
-from alpr.metrics import KEY_METRICS, evaluate, layout_suffix, metric_names, plate_pr_curve
+from alpr.metrics import KEY_METRICS, check_metric, evaluate, layout_suffix, plate_pr_curve
 from alpr.plates import CHARACTER_CLASSES, Layout
 from alpr.postprocess import Detection, Plate, read_plates
 
@@ -138,8 +138,7 @@ def evaluate_run(options: EvaluateOptions, progress: bool = True) -> dict:
     from alpr.train import checkpoint_meta, train_dir
 
     check_name("run id", options.run_id)
-    if options.key_metric not in metric_names():
-        raise UsageError(f"--metric {options.key_metric!r}: not a metric; choose from {', '.join(metric_names())}")
+    check_metric("--metric", options.key_metric)
     workdir = options.workdir.resolve()
     train = train_dir(workdir, options.run_id)
     meta = checkpoint_meta(checkpoints(train)[-1]).get("alpr", {})

@@ -29,6 +29,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from alpr.errors import UsageError
 from alpr.plates import (BOARD_LABELS, CHARACTER_CLASSES, CLASSES, MAIN_LABELS, SUB_LABELS, Layout, PlateFormatError,
                          parse_plate)
 from alpr.postprocess import Detection, Plate, box_iou, read_board
@@ -217,10 +218,17 @@ def gt_layouts(gt: COCO) -> dict[int, Layout | None]:
 AP_METRICS = ("bbox_mAP", "segm_mAP", "dv_mAP")
 
 
+def layout_suffix(layout: Layout) -> str:
+    return "_" + layout.value.replace("-", "_")
+
+
+SUFFIXES = ("", *map(layout_suffix, Layout))  # a metric overall, then per layout
+
+
 def coco_aps(gt: COCO, detections: dict[int, list[Detection]]) -> dict[str, float]:
     """bbox_mAP, segm_mAP and dv_mAP, overall and per layout (``dv_mAP_one_row``, ...)."""
     results = coco_results(gt, detections)
-    scores = {f"{key}{suffix}": 0.0 for key in AP_METRICS for suffix in ("", *map(layout_suffix, Layout))}
+    scores = {f"{key}{suffix}": 0.0 for key in AP_METRICS for suffix in SUFFIXES}
     if not results:
         return scores
     with contextlib.redirect_stdout(io.StringIO()):
@@ -291,16 +299,17 @@ def _ratio(a: int, b: int) -> float:
     return a / b if b else 0.0
 
 
-def layout_suffix(layout: Layout) -> str:
-    return "_" + layout.value.replace("-", "_")
-
-
 PER_LAYOUT = (*AP_METRICS, "mAP", "EIR", "plate_precision", "plate_recall", "char_accuracy", "plates")
 
 
 def metric_names() -> tuple[str, ...]:
     """The names of every number :func:`evaluate` returns (what ``--best-metric`` may name)."""
-    return tuple(f"{name}{suffix}" for name in PER_LAYOUT for suffix in ("", *map(layout_suffix, Layout)))
+    return tuple(f"{name}{suffix}" for name in PER_LAYOUT for suffix in SUFFIXES)
+
+
+def check_metric(flag: str, name: str) -> None:
+    if name not in metric_names():
+        raise UsageError(f"{flag} {name!r}: not a metric; choose from {', '.join(metric_names())}")
 
 
 def _layout_at(truth: list[TruePlate], box) -> Layout | None:
@@ -333,7 +342,7 @@ def plate_metrics(gt: COCO, plates: dict[int, list[Plate]], detections: dict[int
             outcomes[_outcome(predicted[i], exact)] += 1
             tally(truth[j].layout, "found")  # recall: by the true layout
             tally(truth[j].layout, "exact", exact)
-            counts[Layout(predicted[i].layout)]["found_as_read"] += 1  # precision: by the layout read
+            tally(Layout(predicted[i].layout), "found_as_read")  # precision: by the layout read
         true_chars = [a for a in gt.imgToAnns.get(image_id, []) if CLASSES[a["category_id"] - 1] in CHARACTER_CLASSES]
         pred_chars = sorted((d for d in detections.get(image_id, []) if d.label in CHARACTER_CLASSES),
                             key=lambda d: -d.score)
@@ -349,9 +358,8 @@ def plate_metrics(gt: COCO, plates: dict[int, list[Plate]], detections: dict[int
     metrics = {}
     for key, c in counts.items():
         suffix = "" if key == "all" else layout_suffix(key)
-        found_as_read = c["found"] if key == "all" else c["found_as_read"]
         metrics[f"EIR{suffix}"] = _ratio(c["exact"], c["true"])
-        metrics[f"plate_precision{suffix}"] = _ratio(found_as_read, c["predicted"])
+        metrics[f"plate_precision{suffix}"] = _ratio(c["found_as_read"], c["predicted"])
         metrics[f"plate_recall{suffix}"] = _ratio(c["found"], c["true"])
         metrics[f"char_accuracy{suffix}"] = _ratio(c["chars_right"], c["chars"])
         metrics[f"plates{suffix}"] = c["true"]
@@ -371,7 +379,7 @@ def _outcome(plate: Plate, exact: bool) -> str:
 def evaluate(gt: COCO, detections: dict[int, list[Detection]], plates: dict[int, list[Plate]]) -> dict:
     """Every metric for one split: COCO APs, dv_mAP and the plate metrics."""
     metrics = coco_aps(gt, detections)
-    for suffix in ("", *map(layout_suffix, Layout)):
+    for suffix in SUFFIXES:
         metrics[f"mAP{suffix}"] = metrics[f"segm_mAP{suffix}"]
     metrics.update(plate_metrics(gt, plates, detections))
     return metrics

@@ -21,6 +21,10 @@ PAD_VALUE = (114, 114, 114)
 WARMUP_START = 1e-3  # the warm-up's first learning rate, as a fraction of the peak
 MIN_LR_RATIO = 0.05  # where the cosine schedule ends, as a fraction of the peak
 UNTIL_TIME_IS_UP = 2**31 - 1  # the iteration limit of a run trained by --minutes alone
+# Each model's image size and training crop. rtmdet-ins-tiny reads full-HD detail but trains on
+# 448 px crops: trained so for 30 CPU minutes, it read 16 % of fresh plates, and none when trained
+# on whole images padded to 640 px squares (benchmarks/RESULTS.md).
+MODEL_SIZES = {"smoke": (320, 320), "rtmdet-ins-tiny": (1280, 448), "mask-rcnn-swin-t": (800, 800)}
 
 
 @dataclass(frozen=True)
@@ -67,15 +71,11 @@ class TrainSettings:
 
     @property
     def image_size(self) -> int:
-        return self.img_size or {"smoke": 320, "rtmdet-ins-tiny": 1280, "mask-rcnn-swin-t": 800}[self.model]
+        return self.img_size or MODEL_SIZES[self.model][0]
 
     @property
     def train_crop_size(self) -> int:
-        # rtmdet-ins-tiny reads full-HD detail but trains on 448 px crops: trained so for 30 CPU minutes,
-        # it read 16 % of fresh plates, and none when trained on whole images padded to 640 px squares
-        # (benchmarks/RESULTS.md). A crop is never larger than the image.
-        model_crop = {"smoke": 320, "rtmdet-ins-tiny": 448, "mask-rcnn-swin-t": 800}[self.model]
-        return self.crop_size or min(self.image_size, model_crop)
+        return self.crop_size or min(self.image_size, MODEL_SIZES[self.model][1])  # never larger than the image
 
     @property
     def learning_rate(self) -> float:

@@ -104,12 +104,10 @@ def select_device(device: str, amp: bool = False) -> str:
 
 def train(options: TrainOptions) -> Path:
     """Trains (or resumes) runs/RUN/train; returns the path of best.pth."""
-    from alpr.metrics import metric_names
+    from alpr.metrics import check_metric
 
     check_name("run id", options.run_id)
-    if options.settings.best_metric not in metric_names():
-        raise UsageError(f"--best-metric {options.settings.best_metric!r}: not a metric; choose from "
-                         f"{', '.join(metric_names())}")
+    check_metric("--best-metric", options.settings.best_metric)
     data = dataset_dir(options.workdir.resolve(), options.dataset, options.version)
     manifest = check_dataset(data)
     settings = with_val_interval(options.settings, manifest["counts"]["train"]["images"])
