@@ -4,11 +4,13 @@
         [--test-images 300] [--img-size N] [--crop-size N] [--batch-size 8] [--checkpoint-iters N]
         [--device auto] [--workers 2] [--amp] [--lr LR] [--iters N] [--warmup-iters N] [--train-log FILE]
         [--save-checkpoint PATH]
+    python benchmarks/accuracy.py --checkpoint PATH [--test-images 300] [--device auto]
 
 Synthesizes and records a training set (seed 0) and a test set (seed 1000, every image in the
 test split), trains for --minutes (the training step's own time budget: its cosine learning-rate
 schedule follows the time, and its last iteration is checkpointed), and scores the last checkpoint
-on the test set. Prints the figures as name=value lines; the target is EIR >= 0.99 on >= 500 plates.
+on the test set. With --checkpoint, scores that checkpoint (one trained elsewhere, say) and trains
+nothing. Prints the figures as name=value lines; the target is EIR >= 0.99 on >= 500 plates.
 """
 
 import argparse
@@ -86,6 +88,7 @@ def main() -> None:
     parser.add_argument("--warmup-iters", type=int, default=None, help="linear warm-up (default: the training step's)")
     parser.add_argument("--save-checkpoint", type=Path, default=None, help="copy the scored checkpoint here")
     parser.add_argument("--train-log", type=Path, default=None, help="file for the training step's output")
+    parser.add_argument("--checkpoint", type=Path, default=None, help="score this checkpoint; train nothing")
     args = parser.parse_args()
 
     from alpr import PlateReader
@@ -95,20 +98,25 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder) / "work"
         val = min(0.5, VAL_IMAGES / args.train_images)
-        for name, count, seed, fractions in (("train", args.train_images, 0, (1 - val, val, 0.0)),
-                                             ("fresh", args.test_images, TEST_SEED, (0.0, 0.0, 1.0))):
+        sets = [("fresh", args.test_images, TEST_SEED, (0.0, 0.0, 1.0))]
+        if not args.checkpoint:
+            sets.append(("train", args.train_images, 0, (1 - val, val, 0.0)))
+        for name, count, seed, fractions in sets:
             generate(Path(folder) / name, count, seed=seed, progress=False)
             record(RecordOptions(Path(folder) / name, work, name, "1", fractions=fractions, dvc=False))
-        checkpoint, spent = train_for(work, args)
+        if args.checkpoint:
+            checkpoint, trained = args.checkpoint, f"given {args.checkpoint}"
+        else:
+            checkpoint, spent = train_for(work, args)
+            sizes = TrainSettings(model=args.model, img_size=args.img_size, crop_size=args.crop_size)
+            trained = (f"{args.model}: trained {spent / 60:.1f} min on {args.train_images} images "
+                       f"at {sizes.image_size} px ({sizes.train_crop_size} px crops)")
         if args.save_checkpoint:
             shutil.copyfile(checkpoint, args.save_checkpoint)
         reader = PlateReader.from_checkpoint(checkpoint, args.device)
         gt, detections, plates = predict_split(reader, work / "datasets/fresh/1", "test", progress=False)
         metrics = evaluate(gt, detections, plates)
-        sizes = TrainSettings(model=args.model, img_size=args.img_size, crop_size=args.crop_size)
-        print(f"{args.model}: trained {spent / 60:.1f} min on {args.train_images} images at {sizes.image_size} px "
-              f"({sizes.train_crop_size} px crops), "
-              f"{checkpoint.stem}, scored on {args.test_images} fresh images (seed {TEST_SEED})")
+        print(f"{trained} ({checkpoint.stem}), scored on {args.test_images} fresh images (seed {TEST_SEED})")
         print(f"ground_truth_plates={metrics['plates']}")
         for key in ("mAP", "dv_mAP", "EIR", "EIR_one_row", "EIR_two_row", "char_accuracy"):
             print(f"{key}={metrics[key]:.4f}")
