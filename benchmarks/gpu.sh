@@ -4,14 +4,15 @@
 #     bash benchmarks/gpu.sh [TRAIN_MINUTES] [OUTPUT_DIR]
 #
 # Needs the alpr dependencies with mmcv built with CUDA ops (RESULTS.md says how it was built).
-# Checks the CUDA ops first, then times training and inference (model_speed.py, profiled by py-spy
-# where it is installed), trains for TRAIN_MINUTES on fresh synthetic data and
-# scores EIR on an unseen seed (accuracy.py), times scoring (score_speed.py), then serves that
-# model (serve_speed.py). Besides TRAIN_MINUTES, the rest takes about 4 minutes.
+# Checks the CUDA ops first, times the data loader (loader_speed.py), training and inference
+# (model_speed.py, profiled by py-spy with PROFILE=1), trains for TRAIN_MINUTES on fresh synthetic
+# data and scores EIR on an unseen seed (accuracy.py), times scoring (score_speed.py), then serves
+# that model (serve_speed.py). Besides TRAIN_MINUTES, the rest takes about 6 minutes, 2.5 of them
+# the speeds: TRAIN_MINUTES=0 measures only the speeds, SPEED=0 only trains and scores (about
+# 3.5 minutes besides the training), so that one 10-minute call can train for 6.
 # Images are resized to IMG_SIZE (1280: full detail for small plates) and trained on CROP_SIZE
-# crops (448: rtmdet-ins-tiny's default), BATCH at a time (256: a tiny model's step costs the host
-# about the same at any batch size, so large batches keep the GPU busy; half that if it does not
-# fit) at learning rate LR (RTMDet's own 0.004 for 256 images a step, with the square root of the batch).
+# crops (448: rtmdet-ins-tiny's default), BATCH at a time (256; half that if it does not fit) at
+# learning rate LR (RTMDet's own 0.004 for 256 images a step, with the square root of the batch).
 # Each figure is printed and saved in OUTPUT_DIR; a failing stage does not stop the later ones.
 set -uo pipefail
 minutes=${1:-4}
@@ -40,37 +41,46 @@ assert torch.allclose(cpu, gpu.cpu()), "mmcv CUDA NMS differs from the CPU"
 print(f"torch {torch.__version__} on {torch.cuda.get_device_name()}: mmcv CUDA ops work ({len(cpu)} boxes kept)")
 PY
 
-# A batch per loader worker, so that loading does not set the pace. Where py-spy is installed
-# (a wheel travels in .whl), it samples every process of this run: where the training process's
-# time goes is then printed from its samples, and the samples are kept.
-measure_speed() {  # $1: "profiled" to run under py-spy where it is installed
-    local speed=(python3 "$here/model_speed.py" --device cuda --batch-size $batch --workers $workers --amp
-                 --iters 20 --runs 20 --images $(( batch * workers )) --img-size "$size" --crop-size "$crop"
-                 --batch 1 16)
-    if [ "$1" = profiled ] && command -v py-spy > /dev/null; then
-        py-spy record --subprocesses --idle --rate 100 --format raw -o "$out/train_profile.txt" -- "${speed[@]}" \
+# The most a training run can reach: images/s through its data loader (about 30 s). On the third
+# lease, training waited half of each step for its batch while the GPU idled.
+speed=${SPEED:-1}
+[ "$speed" = 1 ] && python3 "$here/loader_speed.py" --batch-size $batch --workers $workers --batches 4 --img-size "$size" \
+    --crop-size "$crop" 2>&1 | tee "$out/loader_speed.txt"
+
+# PROFILE=1 runs the speed measurement under py-spy (its wheel travels in .whl) and prints where
+# the training process's time goes. py-spy samples without pausing the processes (--nonblocking):
+# the third lease's pausing, 100 times a second in 15 processes, stretched a minute into seven.
+measure_speed() {  # $1: "profiled" to run under py-spy
+    local timing=(python3 "$here/model_speed.py" --device cuda --batch-size $batch --workers $workers --amp
+                 --iters 20 --runs 20 --images 1024 --img-size "$size" --crop-size "$crop" --batch 1 16)
+    if [ "${1:-}" = profiled ]; then
+        py-spy record --nonblocking --subprocesses --rate 50 --format raw -o "$out/train_profile.txt" -- "${timing[@]}" \
             2>&1 | tee "$out/model_speed.txt"
         python3 "$here/profile_summary.py" "$out/train_profile.txt" --top 30
     else
-        "${speed[@]}" 2>&1 | tee "$out/model_speed.txt"
+        "${timing[@]}" 2>&1 | tee "$out/model_speed.txt"
     fi
 }
 measured() { grep -q '^train_images_per_second=' "$out/model_speed.txt"; }
-measure_speed profiled
-if ! measured && grep -q "out of memory" "$out/model_speed.txt"; then
-    batch=$(( batch / 2 ))
-    echo "out of GPU memory: again at batch $batch"
+if [ "$speed" = 1 ]; then
+    measure_speed $([ "${PROFILE:-0}" = 1 ] && command -v py-spy > /dev/null && echo profiled)
+    if ! measured && grep -q "out of memory" "$out/model_speed.txt"; then
+        batch=$(( batch / 2 ))
+        echo "out of GPU memory: again at batch $batch"
+    fi
+    measured || measure_speed plain  # out of memory, or py-spy could not run
 fi
-measured || measure_speed plain  # out of memory, or py-spy could not run
 # the learning rate with the square root of the batch, from 0.004 at 256, unless LR is given
 lr=${LR:-$(python3 -c "print(round(0.004 * ($batch / 256) ** 0.5, 5))")}
 
 # The training step's own time budget: its cosine schedule follows the time spent, and it validates
 # and checkpoints once, at the end. Its warm-up: 100 iterations or a tenth of the time, if sooner.
 # 250 test images hold about 570 plates.
-python3 "$here/accuracy.py" --device cuda --minutes "$minutes" --batch-size $batch --workers $workers --amp \
-    --lr "$lr" --img-size "$size" --crop-size "$crop" --train-images 6000 --test-images 250 \
-    --train-log "$out/train.log" --save-checkpoint /tmp/accuracy.pth | tee "$out/accuracy.txt"
+if [ "$minutes" != 0 ]; then
+    python3 "$here/accuracy.py" --device cuda --minutes "$minutes" --batch-size $batch --workers $workers --amp \
+        --lr "$lr" --img-size "$size" --crop-size "$crop" --train-images 4000 --test-images 250 \
+        --train-log "$out/train.log" --save-checkpoint /tmp/accuracy.pth | tee "$out/accuracy.txt"
+fi
 
 checkpoint=()
 if [ -f /tmp/accuracy.pth ]; then
@@ -80,7 +90,9 @@ if [ -f /tmp/accuracy.pth ]; then
 weights = {k: v.half() if v.is_floating_point() else v for k, v in c['state_dict'].items()}
 torch.save({'meta': c['meta'], 'state_dict': weights}, sys.argv[2])" /tmp/accuracy.pth "$out/model.pth"
 fi
-python3 "$here/score_speed.py" --device cuda  # printed only: $OUT brings back 8 files at most
-python3 "$here/serve_speed.py" --device cuda "${checkpoint[@]}" --requests 200 --concurrency 1 8 \
-    | tee "$out/serve_speed.txt"
+if [ "$speed" = 1 ]; then
+    python3 "$here/score_speed.py" --device cuda  # printed only: $OUT brings back 8 files at most
+    python3 "$here/serve_speed.py" --device cuda "${checkpoint[@]}" --requests 200 --concurrency 1 8 \
+        | tee "$out/serve_speed.txt"
+fi
 kill $monitor

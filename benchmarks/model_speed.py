@@ -59,7 +59,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="data loader processes")
     parser.add_argument("--amp", action="store_true", help="mixed precision training (CUDA only)")
     parser.add_argument("--images", type=int, default=64,
-                        help="training images; an epoch must hold a batch for every worker, or loading limits the pace")
+                        help="training images (drawn again and again as the iterations need)")
     parser.add_argument("--img-size", type=int, default=None, help="size images are resized to (default: the model's)")
     parser.add_argument("--crop-size", type=int, default=None, help="training crops (default: the model's)")
     args = parser.parse_args()

@@ -189,3 +189,58 @@ def test_plate_crop_centres_a_board_larger_than_the_window_and_crops_anywhere_wi
     starts = {tuple(-crop(_plate_sample([(0.0, 0.0, 10.0, 10.0)], ["7"]))["homography_matrix"][:2, 2])
               for _ in range(20)}
     assert len(starts) > 10
+
+
+def _random_polygons(rng, count: int, centre_low: float, centre_high: float) -> list[list[np.ndarray]]:
+    """Star-shaped (so valid) polygons of 3-8 corners, one per object."""
+    objects = []
+    for _ in range(count):
+        cx, cy = rng.uniform(centre_low, centre_high, 2)
+        angles = np.sort(rng.uniform(0, 2 * np.pi, rng.integers(3, 9)))
+        radii = rng.uniform(2, 60) * rng.uniform(0.5, 1, len(angles))
+        objects.append([np.stack([cx + radii * np.cos(angles), cy + radii * np.sin(angles)], 1).ravel()])
+    return objects
+
+
+def test_window_crop_moves_objects_inside_and_clips_those_across_the_edge_as_mmdet_does():
+    from alpr.mmdet_ext import WindowPolygonMasks
+
+    rng = np.random.default_rng(0)
+    window = np.array([100, 100, 548, 548])
+    counts = {True: 0, False: 0}
+    for _ in range(20):
+        objects = _random_polygons(rng, 12, 60, 600)
+        ours, mmdets = (masks(objects, 720, 1280).crop(window) for masks in (WindowPolygonMasks, PolygonMasks))
+        assert (ours.height, ours.width) == (mmdets.height, mmdets.width) == (448, 448)
+        uncropped = PolygonMasks(objects, 720, 1280).to_ndarray()[:, 100:548, 100:548]
+        for k, (polygon,) in enumerate(objects):
+            inside = 100 <= polygon.min() and polygon.max() <= 548
+            counts[inside] += 1
+            if inside:  # exactly the uncropped mask (mmdet's shapely round trip moves a few edge pixels)
+                assert (ours.to_ndarray()[k] == uncropped[k]).all()
+            else:  # mmdet's own clipping
+                assert all(np.array_equal(a, b) for a, b in zip(ours.masks[k], mmdets.masks[k]))
+    assert min(counts.values()) > 20
+    assert type(WindowPolygonMasks(objects, 720, 1280)[[0, 2]]) is WindowPolygonMasks
+
+
+def test_plate_crop_with_a_scale_cuts_the_window_of_the_resized_image_then_resizes_only_it():
+    from alpr.mmdet_ext import PlateCrop
+
+    crop = PlateCrop(crop_size=(320, 320), scale=(1280, 1280), ratio_range=(0.5, 0.5), recompute_bbox=True,
+                     allow_negative_crop=True)
+    np.random.seed(2)
+    board = (400.0, 300.0, 600.0, 360.0)  # 100 x 30 px once the 1280 px image is resized to 640
+    for _ in range(10):
+        sample = _plate_sample([board], ["l_board"])
+        sample["img"][300:360, 400:600] = 255
+        result = crop(sample)
+        assert result["img"].shape[:2] == (320, 320)  # a 640 px window, resized to half
+        to_window = result["homography_matrix"]  # the crop's move, then the resize
+        x1, y1, x2, y2 = (to_window @ np.array([[400, 600], [300, 360], [1, 1]]))[:2].T.ravel()[[0, 1, 2, 3]]
+        assert (x2 - x1, y2 - y1) == (100, 30)
+        assert np.allclose(result["gt_bboxes"].numpy(), [[x1, y1, x2, y2]], atol=1)
+        assert np.allclose(result["gt_masks"].get_bboxes("hbox").numpy(), [[x1, y1, x2, y2]], atol=1)
+        inner = result["img"][int(y1) + 2:int(y2) - 2, int(x1) + 2:int(x2) - 2]
+        assert inner.size and (inner == 255).all()  # the painted board, where its box says
+        assert result["img"].mean() < 255 * 3000 / 320**2 + 1  # and nothing else painted

@@ -72,6 +72,32 @@ def test_training_takes_crops_and_reading_takes_the_whole_resized_image(smoke_wo
     assert tuple(test["inputs"].shape[1:]) == tuple(-(-side // 32) * 32 for side in resized) == (192, 256)
 
 
+def test_training_by_iterations_draws_from_one_endless_epoch(smoke_workdir):
+    import itertools
+
+    from mmdet.registry import DATA_SAMPLERS, DATASETS
+    from mmdet.utils import register_all_modules
+
+    from alpr.model import build_config
+    from steps.train import get_args_parser, settings_from_args
+
+    register_all_modules()
+
+    def drawn(*flags: str) -> int:
+        args = get_args_parser().parse_args(["--dataset", "smoke", "--version", "1", "--run-id", "c", "--model",
+                                             "smoke", "--val-interval", "1", *flags])
+        loader = build_config(settings_from_args(args), smoke_workdir / "datasets/smoke/1", smoke_workdir, {})[
+            "train_dataloader"]
+        dataset = DATASETS.build(loader["dataset"])
+        sampler = DATA_SAMPLERS.build(loader["sampler"], default_args=dict(dataset=dataset, seed=0))
+        return len(list(itertools.islice(sampler, 3 * len(dataset)))) / len(dataset)
+
+    # a new epoch would stall the GPU while every loader worker makes its first batch again
+    assert drawn("--iters", "10") == 3
+    assert drawn("--minutes", "1") == 3
+    assert drawn("--epochs", "2") == 1
+
+
 def test_training_resumes_from_its_last_checkpoint(smoke_workdir, smoke_training):
     more = [a if a != "4" else "6" for a in SMOKE_TRAIN]
     result = run_step_script("train", "--workdir", str(smoke_workdir), *more)

@@ -186,8 +186,9 @@ def train_pipeline(size: int, crop: int) -> list[dict]:
     return [
         dict(type="LoadImageFromFile"),
         dict(type="LoadAnnotations", with_bbox=True, with_mask=True, poly2mask=False),
-        dict(type="RandomResize", scale=(size, size), ratio_range=(0.8, 1.25), keep_ratio=True),
-        dict(type="PlateCrop", crop_size=(crop, crop), recompute_bbox=True, allow_negative_crop=True),
+        # resized at random to about size, cut before resizing (only the crop is resized)
+        dict(type="PlateCrop", crop_size=(crop, crop), scale=(size, size), ratio_range=(0.8, 1.25),
+             recompute_bbox=True, allow_negative_crop=True),
         dict(type="YOLOXHSVRandomAug"),
         dict(type="Pad", size=(crop, crop), pad_val=dict(img=PAD_VALUE)),
         dict(type="FilterAnnotations", min_gt_bbox_wh=(1, 1)),
@@ -212,9 +213,12 @@ def _dataset(dataset_dir: Path, split: str, pipeline: list[dict], train: bool) -
                 filter_cfg=dict(filter_empty_gt=train, min_size=1), pipeline=pipeline, test_mode=not train)
 
 
-def _loader(dataset: dict, batch_size: int, workers: int, shuffle: bool) -> dict:
+def _loader(dataset: dict, batch_size: int, workers: int, shuffle: bool, endless: bool = False) -> dict:
+    """``endless``: one epoch without end, for training by iterations. Each new epoch would leave
+    the GPU idle while every worker makes its first batch again (seconds, at 256 images a batch)."""
+    sampler = "InfiniteSampler" if endless else "DefaultSampler"
     return dict(batch_size=batch_size, num_workers=workers, persistent_workers=workers > 0,
-                sampler=dict(type="DefaultSampler", shuffle=shuffle), dataset=dataset)
+                sampler=dict(type=sampler, shuffle=shuffle), dataset=dataset)
 
 
 def _schedule(settings: TrainSettings, by_epoch: bool) -> list[dict]:
@@ -254,7 +258,7 @@ def build_config(settings: TrainSettings, dataset_dir: Path, work_dir: Path, dat
         model=model_config(settings),
         work_dir=str(work_dir),
         train_dataloader=_loader(_dataset(dataset_dir, "train", train_pipeline(size, settings.train_crop_size), True),
-                                 settings.batch_size, settings.num_workers, True),
+                                 settings.batch_size, settings.num_workers, True, endless=not by_epoch),
         val_dataloader=_loader(_dataset(dataset_dir, "val", test_pipeline(size), False), 1, settings.num_workers,
                                False),
         test_dataloader=_loader(_dataset(dataset_dir, "test", test_pipeline(size), False), 1,
