@@ -8,18 +8,20 @@
 # (model_speed.py, profiled by py-spy with PROFILE=1), trains for TRAIN_MINUTES on fresh synthetic
 # data and scores EIR on an unseen seed (accuracy.py), times scoring (score_speed.py), then serves
 # that model (serve_speed.py). Besides TRAIN_MINUTES, the rest takes about 6 minutes, 2.5 of them
-# the speeds: TRAIN_MINUTES=0 measures only the speeds, SPEED=0 only trains and scores (about
+# the speeds: TRAIN_MINUTES of 0 measures only the speeds, SPEED=0 only trains and scores (about
 # 3.5 minutes besides the training), so that one 10-minute call can train for 6.
 # Images are resized to IMG_SIZE (1280: full detail for small plates) and trained on CROP_SIZE
-# crops (448: rtmdet-ins-tiny's default), BATCH at a time (256; half that if it does not fit) at
+# crops (448: rtmdet-ins-tiny's default), BATCH at a time (128; half that if it does not fit) at
 # learning rate LR (RTMDet's own 0.004 for 256 images a step, with the square root of the batch).
+# On the third lease, 14 loader workers made about 200 crops/s, and the step's host work was
+# about 0.3 s plus 1.6 ms a crop: 128 a step keeps about the pace of 256 with twice the steps.
 # Each figure is printed and saved in OUTPUT_DIR; a failing stage does not stop the later ones.
 set -uo pipefail
 minutes=${1:-4}
 out=${2:-gpu-results}
 size=${IMG_SIZE:-1280}
 crop=${CROP_SIZE:-448}
-batch=${BATCH:-256}
+batch=${BATCH:-128}
 workers=$(( $(nproc) > 2 ? $(nproc) - 2 : 1 ))
 here=$(dirname "$0")
 mkdir -p "$out"
