@@ -54,6 +54,7 @@ test: setup
 benchmarks: setup
 	$(PY) benchmarks/synth_speed.py
 	$(PY) benchmarks/record_speed.py
+	$(PY) benchmarks/loader_speed.py
 	$(PY) benchmarks/model_speed.py
 	$(PY) benchmarks/serve_speed.py
 

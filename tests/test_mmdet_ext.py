@@ -244,3 +244,33 @@ def test_plate_crop_with_a_scale_cuts_the_window_of_the_resized_image_then_resiz
         inner = result["img"][int(y1) + 2:int(y2) - 2, int(x1) + 2:int(x2) - 2]
         assert inner.size and (inner == 255).all()  # the painted board, where its box says
         assert result["img"].mean() < 255 * 3000 / 320**2 + 1  # and nothing else painted
+
+
+def test_a_collated_batch_holds_one_block_of_memory_per_dtype_and_the_same_values():
+    from mmdet.structures import DetDataSample
+    from mmdet.structures.bbox import HorizontalBoxes
+    from mmengine.dataset import pseudo_collate
+    from mmengine.structures import InstanceData
+
+    from alpr.mmdet_ext import shared_storage_collate
+
+    def sample(objects: int) -> dict:
+        data = DetDataSample()
+        data.gt_instances = InstanceData(bboxes=HorizontalBoxes(torch.rand(objects, 4) * 100),
+                                         labels=torch.randint(0, 40, (objects,)))
+        data.ignored_instances = InstanceData(bboxes=HorizontalBoxes(torch.zeros(0, 4)),
+                                              labels=torch.zeros(0, dtype=torch.long))
+        return dict(inputs=torch.randint(0, 255, (3, 32, 48), dtype=torch.uint8), data_samples=data)
+
+    samples = [sample(n) for n in (3, 0, 7)]
+    ours, plain = shared_storage_collate(samples), pseudo_collate(samples)
+    tensors = list(ours["inputs"])
+    for mine, theirs in zip(ours["data_samples"], plain["data_samples"]):
+        for kind in ("gt_instances", "ignored_instances"):
+            a, b = mine.get(kind), theirs.get(kind)
+            assert torch.equal(a.labels, b.labels) and torch.equal(a.bboxes.tensor, b.bboxes.tensor)
+            assert type(a.bboxes) is HorizontalBoxes
+            tensors += [a.labels, a.bboxes.tensor]
+    assert all(torch.equal(a, b) for a, b in zip(ours["inputs"], plain["inputs"]))
+    blocks = {(t.dtype, t.untyped_storage().data_ptr()) for t in tensors}
+    assert {dtype for dtype, _ in blocks} == {torch.uint8, torch.float32, torch.int64} and len(blocks) == 3

@@ -13,6 +13,7 @@ import os
 import shutil
 import time
 import warnings
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -22,11 +23,13 @@ from mmcv.transforms import BaseTransform
 from mmdet.datasets.transforms import RandomCrop, Resize
 from mmdet.models.dense_heads import RTMDetInsSepBNHead
 from mmdet.registry import HOOKS, METRICS, MODELS, TRANSFORMS
-from mmdet.structures.bbox import bbox_overlaps, distance2bbox
+from mmdet.structures.bbox import BaseBoxes, bbox_overlaps, distance2bbox
 from mmdet.structures.mask import PolygonMasks, polygon_to_bitmap
 from mmdet.utils import reduce_mean
+from mmengine.dataset import pseudo_collate
 from mmengine.evaluator import BaseMetric
 from mmengine.hooks import Hook
+from mmengine.registry import FUNCTIONS
 from mmengine.runner import IterBasedTrainLoop
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
@@ -182,6 +185,30 @@ class WindowPolygonMasks(PolygonMasks):
 def _within(polygon: np.ndarray, box: tuple) -> bool:
     xs, ys = polygon[0::2], polygon[1::2]
     return box[0] <= xs.min() and xs.max() <= box[2] and box[1] <= ys.min() and ys.max() <= box[3]
+
+
+@FUNCTIONS.register_module()
+def shared_storage_collate(data_batch: list) -> dict:
+    """mmengine's pseudo_collate, with every tensor of the batch made a view into one block of
+    memory per dtype. A loader worker hands each tensor's memory to the training process on its
+    own (shared memory and a file descriptor): about 0.7 ms a tensor in the training process on
+    the development machine, and a sample holds five (the image, and the boxes and labels of the
+    objects and of the ignored ones). One block per dtype costs that once a batch."""
+    batch = pseudo_collate(data_batch)
+    places = [(image, partial(batch["inputs"].__setitem__, i)) for i, image in enumerate(batch["inputs"])]
+    for sample in batch["data_samples"]:
+        for instances in (sample.get("gt_instances"), sample.get("ignored_instances")):
+            for key, value in instances.items() if instances is not None else ():
+                if isinstance(value, torch.Tensor):
+                    places.append((value, partial(setattr, instances, key)))
+                elif isinstance(value, BaseBoxes):
+                    places.append((value.tensor, partial(setattr, value, "tensor")))
+    for dtype in {tensor.dtype for tensor, _ in places}:
+        group = [(tensor, put) for tensor, put in places if tensor.dtype == dtype]
+        block = torch.cat([tensor.reshape(-1) for tensor, _ in group])
+        for (tensor, put), part in zip(group, block.split([tensor.numel() for tensor, _ in group])):
+            put(part.view(tensor.shape))
+    return batch
 
 
 @TRANSFORMS.register_module()

@@ -215,10 +215,12 @@ def _dataset(dataset_dir: Path, split: str, pipeline: list[dict], train: bool) -
 
 def _loader(dataset: dict, batch_size: int, workers: int, shuffle: bool, endless: bool = False) -> dict:
     """``endless``: one epoch without end, for training by iterations. Each new epoch would leave
-    the GPU idle while every worker makes its first batch again (seconds, at 256 images a batch)."""
+    the GPU idle while every worker makes its first batch again (seconds, at 256 images a batch).
+    A batch's tensors come from a worker in one block per dtype (``shared_storage_collate``)."""
     sampler = "InfiniteSampler" if endless else "DefaultSampler"
     return dict(batch_size=batch_size, num_workers=workers, persistent_workers=workers > 0,
-                sampler=dict(type=sampler, shuffle=shuffle), dataset=dataset)
+                sampler=dict(type=sampler, shuffle=shuffle), dataset=dataset,
+                collate_fn=dict(type="shared_storage_collate"))
 
 
 def _schedule(settings: TrainSettings, by_epoch: bool) -> list[dict]:
