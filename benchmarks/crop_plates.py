@@ -3,8 +3,8 @@ anywhere (mmdet's RandomCrop) and for alpr's PlateCrop.
 
     python benchmarks/crop_plates.py [--images 200] [--img-size 1280] [--crop-size 640] [--repeats 5]
 
-Synthesizes 1280x720 images and runs the training pipeline's load and resize steps, then each
-crop --repeats times per image. A plate counts as whole when its board box lies inside the
+Synthesizes 1280x720 images, loads and randomly resizes them, then runs each crop --repeats
+times per image (training's PlateCrop cuts its window before resizing, to the same effect). A plate counts as whole when its board box lies inside the
 window; a character is cut when its box crosses the window's edge (it is trained on as a piece).
 """
 
@@ -26,7 +26,7 @@ CHARACTER_IDS = [CLASSES.index(c) for c in CHARACTER_CLASSES]
 
 
 def resized_samples(folder: Path, count: int, size: int) -> list[dict]:
-    """The dataset's images loaded and randomly resized as the training pipeline does it."""
+    """The dataset's images loaded and randomly resized at the scales training draws."""
     generate(folder / "synth", count, seed=11, options=SynthOptions(1280, 720), progress=False)
     record(RecordOptions(folder / "synth", folder / "work", "crops", "1", fractions=(1.0, 0.0, 0.0), dvc=False))
     data = folder / "work/datasets/crops/1"

@@ -46,8 +46,8 @@ PY
 # The most a training run can reach: images/s through its data loader (about 30 s). On the third
 # lease, training waited half of each step for its batch while the GPU idled.
 speed=${SPEED:-1}
-[ "$speed" = 1 ] && python3 "$here/loader_speed.py" --batch-size $batch --workers $workers --batches 4 --img-size "$size" \
-    --crop-size "$crop" 2>&1 | tee "$out/loader_speed.txt"
+[ "$speed" = 1 ] && python3 "$here/loader_speed.py" --batch-size $batch --workers $workers --batches 4 \
+    --img-size "$size" --crop-size "$crop" 2>&1 | tee "$out/loader_speed.txt"
 
 # PROFILE=1 runs the speed measurement under py-spy (its wheel travels in .whl) and prints where
 # the training process's time goes. py-spy samples without pausing the processes (--nonblocking):

@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from alpr.model import TrainSettings, build_config, train_pipeline, with_val_interval
+from alpr.model import TrainSettings, build_config, with_val_interval
 from alpr.record import RecordOptions, record
 from alpr.synth import SynthOptions, generate
 
@@ -28,14 +28,14 @@ def step_times(loader_config: dict, count: int) -> list[tuple[str, float]]:
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools' loading messages
         dataset = DATASETS.build({**loader_config["dataset"], "pipeline": []})
     steps = [(t["type"], TRANSFORMS.build(t)) for t in loader_config["dataset"]["pipeline"]]
-    spent = [0.0] * len(steps)
-    for index in range(min(count, len(dataset))):
+    spent, images = [0.0] * len(steps), min(count, len(dataset))
+    for index in range(images):
         results = dataset.get_data_info(index)
         for k, (_, step) in enumerate(steps):
             start = time.perf_counter()
             results = step(results)
             spent[k] += time.perf_counter() - start
-    return [(name, 1000 * seconds / min(count, len(dataset))) for (name, _), seconds in zip(steps, spent)]
+    return [(name, 1000 * seconds / images) for (name, _), seconds in zip(steps, spent)]
 
 
 def loader_rate(loader_config: dict, batches: int) -> float:
@@ -76,7 +76,6 @@ def main() -> None:
         config = build_config(with_val_interval(settings, args.images), Path(folder) / "work/datasets/bench/1",
                               Path(folder) / "run", {})
         loader = config["train_dataloader"]
-        assert loader["dataset"]["pipeline"] == train_pipeline(settings.image_size, settings.train_crop_size)
         print(f"training pipeline, {settings.image_size} px images, {settings.train_crop_size} px crops, "
               f"one process ({args.images} images):")
         times = step_times(loader, args.images)
