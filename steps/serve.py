@@ -34,6 +34,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help="lowest score of a plate board that is reported")
     parser.add_argument("--char-threshold", type=float, default=ReadOptions.char_threshold,
                         help="lowest score of a character that is read")
+    parser.add_argument("--zoom-width", type=int, default=ReadOptions.zoom_width,
+                        help="plates narrower than this (px, as the model sees them) are read again, enlarged "
+                             "to this width; 0: never")
     return parser
 
 
@@ -41,7 +44,8 @@ def main(args: argparse.Namespace) -> None:
     if args.max_batch_size < 1 or args.max_wait_ms < 0:
         raise UsageError(f"--max-batch-size {args.max_batch_size} / --max-wait-ms {args.max_wait_ms}: "
                          "the batch size must be at least 1 and the wait at least 0")
-    read = ReadOptions(board_threshold=args.board_threshold, char_threshold=args.char_threshold)
+    read = ReadOptions(board_threshold=args.board_threshold, char_threshold=args.char_threshold,
+                       zoom_width=args.zoom_width)
     serve(ServeOptions(args.model, http_port=args.http_port, device=args.device,
                        max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
                        max_image_bytes=args.max_image_bytes, max_pixels=args.max_pixels, read=read))

@@ -12,7 +12,7 @@ from pathlib import Path
 from alpr.errors import UsageError
 from alpr.metrics import KEY_METRICS, check_metric, evaluate, layout_suffix, plate_pr_curve
 from alpr.plates import CHARACTER_CLASSES, Layout
-from alpr.postprocess import Detection, Plate, read_plates
+from alpr.postprocess import Detection, Plate
 
 BATCH = 4
 
@@ -59,15 +59,15 @@ def predict_split(reader, dataset: Path, split: str, progress: bool = True
         gt = COCO(str(ann_file))
     image_ids = sorted(gt.getImgIds())
     detections: dict[int, list[Detection]] = {}
+    plates: dict[int, list[Plate]] = {}
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task(f"predict {split}", total=len(image_ids))
         for start in range(0, len(image_ids), BATCH):
             ids = image_ids[start:start + BATCH]
             paths = [dataset / "images" / gt.imgs[i]["file_name"] for i in ids]
-            for image_id, dets in zip(ids, reader.detect(paths)):
-                detections[image_id] = dets
+            for image_id, (dets, found) in zip(ids, reader.read(paths, masks=True)):
+                detections[image_id], plates[image_id] = dets, found
             bar.advance(task, len(ids))
-    plates = {i: read_plates(d, reader.options) for i, d in detections.items()}
     return gt, detections, plates
 
 

@@ -407,7 +407,10 @@ class BatchedRTMDetInsHead(RTMDetInsSepBNHead):
 
 @METRICS.register_module()
 class PlateMetric(BaseMetric):
-    """COCO mAP, dv_mAP, EIR and the plate metrics of :mod:`alpr.metrics`, during validation."""
+    """COCO mAP, dv_mAP, EIR and the plate metrics of :mod:`alpr.metrics`, during validation.
+
+    Plates are read where the model found them in the whole image. The evaluate step's reader
+    also reads small plates again, enlarged (:mod:`alpr.reader`), so its EIR is the higher."""
 
     default_prefix = None  # keys are plain: "EIR", "mAP", ... (what --best-metric and Katib name)
 

@@ -74,6 +74,9 @@ class ReadOptions:
     char_threshold: float = 0.3
     region_threshold: float = 0.2
     duplicate_iou: float = 0.5  # two characters overlapping this much are one character
+    # Boards narrower than this, in the pixels the model sees, are read again from a window around
+    # them enlarged to this width (PlateReader); 0 reads every board where it was found.
+    zoom_width: int = 320
 
 
 def box_iou(a: BOX, b: BOX) -> float:

@@ -1,9 +1,18 @@
-"""``PlateReader``: a checkpoint in, plates out. Needs nothing but the checkpoint file."""
+"""``PlateReader``: a checkpoint in, plates out. Needs nothing but the checkpoint file.
+
+Plates are read twice when small: once where the model finds them in the whole image, then from
+a window around each board narrower than ``ReadOptions.zoom_width`` (in the pixels the model
+sees), enlarged so that the board is that wide. The smallest plates' characters are about 12 px
+tall at 1280 px; enlarged, they are read at a size the model reads well. The second reading is
+kept when it reads the plate.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Union
 
@@ -11,9 +20,13 @@ import numpy as np
 
 from alpr.errors import AlprError, UsageError
 from alpr.plates import check_classes
-from alpr.postprocess import Detection, Plate, ReadOptions, read_plates
+from alpr.postprocess import BOX, Detection, Plate, ReadOptions, box_iou, read_plates
 
 Image = Union[str, Path, np.ndarray]
+Window = tuple[int, int, int, int]  # x1, y1, x2, y2 in the image's pixels
+ZOOM_MARGIN = 0.25  # context around a board read again, as a fraction of its width on each side
+ZOOM_BATCH = 16  # windows run through the model together
+SAME_PLATE_IOU = 0.5  # the second reading's board overlaps the first's this much
 
 
 def load_image(image: Image) -> np.ndarray:
@@ -45,6 +58,40 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def zoom_window(board: BOX, image_size: tuple[int, int], width: int) -> tuple[Window, float]:
+    """The window around a board that is read again (inside the image), and the scale that makes
+    the board ``width`` px wide."""
+    x1, y1, x2, y2 = board
+    pad = ZOOM_MARGIN * (x2 - x1)
+    image_width, image_height = image_size
+    window = (max(0, math.floor(x1 - pad)), max(0, math.floor(y1 - pad)),
+              min(image_width, math.ceil(x2 + pad)), min(image_height, math.ceil(y2 + pad)))
+    return window, width / max(x2 - x1, 1.0)
+
+
+def enlarge(image: np.ndarray, window: Window, scale: float) -> np.ndarray:
+    import cv2
+
+    x1, y1, x2, y2 = window
+    return cv2.resize(image[y1:y2, x1:x2], None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
+
+
+def from_window(detection: Detection, window: Window, scale: float) -> Detection:
+    """A detection made in an enlarged window, in the whole image's pixels (its mask dropped)."""
+    x1, y1, x2, y2 = detection.bbox
+    return replace(detection, bbox=(x1 / scale + window[0], y1 / scale + window[1],
+                                    x2 / scale + window[0], y2 / scale + window[1]), mask=None)
+
+
+def second_reading(first: Plate, again: list[Plate]) -> Plate:
+    """The plate as read again from its window, where that reading found the same board and read
+    it; otherwise as first read."""
+    best = max(again, key=lambda plate: box_iou(plate.bbox, first.bbox), default=None)
+    if best is not None and best.readable and box_iou(best.bbox, first.bbox) >= SAME_PLATE_IOU:
+        return best
+    return first
+
+
 class PlateReader:
     """Reads plates with a trained model: ``PlateReader.from_checkpoint(path).predict(image)``."""
 
@@ -62,6 +109,9 @@ class PlateReader:
         pipeline = [dict(step) for step in model.cfg.test_dataloader.dataset.pipeline]
         pipeline[0] = dict(type="mmdet.LoadImageFromNDArray")
         self.pipeline = Compose(pipeline)
+        # windows to read again are enlarged here, and the model takes them at that size
+        self.window_pipeline = Compose([step for step in pipeline if step["type"] != "Resize"])
+        self.image_size = next(step["scale"][0] for step in pipeline if step["type"] == "Resize")
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto", options: ReadOptions = ReadOptions()
@@ -91,20 +141,49 @@ class PlateReader:
     def detect(self, images: list[Image], masks: bool = True) -> list[list[Detection]]:
         """Raw detections for a batch of images, run through the model together; their masks as
         COCO RLEs, unless ``masks`` is False (reading plates needs only the boxes)."""
+        if not images:
+            return []
+        return self._detect([self.pipeline(dict(img=load_image(image), img_id=i)) for i, image in enumerate(images)],
+                            masks)
+
+    def _detect(self, data: list[dict], masks: bool) -> list[list[Detection]]:
         import torch
         from mmengine.dataset import pseudo_collate
 
         from alpr.mmdet_ext import to_detections
 
-        if not images:
-            return []
-        data = [self.pipeline(dict(img=load_image(image), img_id=i)) for i, image in enumerate(images)]
         with torch.no_grad():
             results = self.model.test_step(pseudo_collate(data))
         return [to_detections(r.pred_instances, self.score_threshold, masks) for r in results]
 
+    def read(self, images: list[Image], masks: bool = False) -> list[tuple[list[Detection], list[Plate]]]:
+        """Each image's detections (from the whole image; with COCO RLE masks if ``masks``) and
+        plates, small ones read again from an enlarged window (the module's docstring)."""
+        arrays = [load_image(image) for image in images]
+        detections = self.detect(arrays, masks)
+        plates = [read_plates(dets, self.options) for dets in detections]
+        return list(zip(detections, self._read_small_again(arrays, plates)))
+
+    def _read_small_again(self, arrays: list[np.ndarray], plates: list[list[Plate]]) -> list[list[Plate]]:
+        width = self.options.zoom_width
+        small = []  # (image, plate, window, scale) of each board to read again
+        for i, (array, found) in enumerate(zip(arrays, plates)):
+            height, image_width = array.shape[:2]
+            seen = self.image_size / max(height, image_width)  # the test pipeline's resize
+            small += [(i, j, *zoom_window(plate.bbox, (image_width, height), width)) for j, plate in enumerate(found)
+                      if (plate.bbox[2] - plate.bbox[0]) * seen < width]
+        plates = [list(found) for found in plates]
+        for start in range(0, len(small), ZOOM_BATCH):
+            chunk = small[start:start + ZOOM_BATCH]
+            data = [self.window_pipeline(dict(img=enlarge(arrays[i], window, scale), img_id=k, scale_factor=(1.0, 1.0)))
+                    for k, (i, _, window, scale) in enumerate(chunk)]
+            for (i, j, window, scale), dets in zip(chunk, self._detect(data, masks=False)):
+                again = read_plates([from_window(d, window, scale) for d in dets], self.options)
+                plates[i][j] = second_reading(plates[i][j], again)
+        return plates
+
     def predict_batch(self, images: list[Image]) -> list[list[Plate]]:
-        return [read_plates(dets, self.options) for dets in self.detect(images, masks=False)]
+        return [plates for _, plates in self.read(images)]
 
     def predict(self, image: Image) -> list[Plate]:
         return self.predict_batch([image])[0]

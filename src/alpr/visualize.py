@@ -93,7 +93,6 @@ def test_run(options: TestOptions, progress: bool = True) -> Path:
     """Writes runs/RUN/test/predictions.jsonl and one annotated picture per image; returns the folder."""
     from rich.progress import Progress
 
-    from alpr.postprocess import read_plates
     from alpr.reader import PlateReader, load_image
     from alpr.train import checkpoint_meta
 
@@ -120,8 +119,7 @@ def test_run(options: TestOptions, progress: bool = True) -> Path:
         for start in range(0, len(images), BATCH):
             batch = images[start:start + BATCH]
             arrays = [load_image(p) for p in batch]
-            for path, array, dets in zip(batch, arrays, reader.detect(arrays)):
-                plates = read_plates(dets, reader.options)
+            for path, array, (dets, plates) in zip(batch, arrays, reader.read(arrays, masks=True)):
                 lines.write(prediction_line(str(path), plates) + "\n")
                 cv2.imwrite(str(out / "images" / picture_name(path, options.images)), draw(array, dets, plates))
             bar.advance(task, len(batch))
