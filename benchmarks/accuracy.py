@@ -91,7 +91,7 @@ def main() -> None:
     parser.add_argument("--train-log", type=Path, default=None, help="file for the training step's output")
     parser.add_argument("--checkpoint", type=Path, default=None, help="score this checkpoint; train nothing")
     parser.add_argument("--zoom-width", type=int, default=ReadOptions.zoom_width,
-                        help="read boards narrower than this again, enlarged to it (0: never)")
+                        help="read each board again, scaled to this width (0: never)")
     args = parser.parse_args()
 
     from alpr import PlateReader

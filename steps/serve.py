@@ -35,8 +35,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--char-threshold", type=float, default=ReadOptions.char_threshold,
                         help="lowest score of a character that is read")
     parser.add_argument("--zoom-width", type=int, default=ReadOptions.zoom_width,
-                        help="plates narrower than this (px, as the model sees them) are read again, enlarged "
-                             "to this width; 0: never")
+                        help="each plate is read again, scaled to this width (px); 0: never")
     return parser
 
 

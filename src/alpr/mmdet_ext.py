@@ -410,7 +410,8 @@ class PlateMetric(BaseMetric):
     """COCO mAP, dv_mAP, EIR and the plate metrics of :mod:`alpr.metrics`, during validation.
 
     Plates are read where the model found them in the whole image. The evaluate step's reader
-    also reads small plates again, enlarged (:mod:`alpr.reader`), so its EIR is the higher."""
+    also reads each plate again at the size it reads best (:mod:`alpr.reader`), so its EIR is
+    the higher."""
 
     default_prefix = None  # keys are plain: "EIR", "mAP", ... (what --best-metric and Katib name)
 

@@ -74,8 +74,8 @@ class ReadOptions:
     char_threshold: float = 0.3
     region_threshold: float = 0.2
     duplicate_iou: float = 0.5  # two characters overlapping this much are one character
-    # Boards narrower than this, in the pixels the model sees, are read again from a window around
-    # them enlarged to this width (PlateReader); 0 reads every board where it was found.
+    # each board is read again from a window around it, scaled so that the board is this many px
+    # wide (PlateReader); 0 reads each board only where it was found
     zoom_width: int = 320
 
 

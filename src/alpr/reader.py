@@ -1,10 +1,10 @@
 """``PlateReader``: a checkpoint in, plates out. Needs nothing but the checkpoint file.
 
-Plates are read twice when small: once where the model finds them in the whole image, then from
-a window around each board narrower than ``ReadOptions.zoom_width`` (in the pixels the model
-sees), enlarged so that the board is that wide. The smallest plates' characters are about 12 px
-tall at 1280 px; enlarged, they are read at a size the model reads well. The second reading is
-kept when it reads the plate.
+Plates are read twice: once where the model finds them in the whole image, then each from a
+window around its board, scaled so that the board is ``ReadOptions.zoom_width`` px wide. The
+model reads plates of about that width best: the smallest plates' characters are about 12 px
+tall in a 1280 px image, and plates wider than the 448 px training crops are seldom whole in
+one. The second reading is kept when it reads the plate.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def zoom_window(board: BOX, image_size: tuple[int, int], width: int) -> tuple[Wi
     return window, width / max(x2 - x1, 1.0)
 
 
-def enlarge(image: np.ndarray, window: Window, scale: float) -> np.ndarray:
+def window_image(image: np.ndarray, window: Window, scale: float) -> np.ndarray:
     import cv2
 
     x1, y1, x2, y2 = window
@@ -77,7 +77,7 @@ def enlarge(image: np.ndarray, window: Window, scale: float) -> np.ndarray:
 
 
 def from_window(detection: Detection, window: Window, scale: float) -> Detection:
-    """A detection made in an enlarged window, in the whole image's pixels (its mask dropped)."""
+    """A detection made in a scaled window, in the whole image's pixels (its mask dropped)."""
     x1, y1, x2, y2 = detection.bbox
     return replace(detection, bbox=(x1 / scale + window[0], y1 / scale + window[1],
                                     x2 / scale + window[0], y2 / scale + window[1]), mask=None)
@@ -109,9 +109,8 @@ class PlateReader:
         pipeline = [dict(step) for step in model.cfg.test_dataloader.dataset.pipeline]
         pipeline[0] = dict(type="mmdet.LoadImageFromNDArray")
         self.pipeline = Compose(pipeline)
-        # windows to read again are enlarged here, and the model takes them at that size
+        # windows to read again are scaled here, and the model takes them at that size
         self.window_pipeline = Compose([step for step in pipeline if step["type"] != "Resize"])
-        self.image_size = next(step["scale"][0] for step in pipeline if step["type"] == "Resize")
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto", options: ReadOptions = ReadOptions()
@@ -158,24 +157,22 @@ class PlateReader:
 
     def read(self, images: list[Image], masks: bool = False) -> list[tuple[list[Detection], list[Plate]]]:
         """Each image's detections (from the whole image; with COCO RLE masks if ``masks``) and
-        plates, small ones read again from an enlarged window (the module's docstring)."""
+        plates, each read again from a scaled window (the module's docstring)."""
         arrays = [load_image(image) for image in images]
         detections = self.detect(arrays, masks)
         plates = [read_plates(dets, self.options) for dets in detections]
-        return list(zip(detections, self._read_small_again(arrays, plates)))
+        return list(zip(detections, self._read_again(arrays, plates)))
 
-    def _read_small_again(self, arrays: list[np.ndarray], plates: list[list[Plate]]) -> list[list[Plate]]:
+    def _read_again(self, arrays: list[np.ndarray], plates: list[list[Plate]]) -> list[list[Plate]]:
         width = self.options.zoom_width
-        small = []  # (image, plate, window, scale) of each board to read again
-        for i, (array, found) in enumerate(zip(arrays, plates)):
-            height, image_width = array.shape[:2]
-            seen = self.image_size / max(height, image_width)  # the test pipeline's resize
-            small += [(i, j, *zoom_window(plate.bbox, (image_width, height), width)) for j, plate in enumerate(found)
-                      if (plate.bbox[2] - plate.bbox[0]) * seen < width]
+        if not width:
+            return plates
+        boards = [(i, j, *zoom_window(plate.bbox, array.shape[1::-1], width))  # (image, plate, window, scale)
+                  for i, (array, found) in enumerate(zip(arrays, plates)) for j, plate in enumerate(found)]
         plates = [list(found) for found in plates]
-        for start in range(0, len(small), ZOOM_BATCH):
-            chunk = small[start:start + ZOOM_BATCH]
-            data = [self.window_pipeline(dict(img=enlarge(arrays[i], window, scale), img_id=k, scale_factor=(1.0, 1.0)))
+        for start in range(0, len(boards), ZOOM_BATCH):
+            chunk = boards[start:start + ZOOM_BATCH]
+            data = [self.window_pipeline(dict(img=window_image(arrays[i], window, scale), img_id=k, scale_factor=(1.0, 1.0)))
                     for k, (i, _, window, scale) in enumerate(chunk)]
             for (i, j, window, scale), dets in zip(chunk, self._detect(data, masks=False)):
                 again = read_plates([from_window(d, window, scale) for d in dets], self.options)
