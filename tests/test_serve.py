@@ -22,6 +22,9 @@ from conftest import ROOT, free_port
 MAX_PIXELS = 100_000  # the synthetic images are 320x240
 MAX_BYTES = 200_000
 LOW_THRESHOLDS = ["--board-threshold", "0", "--char-threshold", "0"]  # a 4-iteration model scores ~0.01
+# At those thresholds a 4-iteration model reports 100 boards an image, each read again from its own
+# window (minutes on the CPU); tests/test_reader.py covers the second reading.
+ONE_READING = ["--zoom-width", "0"]
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +45,8 @@ def expected(checkpoint, images) -> dict[str, list[dict]]:
     from alpr import PlateReader
     from alpr.postprocess import ReadOptions
 
-    reader = PlateReader.from_checkpoint(checkpoint, "cpu", ReadOptions(board_threshold=0, char_threshold=0))
+    reader = PlateReader.from_checkpoint(checkpoint, "cpu", ReadOptions(board_threshold=0, char_threshold=0,
+                                                                         zoom_width=0))
     plates = {path.name: [p.to_dict() for p in reader.predict(path)] for path in images}
     assert sum(map(len, plates.values())) > 0, "the model finds no boards at all: the comparison would prove nothing"
     return plates
@@ -58,7 +62,7 @@ def server(checkpoint, tmp_path_factory):
          # score, and which tied ones survive turns on float noise that differs between batch sizes, so
          # only single-image calls can equal PlateReader's exactly. test_batcher_* covers the batching.
          "--max-batch-size", "1", "--max-pixels", str(MAX_PIXELS), "--max-image-bytes", str(MAX_BYTES),
-         *LOW_THRESHOLDS], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+         *LOW_THRESHOLDS, *ONE_READING], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 180
     while time.time() < deadline and process.poll() is None:

@@ -27,6 +27,7 @@ Window = tuple[int, int, int, int]  # x1, y1, x2, y2 in the image's pixels
 ZOOM_MARGIN = 0.25  # context around a board read again, as a fraction of its width on each side
 ZOOM_BATCH = 16  # windows run through the model together
 SAME_PLATE_IOU = 0.5  # the second reading's board overlaps the first's this much
+MIN_BOARD = 16  # px: no smaller box is enlarged further (an untrained model's boxes can be specks)
 
 
 def load_image(image: Image) -> np.ndarray:
@@ -60,13 +61,14 @@ def resolve_device(device: str) -> str:
 
 def zoom_window(board: BOX, image_size: tuple[int, int], width: int) -> tuple[Window, float]:
     """The window around a board that is read again (inside the image), and the scale that makes
-    the board ``width`` px wide."""
+    the board ``width`` px wide. A plate is wider than tall; the scale of a box that is not makes
+    its height ``width`` px (a window of any box is at most 1.5 ``width`` px on each side)."""
     x1, y1, x2, y2 = board
     pad = ZOOM_MARGIN * (x2 - x1)
     image_width, image_height = image_size
     window = (max(0, math.floor(x1 - pad)), max(0, math.floor(y1 - pad)),
               min(image_width, math.ceil(x2 + pad)), min(image_height, math.ceil(y2 + pad)))
-    return window, width / max(x2 - x1, 1.0)
+    return window, width / max(x2 - x1, y2 - y1, MIN_BOARD)
 
 
 def window_image(image: np.ndarray, window: Window, scale: float) -> np.ndarray:
