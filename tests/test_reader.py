@@ -28,9 +28,9 @@ def test_a_scaled_board_is_as_wide_as_asked_and_maps_back_to_where_it_was(board)
 
 
 def test_the_window_of_a_box_taller_than_wide_or_a_speck_is_no_larger_than_a_plates():
-    for box in [(100, 100, 101, 700), (100, 100, 100.5, 100.5)]:
+    for box in [(100, 100, 101, 700), (100, 100, 100.5, 100.5), (1280, 720, 1280, 720)]:
         window, scale = zoom_window(box, (1280, 720), 320)
-        assert (window[2] - window[0]) * scale <= 1.5 * 320 and (window[3] - window[1]) * scale <= 1.5 * 320
+        assert 0 < (window[2] - window[0]) * scale <= 1.5 * 320 and 0 < (window[3] - window[1]) * scale <= 1.5 * 320
 
 
 def _plate(text, bbox, score=0.9) -> Plate:

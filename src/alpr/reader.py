@@ -64,7 +64,7 @@ def zoom_window(board: BOX, image_size: tuple[int, int], width: int) -> tuple[Wi
     the board ``width`` px wide. A plate is wider than tall; the scale of a box that is not makes
     its height ``width`` px (a window of any box is at most 1.5 ``width`` px on each side)."""
     x1, y1, x2, y2 = board
-    pad = ZOOM_MARGIN * (x2 - x1)
+    pad = ZOOM_MARGIN * max(x2 - x1, MIN_BOARD)  # a speck on the image's edge still has a window
     image_width, image_height = image_size
     window = (max(0, math.floor(x1 - pad)), max(0, math.floor(y1 - pad)),
               min(image_width, math.ceil(x2 + pad)), min(image_height, math.ceil(y2 + pad)))
@@ -174,8 +174,8 @@ class PlateReader:
         plates = [list(found) for found in plates]
         for start in range(0, len(boards), ZOOM_BATCH):
             chunk = boards[start:start + ZOOM_BATCH]
-            data = [self.window_pipeline(dict(img=window_image(arrays[i], window, scale), img_id=k, scale_factor=(1.0, 1.0)))
-                    for k, (i, _, window, scale) in enumerate(chunk)]
+            data = [self.window_pipeline(dict(img=window_image(arrays[i], window, scale), img_id=k,
+                                              scale_factor=(1.0, 1.0))) for k, (i, _, window, scale) in enumerate(chunk)]
             for (i, j, window, scale), dets in zip(chunk, self._detect(data, masks=False)):
                 again = read_plates([from_window(d, window, scale) for d in dets], self.options)
                 plates[i][j] = second_reading(plates[i][j], again)
