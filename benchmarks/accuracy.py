@@ -1,7 +1,7 @@
 """EIR on a freshly synthesized test set (a seed never trained on) after a fixed training time.
 
     python benchmarks/accuracy.py [--minutes 30] [--model rtmdet-ins-tiny] [--train-images 1000]
-        [--test-images 300] [--img-size N] [--crop-size N] [--batch-size 8] [--checkpoint-iters N]
+        [--test-images 300] [--img-size N] [--crop-size N] [--zoom-share S] [--batch-size 8] [--checkpoint-iters N]
         [--device auto] [--workers 2] [--amp] [--lr LR] [--iters N] [--warmup-iters N] [--train-log FILE]
         [--save-checkpoint PATH]
     python benchmarks/accuracy.py --checkpoint PATH [--test-images 300] [--device auto] [--zoom-width N]
@@ -52,6 +52,7 @@ def train_for(work: Path, args: argparse.Namespace) -> tuple[Path, float]:
     command += ["--amp"] * args.amp + (["--lr", str(args.lr)] if args.lr else [])
     command += ["--img-size", str(args.img_size)] if args.img_size else []
     command += ["--crop-size", str(args.crop_size)] if args.crop_size else []
+    command += ["--zoom-share", str(args.zoom_share)] if args.zoom_share is not None else []
     command += ["--iters", str(args.iters)] if args.iters else []
     command += ["--warmup-iters", str(args.warmup_iters)] if args.warmup_iters is not None else []
     start = time.perf_counter()
@@ -78,6 +79,8 @@ def main() -> None:
     parser.add_argument("--test-images", type=int, default=300)
     parser.add_argument("--img-size", type=int, default=None, help="size images are resized to (default: the model's)")
     parser.add_argument("--crop-size", type=int, default=None, help="training crops (default: the model's)")
+    parser.add_argument("--zoom-share", type=float, default=None,
+                        help="share of crops with their plate at the second reading's width (default: the model's)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--checkpoint-iters", type=int, default=None,
                         help="validate and checkpoint every N iterations too (default: at the end only)")

@@ -38,6 +38,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--crop-size", type=int, default=None,
                         help="train on square crops of this size from the resized images (default: the model's: "
                              "448 for rtmdet-ins-tiny, or --img-size where that is smaller)")
+    parser.add_argument("--zoom-share", type=float, default=defaults.zoom_share,
+                        help="share of training crops resized so that their plate is as wide as the reader's "
+                             "second reading reads it (0 to 1)")
     parser.add_argument("--widen-factor", type=float, default=None, help="RTMDet width multiplier")
     parser.add_argument("--drop-rate", type=float, default=defaults.drop_rate, help="Swin dropout")
     parser.add_argument("--drop-path-rate", type=float, default=defaults.drop_path_rate, help="Swin drop path")
@@ -59,7 +62,8 @@ def settings_from_args(args: argparse.Namespace) -> TrainSettings:
     return TrainSettings(
         model=args.model, epochs=args.epochs, iters=args.iters, minutes=args.minutes,
         val_interval=args.val_interval, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-        img_size=args.img_size, crop_size=args.crop_size, widen_factor=args.widen_factor,
+        img_size=args.img_size, crop_size=args.crop_size, zoom_share=args.zoom_share,
+        widen_factor=args.widen_factor,
         drop_rate=args.drop_rate, drop_path_rate=args.drop_path_rate, window_size=args.window_size,
         mlp_ratio=args.mlp_ratio,
         warmup_iters=args.warmup_iters, num_workers=args.workers, amp=args.amp, seed=args.seed,

@@ -246,6 +246,27 @@ def test_plate_crop_with_a_scale_cuts_the_window_of_the_resized_image_then_resiz
         assert result["img"].mean() < 255 * 3000 / 320**2 + 1  # and nothing else painted
 
 
+def test_plate_crop_with_a_board_width_scales_the_picked_board_to_it_in_that_share_of_windows():
+    from alpr.mmdet_ext import PlateCrop
+
+    boards = [(100.0, 500.0, 164.0, 532.0), (700.0, 100.0, 1100.0, 300.0)]  # 64 and 400 px wide
+    widths = {share: [] for share in (1.0, 0.5)}
+    np.random.seed(3)
+    for share, found in widths.items():
+        crop = PlateCrop(crop_size=(448, 448), scale=(1280, 1280), ratio_range=(1.0, 1.0), board_width=(256, 400),
+                         board_share=share, recompute_bbox=True, allow_negative_crop=True)
+        for _ in range(40):
+            to_window = crop(_plate_sample(boards, ["l_board", "l_board"]))["homography_matrix"]
+            corners = [(to_window @ np.array([[x1, x2], [y1, y2], [1, 1]]))[:2] for x1, y1, x2, y2 in boards]
+            whole = [xs[1] - xs[0] for xs, ys in corners if xs.min() >= 0 and ys.min() >= 0 and max(xs.max(),
+                     ys.max()) <= 448.01]  # the boards inside the window, as wide as they are there
+            found.append(round(max(whole), 3))
+    assert all(255 <= width <= 401 for width in widths[1.0])  # the small board enlarged, the large one shrunk
+    assert min(widths[1.0]) < 300 and max(widths[1.0]) > 360  # drawn across the range
+    unscaled = sum(width in (64, 400) for width in widths[0.5])  # ratio_range 1: the image's own sizes
+    assert 8 <= unscaled <= 32
+
+
 def test_a_collated_batch_holds_one_block_of_memory_per_dtype_and_the_same_values():
     from mmdet.structures import DetDataSample
     from mmdet.structures.bbox import HorizontalBoxes

@@ -1,4 +1,7 @@
-"""PlateReader's second reading of each plate, from a window scaled to the plate's best size."""
+"""PlateReader's second reading of each plate, from a window scaled to the plate's best size, and
+its detections without masks."""
+
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -52,13 +55,14 @@ def test_the_second_reading_is_kept_only_when_it_reads_the_same_board():
 
 
 def test_each_board_is_read_again_at_the_zoom_width(smoke_workdir, smoke_training, synth_dir):
-    """With every detection a board (thresholds at 0), each board is run through the model again,
-    in a window scaled so that the board is zoom_width wide."""
-    from alpr.reader import PlateReader
+    """Each plate found first is run through the model again, in its window scaled so that its board
+    is zoom_width wide (the plates here are given: a 4-iteration model's boards are chance)."""
+    import math
+
+    from alpr.reader import PlateReader, load_image
 
     best = smoke_workdir / "runs" / "r1" / "train" / "best.pth"
-    everything = dict(board_threshold=0.0, char_threshold=0.0, region_threshold=0.0)
-    reader = PlateReader.from_checkpoint(best, device="cpu", options=ReadOptions(**everything, zoom_width=96))
+    reader = PlateReader.from_checkpoint(best, device="cpu", options=ReadOptions(zoom_width=96))
     windows = []
     detect = reader._detect
 
@@ -67,10 +71,35 @@ def test_each_board_is_read_again_at_the_zoom_width(smoke_workdir, smoke_trainin
         return detect(data, masks)
 
     reader._detect = recording
+    image = load_image(synth_dir / "000001.jpg")
+    boards = [(100.0, 100.0, 160.0, 113.0), (300.0, 200.0, 364.0, 240.0), (0.0, 0.0, 40.0, 20.0)]
+    first = [_plate(None, board) for board in boards]
+    plates, = reader._read_again([image], [first])
+    assert len(plates) == len(first)
+    expected = []
+    for board in boards:
+        (x1, y1, x2, y2), scale = zoom_window(board, image.shape[1::-1], 96)
+        expected.append((32 * math.ceil(round((y2 - y1) * scale) / 32), 32 * math.ceil(round((x2 - x1) * scale) / 32)))
+    assert [tuple(window) for window in windows] == expected  # padded to the model's stride
+
+
+def test_detections_without_masks_are_the_same_boxes_and_skip_the_mask_computation(smoke_workdir, smoke_training,
+                                                                                  synth_dir):
+    import torch
+    from mmengine.dataset import pseudo_collate
+
+    from alpr.mmdet_ext import boxes_only
+    from alpr.reader import PlateReader, load_image
+
+    best = smoke_workdir / "runs" / "r1" / "train" / "best.pth"
+    options = ReadOptions(board_threshold=0.0, char_threshold=0.0, region_threshold=0.0)
+    reader = PlateReader.from_checkpoint(best, device="cpu", options=options)
     image = synth_dir / "000001.jpg"
-    (_, plates), = reader.read([image])
-    first = PlateReader(reader.model, ReadOptions(**everything, zoom_width=0)).predict(image)
-    assert first, "the smoke model found no board to read again"
-    assert len(windows) == len(first) and len(plates) == len(first)
-    for height, width in windows:
-        assert width % 32 == 0 and height % 32 == 0 and width >= 96  # the board alone is 96 px wide there
+    without, = reader.detect([image], masks=False)
+    with_masks, = reader.detect([image])  # after the boxes-only call: masks are back
+    assert without and all(d.mask is None for d in without) and all(d.mask for d in with_masks)
+    assert without == [replace(d, mask=None) for d in with_masks]
+    data = pseudo_collate([reader.pipeline(dict(img=load_image(image), img_id=0))])
+    with torch.no_grad(), boxes_only(reader.model):
+        result, = reader.model.test_step(data)
+    assert max(result.pred_instances.masks.shape[1:]) <= 8  # no full-size mask was made

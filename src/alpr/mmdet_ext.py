@@ -6,6 +6,7 @@ Imported by the training config (``custom_imports``), never by editing mmdet its
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
@@ -237,23 +238,36 @@ class PlateCrop(RandomCrop):
     does it (keeping its ratio, to about ``scale`` times a factor drawn from ``ratio_range``),
     but cut before resizing: only the window is resized, a fifth of the pixels of a 1280 px image
     for a 448 px window.
+
+    With ``board_width``, a ``board_share`` of the windows are resized instead so that the picked
+    board's longer side is drawn from ``board_width``: the size at which ``PlateReader`` reads
+    each plate a second time, whatever its size in the image.
     """
 
     def __init__(self, *args, scale: tuple[int, int] | None = None, ratio_range: tuple[float, float] = (1.0, 1.0),
-                 **kwargs):
+                 board_width: tuple[float, float] | None = None, board_share: float = 0.0, **kwargs):
         super().__init__(*args, **kwargs)
         self.scale, self.ratio_range, self._factor = scale, ratio_range, 1.0
+        self.board_width, self.board_share = board_width, board_share
 
     def transform(self, results: dict) -> dict | None:
-        self._factor = 1.0
-        if self.scale:
-            h, w = results["img"].shape[:2]
-            self._factor = (min(max(self.scale) / max(h, w), min(self.scale) / min(h, w))
-                            * np.random.uniform(*self.ratio_range))
+        boards = results["gt_bboxes"].numpy()[np.isin(results["gt_bboxes_labels"], BOARD_IDS)]
+        self._board = boards[np.random.randint(len(boards))] if len(boards) else None
+        self._factor = self._resize_factor(results["img"].shape[:2])
         results = super().transform(results)
         if results is None or self._factor == 1.0:
             return results
         return Resize(scale_factor=self._factor, keep_ratio=True)(results)
+
+    def _resize_factor(self, image_size: tuple[int, int]) -> float:
+        if self.board_width and self._board is not None and np.random.uniform() < self.board_share:
+            x1, y1, x2, y2 = self._board
+            return np.random.uniform(*self.board_width) / max(x2 - x1, y2 - y1, 1.0)
+        if not self.scale:
+            return 1.0
+        h, w = image_size
+        return (min(max(self.scale) / max(h, w), min(self.scale) / min(h, w))
+                * np.random.uniform(*self.ratio_range))
 
     def _get_crop_size(self, image_size: tuple[int, int]) -> tuple[int, int]:
         # the window in the image's own pixels that resizing makes crop_size (or less: Pad fills it)
@@ -261,18 +275,16 @@ class PlateCrop(RandomCrop):
         return min(int(self.crop_size[1] / self._factor), h), min(int(self.crop_size[0] / self._factor), w)
 
     def _crop_data(self, results: dict, crop_size: tuple[int, int], allow_negative_crop: bool) -> dict | None:
-        # the window (h, w) as RandomCrop chose it for this image, and the boards it should hold
-        boxes, labels = results["gt_bboxes"].numpy(), results["gt_bboxes_labels"]
-        self._boards, self._window = boxes[np.isin(labels, BOARD_IDS)], crop_size
+        self._window = crop_size  # (h, w), as RandomCrop chose it for this image
         masks = results.get("gt_masks")
         if type(masks) is PolygonMasks:
             results["gt_masks"] = WindowPolygonMasks(masks.masks, masks.height, masks.width)
         return super()._crop_data(results, crop_size, allow_negative_crop)
 
     def _rand_offset(self, margin: tuple[int, int]) -> tuple[int, int]:
-        if not len(self._boards):
+        if self._board is None:
             return super()._rand_offset(margin)
-        x1, y1, x2, y2 = self._boards[np.random.randint(len(self._boards))]
+        x1, y1, x2, y2 = self._board
         return (self._offset(y1, y2, self._window[0], margin[0]), self._offset(x1, x2, self._window[1], margin[1]))
 
     @staticmethod
@@ -313,6 +325,8 @@ class BatchedRTMDetInsHead(RTMDetInsSepBNHead):
 
     Assumes every prior is valid, as alpr's training pipeline pads each image to the same size.
     """
+
+    boxes_only = False  # set by ``boxes_only(model)``: predictions without masks
 
     def loss_by_feat(self, cls_scores, bbox_preds, kernel_preds, mask_feat, batch_gt_instances, batch_img_metas,
                      batch_gt_instances_ignore=None):
@@ -403,6 +417,26 @@ class BatchedRTMDetInsHead(RTMDetInsSepBNHead):
         scale = self.prior_generator.strides[0][0] // self.mask_loss_stride
         logits = F.interpolate(x.reshape(1, -1, h, w), scale_factor=scale, mode="bilinear", align_corners=False)[0]
         return self.loss_mask(logits, gt_masks, weight=None, avg_factor=num_pos)
+
+    def _mask_predict_by_feat_single(self, mask_feat, kernels, priors):
+        if self.boxes_only:  # one logit per detection: what follows makes 8 px specks, not full-size masks
+            return mask_feat.new_zeros((len(kernels), 1, 1))
+        return super()._mask_predict_by_feat_single(mask_feat, kernels, priors)
+
+
+@contextlib.contextmanager
+def boxes_only(model):
+    """Within it, RTMDet-ins heads skip their masks, each upsampled to the whole image, which
+    reading plates does not use; detections then carry masks of no use, to be dropped. Other
+    models' masks are computed as usual."""
+    heads = [module for module in model.modules() if isinstance(module, BatchedRTMDetInsHead)]
+    for head in heads:
+        head.boxes_only = True
+    try:
+        yield
+    finally:
+        for head in heads:
+            head.boxes_only = False
 
 
 @METRICS.register_module()

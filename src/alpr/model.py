@@ -15,6 +15,7 @@ from pathlib import Path
 
 from alpr.errors import UsageError
 from alpr.plates import CLASSES
+from alpr.postprocess import ReadOptions
 
 MODELS = ("rtmdet-ins-tiny", "mask-rcnn-swin-t", "smoke")
 PAD_VALUE = (114, 114, 114)
@@ -41,6 +42,9 @@ class TrainSettings:
     weight_decay: float = 0.05
     img_size: int | None = None  # default: the model's own
     crop_size: int | None = None  # square crops trained on, from images resized to img_size; default: the model's
+    # share of training crops resized so that their plate is as wide as PlateReader's second reading;
+    # off: half the crops so read 0.7 % of fresh plates after 30 CPU minutes (benchmarks/RESULTS.md)
+    zoom_share: float = 0.0
     widen_factor: float | None = None  # rtmdet models
     drop_rate: float = 0.0  # swin
     drop_path_rate: float = 0.2  # swin
@@ -64,6 +68,8 @@ class TrainSettings:
             raise UsageError(f"--iters must be at least 1, got {self.iters}")
         if self.minutes is not None and not self.minutes > 0:
             raise UsageError(f"--minutes must be more than 0, got {self.minutes}")
+        if not 0 <= self.zoom_share <= 1:
+            raise UsageError(f"--zoom-share must be from 0 to 1, got {self.zoom_share}")
 
     @property
     def by_epoch(self) -> bool:
@@ -178,17 +184,21 @@ def model_config(settings: TrainSettings) -> dict:
     return _rtmdet(settings.widen_factor or default_widen, len(CLASSES))
 
 
-def train_pipeline(size: int, crop: int) -> list[dict]:
+def train_pipeline(size: int, crop: int, zoom_share: float) -> list[dict]:
     """Images resized to about ``size``, then ``crop`` x ``crop`` pieces, each holding a whole plate:
     a crop smaller than the size trains at full detail (small plates stay readable) for the cost
-    of a small image."""
+    of a small image. A ``zoom_share`` of the pieces are resized instead so that their plate is
+    about as wide as ``PlateReader`` reads each plate a second time."""
+    zoom = ReadOptions.zoom_width
+    widest = min(1.25 * zoom, crop)  # a board wider than the crop would be cut
     # No flips: a mirrored character is another character (or none).
     return [
         dict(type="LoadImageFromFile"),
         dict(type="LoadAnnotations", with_bbox=True, with_mask=True, poly2mask=False),
         # resized at random to about size, cut before resizing (only the crop is resized)
         dict(type="PlateCrop", crop_size=(crop, crop), scale=(size, size), ratio_range=(0.8, 1.25),
-             recompute_bbox=True, allow_negative_crop=True),
+             board_width=(min(0.8 * zoom, widest), widest), board_share=zoom_share, recompute_bbox=True,
+             allow_negative_crop=True),
         dict(type="YOLOXHSVRandomAug"),
         dict(type="Pad", size=(crop, crop), pad_val=dict(img=PAD_VALUE)),
         dict(type="FilterAnnotations", min_gt_bbox_wh=(1, 1)),
@@ -244,7 +254,7 @@ def with_val_interval(settings: TrainSettings, train_images: int) -> TrainSettin
 def build_config(settings: TrainSettings, dataset_dir: Path, work_dir: Path, dataset: dict,
                  load_from: str | None = None, resume: bool = False) -> dict:
     """The complete mmengine config of a training run."""
-    size = settings.image_size
+    size, crop = settings.image_size, settings.train_crop_size
     by_epoch = settings.by_epoch
     if settings.val_interval is None:
         raise ValueError("build_config needs the validation interval resolved: see with_val_interval")
@@ -259,7 +269,7 @@ def build_config(settings: TrainSettings, dataset_dir: Path, work_dir: Path, dat
         custom_imports=dict(imports=["alpr.mmdet_ext"], allow_failed_imports=False),
         model=model_config(settings),
         work_dir=str(work_dir),
-        train_dataloader=_loader(_dataset(dataset_dir, "train", train_pipeline(size, settings.train_crop_size), True),
+        train_dataloader=_loader(_dataset(dataset_dir, "train", train_pipeline(size, crop, settings.zoom_share), True),
                                  settings.batch_size, settings.num_workers, True, endless=not by_epoch),
         val_dataloader=_loader(_dataset(dataset_dir, "val", test_pipeline(size), False), 1, settings.num_workers,
                                False),

@@ -151,9 +151,9 @@ class PlateReader:
         import torch
         from mmengine.dataset import pseudo_collate
 
-        from alpr.mmdet_ext import to_detections
+        from alpr.mmdet_ext import boxes_only, to_detections
 
-        with torch.no_grad():
+        with torch.no_grad(), (contextlib.nullcontext() if masks else boxes_only(self.model)):
             results = self.model.test_step(pseudo_collate(data))
         return [to_detections(r.pred_instances, self.score_threshold, masks) for r in results]
 

@@ -326,7 +326,9 @@ _worker_state: dict = {}
 
 
 def _init_worker(out: str, backgrounds: str | None, options: SynthOptions, seed: int) -> None:
-    cv2.setNumThreads(1)
+    # One process per core already. 0, not 1: in a forked worker, 1 reconfigures the OpenCV thread
+    # pool inherited from the parent, which hung once the parent had resized images (under pytest).
+    cv2.setNumThreads(0)
     _worker_state.update(out=Path(out), backgrounds=Backgrounds(Path(backgrounds) if backgrounds else None),
                          options=options, seed=seed)
 
