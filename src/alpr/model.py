@@ -43,7 +43,7 @@ class TrainSettings:
     img_size: int | None = None  # default: the model's own
     crop_size: int | None = None  # square crops trained on, from images resized to img_size; default: the model's
     # share of training crops resized so that their plate is as wide as PlateReader's second reading;
-    # off: half the crops so read 0.7 % of fresh plates after 30 CPU minutes (benchmarks/RESULTS.md)
+    # off until a longer training shows it pays (benchmarks/RESULTS.md, "Training crops at the reading's size")
     zoom_share: float = 0.0
     widen_factor: float | None = None  # rtmdet models
     drop_rate: float = 0.0  # swin
