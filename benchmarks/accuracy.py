@@ -3,7 +3,7 @@
     python benchmarks/accuracy.py [--minutes 30] [--model rtmdet-ins-tiny] [--train-images 1000]
         [--test-images 300] [--img-size N] [--crop-size N] [--zoom-share S] [--batch-size 8] [--checkpoint-iters N]
         [--device auto] [--workers 2] [--amp] [--lr LR] [--iters N] [--warmup-iters N] [--train-log FILE]
-        [--save-checkpoint PATH]
+        [--save-checkpoint PATH] [--load-from PATH]
     python benchmarks/accuracy.py --checkpoint PATH [--test-images 300] [--device auto] [--zoom-width N]
 
 Synthesizes and records a training set (seed 0) and a test set (seed 1000, every image in the
@@ -55,6 +55,7 @@ def train_for(work: Path, args: argparse.Namespace) -> tuple[Path, float]:
     command += ["--zoom-share", str(args.zoom_share)] if args.zoom_share is not None else []
     command += ["--iters", str(args.iters)] if args.iters else []
     command += ["--warmup-iters", str(args.warmup_iters)] if args.warmup_iters is not None else []
+    command += ["--load-from", str(args.load_from)] if args.load_from else []
     start = time.perf_counter()
     with open(args.train_log or os.devnull, "w") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_stoppable)
@@ -93,6 +94,8 @@ def main() -> None:
     parser.add_argument("--save-checkpoint", type=Path, default=None, help="copy the scored checkpoint here")
     parser.add_argument("--train-log", type=Path, default=None, help="file for the training step's output")
     parser.add_argument("--checkpoint", type=Path, default=None, help="score this checkpoint; train nothing")
+    parser.add_argument("--load-from", type=Path, default=None,
+                        help="start training from this checkpoint's weights (one trained earlier, say)")
     parser.add_argument("--zoom-width", type=int, default=ReadOptions.zoom_width,
                         help="read each board again, scaled to this width (0: never)")
     args = parser.parse_args()
@@ -116,7 +119,8 @@ def main() -> None:
             checkpoint, spent = train_for(work, args)
             sizes = TrainSettings(model=args.model, img_size=args.img_size, crop_size=args.crop_size)
             trained = (f"{args.model}: trained {spent / 60:.1f} min on {args.train_images} images "
-                       f"at {sizes.image_size} px ({sizes.train_crop_size} px crops)")
+                       f"at {sizes.image_size} px ({sizes.train_crop_size} px crops)"
+                       + (f", starting from {args.load_from}" if args.load_from else ""))
         if args.save_checkpoint:
             shutil.copyfile(checkpoint, args.save_checkpoint)
         reader = PlateReader.from_checkpoint(checkpoint, args.device, ReadOptions(zoom_width=args.zoom_width))

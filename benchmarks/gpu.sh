@@ -13,6 +13,8 @@
 # Images are resized to IMG_SIZE (1280: full detail for small plates) and trained on CROP_SIZE
 # crops (448: rtmdet-ins-tiny's default), BATCH at a time (128; half that if it does not fit) at
 # learning rate LR (RTMDet's own 0.004 for 256 images a step, with the square root of the batch).
+# LOAD_FROM=PATH starts the training from a carried checkpoint's weights (a model.pth an earlier
+# call brought back, say), so that training time adds up across calls and leases.
 # On the third lease, 14 loader workers made about 200 crops/s, and the step's host work was
 # about 0.3 s plus 1.6 ms a crop: 128 a step keeps about the pace of 256 with twice the steps.
 # Each figure is printed and saved in OUTPUT_DIR; a failing stage does not stop the later ones.
@@ -81,7 +83,8 @@ lr=${LR:-$(python3 -c "print(round(0.004 * ($batch / 256) ** 0.5, 5))")}
 if [ "$minutes" != 0 ]; then
     python3 "$here/accuracy.py" --device cuda --minutes "$minutes" --batch-size $batch --workers $workers --amp \
         --lr "$lr" --img-size "$size" --crop-size "$crop" --train-images 4000 --test-images 250 \
-        --train-log "$out/train.log" --save-checkpoint /tmp/accuracy.pth | tee "$out/accuracy.txt"
+        --train-log "$out/train.log" --save-checkpoint /tmp/accuracy.pth ${LOAD_FROM:+--load-from "$LOAD_FROM"} \
+        | tee "$out/accuracy.txt"
 fi
 
 checkpoint=()
@@ -93,6 +96,9 @@ weights = {k: v.half() if v.is_floating_point() else v for k, v in c['state_dict
 torch.save({'meta': c['meta'], 'state_dict': weights}, sys.argv[2])" /tmp/accuracy.pth "$out/model.pth"
 fi
 if [ "$speed" = 1 ]; then
+    # the trained model's reading, each plate read twice: the untrained speed model finds none
+    [ -f /tmp/accuracy.pth ] && python3 "$here/model_speed.py" --device cuda --checkpoint /tmp/accuracy.pth \
+        --runs 20 --batch 1 16 2>&1 | tee -a "$out/model_speed.txt"
     python3 "$here/score_speed.py" --device cuda  # printed only: $OUT brings back 8 files at most
     python3 "$here/serve_speed.py" --device cuda "${checkpoint[@]}" --requests 200 --concurrency 1 8 \
         | tee "$out/serve_speed.txt"

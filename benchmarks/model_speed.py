@@ -2,10 +2,13 @@
 
     python benchmarks/model_speed.py [--model rtmdet-ins-tiny] [--iters 20] [--runs 30] [--batch 1 16]
         [--batch-size 8] [--workers 2] [--amp] [--images 64] [--img-size N] [--crop-size N] [--device auto]
+        [--checkpoint PATH [--zoom-width W]]
 
 Synthesizes a small 1280x720 dataset, trains --iters iterations (after 3 warm-up ones are
 excluded via the timer in the log), then times PlateReader on single images (median of --runs)
-and on batches.
+and on batches. A model trained that briefly finds few plates, so its reading skips most of the
+work a real model's does (the second reading of each plate): ``--checkpoint`` times a trained
+model's reading instead, and trains nothing.
 """
 
 import argparse
@@ -18,6 +21,7 @@ import time
 from pathlib import Path
 
 from alpr.model import TrainSettings
+from alpr.postprocess import ReadOptions
 from alpr.record import RecordOptions, record
 from alpr.synth import SynthOptions, generate
 
@@ -62,33 +66,50 @@ def main() -> None:
                         help="training images (drawn again and again as the iterations need)")
     parser.add_argument("--img-size", type=int, default=None, help="size images are resized to (default: the model's)")
     parser.add_argument("--crop-size", type=int, default=None, help="training crops (default: the model's)")
+    parser.add_argument("--checkpoint", type=Path, default=None, help="time this trained model's reading; train nothing")
+    parser.add_argument("--zoom-width", type=int, default=ReadOptions.zoom_width,
+                        help="second reading's board width (0: none)")
     args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as folder:
+        if args.checkpoint:
+            generate(Path(folder) / "synth", args.images, seed=1, options=SynthOptions(1280, 720), progress=False)
+            checkpoint = args.checkpoint
+        else:
+            checkpoint = time_training(Path(folder), args)
+        time_reading(checkpoint, sorted((Path(folder) / "synth").glob("*.jpg")), args)
+
+
+def time_training(folder: Path, args: argparse.Namespace) -> Path:
     extra = ("--workers", str(args.workers), *["--amp"] * args.amp,
              *(["--img-size", str(args.img_size)] if args.img_size else []),
              *(["--crop-size", str(args.crop_size)] if args.crop_size else []))
-    with tempfile.TemporaryDirectory() as folder:
-        work = train_bench_model(Path(folder), args.model, args.iters, args.batch_size, args.device, extra, args.images)
-        logged = [json.loads(line) for line in (work / "runs/bench/train/log.json").read_text().splitlines()]
-        times = [entry["time"] for entry in logged if "loss" in entry][3:]  # skip warm-up iterations
-        per_iter = statistics.median(times)
-        print(f"train {args.model}: median {per_iter:.2f} s per iteration of {args.batch_size} images "
-              f"(iterations 4-{args.iters}, 1280x720 {_sizes(args)})")
-        print(f"train_images_per_second={args.batch_size / per_iter:.2f}")
+    work = train_bench_model(folder, args.model, args.iters, args.batch_size, args.device, extra, args.images)
+    logged = [json.loads(line) for line in (work / "runs/bench/train/log.json").read_text().splitlines()]
+    times = [entry["time"] for entry in logged if "loss" in entry][3:]  # skip warm-up iterations
+    per_iter = statistics.median(times)
+    print(f"train {args.model}: median {per_iter:.2f} s per iteration of {args.batch_size} images "
+          f"(iterations 4-{args.iters}, 1280x720 {_sizes(args)})")
+    print(f"train_images_per_second={args.batch_size / per_iter:.2f}")
+    return work / "runs/bench/train/best.pth"
 
-        from alpr import PlateReader
 
-        reader = PlateReader.from_checkpoint(work / "runs/bench/train/best.pth", args.device)
-        images = sorted((Path(folder) / "synth").glob("*.jpg"))
-        for batch in args.batch:
-            reader.detect(images[:batch])  # warm-up
-            times = []
-            for run in range(args.runs):
-                chosen = [images[(run * batch + k) % len(images)] for k in range(batch)]
-                start = time.perf_counter()
-                reader.predict_batch(chosen)
-                times.append((time.perf_counter() - start) / batch * 1000)
-            print(f"infer_ms_per_image_batch{batch}={statistics.median(times):.1f} "
-                  f"(median of {args.runs}, 1280x720, {next(reader.model.parameters()).device})")
+def time_reading(checkpoint: Path, images: list[Path], args: argparse.Namespace) -> None:
+    from alpr import PlateReader
+
+    reader = PlateReader.from_checkpoint(checkpoint, args.device, ReadOptions(zoom_width=args.zoom_width))
+    plates = 0
+    for batch in args.batch:
+        reader.predict_batch(images[:batch])  # warm-up
+        times = []
+        for run in range(args.runs):
+            chosen = [images[(run * batch + k) % len(images)] for k in range(batch)]
+            start = time.perf_counter()
+            plates += sum(map(len, reader.predict_batch(chosen)))
+            times.append((time.perf_counter() - start) / batch * 1000)
+        print(f"infer_ms_per_image_batch{batch}={statistics.median(times):.1f} "
+              f"(median of {args.runs}, 1280x720, {next(reader.model.parameters()).device})")
+    print(f"plates_found_per_image={plates / (args.runs * sum(args.batch)):.2f} (second reading at "
+          f"{args.zoom_width or 'none'} px wide)")
 
 
 if __name__ == "__main__":
