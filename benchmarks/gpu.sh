@@ -97,7 +97,7 @@ torch.save({'meta': c['meta'], 'state_dict': weights}, sys.argv[2])" /tmp/accura
 fi
 if [ "$speed" = 1 ]; then
     # the trained model's reading, each plate read twice: the untrained speed model finds none
-    [ -f /tmp/accuracy.pth ] && python3 "$here/model_speed.py" --device cuda --checkpoint /tmp/accuracy.pth \
+    [ ${#checkpoint[@]} -gt 0 ] && python3 "$here/model_speed.py" --device cuda "${checkpoint[@]}" \
         --runs 20 --batch 1 16 2>&1 | tee -a "$out/model_speed.txt"
     python3 "$here/score_speed.py" --device cuda  # printed only: $OUT brings back 8 files at most
     python3 "$here/serve_speed.py" --device cuda "${checkpoint[@]}" --requests 200 --concurrency 1 8 \

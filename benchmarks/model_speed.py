@@ -28,6 +28,12 @@ from alpr.synth import SynthOptions, generate
 ROOT = Path(__file__).parents[1]
 
 
+def bench_images(folder: Path, count: int) -> list[Path]:
+    """``count`` synthetic 1280x720 images in ``FOLDER/synth`` (seed 1), in name order."""
+    generate(folder / "synth", count, seed=1, options=SynthOptions(1280, 720), progress=False)
+    return sorted((folder / "synth").glob("*.jpg"))
+
+
 def train_bench_model(folder: Path, model: str, iters: int, batch_size: int, device: str = "auto",
                       extra: tuple[str, ...] = (), images: int = 64) -> Path:
     """``images`` synthetic 1280x720 images recorded and trained on for ``iters`` iterations; returns the workdir.
@@ -35,7 +41,7 @@ def train_bench_model(folder: Path, model: str, iters: int, batch_size: int, dev
     The checkpoint is ``WORK/runs/bench/train/best.pth`` and the images are ``FOLDER/synth/*.jpg``.
     """
     work = folder / "work"
-    generate(folder / "synth", images, seed=1, options=SynthOptions(1280, 720), progress=False)
+    bench_images(folder, images)
     record(RecordOptions(folder / "synth", work, "bench", "1", dvc=False))
     command = [sys.executable, str(ROOT / "steps/train.py"), "--workdir", str(work), "--dataset", "bench",
                "--version", "1", "--model", model, "--run-id", "bench", "--iters", str(iters),
@@ -72,11 +78,11 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         if args.checkpoint:
-            generate(Path(folder) / "synth", args.images, seed=1, options=SynthOptions(1280, 720), progress=False)
-            checkpoint = args.checkpoint
+            checkpoint, images = args.checkpoint, bench_images(Path(folder), args.images)
         else:
             checkpoint = time_training(Path(folder), args)
-        time_reading(checkpoint, sorted((Path(folder) / "synth").glob("*.jpg")), args)
+            images = sorted((Path(folder) / "synth").glob("*.jpg"))
+        time_reading(checkpoint, images, args)
 
 
 def time_training(folder: Path, args: argparse.Namespace) -> Path:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 
-from model_speed import ROOT, train_bench_model
+from model_speed import ROOT, bench_images, train_bench_model
 
 
 def start_server(checkpoint: Path, port: int, device: str, log: Path) -> subprocess.Popen:
@@ -68,9 +68,7 @@ def main() -> None:
         if checkpoint is None:
             checkpoint = train_bench_model(folder, "rtmdet-ins-tiny", 2, 2, args.device) / "runs/bench/train/best.pth"
         else:
-            from alpr.synth import SynthOptions, generate
-
-            generate(folder / "synth", 16, seed=1, options=SynthOptions(1280, 720), progress=False)
+            bench_images(folder, 16)
         bodies = [{"instances": [{"image_b64": base64.b64encode(p.read_bytes()).decode()}]}
                   for p in sorted((folder / "synth").glob("*.jpg"))]
         server = start_server(checkpoint, args.port, args.device, folder / "server.log")
