@@ -28,9 +28,13 @@ from alpr.synth import SynthOptions, generate
 ROOT = Path(__file__).parents[1]
 
 
-def bench_images(folder: Path, count: int) -> list[Path]:
-    """``count`` synthetic 1280x720 images in ``FOLDER/synth`` (seed 1), in name order."""
+def bench_images(folder: Path, count: int) -> None:
+    """Writes ``count`` synthetic 1280x720 images in ``FOLDER/synth`` (seed 1)."""
     generate(folder / "synth", count, seed=1, options=SynthOptions(1280, 720), progress=False)
+
+
+def bench_image_paths(folder: Path) -> list[Path]:
+    """The images ``bench_images`` wrote in ``folder``, in name order."""
     return sorted((folder / "synth").glob("*.jpg"))
 
 
@@ -76,13 +80,12 @@ def main() -> None:
     parser.add_argument("--zoom-width", type=int, default=ReadOptions.zoom_width,
                         help="second reading's board width (0: none)")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory() as name:
+        folder = Path(name)
         if args.checkpoint:
-            checkpoint, images = args.checkpoint, bench_images(Path(folder), args.images)
-        else:
-            checkpoint = time_training(Path(folder), args)
-            images = sorted((Path(folder) / "synth").glob("*.jpg"))
-        time_reading(checkpoint, images, args)
+            bench_images(folder, args.images)
+        checkpoint = args.checkpoint or time_training(folder, args)
+        time_reading(checkpoint, bench_image_paths(folder), args)
 
 
 def time_training(folder: Path, args: argparse.Namespace) -> Path:

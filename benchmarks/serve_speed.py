@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 
-from model_speed import ROOT, bench_images, train_bench_model
+from model_speed import ROOT, bench_image_paths, bench_images, train_bench_model
 
 
 def start_server(checkpoint: Path, port: int, device: str, log: Path) -> subprocess.Popen:
@@ -70,7 +70,7 @@ def main() -> None:
         else:
             bench_images(folder, 16)
         bodies = [{"instances": [{"image_b64": base64.b64encode(p.read_bytes()).decode()}]}
-                  for p in sorted((folder / "synth").glob("*.jpg"))]
+                  for p in bench_image_paths(folder)]
         server = start_server(checkpoint, args.port, args.device, folder / "server.log")
         try:
             url = f"http://127.0.0.1:{args.port}/v1/models/alpr:predict"
