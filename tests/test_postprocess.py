@@ -56,6 +56,12 @@ def test_duplicate_detection_of_one_character_is_merged():
     assert plate.text == "12A3456"
 
 
+def test_two_boxes_on_one_glyph_are_one_character_though_their_iou_is_low():
+    dup = Detection("8", 0.5, (151, 20, 167, 27))  # a short box on the '5' glyph (152-168 x 8-32): IoU 0.27
+    [plate] = read_plates(_plate("12A3456", extra=dup))
+    assert plate.text == "12A3456" and len(plate.char_scores) == 7
+
+
 def test_letter_in_the_wrong_place_is_rejected():
     [plate] = read_plates(_plate("1A23456"))
     assert plate.text is None and "region must be two digits" in plate.reason

@@ -2,9 +2,10 @@
 
 A board owns the sub-text and main-text regions and the characters whose centres
 fall inside it. Each character goes to the region that holds its centre and is read
-left to right. Where the model's first choice at a position is a letter where the format
-puts a digit (or the reverse), its best choice of the right kind there is read. A plate
-is returned read only when the sub text is two digits and a letter A-E and the main
+left to right, one per glyph: two detections that share most of their width in one row
+are one character. Where the model's first choice at a position is a letter where the
+format puts a digit (or the reverse), its best choice of the right kind there is read. A
+plate is returned read only when the sub text is two digits and a letter A-E and the main
 text four digits; otherwise it carries the reason and no text.
 """
 
@@ -110,6 +111,25 @@ def _left_to_right(chars: list[Detection]) -> list[Detection]:
     return sorted(chars, key=lambda d: d.centre[0])
 
 
+GLYPH_OVERLAP = 0.5  # two characters of one row sharing this much of the narrower's width are one glyph
+
+
+def _same_glyph(a: Detection, b: Detection) -> bool:
+    """Neighbours in a row barely overlap sideways; two boxes on one glyph can differ in height
+    and offset (so their IoU is low) but share most of their width."""
+    shared = min(a.bbox[2], b.bbox[2]) - max(a.bbox[0], b.bbox[0])
+    return shared > GLYPH_OVERLAP * min(a.bbox[2] - a.bbox[0], b.bbox[2] - b.bbox[0])
+
+
+def _row(chars: list[Detection]) -> list[Detection]:
+    """A region's characters, left to right, the best one per glyph."""
+    row: list[Detection] = []
+    for char in sorted(chars, key=lambda d: -d.score):
+        if not any(_same_glyph(char, kept) for kept in row):
+            row.append(char)
+    return _left_to_right(row)
+
+
 def _of_kind(char: Detection, found: list[Detection], kind: str, iou: float) -> Detection:
     """The character at a position, of the kind the format puts there (D digit, L letter): where
     the model's first choice is of the other kind, its best choice of the right kind in the same
@@ -143,7 +163,7 @@ def read_board(board: Detection, detections: list[Detection], options: ReadOptio
         return _unread(layout, board, f"{missing} region not found", [c.score for c in chars])
     sub_chars = [c for c in chars if _inside(c.centre, sub.bbox)]
     main_chars = [c for c in chars if _inside(c.centre, main.bbox) and c not in sub_chars]
-    rows = [_left_to_right(sub_chars), _left_to_right(main_chars)]
+    rows = [_row(sub_chars), _row(main_chars)]
     if [len(row) for row in rows] == [len(kinds) for kinds in TEXT_KINDS]:
         rows = [[_of_kind(c, confident, kind, options.duplicate_iou) for c, kind in zip(row, kinds)]
                 for row, kinds in zip(rows, TEXT_KINDS)]
