@@ -11,6 +11,7 @@ text four digits; otherwise it carries the reason and no text.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -92,13 +93,17 @@ def _inside(point: tuple[float, float], box: BOX) -> bool:
     return box[0] <= point[0] <= box[2] and box[1] <= point[1] <= box[3]
 
 
-def _suppress(detections: list[Detection], iou: float) -> list[Detection]:
-    """Class-agnostic non-maximum suppression: keeps the best of overlapping detections."""
+def _suppress(detections: list[Detection], same: Callable[[Detection, Detection], bool]) -> list[Detection]:
+    """Class-agnostic non-maximum suppression: keeps the best of detections that ``same`` pairs."""
     kept: list[Detection] = []
     for det in sorted(detections, key=lambda d: -d.score):
-        if all(box_iou(det.bbox, k.bbox) < iou for k in kept):
+        if not any(same(det, k) for k in kept):
             kept.append(det)
     return kept
+
+
+def _overlapping(iou: float) -> Callable[[Detection, Detection], bool]:
+    return lambda a, b: box_iou(a.bbox, b.bbox) >= iou
 
 
 def _best(detections: list[Detection], labels: dict, board: BOX, layout: Layout) -> Detection | None:
@@ -119,15 +124,6 @@ def _same_glyph(a: Detection, b: Detection) -> bool:
     and offset (so their IoU is low) but share most of their width."""
     shared = min(a.bbox[2], b.bbox[2]) - max(a.bbox[0], b.bbox[0])
     return shared > GLYPH_OVERLAP * min(a.bbox[2] - a.bbox[0], b.bbox[2] - b.bbox[0])
-
-
-def _row(chars: list[Detection]) -> list[Detection]:
-    """A region's characters, left to right, the best one per glyph."""
-    row: list[Detection] = []
-    for char in sorted(chars, key=lambda d: -d.score):
-        if not any(_same_glyph(char, kept) for kept in row):
-            row.append(char)
-    return _left_to_right(row)
 
 
 def _of_kind(char: Detection, found: list[Detection], kind: str, iou: float) -> Detection:
@@ -155,7 +151,7 @@ def read_board(board: Detection, detections: list[Detection], options: ReadOptio
     main = _best(regions, MAIN_LABELS, board.bbox, layout)
     confident = [d for d in detections if d.label in CHARACTER_CLASSES and d.score >= options.char_threshold
                  and _inside(d.centre, board.bbox)]
-    chars = _suppress(confident, options.duplicate_iou)
+    chars = _suppress(confident, _overlapping(options.duplicate_iou))
     if not chars:
         return _unread(layout, board, "no characters found on the board")
     if sub is None or main is None:
@@ -163,7 +159,7 @@ def read_board(board: Detection, detections: list[Detection], options: ReadOptio
         return _unread(layout, board, f"{missing} region not found", [c.score for c in chars])
     sub_chars = [c for c in chars if _inside(c.centre, sub.bbox)]
     main_chars = [c for c in chars if _inside(c.centre, main.bbox) and c not in sub_chars]
-    rows = [_row(sub_chars), _row(main_chars)]
+    rows = [_left_to_right(_suppress(row, _same_glyph)) for row in (sub_chars, main_chars)]
     if [len(row) for row in rows] == [len(kinds) for kinds in TEXT_KINDS]:
         rows = [[_of_kind(c, confident, kind, options.duplicate_iou) for c, kind in zip(row, kinds)]
                 for row, kinds in zip(rows, TEXT_KINDS)]
@@ -186,6 +182,6 @@ def read_board(board: Detection, detections: list[Detection], options: ReadOptio
 def read_plates(detections: list[Detection], options: ReadOptions = ReadOptions()) -> list[Plate]:
     """Every board above the threshold becomes a plate, read or with the reason it was not."""
     boards = _suppress([d for d in detections if d.label in BOARD_LABELS and d.score >= options.board_threshold],
-                       options.duplicate_iou)
+                       _overlapping(options.duplicate_iou))
     plates = [read_board(board, detections, options) for board in boards]
     return sorted(plates, key=lambda p: (p.bbox[1], p.bbox[0]))
