@@ -102,7 +102,7 @@ def main() -> None:
 
     from alpr import PlateReader
     from alpr.evaluate import predict_split
-    from alpr.metrics import evaluate
+    from alpr.metrics import evaluate, misread_summary
 
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder) / "work"
@@ -136,6 +136,7 @@ def main() -> None:
             print(f"{key}={metrics[key]:.4f}")
         for outcome, count in metrics["outcomes"].items():  # where the plates not read exactly went
             print(f"  {count:5d} {outcome}")
+        print(f"misread characters (true->read): {misread_summary(metrics)}")
 
 
 if __name__ == "__main__":

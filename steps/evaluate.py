@@ -10,7 +10,7 @@ from pathlib import Path
 
 from alpr import db
 from alpr.evaluate import EvaluateOptions, evaluate_run
-from alpr.metrics import metric_lines
+from alpr.metrics import metric_lines, misread_summary
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -33,6 +33,7 @@ def main(args: argparse.Namespace) -> dict:
     print(metric_lines(report["best"]))
     print(f"best checkpoint: {report['best_checkpoint']} ({args.metric}={report['best'][args.metric]:.4f})")
     print("plates: " + ", ".join(f"{n} {outcome}" for outcome, n in report["best"]["outcomes"].items()))
+    print(f"misread characters (true->read): {misread_summary(report['best'])}")
     print(f"metrics and plots: {Path(args.workdir) / 'runs' / args.run_id / 'eval'}")
     if "uploaded" in report:
         print(f"uploaded: {report['uploaded']}")

@@ -4,8 +4,8 @@ import pytest
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from alpr.metrics import (coco_aps, dv_iou, evaluate, mask_rle, metric_lines, metric_names, plate_metrics, rle_counts,
-                          third_boxes)
+from alpr.metrics import (coco_aps, dv_iou, evaluate, mask_rle, metric_lines, metric_names, misread_summary,
+                          plate_metrics, rle_counts, third_boxes)
 from alpr.plates import CLASSES
 from alpr.postprocess import Detection, Plate
 
@@ -144,6 +144,9 @@ def test_eir_counts_only_exact_reads_and_reports_layouts():
     assert metrics["char_accuracy"] == 0.0
     assert metrics["confusion"][1][7] == 1
     assert metrics["outcomes"] == {"read exactly": 1, "misread": 1}
+    assert metrics["misread_characters"] == {"8->9": 1}  # the misread plate's one wrong character
+    assert misread_summary(metrics) == "8->9 1"
+    assert misread_summary(plate_metrics(gt, {1: plates[1][:1]}, chars)) == "none"
 
 
 def test_aps_per_layout_ignore_the_other_layouts_plates_but_not_stray_detections():

@@ -231,7 +231,7 @@ def test_evaluate_writes_metrics_plots_and_database_rows(smoke_workdir, smoke_tr
     assert set(report["best"]) >= {"mAP", "bbox_mAP", "dv_mAP", "EIR", "char_accuracy", "EIR_one_row"}
     # every ground-truth plate is accounted for: read, misread, not found or unread and why
     assert sum(report["best"]["outcomes"].values()) == report["best"]["plates"] > 0
-    assert "plates: " in result.stdout
+    assert "plates: " in result.stdout and "misread characters (true->read): " in result.stdout
     ranked = {name: (m["EIR"], m["mAP"]) for name, m in report["checkpoints"].items()}
     assert ranked[Path(report["best_checkpoint"]).name] == max(ranked.values())  # ties on EIR go to mAP
     for plot in ("precision_recall.png", "confusion.png", "layouts.png"):

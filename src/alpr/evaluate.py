@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from alpr.errors import UsageError
-from alpr.metrics import KEY_METRICS, check_metric, evaluate, layout_suffix, plate_pr_curve
+from alpr.metrics import KEY_METRICS, check_metric, evaluate, layout_suffix, plate_pr_curve, scalar_metrics
 from alpr.plates import CHARACTER_CLASSES, Layout
 from alpr.postprocess import Detection, Plate
 
@@ -124,10 +124,6 @@ def write_json(path: Path, document: dict) -> None:
     partial = path.with_name(f".{path.name}.partial")
     partial.write_text(json.dumps(document, indent=2) + "\n")
     partial.replace(path)
-
-
-def scalar_metrics(metrics: dict) -> dict[str, float]:
-    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
 
 
 def evaluate_run(options: EvaluateOptions, progress: bool = True) -> dict:

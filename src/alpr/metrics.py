@@ -10,6 +10,8 @@
 - ``plate_precision`` / ``plate_recall``: plate boards found, at box IoU >= 0.5.
 - ``outcomes``: what became of each ground-truth plate: read exactly, misread, not found, or
   unread and why.
+- ``misread_characters``: in the misread plates, each wrong character as ``"true->read"`` and
+  how often (``"8->B": 3``), most frequent first.
 Each is also reported per layout (``EIR_one_row``, ``dv_mAP_two_row``, ...): ground-truth plates
 and their characters by their own layout, predicted plates (for precision) by the layout they
 were read as; a layout's APs ignore the other layout's plates (see :func:`_layout_aps`).
@@ -327,6 +329,7 @@ def plate_metrics(gt: COCO, plates: dict[int, list[Plate]], detections: dict[int
             counts[key][name] += n
 
     outcomes: Counter[str] = Counter()
+    misread: Counter[str] = Counter()
     confusion = np.zeros((len(CHARACTER_CLASSES), len(CHARACTER_CLASSES) + 1), dtype=np.int64)  # last: missed
     for image_id in gt.getImgIds():
         truth = true_plates(gt, image_id)
@@ -340,6 +343,7 @@ def plate_metrics(gt: COCO, plates: dict[int, list[Plate]], detections: dict[int
         for i, j in matches:
             exact = predicted[i].text is not None and predicted[i].text == truth[j].text
             outcomes[_outcome(predicted[i], exact)] += 1
+            misread.update(_wrong_characters(truth[j].text, predicted[i].text))
             tally(truth[j].layout, "found")  # recall: by the true layout
             tally(truth[j].layout, "exact", exact)
             tally(Layout(predicted[i].layout), "found_as_read")  # precision: by the layout read
@@ -365,7 +369,21 @@ def plate_metrics(gt: COCO, plates: dict[int, list[Plate]], detections: dict[int
         metrics[f"plates{suffix}"] = c["true"]
     metrics["confusion"] = confusion.tolist()
     metrics["outcomes"] = {outcome: n for outcome, n in outcomes.most_common() if n}
+    metrics["misread_characters"] = dict(misread.most_common())
     return metrics
+
+
+def misread_summary(metrics: dict, top: int = 12) -> str:
+    """The most frequent wrong characters of the misread plates: ``8->B 3, 0->D 2`` (or ``none``)."""
+    return ", ".join(f"{pair} {n}" for pair, n in list(metrics["misread_characters"].items())[:top]) or "none"
+
+
+def _wrong_characters(true: str | None, read: str | None) -> list[str]:
+    """``"true->read"`` for each position where a read plate differs from the truth (both
+    follow the one format, so positions line up)."""
+    if true is None or read is None:
+        return []
+    return [f"{t}->{r}" for t, r in zip(true, read) if t != r]
 
 
 def _outcome(plate: Plate, exact: bool) -> str:
@@ -383,6 +401,11 @@ def evaluate(gt: COCO, detections: dict[int, list[Detection]], plates: dict[int,
         metrics[f"mAP{suffix}"] = metrics[f"segm_mAP{suffix}"]
     metrics.update(plate_metrics(gt, plates, detections))
     return metrics
+
+
+def scalar_metrics(metrics: dict) -> dict[str, float]:
+    """The numbers of :func:`evaluate`'s result, without its tables (confusion, outcomes, misreads)."""
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
 
 
 KEY_METRICS = ("mAP", "dv_mAP", "EIR")

@@ -37,7 +37,7 @@ from pycocotools.coco import COCO
 from torch.nn.utils.rnn import pad_sequence
 
 from alpr.errors import AlprError
-from alpr.metrics import evaluate, mask_rle, metric_lines
+from alpr.metrics import evaluate, mask_rle, metric_lines, scalar_metrics
 from alpr.plates import BOARD_LABELS, CLASSES
 from alpr.postprocess import Detection, read_plates
 
@@ -467,9 +467,7 @@ class PlateMetric(BaseMetric):
         detections = dict(results)
         plates = {image_id: read_plates(dets) for image_id, dets in detections.items()}
         metrics = evaluate(gt, detections, plates)
-        for table in ("confusion", "outcomes"):  # mmengine logs numbers only
-            metrics.pop(table)
-        return metrics
+        return scalar_metrics(metrics)  # mmengine logs numbers only
 
 
 @HOOKS.register_module()
