@@ -166,20 +166,25 @@ class PlateReader:
         return list(zip(detections, self._read_again(arrays, plates)))
 
     def _read_again(self, arrays: list[np.ndarray], plates: list[list[Plate]]) -> list[list[Plate]]:
-        width = self.options.zoom_width
-        if not width:
+        if not self.options.zoom_width:
             return plates
-        boards = [(i, j, *zoom_window(plate.bbox, array.shape[1::-1], width))  # (image, plate, window, scale)
-                  for i, (array, found) in enumerate(zip(arrays, plates)) for j, plate in enumerate(found)]
-        plates = [list(found) for found in plates]
-        for start in range(0, len(boards), ZOOM_BATCH):
-            chunk = boards[start:start + ZOOM_BATCH]
+        boards = [(i, plate.bbox) for i, found in enumerate(plates) for plate in found]
+        seen = iter(self.detect_windows(arrays, boards, self.options.zoom_width))
+        return [[second_reading(plate, read_plates(next(seen), self.options)) for plate in found] for found in plates]
+
+    def detect_windows(self, arrays: list[np.ndarray], boards: list[tuple[int, BOX]], width: int
+                       ) -> list[list[Detection]]:
+        """For each (image index, board box): the detections in a window around the board, scaled
+        so that the board is ``width`` px wide, in the whole image's pixels and without masks."""
+        windows = [(i, *zoom_window(box, arrays[i].shape[1::-1], width)) for i, box in boards]
+        found = []
+        for start in range(0, len(windows), ZOOM_BATCH):
+            chunk = windows[start:start + ZOOM_BATCH]
             data = [self.window_pipeline(dict(img=window_image(arrays[i], window, scale), img_id=k,
-                                              scale_factor=(1.0, 1.0))) for k, (i, _, window, scale) in enumerate(chunk)]
-            for (i, j, window, scale), dets in zip(chunk, self._detect(data, masks=False)):
-                again = read_plates([from_window(d, window, scale) for d in dets], self.options)
-                plates[i][j] = second_reading(plates[i][j], again)
-        return plates
+                                              scale_factor=(1.0, 1.0))) for k, (i, window, scale) in enumerate(chunk)]
+            found += [[from_window(d, window, scale) for d in dets]
+                      for (_, window, scale), dets in zip(chunk, self._detect(data, masks=False))]
+        return found
 
     def predict_batch(self, images: list[Image]) -> list[list[Plate]]:
         return [plates for _, plates in self.read(images)]
