@@ -43,6 +43,18 @@ def _stoppable() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def synthesize(folder: Path, name: str, count: int, seed: int, fractions: tuple[float, float, float]) -> Path:
+    """Synthesizes ``count`` images and records them as dataset ``name`` version 1 in ``folder/work``."""
+    generate(folder / name, count, seed=seed, progress=False)
+    record(RecordOptions(folder / name, folder / "work", name, "1", fractions=fractions, dvc=False))
+    return folder / "work/datasets" / name / "1"
+
+
+def fresh_set(folder: Path, count: int) -> Path:
+    """The test set every figure here is scored on: seed TEST_SEED, all in the test split."""
+    return synthesize(folder, "fresh", count, TEST_SEED, (0.0, 0.0, 1.0))
+
+
 def train_for(work: Path, args: argparse.Namespace) -> tuple[Path, float]:
     """Trains for the time given (stopped if it overruns); returns the last checkpoint and the seconds spent."""
     command = [sys.executable, str(ROOT / "steps/train.py"), "--workdir", str(work), "--dataset", "train",
@@ -106,13 +118,10 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder) / "work"
-        val = min(0.5, VAL_IMAGES / args.train_images)
-        sets = [("fresh", args.test_images, TEST_SEED, (0.0, 0.0, 1.0))]
+        fresh = fresh_set(Path(folder), args.test_images)
         if not args.checkpoint:
-            sets.append(("train", args.train_images, 0, (1 - val, val, 0.0)))
-        for name, count, seed, fractions in sets:
-            generate(Path(folder) / name, count, seed=seed, progress=False)
-            record(RecordOptions(Path(folder) / name, work, name, "1", fractions=fractions, dvc=False))
+            val = min(0.5, VAL_IMAGES / args.train_images)
+            synthesize(Path(folder), "train", args.train_images, 0, (1 - val, val, 0.0))
         if args.checkpoint:
             checkpoint, trained = args.checkpoint, f"given {args.checkpoint}"
         else:
@@ -125,7 +134,7 @@ def main() -> None:
             shutil.copyfile(checkpoint, args.save_checkpoint)
         reader = PlateReader.from_checkpoint(checkpoint, args.device, ReadOptions(zoom_width=args.zoom_width))
         start = time.perf_counter()
-        gt, detections, plates = predict_split(reader, work / "datasets/fresh/1", "test", progress=False)
+        gt, detections, plates = predict_split(reader, fresh, "test", progress=False)
         reading = time.perf_counter() - start
         metrics = evaluate(gt, detections, plates)
         print(f"{trained} ({checkpoint.stem}), scored on {args.test_images} fresh images (seed {TEST_SEED}), "

@@ -1,0 +1,140 @@
+"""Plate-reading rules compared on one checkpoint's detections, made once.
+
+    python benchmarks/reading_replay.py CHECKPOINT [--test-images 300] [--widths 320 256 384]
+        [--device auto] [--cache FILE]
+
+Runs the model over accuracy.py's fresh test set (seed 1000): each whole image, then each board
+found there, in its window scaled to each width given (as ``PlateReader`` reads it again). Then
+it reads the plates from those detections by each rule and scores them as the evaluate step does:
+seconds a rule, where a scoring run takes minutes. With --cache, the detections are kept in that
+file and reused by later runs on the same checkpoint and images. Prints one line per rule.
+
+The rules: the first reading only; read again at each width (``second_reading``, as PlateReader
+does); and, over the windows at every width that read the same board, the text most of them read
+(ties to the surer reading) or the surest reading alone, "surest" being the highest lowest
+character score.
+"""
+
+import argparse
+import pickle
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+from accuracy import TEST_SEED, fresh_set
+
+from alpr.postprocess import Plate, ReadOptions, box_iou, read_plates
+from alpr.reader import SAME_PLATE_IOU, load_image, second_reading
+
+BATCH = 4
+OPTIONS = ReadOptions()  # the reading's defaults
+
+
+def detect(reader, gt, dataset: Path, widths: list[int], cached: dict) -> dict:
+    """{"first": {image: detections}, width: {image: [detections per board read first]}}, adding
+    to ``cached`` (the same, from an earlier run) what it lacks."""
+    todo = [w for w in widths if w not in cached]
+    first = cached.setdefault("first", {})
+    image_ids = sorted(gt.getImgIds())
+    for start in range(0, len(image_ids), BATCH):
+        ids = image_ids[start:start + BATCH]
+        if all(i in first for i in ids) and not todo:
+            continue
+        arrays = [load_image(dataset / "images" / gt.imgs[i]["file_name"]) for i in ids]
+        if not all(i in first for i in ids):
+            first.update(zip(ids, reader.detect(arrays, masks=False)))
+        boards = [(k, plate.bbox) for k, i in enumerate(ids) for plate in read_plates(first[i], OPTIONS)]
+        for width in todo:
+            found = iter(reader.detect_windows(arrays, boards, width))
+            for k, i in enumerate(ids):
+                cached.setdefault(width, {})[i] = [next(found) for b, _ in boards if b == k]
+    return cached
+
+
+def surest(plate: Plate) -> float:
+    return min(plate.char_scores, default=0.0)
+
+
+def same_board_readings(first: Plate, again: list[list[Plate]]) -> list[Plate]:
+    """The readable readings, one per window, of the board read first."""
+    best = [max(found, key=lambda p: box_iou(p.bbox, first.bbox), default=None) for found in again]
+    return [p for p in best if p is not None and p.readable and box_iou(p.bbox, first.bbox) >= SAME_PLATE_IOU]
+
+
+def by_vote(first: Plate, again: list[list[Plate]]) -> Plate:
+    readings = same_board_readings(first, again)
+    if not readings:
+        return first
+    votes = Counter(p.text for p in readings)
+    return max(readings, key=lambda p: (votes[p.text], surest(p)))
+
+
+def most_sure(first: Plate, again: list[list[Plate]]) -> Plate:
+    return max(same_board_readings(first, again), key=surest, default=first)
+
+
+def rules(widths: list[int]) -> dict:
+    """name -> (widths it reads, how it picks a board's plate from the first reading and theirs)."""
+    named = {"first reading only": ([], lambda first, again: first)}
+    for width in widths:
+        named[f"again at {width}"] = ([width], lambda first, again: second_reading(first, again[0]))
+    if len(widths) > 1:
+        named[f"again at {'+'.join(map(str, widths))}, by vote"] = (widths, by_vote)
+        named[f"again at {'+'.join(map(str, widths))}, surest"] = (widths, most_sure)
+    return named
+
+
+def read_by(rule, cached: dict) -> dict[int, list[Plate]]:
+    rule_widths, pick = rule
+    plates = {}
+    for image_id, detections in cached["first"].items():
+        found = read_plates(detections, OPTIONS)
+        again = [[read_plates(window, OPTIONS) for window in cached[w][image_id]] for w in rule_widths]
+        plates[image_id] = [pick(first, [readings[j] for readings in again]) for j, first in enumerate(found)]
+    return plates
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("--test-images", type=int, default=300)
+    parser.add_argument("--widths", type=int, nargs="+", default=[320])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--cache", type=Path, default=None, help="keep the detections in this file")
+    args = parser.parse_args()
+
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+
+    from alpr import PlateReader
+    from alpr.metrics import misread_summary, plate_metrics
+
+    key = (str(args.checkpoint.resolve()), args.checkpoint.stat().st_mtime, args.test_images)
+    cached = {}
+    if args.cache and args.cache.is_file():
+        saved = pickle.loads(args.cache.read_bytes())
+        cached = saved["detections"] if saved["key"] == key else {}
+    with tempfile.TemporaryDirectory() as folder:
+        dataset = fresh_set(Path(folder), args.test_images)
+        with contextlib.redirect_stdout(io.StringIO()):
+            gt = COCO(str(dataset / "test.json"))
+        if "first" not in cached or any(w not in cached for w in args.widths):
+            reader = PlateReader.from_checkpoint(args.checkpoint, args.device)
+            cached = detect(reader, gt, dataset, args.widths, cached)
+        if args.cache:
+            args.cache.write_bytes(pickle.dumps({"key": key, "detections": cached}))
+        print(f"{args.checkpoint}: {args.test_images} fresh images (seed {TEST_SEED}), boards as first read")
+        print(f"{'rule':40s} {'EIR':>6s} {'1-row':>6s} {'2-row':>6s} {'exact':>6s} {'misread':>8s} {'unread':>7s}")
+        for name, rule in rules(args.widths).items():
+            metrics = plate_metrics(gt, read_by(rule, cached), cached["first"])
+            outcomes = metrics["outcomes"]
+            unread = sum(n for outcome, n in outcomes.items() if outcome.startswith("unread"))
+            print(f"{name:40s} {metrics['EIR']:6.4f} {metrics['EIR_one_row']:6.4f} {metrics['EIR_two_row']:6.4f} "
+                  f"{outcomes.get('read exactly', 0):6d} {outcomes.get('misread', 0):8d} {unread:7d}")
+            print(f"    misread characters: {misread_summary(metrics, top=8)}")
+
+
+if __name__ == "__main__":
+    main()
