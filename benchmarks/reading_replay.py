@@ -1,9 +1,10 @@
 """Plate-reading rules compared on one checkpoint's detections, made once.
 
-    python benchmarks/reading_replay.py CHECKPOINT [--test-images 300] [--widths 320 256 384]
+    python benchmarks/reading_replay.py CHECKPOINT [--test-images 300] [--seed 1000] [--widths 320 256 384]
         [--device auto] [--cache FILE]
 
-Runs the model over accuracy.py's fresh test set (seed 1000): each whole image, then each board
+Runs the model over accuracy.py's fresh test set (seed 1000; another seed checks a rule picked on
+it against images it was not picked on): each whole image, then each board
 found there, in its window scaled to each width given (as ``PlateReader`` reads it again). Then
 it reads the plates from those detections by each rule and scores them as the evaluate step does:
 seconds a rule, where a scoring run takes minutes. With --cache, the detections are kept in that
@@ -21,7 +22,7 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-from accuracy import TEST_SEED, fresh_set
+from accuracy import TEST_SEED, synthesize
 
 from alpr.postprocess import Plate, ReadOptions, box_iou, read_plates
 from alpr.reader import SAME_PLATE_IOU, load_image, second_reading
@@ -98,6 +99,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("--test-images", type=int, default=300)
+    parser.add_argument("--seed", type=int, default=TEST_SEED, help="of the synthesized test images")
     parser.add_argument("--widths", type=int, nargs="+", default=[320])
     parser.add_argument("--device", default="auto")
     parser.add_argument("--cache", type=Path, default=None, help="keep the detections in this file")
@@ -111,13 +113,13 @@ def main() -> None:
     from alpr import PlateReader
     from alpr.metrics import misread_summary, plate_metrics
 
-    key = (str(args.checkpoint.resolve()), args.checkpoint.stat().st_mtime, args.test_images)
+    key = (str(args.checkpoint.resolve()), args.checkpoint.stat().st_mtime, args.test_images, args.seed)
     cached = {}
     if args.cache and args.cache.is_file():
         saved = pickle.loads(args.cache.read_bytes())
         cached = saved["detections"] if saved["key"] == key else {}
     with tempfile.TemporaryDirectory() as folder:
-        dataset = fresh_set(Path(folder), args.test_images)
+        dataset = synthesize(Path(folder), "fresh", args.test_images, args.seed, (0.0, 0.0, 1.0))
         with contextlib.redirect_stdout(io.StringIO()):
             gt = COCO(str(dataset / "test.json"))
         if "first" not in cached or any(w not in cached for w in args.widths):
@@ -125,7 +127,7 @@ def main() -> None:
             cached = detect(reader, gt, dataset, args.widths, cached)
         if args.cache:
             args.cache.write_bytes(pickle.dumps({"key": key, "detections": cached}))
-        print(f"{args.checkpoint}: {args.test_images} fresh images (seed {TEST_SEED}), boards as first read")
+        print(f"{args.checkpoint}: {args.test_images} fresh images (seed {args.seed}), boards as first read")
         print(f"{'rule':40s} {'EIR':>6s} {'1-row':>6s} {'2-row':>6s} {'exact':>6s} {'misread':>8s} {'unread':>7s}")
         for name, rule in rules(args.widths).items():
             metrics = plate_metrics(gt, read_by(rule, cached), cached["first"])
