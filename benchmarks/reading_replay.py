@@ -24,8 +24,8 @@ from pathlib import Path
 
 from accuracy import TEST_SEED, synthesize
 
-from alpr.postprocess import Plate, ReadOptions, box_iou, read_plates
-from alpr.reader import SAME_PLATE_IOU, load_image, second_reading
+from alpr.postprocess import Plate, ReadOptions, read_plates
+from alpr.reader import load_image, same_board, second_reading
 
 BATCH = 4
 OPTIONS = ReadOptions()  # the reading's defaults
@@ -39,16 +39,18 @@ def detect(reader, gt, dataset: Path, widths: list[int], cached: dict) -> dict:
     image_ids = sorted(gt.getImgIds())
     for start in range(0, len(image_ids), BATCH):
         ids = image_ids[start:start + BATCH]
-        if all(i in first for i in ids) and not todo:
+        needs_first = not all(i in first for i in ids)
+        if not needs_first and not todo:
             continue
         arrays = [load_image(dataset / "images" / gt.imgs[i]["file_name"]) for i in ids]
-        if not all(i in first for i in ids):
+        if needs_first:
             first.update(zip(ids, reader.detect(arrays, masks=False)))
         boards = [(k, plate.bbox) for k, i in enumerate(ids) for plate in read_plates(first[i], OPTIONS)]
         for width in todo:
-            found = iter(reader.detect_windows(arrays, boards, width))
-            for k, i in enumerate(ids):
-                cached.setdefault(width, {})[i] = [next(found) for b, _ in boards if b == k]
+            windows = cached.setdefault(width, {})
+            windows.update((i, []) for i in ids)
+            for (k, _), found in zip(boards, reader.detect_windows(arrays, boards, width)):
+                windows[ids[k]].append(found)
     return cached
 
 
@@ -58,8 +60,7 @@ def surest(plate: Plate) -> float:
 
 def same_board_readings(first: Plate, again: list[list[Plate]]) -> list[Plate]:
     """The readable readings, one per window, of the board read first."""
-    best = [max(found, key=lambda p: box_iou(p.bbox, first.bbox), default=None) for found in again]
-    return [p for p in best if p is not None and p.readable and box_iou(p.bbox, first.bbox) >= SAME_PLATE_IOU]
+    return [plate for found in again if (plate := same_board(first, found))]
 
 
 def by_vote(first: Plate, again: list[list[Plate]]) -> Plate:

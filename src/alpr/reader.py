@@ -85,13 +85,19 @@ def from_window(detection: Detection, window: Window, scale: float) -> Detection
                                     x2 / scale + window[0], y2 / scale + window[1]), mask=None)
 
 
-def second_reading(first: Plate, again: list[Plate]) -> Plate:
-    """The plate as read again from its window, where that reading found the same board and read
-    it; otherwise as first read."""
+def same_board(first: Plate, again: list[Plate]) -> Plate | None:
+    """The plate of ``again`` read on the board read first: the one that overlaps it most, if
+    that one is read and overlaps it at least SAME_PLATE_IOU; else None."""
     best = max(again, key=lambda plate: box_iou(plate.bbox, first.bbox), default=None)
     if best is not None and best.readable and box_iou(best.bbox, first.bbox) >= SAME_PLATE_IOU:
         return best
-    return first
+    return None
+
+
+def second_reading(first: Plate, again: list[Plate]) -> Plate:
+    """The plate as read again from its window, where that reading found the same board and read
+    it; otherwise as first read."""
+    return same_board(first, again) or first
 
 
 class PlateReader:
