@@ -4,7 +4,7 @@
         [--test-images 300] [--img-size N] [--crop-size N] [--zoom-share S] [--batch-size 8] [--checkpoint-iters N]
         [--device auto] [--workers 2] [--amp] [--lr LR] [--iters N] [--warmup-iters N] [--train-log FILE]
         [--save-checkpoint PATH] [--load-from PATH]
-    python benchmarks/accuracy.py --checkpoint PATH [--test-images 300] [--device auto] [--zoom-width N]
+    python benchmarks/accuracy.py --checkpoint PATH [--test-images 300] [--device auto] [--zoom-widths W ...]
 
 Synthesizes and records a training set (seed 0) and a test set (seed 1000, every image in the
 test split), trains for --minutes (the training step's own time budget: its cosine learning-rate
@@ -108,8 +108,8 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path, default=None, help="score this checkpoint; train nothing")
     parser.add_argument("--load-from", type=Path, default=None,
                         help="start training from this checkpoint's weights (one trained earlier, say)")
-    parser.add_argument("--zoom-width", type=int, default=ReadOptions.zoom_width,
-                        help="read each board again, scaled to this width (0: never)")
+    parser.add_argument("--zoom-widths", type=int, nargs="*", default=ReadOptions.zoom_widths,
+                        help="read each board again, scaled to each of these widths (px); none given: never")
     args = parser.parse_args()
 
     from alpr import PlateReader
@@ -132,13 +132,14 @@ def main() -> None:
                        + (f", starting from {args.load_from}" if args.load_from else ""))
         if args.save_checkpoint:
             shutil.copyfile(checkpoint, args.save_checkpoint)
-        reader = PlateReader.from_checkpoint(checkpoint, args.device, ReadOptions(zoom_width=args.zoom_width))
+        options = ReadOptions(zoom_widths=tuple(args.zoom_widths))
+        reader = PlateReader.from_checkpoint(checkpoint, args.device, options)
         start = time.perf_counter()
         gt, detections, plates = predict_split(reader, fresh, "test", progress=False)
         reading = time.perf_counter() - start
         metrics = evaluate(gt, detections, plates)
         print(f"{trained} ({checkpoint.stem}), scored on {args.test_images} fresh images (seed {TEST_SEED}), "
-              f"zoom width {args.zoom_width}")
+              f"boards read again {'+'.join(map(str, options.zoom_widths)) or 'no'} px wide")
         print(f"ground_truth_plates={metrics['plates']}")
         print(f"read_ms_per_image={1000 * reading / args.test_images:.0f} (with the masks that mAP needs)")
         for key in ("mAP", "dv_mAP", "EIR", "EIR_one_row", "EIR_two_row", "char_accuracy"):

@@ -2,7 +2,7 @@
 
     python benchmarks/model_speed.py [--model rtmdet-ins-tiny] [--iters 20] [--runs 30] [--batch 1 16]
         [--batch-size 8] [--workers 2] [--amp] [--images 64] [--img-size N] [--crop-size N] [--device auto]
-        [--checkpoint PATH [--zoom-width W]]
+        [--checkpoint PATH [--zoom-widths W ...]]
 
 Synthesizes a small 1280x720 dataset, trains --iters iterations (after 3 warm-up ones are
 excluded via the timer in the log), then times PlateReader on single images (median of --runs)
@@ -77,8 +77,8 @@ def main() -> None:
     parser.add_argument("--img-size", type=int, default=None, help="size images are resized to (default: the model's)")
     parser.add_argument("--crop-size", type=int, default=None, help="training crops (default: the model's)")
     parser.add_argument("--checkpoint", type=Path, default=None, help="time this trained model's reading; train nothing")
-    parser.add_argument("--zoom-width", type=int, default=ReadOptions.zoom_width,
-                        help="second reading's board width (0: none)")
+    parser.add_argument("--zoom-widths", type=int, nargs="*", default=ReadOptions.zoom_widths,
+                        help="board widths (px) each plate is read again at; none given: never")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as name:
         folder = Path(name)
@@ -105,7 +105,7 @@ def time_training(folder: Path, args: argparse.Namespace) -> Path:
 def time_reading(checkpoint: Path, images: list[Path], args: argparse.Namespace) -> None:
     from alpr import PlateReader
 
-    reader = PlateReader.from_checkpoint(checkpoint, args.device, ReadOptions(zoom_width=args.zoom_width))
+    reader = PlateReader.from_checkpoint(checkpoint, args.device, ReadOptions(zoom_widths=tuple(args.zoom_widths)))
     plates = 0
     for batch in args.batch:
         reader.predict_batch(images[:batch])  # warm-up
@@ -117,8 +117,8 @@ def time_reading(checkpoint: Path, images: list[Path], args: argparse.Namespace)
             times.append((time.perf_counter() - start) / batch * 1000)
         print(f"infer_ms_per_image_batch{batch}={statistics.median(times):.1f} "
               f"(median of {args.runs}, 1280x720, {next(reader.model.parameters()).device})")
-    print(f"plates_found_per_image={plates / (args.runs * sum(args.batch)):.2f} (second reading at "
-          f"{args.zoom_width or 'none'} px wide)")
+    print(f"plates_found_per_image={plates / (args.runs * sum(args.batch)):.2f} (read again with the board "
+          f"{'+'.join(map(str, args.zoom_widths)) or 'no'} px wide)")
 
 
 if __name__ == "__main__":

@@ -10,10 +10,10 @@ it reads the plates from those detections by each rule and scores them as the ev
 seconds a rule, where a scoring run takes minutes. With --cache, the detections are kept in that
 file and reused by later runs on the same checkpoint and images. Prints one line per rule.
 
-The rules: the first reading only; read again at each width (``second_reading``, as PlateReader
-does); and, over the windows at every width that read the same board, the text most of them read
-(ties to the surer reading) or the surest reading alone, "surest" being the highest lowest
-character score.
+The rules: the first reading only; read again at each width alone; and, over the windows at
+every width given that read the same board, the text most of them read (ties to the surer
+reading) or the surest reading alone (``best_reading``, as PlateReader does at
+``ReadOptions.zoom_widths``), "surest" being the highest lowest character score.
 """
 
 import argparse
@@ -25,7 +25,7 @@ from pathlib import Path
 from accuracy import TEST_SEED, synthesize
 
 from alpr.postprocess import Plate, ReadOptions, read_plates
-from alpr.reader import load_image, same_board, second_reading
+from alpr.reader import best_reading, load_image, same_board, surest
 
 BATCH = 4
 OPTIONS = ReadOptions()  # the reading's defaults
@@ -54,35 +54,22 @@ def detect(reader, gt, dataset: Path, widths: list[int], cached: dict) -> dict:
     return cached
 
 
-def surest(plate: Plate) -> float:
-    return min(plate.char_scores, default=0.0)
-
-
-def same_board_readings(first: Plate, again: list[list[Plate]]) -> list[Plate]:
-    """The readable readings, one per window, of the board read first."""
-    return [plate for found in again if (plate := same_board(first, found))]
-
-
 def by_vote(first: Plate, again: list[list[Plate]]) -> Plate:
-    readings = same_board_readings(first, again)
+    readings = [plate for found in again if (plate := same_board(first, found))]
     if not readings:
         return first
     votes = Counter(p.text for p in readings)
     return max(readings, key=lambda p: (votes[p.text], surest(p)))
 
 
-def most_sure(first: Plate, again: list[list[Plate]]) -> Plate:
-    return max(same_board_readings(first, again), key=surest, default=first)
-
-
 def rules(widths: list[int]) -> dict:
     """name -> (widths it reads, how it picks a board's plate from the first reading and theirs)."""
     named = {"first reading only": ([], lambda first, again: first)}
     for width in widths:
-        named[f"again at {width}"] = ([width], lambda first, again: second_reading(first, again[0]))
+        named[f"again at {width}"] = ([width], best_reading)
     if len(widths) > 1:
         named[f"again at {'+'.join(map(str, widths))}, by vote"] = (widths, by_vote)
-        named[f"again at {'+'.join(map(str, widths))}, surest"] = (widths, most_sure)
+        named[f"again at {'+'.join(map(str, widths))}, surest"] = (widths, best_reading)
     return named
 
 

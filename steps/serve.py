@@ -34,8 +34,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help="lowest score of a plate board that is reported")
     parser.add_argument("--char-threshold", type=float, default=ReadOptions.char_threshold,
                         help="lowest score of a character that is read")
-    parser.add_argument("--zoom-width", type=int, default=ReadOptions.zoom_width,
-                        help="each plate is read again, scaled to this width (px); 0: never")
+    parser.add_argument("--zoom-widths", type=int, nargs="*", default=ReadOptions.zoom_widths,
+                        help="each plate is read again, scaled to each of these widths (px), and the surest "
+                             "reading kept; none given: never")
     return parser
 
 
@@ -44,7 +45,7 @@ def main(args: argparse.Namespace) -> None:
         raise UsageError(f"--max-batch-size {args.max_batch_size} / --max-wait-ms {args.max_wait_ms}: "
                          "the batch size must be at least 1 and the wait at least 0")
     read = ReadOptions(board_threshold=args.board_threshold, char_threshold=args.char_threshold,
-                       zoom_width=args.zoom_width)
+                       zoom_widths=tuple(args.zoom_widths))
     serve(ServeOptions(args.model, http_port=args.http_port, device=args.device,
                        max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
                        max_image_bytes=args.max_image_bytes, max_pixels=args.max_pixels, read=read))

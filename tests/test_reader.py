@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from alpr.postprocess import Detection, Plate, ReadOptions
-from alpr.reader import ZOOM_MARGIN, from_window, second_reading, window_image, zoom_window
+from alpr.errors import UsageError
+from alpr.reader import ZOOM_MARGIN, best_reading, from_window, window_image, zoom_window
 
 
 def _painted_box(image: np.ndarray) -> tuple[float, float, float, float]:
@@ -36,33 +37,50 @@ def test_the_window_of_a_box_taller_than_wide_or_a_speck_is_no_larger_than_a_pla
         assert 0 < (window[2] - window[0]) * scale <= 1.5 * 320 and 0 < (window[3] - window[1]) * scale <= 1.5 * 320
 
 
-def _plate(text, bbox, score=0.9) -> Plate:
+def _plate(text, bbox, score=0.9, char_scores=()) -> Plate:
     reason = None if text else "no characters found on the board"
-    return Plate(text, text and text[:2], text and text[2], text and text[3:], "one_row", bbox, score, (), reason)
+    return Plate(text, text and text[:2], text and text[2], text and text[3:], "one_row", bbox, score,
+                 tuple(char_scores), reason)
 
 
-def test_the_second_reading_is_kept_only_when_it_reads_the_same_board():
+def test_a_window_reading_is_kept_only_when_it_reads_the_same_board():
     first = _plate("12A3456", (100, 100, 160, 113))
     same_board = _plate("12B3456", (101, 100, 161, 114))
     unread_there = _plate(None, (100, 100, 160, 113))
     neighbour = _plate("98C7654", (150, 100, 210, 113))
-    assert second_reading(first, [neighbour, same_board]) is same_board
-    assert second_reading(first, [unread_there]) is first  # an unread second look keeps the first reading
-    assert second_reading(first, [neighbour]) is first  # a board beside it is another plate
-    assert second_reading(first, []) is first
+    assert best_reading(first, [[neighbour, same_board]]) is same_board
+    assert best_reading(first, [[unread_there]]) is first  # an unread second look keeps the first reading
+    assert best_reading(first, [[neighbour]]) is first  # a board beside it is another plate
+    assert best_reading(first, [[]]) is first and best_reading(first, []) is first
     unread = _plate(None, (100, 100, 160, 113))
-    assert second_reading(unread, [same_board]) is same_board
+    assert best_reading(unread, [[same_board]]) is same_board
 
 
-def test_each_board_is_read_again_at_the_zoom_width(smoke_workdir, smoke_training, synth_dir):
-    """Each plate found first is run through the model again, in its window scaled so that its board
-    is zoom_width wide (the plates here are given: a 4-iteration model's boards are chance)."""
+def test_of_the_windows_readings_the_one_whose_least_sure_character_is_surest_is_kept():
+    board = (100, 100, 160, 113)
+    first = _plate("12A3456", board, char_scores=[0.99] * 7)  # the first reading is only a fallback
+    even = _plate("12B3456", board, char_scores=[0.8] * 7)
+    one_doubt = _plate("12C3456", board, char_scores=[0.99] * 6 + [0.4])
+    neighbour = _plate("98D7654", (150, 100, 210, 113), char_scores=[1.0] * 7)
+    assert best_reading(first, [[one_doubt], [neighbour, even], [_plate(None, board)]]) is even
+    assert best_reading(first, [[one_doubt], [neighbour]]) is one_doubt
+
+
+def test_zoom_widths_must_be_positive():
+    with pytest.raises(UsageError, match=r"\(224, 0\)"):
+        ReadOptions(zoom_widths=(224, 0))
+
+
+def test_each_board_is_read_again_at_each_zoom_width(smoke_workdir, smoke_training, synth_dir):
+    """Each plate found first is run through the model again, in windows scaled so that its board
+    is each of the zoom widths wide (the plates here are given: a 4-iteration model's boards are chance)."""
+    import itertools
     import math
 
     from alpr.reader import PlateReader, load_image
 
     best = smoke_workdir / "runs" / "r1" / "train" / "best.pth"
-    reader = PlateReader.from_checkpoint(best, device="cpu", options=ReadOptions(zoom_width=96))
+    reader = PlateReader.from_checkpoint(best, device="cpu", options=ReadOptions(zoom_widths=(96, 128)))
     windows = []
     detect = reader._detect
 
@@ -77,8 +95,8 @@ def test_each_board_is_read_again_at_the_zoom_width(smoke_workdir, smoke_trainin
     plates, = reader._read_again([image], [first])
     assert len(plates) == len(first)
     expected = []
-    for board in boards:
-        (x1, y1, x2, y2), scale = zoom_window(board, image.shape[1::-1], 96)
+    for width, board in itertools.product((96, 128), boards):  # one pass a width
+        (x1, y1, x2, y2), scale = zoom_window(board, image.shape[1::-1], width)
         expected.append((32 * math.ceil(round((y2 - y1) * scale) / 32), 32 * math.ceil(round((x2 - x1) * scale) / 32)))
     assert [tuple(window) for window in windows] == expected  # padded to the model's stride
 

@@ -24,7 +24,7 @@ MAX_BYTES = 200_000
 LOW_THRESHOLDS = ["--board-threshold", "0", "--char-threshold", "0"]  # a 4-iteration model scores ~0.01
 # At those thresholds a 4-iteration model reports 100 boards an image, each read again from its own
 # window (minutes on the CPU); tests/test_reader.py covers the second reading.
-ONE_READING = ["--zoom-width", "0"]
+ONE_READING = ["--zoom-widths"]  # none: no second reading
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def expected(checkpoint, images) -> dict[str, list[dict]]:
     from alpr.postprocess import ReadOptions
 
     reader = PlateReader.from_checkpoint(checkpoint, "cpu", ReadOptions(board_threshold=0, char_threshold=0,
-                                                                         zoom_width=0))
+                                                                         zoom_widths=()))
     plates = {path.name: [p.to_dict() for p in reader.predict(path)] for path in images}
     assert sum(map(len, plates.values())) > 0, "the model finds no boards at all: the comparison would prove nothing"
     return plates

@@ -15,13 +15,15 @@ from pathlib import Path
 
 from alpr.errors import UsageError
 from alpr.plates import CLASSES
-from alpr.postprocess import ReadOptions
 
 MODELS = ("rtmdet-ins-tiny", "mask-rcnn-swin-t", "smoke")
 PAD_VALUE = (114, 114, 114)
 WARMUP_START = 1e-3  # the warm-up's first learning rate, as a fraction of the peak
 MIN_LR_RATIO = 0.05  # where the cosine schedule ends, as a fraction of the peak
 UNTIL_TIME_IS_UP = 2**31 - 1  # the iteration limit of a run trained by --minutes alone
+# px: the plates of the --zoom-share crops are 0.8 to 1.25 times this wide, the widest of those
+# PlateReader reads each plate again at (ReadOptions.zoom_widths).
+ZOOM_BOARD_WIDTH = 320
 # Each model's image size and training crop. rtmdet-ins-tiny reads full-HD detail but trains on
 # 448 px crops: trained so for 30 CPU minutes, it read 16 % of fresh plates, and none when trained
 # on whole images padded to 640 px squares (benchmarks/RESULTS.md).
@@ -42,7 +44,7 @@ class TrainSettings:
     weight_decay: float = 0.05
     img_size: int | None = None  # default: the model's own
     crop_size: int | None = None  # square crops trained on, from images resized to img_size; default: the model's
-    # share of training crops resized so that their plate is as wide as PlateReader's second reading;
+    # share of training crops resized so that their plate is about as wide as PlateReader reads it again;
     # off until a longer training shows it pays (benchmarks/RESULTS.md, "Training crops at the reading's size")
     zoom_share: float = 0.0
     widen_factor: float | None = None  # rtmdet models
@@ -188,8 +190,8 @@ def train_pipeline(size: int, crop: int, zoom_share: float) -> list[dict]:
     """Images resized to about ``size``, then ``crop`` x ``crop`` pieces, each holding a whole plate:
     a crop smaller than the size trains at full detail (small plates stay readable) for the cost
     of a small image. A ``zoom_share`` of the pieces are resized instead so that their plate is
-    about as wide as ``PlateReader`` reads each plate a second time."""
-    zoom = ReadOptions.zoom_width
+    about ZOOM_BOARD_WIDTH px wide, as ``PlateReader`` reads each plate again."""
+    zoom = ZOOM_BOARD_WIDTH
     widest = min(1.25 * zoom, crop)  # a board wider than the crop would be cut
     # No flips: a mirrored character is another character (or none).
     return [

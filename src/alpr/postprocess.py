@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from alpr.errors import UsageError
 from alpr.plates import (
     BOARD_LABELS,
     CHARACTER_CLASSES,
@@ -76,9 +77,15 @@ class ReadOptions:
     char_threshold: float = 0.3
     region_threshold: float = 0.2
     duplicate_iou: float = 0.5  # two characters overlapping this much are one character
-    # each board is read again from a window around it, scaled so that the board is this many px
-    # wide (PlateReader); 0 reads each board only where it was found
-    zoom_width: int = 320
+    # each board is read again from windows around it, scaled so that the board is each of these
+    # many px wide, and the surest reading kept (PlateReader); () reads each board only where it was
+    # found. Several widths read better than any one, and the best one moves with the model: 320 for
+    # short-trained ones, 224-256 for better ones (benchmarks/RESULTS.md, "Several widths by default").
+    zoom_widths: tuple[int, ...] = (192, 224, 256, 320)
+
+    def __post_init__(self):
+        if any(width <= 0 for width in self.zoom_widths):
+            raise UsageError(f"zoom widths are board widths in px, above 0: not {tuple(self.zoom_widths)}")
 
 
 def box_iou(a: BOX, b: BOX) -> float:

@@ -1,10 +1,11 @@
 """``PlateReader``: a checkpoint in, plates out. Needs nothing but the checkpoint file.
 
-Plates are read twice: once where the model finds them in the whole image, then each from a
-window around its board, scaled so that the board is ``ReadOptions.zoom_width`` px wide. The
-model reads plates of about that width best: the smallest plates' characters are about 12 px
-tall in a 1280 px image, and plates wider than the 448 px training crops are seldom whole in
-one. The second reading is kept when it reads the plate.
+Plates are read first where the model finds them in the whole image, then each again from
+windows around its board, scaled so that the board is each of ``ReadOptions.zoom_widths`` px
+wide. The model reads plates of about those widths best: the smallest plates' characters are
+about 12 px tall in a 1280 px image, and plates wider than the 448 px training crops are seldom
+whole in one. Of the windows' readings of a board, the surest is kept (``best_reading``); where
+none reads it, the first reading stays.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import math
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Union
+from typing import Sequence, Union
 
 import numpy as np
 
@@ -94,10 +95,15 @@ def same_board(first: Plate, again: list[Plate]) -> Plate | None:
     return None
 
 
-def second_reading(first: Plate, again: list[Plate]) -> Plate:
-    """The plate as read again from its window, where that reading found the same board and read
-    it; otherwise as first read."""
-    return same_board(first, again) or first
+def surest(plate: Plate) -> float:
+    """How sure a reading is: its least sure character's score (a plate is read only whole)."""
+    return min(plate.char_scores, default=0.0)
+
+
+def best_reading(first: Plate, windows: Sequence[list[Plate]]) -> Plate:
+    """Of the plates read in each window around the board read first, the surest that reads that
+    same board; the first reading where no window does."""
+    return max(filter(None, (same_board(first, again) for again in windows)), key=surest, default=first)
 
 
 class PlateReader:
@@ -172,11 +178,14 @@ class PlateReader:
         return list(zip(detections, self._read_again(arrays, plates)))
 
     def _read_again(self, arrays: list[np.ndarray], plates: list[list[Plate]]) -> list[list[Plate]]:
-        if not self.options.zoom_width:
+        if not self.options.zoom_widths:
             return plates
         boards = [(i, plate.bbox) for i, found in enumerate(plates) for plate in found]
-        seen = iter(self.detect_windows(arrays, boards, self.options.zoom_width))
-        return [[second_reading(plate, read_plates(next(seen), self.options)) for plate in found] for found in plates]
+        # one pass a width: its windows are about the same size, so a batch pads little
+        by_width = [[read_plates(dets, self.options) for dets in self.detect_windows(arrays, boards, width)]
+                    for width in self.options.zoom_widths]
+        windows = zip(*by_width)  # each board's readings, one a width
+        return [[best_reading(plate, next(windows)) for plate in found] for found in plates]
 
     def detect_windows(self, arrays: list[np.ndarray], boards: list[tuple[int, BOX]], width: int
                        ) -> list[list[Detection]]:
