@@ -25,7 +25,7 @@ from pathlib import Path
 from accuracy import TEST_SEED, synthesize
 
 from alpr.postprocess import Plate, ReadOptions, read_plates
-from alpr.reader import best_reading, load_image, same_board, surest
+from alpr.reader import best_reading, load_image, surest, window_readings
 
 BATCH = 4
 OPTIONS = ReadOptions()  # the reading's defaults
@@ -55,7 +55,7 @@ def detect(reader, gt, dataset: Path, widths: list[int], cached: dict) -> dict:
 
 
 def by_vote(first: Plate, again: list[list[Plate]]) -> Plate:
-    readings = [plate for found in again if (plate := same_board(first, found))]
+    readings = window_readings(first, again)
     if not readings:
         return first
     votes = Counter(p.text for p in readings)

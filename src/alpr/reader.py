@@ -100,10 +100,15 @@ def surest(plate: Plate) -> float:
     return min(plate.char_scores, default=0.0)
 
 
+def window_readings(first: Plate, windows: Sequence[list[Plate]]) -> list[Plate]:
+    """The readings of the board read first, at most one per window around it."""
+    return [plate for again in windows if (plate := same_board(first, again))]
+
+
 def best_reading(first: Plate, windows: Sequence[list[Plate]]) -> Plate:
-    """Of the plates read in each window around the board read first, the surest that reads that
-    same board; the first reading where no window does."""
-    return max(filter(None, (same_board(first, again) for again in windows)), key=surest, default=first)
+    """Of the window readings of the board read first, the surest; the first reading where no
+    window reads that board."""
+    return max(window_readings(first, windows), key=surest, default=first)
 
 
 class PlateReader:
