@@ -5,6 +5,7 @@
         [--device auto] [--workers 2] [--amp] [--lr LR] [--iters N] [--warmup-iters N] [--train-log FILE]
         [--save-checkpoint PATH] [--load-from PATH]
     python benchmarks/accuracy.py --checkpoint PATH [--test-images 300] [--device auto] [--zoom-widths W ...]
+        [--sure-score S]
 
 Synthesizes and records a training set (seed 0) and a test set (seed 1000, every image in the
 test split), trains for --minutes (the training step's own time budget: its cosine learning-rate
@@ -110,6 +111,8 @@ def main() -> None:
                         help="start training from this checkpoint's weights (one trained earlier, say)")
     parser.add_argument("--zoom-widths", type=int, nargs="*", default=ReadOptions.zoom_widths,
                         help="read each board again, scaled to each of these widths (px); none given: never")
+    parser.add_argument("--sure-score", type=float, default=ReadOptions.sure_score,
+                        help="read a board at no more widths once a reading has every character at least this")
     args = parser.parse_args()
 
     from alpr import PlateReader
@@ -132,14 +135,15 @@ def main() -> None:
                        + (f", starting from {args.load_from}" if args.load_from else ""))
         if args.save_checkpoint:
             shutil.copyfile(checkpoint, args.save_checkpoint)
-        options = ReadOptions(zoom_widths=tuple(args.zoom_widths))
+        options = ReadOptions(zoom_widths=tuple(args.zoom_widths), sure_score=args.sure_score)
         reader = PlateReader.from_checkpoint(checkpoint, args.device, options)
         start = time.perf_counter()
         gt, detections, plates = predict_split(reader, fresh, "test", progress=False)
         reading = time.perf_counter() - start
         metrics = evaluate(gt, detections, plates)
         print(f"{trained} ({checkpoint.stem}), scored on {args.test_images} fresh images (seed {TEST_SEED}), "
-              f"boards read again {'+'.join(map(str, options.zoom_widths)) or 'no'} px wide")
+              f"boards read again {'+'.join(map(str, options.zoom_widths)) or 'no'} px wide"
+              + (f" until sure at {options.sure_score:g}" if options.sure_score else ""))
         print(f"ground_truth_plates={metrics['plates']}")
         print(f"read_ms_per_image={1000 * reading / args.test_images:.0f} (with the masks that mAP needs)")
         for key in ("mAP", "dv_mAP", "EIR", "EIR_one_row", "EIR_two_row", "char_accuracy"):

@@ -2,7 +2,7 @@
 
     python benchmarks/model_speed.py [--model rtmdet-ins-tiny] [--iters 20] [--runs 30] [--batch 1 16]
         [--batch-size 8] [--workers 2] [--amp] [--images 64] [--img-size N] [--crop-size N] [--device auto]
-        [--checkpoint PATH [--zoom-widths W ...]]
+        [--checkpoint PATH [--zoom-widths W ...] [--sure-score S]]
 
 Synthesizes a small 1280x720 dataset, trains --iters iterations (after 3 warm-up ones are
 excluded via the timer in the log), then times PlateReader on single images (median of --runs)
@@ -79,6 +79,8 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path, default=None, help="time this trained model's reading; train nothing")
     parser.add_argument("--zoom-widths", type=int, nargs="*", default=ReadOptions.zoom_widths,
                         help="board widths (px) each plate is read again at; none given: never")
+    parser.add_argument("--sure-score", type=float, default=ReadOptions.sure_score,
+                        help="read a plate at no more widths once a reading has every character at least this")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as name:
         folder = Path(name)
@@ -105,7 +107,8 @@ def time_training(folder: Path, args: argparse.Namespace) -> Path:
 def time_reading(checkpoint: Path, images: list[Path], args: argparse.Namespace) -> None:
     from alpr import PlateReader
 
-    reader = PlateReader.from_checkpoint(checkpoint, args.device, ReadOptions(zoom_widths=tuple(args.zoom_widths)))
+    options = ReadOptions(zoom_widths=tuple(args.zoom_widths), sure_score=args.sure_score)
+    reader = PlateReader.from_checkpoint(checkpoint, args.device, options)
     plates = 0
     for batch in args.batch:
         reader.predict_batch(images[:batch])  # warm-up
@@ -118,7 +121,8 @@ def time_reading(checkpoint: Path, images: list[Path], args: argparse.Namespace)
         print(f"infer_ms_per_image_batch{batch}={statistics.median(times):.1f} "
               f"(median of {args.runs}, 1280x720, {next(reader.model.parameters()).device})")
     print(f"plates_found_per_image={plates / (args.runs * sum(args.batch)):.2f} (read again with the board "
-          f"{'+'.join(map(str, args.zoom_widths)) or 'no'} px wide)")
+          f"{'+'.join(map(str, args.zoom_widths)) or 'no'} px wide"
+          + (f", until sure at {args.sure_score:g})" if args.sure_score else ")"))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Plate-reading rules compared on one checkpoint's detections, made once.
 
     python benchmarks/reading_replay.py CHECKPOINT [--test-images 300] [--seed 1000] [--widths 320 256 384]
-        [--device auto] [--cache FILE]
+        [--sure-scores S ...] [--device auto] [--cache FILE]
 
 Runs the model over accuracy.py's fresh test set (seed 1000; another seed checks a rule picked on
 it against images it was not picked on): each whole image, then each board
@@ -13,7 +13,10 @@ file and reused by later runs on the same checkpoint and images. Prints one line
 The rules: the first reading only; read again at each width alone; and, over the windows at
 every width given that read the same board, the text most of them read (ties to the surer
 reading) or the surest reading alone (``best_reading``, as PlateReader does at
-``ReadOptions.zoom_widths``), "surest" being the highest lowest character score.
+``ReadOptions.zoom_widths``), "surest" being the highest lowest character score; and the surest
+reading of the windows read in the order given until one reads the board with every character
+scoring at least S (``ReadOptions.sure_score``), for each S of --sure-scores, with and without
+the first reading counted ("first too"). The "windows" column is the windows read per board.
 """
 
 import argparse
@@ -25,7 +28,7 @@ from pathlib import Path
 from accuracy import TEST_SEED, synthesize
 
 from alpr.postprocess import Plate, ReadOptions, read_plates
-from alpr.reader import best_reading, load_image, surest, window_readings
+from alpr.reader import best_reading, load_image, sure_enough, surest, window_readings
 
 BATCH = 4
 OPTIONS = ReadOptions()  # the reading's defaults
@@ -62,25 +65,51 @@ def by_vote(first: Plate, again: list[list[Plate]]) -> Plate:
     return max(readings, key=lambda p: (votes[p.text], surest(p)))
 
 
-def rules(widths: list[int]) -> dict:
-    """name -> (widths it reads, how it picks a board's plate from the first reading and theirs)."""
-    named = {"first reading only": ([], lambda first, again: first)}
+def every_window(pick):
+    """A rule that reads every window: its pick, and the windows it read."""
+    return lambda first, again: (pick(first, again), len(again))
+
+
+def until_sure(sure_score: float, first_counts: bool = False):
+    """A rule that reads the windows in order until ``sure_enough``, as PlateReader does; with
+    ``first_counts``, none where the first reading is that sure."""
+    def pick(first: Plate, again: list[list[Plate]]) -> tuple[Plate, int]:
+        if first_counts and first.readable and surest(first) >= sure_score:
+            return first, 0
+        read = next((n for n in range(1, len(again)) if sure_enough(first, again[:n], sure_score)), len(again))
+        return best_reading(first, again[:read]), read
+    return pick
+
+
+def rules(widths: list[int], sure_scores: list[float]) -> dict:
+    """name -> (widths it reads, how it picks a board's plate from the first reading and theirs, and
+    how many of those windows it read)."""
+    named = {"first reading only": ([], every_window(lambda first, again: first))}
     for width in widths:
-        named[f"again at {width}"] = ([width], best_reading)
+        named[f"again at {width}"] = ([width], every_window(best_reading))
     if len(widths) > 1:
-        named[f"again at {'+'.join(map(str, widths))}, by vote"] = (widths, by_vote)
-        named[f"again at {'+'.join(map(str, widths))}, surest"] = (widths, best_reading)
+        joined = "+".join(map(str, widths))
+        named[f"again at {joined}, by vote"] = (widths, every_window(by_vote))
+        named[f"again at {joined}, surest"] = (widths, every_window(best_reading))
+        for sure_score in sure_scores:
+            named[f"again at {joined}, until {sure_score:g}"] = (widths, until_sure(sure_score))
+            named[f"again at {joined}, until {sure_score:g}, first too"] = (
+                widths, until_sure(sure_score, first_counts=True))
     return named
 
 
-def read_by(rule, cached: dict) -> dict[int, list[Plate]]:
+def read_by(rule, cached: dict) -> tuple[dict[int, list[Plate]], float]:
+    """Each image's plates read by the rule, and the windows it read per board."""
     rule_widths, pick = rule
-    plates = {}
+    plates, windows, boards = {}, 0, 0
     for image_id, detections in cached["first"].items():
         found = read_plates(detections, OPTIONS)
         again = [[read_plates(window, OPTIONS) for window in cached[w][image_id]] for w in rule_widths]
-        plates[image_id] = [pick(first, [readings[j] for readings in again]) for j, first in enumerate(found)]
-    return plates
+        picked = [pick(first, [readings[j] for readings in again]) for j, first in enumerate(found)]
+        plates[image_id] = [plate for plate, _ in picked]
+        windows += sum(read for _, read in picked)
+        boards += len(picked)
+    return plates, windows / max(boards, 1)
 
 
 def main() -> None:
@@ -89,6 +118,7 @@ def main() -> None:
     parser.add_argument("--test-images", type=int, default=300)
     parser.add_argument("--seed", type=int, default=TEST_SEED, help="of the synthesized test images")
     parser.add_argument("--widths", type=int, nargs="+", default=[320])
+    parser.add_argument("--sure-scores", type=float, nargs="*", default=[0.5, 0.7, 0.8, 0.9])
     parser.add_argument("--device", default="auto")
     parser.add_argument("--cache", type=Path, default=None, help="keep the detections in this file")
     args = parser.parse_args()
@@ -116,13 +146,15 @@ def main() -> None:
         if args.cache:
             args.cache.write_bytes(pickle.dumps({"key": key, "detections": cached}))
         print(f"{args.checkpoint}: {args.test_images} fresh images (seed {args.seed}), boards as first read")
-        print(f"{'rule':40s} {'EIR':>6s} {'1-row':>6s} {'2-row':>6s} {'exact':>6s} {'misread':>8s} {'unread':>7s}")
-        for name, rule in rules(args.widths).items():
-            metrics = plate_metrics(gt, read_by(rule, cached), cached["first"])
+        print(f"{'rule':48s} {'EIR':>6s} {'1-row':>6s} {'2-row':>6s} {'exact':>6s} {'misread':>8s} {'unread':>7s}"
+              f" {'windows':>8s}")
+        for name, rule in rules(args.widths, args.sure_scores).items():
+            plates, windows = read_by(rule, cached)
+            metrics = plate_metrics(gt, plates, cached["first"])
             outcomes = metrics["outcomes"]
             unread = sum(n for outcome, n in outcomes.items() if outcome.startswith("unread"))
-            print(f"{name:40s} {metrics['EIR']:6.4f} {metrics['EIR_one_row']:6.4f} {metrics['EIR_two_row']:6.4f} "
-                  f"{outcomes.get('read exactly', 0):6d} {outcomes.get('misread', 0):8d} {unread:7d}")
+            print(f"{name:48s} {metrics['EIR']:6.4f} {metrics['EIR_one_row']:6.4f} {metrics['EIR_two_row']:6.4f} "
+                  f"{outcomes.get('read exactly', 0):6d} {outcomes.get('misread', 0):8d} {unread:7d} {windows:8.2f}")
             print(f"    misread characters: {misread_summary(metrics, top=8)}")
 
 

@@ -37,6 +37,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--zoom-widths", type=int, nargs="*", default=ReadOptions.zoom_widths,
                         help="each plate is read again, scaled to each of these widths (px), and the surest "
                              "reading kept; none given: never")
+    parser.add_argument("--sure-score", type=float, default=ReadOptions.sure_score,
+                        help="read a plate at no more of the zoom widths, in their order, once one reading has "
+                             "every character scoring at least this (default: read it at every width)")
     return parser
 
 
@@ -45,7 +48,7 @@ def main(args: argparse.Namespace) -> None:
         raise UsageError(f"--max-batch-size {args.max_batch_size} / --max-wait-ms {args.max_wait_ms}: "
                          "the batch size must be at least 1 and the wait at least 0")
     read = ReadOptions(board_threshold=args.board_threshold, char_threshold=args.char_threshold,
-                       zoom_widths=tuple(args.zoom_widths))
+                       zoom_widths=tuple(args.zoom_widths), sure_score=args.sure_score)
     serve(ServeOptions(args.model, http_port=args.http_port, device=args.device,
                        max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
                        max_image_bytes=args.max_image_bytes, max_pixels=args.max_pixels, read=read))

@@ -8,7 +8,8 @@ import pytest
 
 from alpr.postprocess import Detection, Plate, ReadOptions
 from alpr.errors import UsageError
-from alpr.reader import ZOOM_MARGIN, best_reading, from_window, window_image, zoom_window
+from alpr.reader import ZOOM_MARGIN, best_reading, from_window, sure_enough, window_image, zoom_window
+from handmade import plate_detections
 
 
 def _painted_box(image: np.ndarray) -> tuple[float, float, float, float]:
@@ -66,9 +67,23 @@ def test_of_the_windows_readings_the_one_whose_least_sure_character_is_surest_is
     assert best_reading(first, [[one_doubt], [neighbour]]) is one_doubt
 
 
-def test_zoom_widths_must_be_positive():
+def test_a_board_is_read_surely_when_one_window_reads_it_with_every_character_at_the_sure_score():
+    board = (100, 100, 160, 113)
+    first = _plate("12A3456", board, char_scores=[0.99] * 7)  # the first reading does not count
+    doubt = _plate("12C3456", board, char_scores=[0.99] * 6 + [0.6])
+    sure = _plate("12B3456", board, char_scores=[0.9] * 7)
+    neighbour = _plate("98D7654", (150, 100, 210, 113), char_scores=[1.0] * 7)
+    assert not sure_enough(first, [[doubt], [neighbour]], 0.8)
+    assert sure_enough(first, [[doubt], [neighbour, sure]], 0.8) and sure_enough(first, [[doubt]], 0.6)
+    assert not sure_enough(first, [[sure]], None)  # None: every width is read
+
+
+def test_zoom_widths_must_be_positive_and_the_sure_score_a_score():
     with pytest.raises(UsageError, match=r"\(224, 0\)"):
         ReadOptions(zoom_widths=(224, 0))
+    for score in (0, 1.5):
+        with pytest.raises(UsageError, match=f"sure score {score}"):
+            ReadOptions(sure_score=score)
 
 
 def test_each_board_is_read_again_at_each_zoom_width(smoke_workdir, smoke_training, synth_dir):
@@ -122,3 +137,27 @@ def test_detections_without_masks_are_the_same_boxes_and_skip_the_mask_computati
         result, = reader.model.test_step(data)
     # an 8 px speck rescaled to the image's size (240x320 read at 256 px), not a 240x320 mask
     assert max(result.pred_instances.masks.shape[1:]) <= 8 * 320 / 256
+
+
+def test_a_board_read_surely_is_read_at_no_more_widths(smoke_workdir, smoke_training, synth_dir):
+    """The windows' detections are scripted here (a 4-iteration model reads nothing surely): one
+    board reads surely at the first width, the other never does and is read at every width."""
+    from alpr.reader import PlateReader, load_image
+
+    best = smoke_workdir / "runs" / "r1" / "train" / "best.pth"
+    options = ReadOptions(zoom_widths=(96, 128, 160), sure_score=0.8)
+    reader = PlateReader.from_checkpoint(best, device="cpu", options=options)
+    sure_board, doubtful_board = (100.0, 100.0, 300.0, 140.0), (500.0, 300.0, 700.0, 340.0)
+    asked = []
+
+    def scripted(arrays, boards, width):
+        asked.append((width, [box for _, box in boards]))
+        return [plate_detections("12A3456" if box == sure_board else "34B5678", *box[:2],
+                                 char_score=0.95 if box == sure_board else 0.6 + width / 1000) for _, box in boards]
+
+    reader.detect_windows = scripted
+    plates, = reader._read_again([load_image(synth_dir / "000001.jpg")], [[_plate(None, sure_board),
+                                                                           _plate(None, doubtful_board)]])
+    assert asked == [(96, [sure_board, doubtful_board]), (128, [doubtful_board]), (160, [doubtful_board])]
+    assert [plate.text for plate in plates] == ["12A3456", "34B5678"]
+    assert min(plates[1].char_scores) == pytest.approx(0.6 + 0.160 - 0.06)  # the surest of its three readings

@@ -217,3 +217,9 @@ def test_batcher_groups_concurrent_items_and_returns_each_its_own_result():
     assert results == [[1000, 1010], *[[n * 10] for n in range(6)]]
     assert sorted(x for batch in batches for x in batch) == [0, 1, 2, 3, 4, 5, 100, 101]
     assert max(map(len, batches)) == 4 and len(batches) == 2  # 8 items at once: two full batches
+
+
+def test_a_sure_score_that_is_no_character_score_is_refused_before_the_model_loads(tmp_path):
+    result = subprocess.run([sys.executable, "steps/serve.py", "--model", str(tmp_path / "none.pth"),
+                             "--sure-score", "2"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "sure score 2.0: a character score" in result.stderr

@@ -82,10 +82,17 @@ class ReadOptions:
     # found. Several widths read better than any one, and the best one moves with the model: 320 for
     # short-trained ones, 224-256 for better ones (benchmarks/RESULTS.md, "Several widths by default").
     zoom_widths: tuple[int, ...] = (192, 224, 256, 320)
+    # the widths are read in that order, and a board at no more of them once one window's reading of
+    # it has every character scoring at least this (None: at every width). Off by default: measured
+    # on a short-trained model only (RESULTS.md, "Reading until sure"), where 0.3 with 320 first read
+    # as well as 320 alone in 1.6 windows a board.
+    sure_score: float | None = None
 
     def __post_init__(self):
         if any(width <= 0 for width in self.zoom_widths):
             raise UsageError(f"zoom widths are board widths in px, above 0: not {tuple(self.zoom_widths)}")
+        if self.sure_score is not None and not 0 < self.sure_score <= 1:
+            raise UsageError(f"sure score {self.sure_score}: a character score, above 0 and at most 1")
 
 
 def box_iou(a: BOX, b: BOX) -> float:

@@ -5,7 +5,8 @@ windows around its board, scaled so that the board is each of ``ReadOptions.zoom
 wide. The model reads plates of about those widths best: the smallest plates' characters are
 about 12 px tall in a 1280 px image, and plates wider than the 448 px training crops are seldom
 whole in one. Of the windows' readings of a board, the surest is kept (``best_reading``); where
-none reads it, the first reading stays.
+none reads it, the first reading stays. The widths are read in their order, and a board at no more
+of them once one window reads it surely (``ReadOptions.sure_score``, ``sure_enough``).
 """
 
 from __future__ import annotations
@@ -105,6 +106,12 @@ def window_readings(first: Plate, windows: Sequence[list[Plate]]) -> list[Plate]
     return [plate for again in windows if (plate := same_board(first, again))]
 
 
+def sure_enough(first: Plate, windows: Sequence[list[Plate]], sure_score: float | None) -> bool:
+    """Whether the board read first needs no more windows: one of them read it with every
+    character scoring at least ``sure_score`` (never, where that is None)."""
+    return sure_score is not None and any(surest(plate) >= sure_score for plate in window_readings(first, windows))
+
+
 def best_reading(first: Plate, windows: Sequence[list[Plate]]) -> Plate:
     """Of the window readings of the board read first, the surest; the first reading where no
     window reads that board."""
@@ -183,14 +190,17 @@ class PlateReader:
         return list(zip(detections, self._read_again(arrays, plates)))
 
     def _read_again(self, arrays: list[np.ndarray], plates: list[list[Plate]]) -> list[list[Plate]]:
-        if not self.options.zoom_widths:
-            return plates
-        boards = [(i, plate.bbox) for i, found in enumerate(plates) for plate in found]
-        # one pass a width: its windows are about the same size, so a batch pads little
-        by_width = [[read_plates(dets, self.options) for dets in self.detect_windows(arrays, boards, width)]
-                    for width in self.options.zoom_widths]
-        windows = zip(*by_width)  # each board's readings, one a width
-        return [[best_reading(plate, next(windows)) for plate in found] for found in plates]
+        firsts = [(i, plate) for i, found in enumerate(plates) for plate in found]
+        seen = [[] for _ in firsts]  # each board's readings, one list a window
+        todo = list(range(len(firsts)))
+        for width in self.options.zoom_widths:
+            # one pass a width: its windows are about the same size, so a batch pads little
+            found = self.detect_windows(arrays, [(firsts[k][0], firsts[k][1].bbox) for k in todo], width)
+            for k, detections in zip(todo, found):
+                seen[k].append(read_plates(detections, self.options))
+            todo = [k for k in todo if not sure_enough(firsts[k][1], seen[k], self.options.sure_score)]
+        best = iter(best_reading(first, windows) for (_, first), windows in zip(firsts, seen))
+        return [[next(best) for _ in found] for found in plates]
 
     def detect_windows(self, arrays: list[np.ndarray], boards: list[tuple[int, BOX]], width: int
                        ) -> list[list[Detection]]:
