@@ -25,8 +25,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from model_speed import add_reading_arguments, read_options, second_reading
+
 from alpr.model import TrainSettings
-from alpr.postprocess import ReadOptions
 from alpr.record import RecordOptions, record
 from alpr.synth import generate
 
@@ -109,10 +110,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path, default=None, help="score this checkpoint; train nothing")
     parser.add_argument("--load-from", type=Path, default=None,
                         help="start training from this checkpoint's weights (one trained earlier, say)")
-    parser.add_argument("--zoom-widths", type=int, nargs="*", default=ReadOptions.zoom_widths,
-                        help="read each board again, scaled to each of these widths (px); none given: never")
-    parser.add_argument("--sure-score", type=float, default=ReadOptions.sure_score,
-                        help="read a board at no more widths once a reading has every character at least this")
+    add_reading_arguments(parser)
     args = parser.parse_args()
 
     from alpr import PlateReader
@@ -135,15 +133,14 @@ def main() -> None:
                        + (f", starting from {args.load_from}" if args.load_from else ""))
         if args.save_checkpoint:
             shutil.copyfile(checkpoint, args.save_checkpoint)
-        options = ReadOptions(zoom_widths=tuple(args.zoom_widths), sure_score=args.sure_score)
+        options = read_options(args)
         reader = PlateReader.from_checkpoint(checkpoint, args.device, options)
         start = time.perf_counter()
         gt, detections, plates = predict_split(reader, fresh, "test", progress=False)
         reading = time.perf_counter() - start
         metrics = evaluate(gt, detections, plates)
         print(f"{trained} ({checkpoint.stem}), scored on {args.test_images} fresh images (seed {TEST_SEED}), "
-              f"boards read again {'+'.join(map(str, options.zoom_widths)) or 'no'} px wide"
-              + (f" until sure at {options.sure_score:g}" if options.sure_score else ""))
+              f"boards read again {second_reading(options)}")
         print(f"ground_truth_plates={metrics['plates']}")
         print(f"read_ms_per_image={1000 * reading / args.test_images:.0f} (with the masks that mAP needs)")
         for key in ("mAP", "dv_mAP", "EIR", "EIR_one_row", "EIR_two_row", "char_accuracy"):

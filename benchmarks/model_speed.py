@@ -28,6 +28,24 @@ from alpr.synth import SynthOptions, generate
 ROOT = Path(__file__).parents[1]
 
 
+def add_reading_arguments(parser: argparse.ArgumentParser) -> None:
+    """The second reading's flags, as ``alpr serve`` has them."""
+    parser.add_argument("--zoom-widths", type=int, nargs="*", default=ReadOptions.zoom_widths,
+                        help="board widths (px) each plate is read again at; none given: never")
+    parser.add_argument("--sure-score", type=float, default=ReadOptions.sure_score,
+                        help="read a plate at no more widths once a reading has every character at least this")
+
+
+def read_options(args: argparse.Namespace) -> ReadOptions:
+    return ReadOptions(zoom_widths=tuple(args.zoom_widths), sure_score=args.sure_score)
+
+
+def second_reading(options: ReadOptions) -> str:
+    """How plates are read again, for a figure's label: "192+224 px wide, until sure at 0.3"."""
+    widths = "+".join(map(str, options.zoom_widths)) or "no"
+    return f"{widths} px wide" + (f", until sure at {options.sure_score:g}" if options.sure_score else "")
+
+
 def bench_images(folder: Path, count: int) -> None:
     """Writes ``count`` synthetic 1280x720 images in ``FOLDER/synth`` (seed 1)."""
     generate(folder / "synth", count, seed=1, options=SynthOptions(1280, 720), progress=False)
@@ -77,10 +95,7 @@ def main() -> None:
     parser.add_argument("--img-size", type=int, default=None, help="size images are resized to (default: the model's)")
     parser.add_argument("--crop-size", type=int, default=None, help="training crops (default: the model's)")
     parser.add_argument("--checkpoint", type=Path, default=None, help="time this trained model's reading; train nothing")
-    parser.add_argument("--zoom-widths", type=int, nargs="*", default=ReadOptions.zoom_widths,
-                        help="board widths (px) each plate is read again at; none given: never")
-    parser.add_argument("--sure-score", type=float, default=ReadOptions.sure_score,
-                        help="read a plate at no more widths once a reading has every character at least this")
+    add_reading_arguments(parser)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as name:
         folder = Path(name)
@@ -107,7 +122,7 @@ def time_training(folder: Path, args: argparse.Namespace) -> Path:
 def time_reading(checkpoint: Path, images: list[Path], args: argparse.Namespace) -> None:
     from alpr import PlateReader
 
-    options = ReadOptions(zoom_widths=tuple(args.zoom_widths), sure_score=args.sure_score)
+    options = read_options(args)
     reader = PlateReader.from_checkpoint(checkpoint, args.device, options)
     plates = 0
     for batch in args.batch:
@@ -121,8 +136,7 @@ def time_reading(checkpoint: Path, images: list[Path], args: argparse.Namespace)
         print(f"infer_ms_per_image_batch{batch}={statistics.median(times):.1f} "
               f"(median of {args.runs}, 1280x720, {next(reader.model.parameters()).device})")
     print(f"plates_found_per_image={plates / (args.runs * sum(args.batch)):.2f} (read again with the board "
-          f"{'+'.join(map(str, args.zoom_widths)) or 'no'} px wide"
-          + (f", until sure at {args.sure_score:g})" if args.sure_score else ")"))
+          f"{second_reading(options)})")
 
 
 if __name__ == "__main__":
