@@ -31,9 +31,10 @@ ROOT = Path(__file__).parents[1]
 def add_reading_arguments(parser: argparse.ArgumentParser) -> None:
     """The second reading's flags, as ``alpr serve`` has them."""
     parser.add_argument("--zoom-widths", type=int, nargs="*", default=ReadOptions.zoom_widths,
-                        help="board widths (px) each plate is read again at; none given: never")
+                        help="board widths (px) each plate is read again at, in order, until two readings "
+                             "agree; none given: never")
     parser.add_argument("--sure-score", type=float, default=ReadOptions.sure_score,
-                        help="read a plate at no more widths once a reading has every character at least this")
+                        help="also stop once a reading has every character at least this")
 
 
 def read_options(args: argparse.Namespace) -> ReadOptions:
@@ -41,9 +42,11 @@ def read_options(args: argparse.Namespace) -> ReadOptions:
 
 
 def second_reading(options: ReadOptions) -> str:
-    """How plates are read again, for a figure's label: "192+224 px wide, until sure at 0.3"."""
-    widths = "+".join(map(str, options.zoom_widths)) or "no"
-    return f"{widths} px wide" + (f", until sure at {options.sure_score:g}" if options.sure_score else "")
+    """How plates are read again, for a figure's label: "320+256 px wide, until two agree or one is sure at 0.5"."""
+    if not options.zoom_widths:
+        return "no px wide"
+    until = "until two agree" + (f" or one is sure at {options.sure_score:g}" if options.sure_score else "")
+    return f"{'+'.join(map(str, options.zoom_widths))} px wide" + (f", {until}" if len(options.zoom_widths) > 1 else "")
 
 
 def bench_images(folder: Path, count: int) -> None:

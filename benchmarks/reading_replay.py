@@ -1,7 +1,7 @@
 """Plate-reading rules compared on one checkpoint's detections, made once.
 
-    python benchmarks/reading_replay.py CHECKPOINT [--test-images 300] [--seed 1000] [--widths 320 256 384]
-        [--sure-scores S ...] [--device auto] [--cache FILE]
+    python benchmarks/reading_replay.py CHECKPOINT [--test-images 300] [--seed 1000] [--widths 320 256 224 192]
+        [--sure-scores 0.3 0.5] [--device auto] [--cache FILE]
 
 Runs the model over accuracy.py's fresh test set (seed 1000; another seed checks a rule picked on
 it against images it was not picked on): each whole image, then each board
@@ -12,11 +12,11 @@ file and reused by later runs on the same checkpoint and images. Prints one line
 
 The rules: the first reading only; read again at each width alone; and, over the windows at
 every width given that read the same board, the text most of them read (ties to the surer
-reading) or the surest reading alone (``best_reading``, as PlateReader does at
-``ReadOptions.zoom_widths``), "surest" being the highest lowest character score; and the surest
-reading of the windows read in the order given until one reads the board with every character
-scoring at least S (``ReadOptions.sure_score``), for each S of --sure-scores, with and without
-the first reading counted ("first too"). The "windows" column is the windows read per board.
+reading) or the surest reading alone, "surest" being the highest lowest character score; and as
+PlateReader reads (``best_reading`` over the windows read in the order given until two agree,
+``read_enough``), also stopping where one window reads the board with every character scoring at
+least S (``ReadOptions.sure_score``), for each S of --sure-scores. The "windows" column is the
+windows read per board.
 """
 
 import argparse
@@ -28,7 +28,7 @@ from pathlib import Path
 from accuracy import TEST_SEED, synthesize
 
 from alpr.postprocess import Plate, ReadOptions, read_plates
-from alpr.reader import best_reading, load_image, sure_enough, surest, window_readings
+from alpr.reader import best_reading, load_image, read_enough, surest, window_readings
 
 BATCH = 4
 OPTIONS = ReadOptions()  # the reading's defaults
@@ -70,13 +70,14 @@ def every_window(pick):
     return lambda first, again: (pick(first, again), len(again))
 
 
-def until_sure(sure_score: float, first_counts: bool = False):
-    """A rule that reads the windows in order until ``sure_enough``, as PlateReader does; with
-    ``first_counts``, none where the first reading is that sure."""
+def surest_of_all(first: Plate, again: list[list[Plate]]) -> Plate:
+    return max(window_readings(first, again), key=surest, default=first)
+
+
+def as_reader(sure_score: float | None = None):
+    """A rule that reads the windows in order until ``read_enough``, as PlateReader does."""
     def pick(first: Plate, again: list[list[Plate]]) -> tuple[Plate, int]:
-        if first_counts and first.readable and surest(first) >= sure_score:
-            return first, 0
-        read = next((n for n in range(1, len(again)) if sure_enough(first, again[:n], sure_score)), len(again))
+        read = next((n for n in range(1, len(again)) if read_enough(first, again[:n], sure_score)), len(again))
         return best_reading(first, again[:read]), read
     return pick
 
@@ -90,11 +91,10 @@ def rules(widths: list[int], sure_scores: list[float]) -> dict:
     if len(widths) > 1:
         joined = "+".join(map(str, widths))
         named[f"again at {joined}, by vote"] = (widths, every_window(by_vote))
-        named[f"again at {joined}, surest"] = (widths, every_window(best_reading))
+        named[f"again at {joined}, surest"] = (widths, every_window(surest_of_all))
+        named[f"again at {joined}, until two agree"] = (widths, as_reader())
         for sure_score in sure_scores:
-            named[f"again at {joined}, until {sure_score:g}"] = (widths, until_sure(sure_score))
-            named[f"again at {joined}, until {sure_score:g}, first too"] = (
-                widths, until_sure(sure_score, first_counts=True))
+            named[f"again at {joined}, until two agree or {sure_score:g}"] = (widths, as_reader(sure_score))
     return named
 
 
@@ -117,8 +117,8 @@ def main() -> None:
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("--test-images", type=int, default=300)
     parser.add_argument("--seed", type=int, default=TEST_SEED, help="of the synthesized test images")
-    parser.add_argument("--widths", type=int, nargs="+", default=[320])
-    parser.add_argument("--sure-scores", type=float, nargs="*", default=[0.5, 0.7, 0.8, 0.9])
+    parser.add_argument("--widths", type=int, nargs="+", default=list(ReadOptions.zoom_widths))
+    parser.add_argument("--sure-scores", type=float, nargs="*", default=[0.3, 0.5])
     parser.add_argument("--device", default="auto")
     parser.add_argument("--cache", type=Path, default=None, help="keep the detections in this file")
     args = parser.parse_args()

@@ -35,11 +35,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--char-threshold", type=float, default=ReadOptions.char_threshold,
                         help="lowest score of a character that is read")
     parser.add_argument("--zoom-widths", type=int, nargs="*", default=ReadOptions.zoom_widths,
-                        help="each plate is read again, scaled to each of these widths (px), and the surest "
-                             "reading kept; none given: never")
+                        help="each plate is read again, scaled to these widths (px) in this order, until two "
+                             "readings agree; none given: never")
     parser.add_argument("--sure-score", type=float, default=ReadOptions.sure_score,
-                        help="read a plate at no more of the zoom widths, in their order, once one reading has "
-                             "every character scoring at least this (default: read it at every width)")
+                        help="also stop once one reading has every character scoring at least this "
+                             "(default: only agreement stops)")
     return parser
 
 

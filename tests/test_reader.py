@@ -8,7 +8,8 @@ import pytest
 
 from alpr.postprocess import Detection, Plate, ReadOptions
 from alpr.errors import UsageError
-from alpr.reader import ZOOM_MARGIN, best_reading, from_window, sure_enough, window_image, zoom_window
+from alpr.reader import (ZOOM_MARGIN, agreed_reading, best_reading, from_window, read_enough, sure_enough,
+                         window_image, zoom_window)
 from handmade import plate_detections
 
 
@@ -65,6 +66,19 @@ def test_of_the_windows_readings_the_one_whose_least_sure_character_is_surest_is
     neighbour = _plate("98D7654", (150, 100, 210, 113), char_scores=[1.0] * 7)
     assert best_reading(first, [[one_doubt], [neighbour, even], [_plate(None, board)]]) is even
     assert best_reading(first, [[one_doubt], [neighbour]]) is one_doubt
+
+
+def test_two_windows_that_read_a_board_alike_outvote_a_surer_lone_reading():
+    board = (100, 100, 160, 113)
+    first = _plate("12A3456", board, char_scores=[0.99] * 7)
+    lone = _plate("12B3456", board, char_scores=[0.95] * 7)
+    agreed_low, agreed_high = (_plate("12C3456", board, char_scores=[score] * 7) for score in (0.5, 0.6))
+    neighbour = _plate("12C3456", (150, 100, 210, 113), char_scores=[1.0] * 7)  # another board does not vote
+    assert agreed_reading(first, [[lone], [neighbour]]) is None and not read_enough(first, [[lone], [neighbour]], None)
+    windows = [[agreed_low], [lone], [agreed_high]]
+    assert agreed_reading(first, windows) is agreed_high and best_reading(first, windows) is agreed_high
+    assert read_enough(first, windows, None) and not read_enough(first, windows[:2], None)
+    assert best_reading(first, windows[:2]) is lone  # no two agree: the surest
 
 
 def test_a_board_is_read_surely_when_one_window_reads_it_with_every_character_at_the_sure_score():
@@ -139,25 +153,28 @@ def test_detections_without_masks_are_the_same_boxes_and_skip_the_mask_computati
     assert max(result.pred_instances.masks.shape[1:]) <= 8 * 320 / 256
 
 
-def test_a_board_read_surely_is_read_at_no_more_widths(smoke_workdir, smoke_training, synth_dir):
-    """The windows' detections are scripted here (a 4-iteration model reads nothing surely): one
-    board reads surely at the first width, the other never does and is read at every width."""
+def test_a_board_is_read_at_no_more_widths_once_two_windows_agree_or_one_is_sure(smoke_workdir, smoke_training,
+                                                                                synth_dir):
+    """The windows' detections are scripted here (a 4-iteration model reads nothing): one board
+    reads surely at the first width, one alike at the first two, and the last differently at each."""
     from alpr.reader import PlateReader, load_image
 
     best = smoke_workdir / "runs" / "r1" / "train" / "best.pth"
     options = ReadOptions(zoom_widths=(96, 128, 160), sure_score=0.8)
     reader = PlateReader.from_checkpoint(best, device="cpu", options=options)
-    sure_board, doubtful_board = (100.0, 100.0, 300.0, 140.0), (500.0, 300.0, 700.0, 340.0)
+    sure, alike, doubtful = (100.0, 100.0, 300.0, 140.0), (500.0, 300.0, 700.0, 340.0), (100.0, 500.0, 300.0, 540.0)
+    texts = {sure: lambda width: "12A3456", alike: lambda width: "56C7890",
+             doubtful: lambda width: f"34B567{width % 10}"}
     asked = []
 
     def scripted(arrays, boards, width):
         asked.append((width, [box for _, box in boards]))
-        return [plate_detections("12A3456" if box == sure_board else "34B5678", *box[:2],
-                                 char_score=0.95 if box == sure_board else 0.6 + width / 1000) for _, box in boards]
+        return [plate_detections(texts[box](width), *box[:2], char_score=0.95 if box == sure else 0.6 + width / 1000)
+                for _, box in boards]
 
     reader.detect_windows = scripted
-    plates, = reader._read_again([load_image(synth_dir / "000001.jpg")], [[_plate(None, sure_board),
-                                                                           _plate(None, doubtful_board)]])
-    assert asked == [(96, [sure_board, doubtful_board]), (128, [doubtful_board]), (160, [doubtful_board])]
-    assert [plate.text for plate in plates] == ["12A3456", "34B5678"]
-    assert min(plates[1].char_scores) == pytest.approx(0.6 + 0.160 - 0.06)  # the surest of its three readings
+    plates, = reader._read_again([load_image(synth_dir / "000001.jpg")], [[_plate(None, box) for box in texts]])
+    assert asked == [(96, [sure, alike, doubtful]), (128, [alike, doubtful]), (160, [doubtful])]
+    assert [plate.text for plate in plates] == ["12A3456", "56C7890", "34B5670"]
+    assert min(plates[1].char_scores) == pytest.approx(0.6 + 0.128 - 0.06)  # the surer of the two alike
+    assert min(plates[2].char_scores) == pytest.approx(0.6 + 0.160 - 0.06)  # the surest of its three readings

@@ -78,14 +78,13 @@ class ReadOptions:
     region_threshold: float = 0.2
     duplicate_iou: float = 0.5  # two characters overlapping this much are one character
     # each board is read again from windows around it, scaled so that the board is each of these
-    # many px wide, and the surest reading kept (PlateReader); () reads each board only where it was
-    # found. Several widths read better than any one, and the best one moves with the model: 320 for
-    # short-trained ones, 224-256 for better ones (benchmarks/RESULTS.md, "Several widths by default").
-    zoom_widths: tuple[int, ...] = (192, 224, 256, 320)
-    # the widths are read in that order, and a board at no more of them once one window's reading of
-    # it has every character scoring at least this (None: at every width). Off by default: measured
-    # on a short-trained model only (RESULTS.md, "Reading until sure"), where 0.3 with 320 first read
-    # as well as 320 alone in 1.6 windows a board.
+    # many px wide, in this order, until two windows read it alike (PlateReader); () reads each board
+    # only where it was found. The best single width moves with the model (320 for short-trained ones,
+    # 224-256 for better ones); two widths agreeing read as well as a vote of all four, in 2.5 windows
+    # a board (benchmarks/RESULTS.md, "Reading until two windows agree").
+    zoom_widths: tuple[int, ...] = (320, 256, 224, 192)
+    # or until one window reads it with every character scoring at least this (None: only agreement
+    # stops). Off by default: faster, but the order then decides (RESULTS.md, "Reading until sure").
     sure_score: float | None = None
 
     def __post_init__(self):

@@ -4,9 +4,10 @@ Plates are read first where the model finds them in the whole image, then each a
 windows around its board, scaled so that the board is each of ``ReadOptions.zoom_widths`` px
 wide. The model reads plates of about those widths best: the smallest plates' characters are
 about 12 px tall in a 1280 px image, and plates wider than the 448 px training crops are seldom
-whole in one. Of the windows' readings of a board, the surest is kept (``best_reading``); where
-none reads it, the first reading stays. The widths are read in their order, and a board at no more
-of them once one window reads it surely (``ReadOptions.sure_score``, ``sure_enough``).
+whole in one. The widths are read in their order, and a board at no more of them once two windows
+read it alike, or one reads it surely (``ReadOptions.sure_score``): ``read_enough``. Of the
+windows' readings of a board, the surer of two that agree is kept, else the surest
+(``best_reading``); where no window reads it, the first reading stays.
 """
 
 from __future__ import annotations
@@ -106,16 +107,29 @@ def window_readings(first: Plate, windows: Sequence[list[Plate]]) -> list[Plate]
     return [plate for again in windows if (plate := same_board(first, again))]
 
 
+def agreed_reading(first: Plate, windows: Sequence[list[Plate]]) -> Plate | None:
+    """The surest of the window readings of the board read first whose text another window read
+    too; None where no two agree. Two scales seldom make the same mistake."""
+    readings = window_readings(first, windows)
+    agreed = [plate for plate in readings if sum(other.text == plate.text for other in readings) > 1]
+    return max(agreed, key=surest, default=None)
+
+
 def sure_enough(first: Plate, windows: Sequence[list[Plate]], sure_score: float | None) -> bool:
-    """Whether the board read first needs no more windows: one of them read it with every
-    character scoring at least ``sure_score`` (never, where that is None)."""
+    """Whether one window read the board read first with every character scoring at least
+    ``sure_score`` (never, where that is None)."""
     return sure_score is not None and any(surest(plate) >= sure_score for plate in window_readings(first, windows))
 
 
+def read_enough(first: Plate, windows: Sequence[list[Plate]], sure_score: float | None) -> bool:
+    """Whether the board read first needs no more windows: two of them read it alike, or one surely."""
+    return agreed_reading(first, windows) is not None or sure_enough(first, windows, sure_score)
+
+
 def best_reading(first: Plate, windows: Sequence[list[Plate]]) -> Plate:
-    """Of the window readings of the board read first, the surest; the first reading where no
-    window reads that board."""
-    return max(window_readings(first, windows), key=surest, default=first)
+    """Of the window readings of the board read first, the surest that two windows agree on, else
+    the surest; the first reading where no window reads that board."""
+    return agreed_reading(first, windows) or max(window_readings(first, windows), key=surest, default=first)
 
 
 class PlateReader:
@@ -198,7 +212,7 @@ class PlateReader:
             found = self.detect_windows(arrays, [(firsts[k][0], firsts[k][1].bbox) for k in todo], width)
             for k, detections in zip(todo, found):
                 seen[k].append(read_plates(detections, self.options))
-            todo = [k for k in todo if not sure_enough(firsts[k][1], seen[k], self.options.sure_score)]
+            todo = [k for k in todo if not read_enough(firsts[k][1], seen[k], self.options.sure_score)]
         best = iter(best_reading(first, windows) for (_, first), windows in zip(firsts, seen))
         return [[next(best) for _ in found] for found in plates]
 
