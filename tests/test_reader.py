@@ -78,7 +78,16 @@ def test_two_windows_that_read_a_board_alike_outvote_a_surer_lone_reading():
     windows = [[agreed_low], [lone], [agreed_high]]
     assert agreed_reading(first, windows) is agreed_high and best_reading(first, windows) is agreed_high
     assert read_enough(first, windows, None) and not read_enough(first, windows[:2], None)
-    assert best_reading(first, windows[:2]) is lone  # no two agree: the surest
+    assert best_reading(first, windows[:2]) is lone  # no two agree: the surest window reading
+
+
+def test_the_first_reading_agreeing_with_one_window_is_enough():
+    board = (100, 100, 160, 113)
+    first = _plate("12A3456", board, char_scores=[0.9] * 7)
+    echo, other = _plate("12A3456", board, char_scores=[0.7] * 7), _plate("12B3456", board, char_scores=[0.95] * 7)
+    assert read_enough(first, [[echo]], None) and best_reading(first, [[other], [echo]]) is first  # the surer
+    assert not read_enough(first, [[other]], None)
+    assert not read_enough(_plate(None, board), [[echo]], None)  # an unread first reading has no say
 
 
 def test_a_board_is_read_surely_when_one_window_reads_it_with_every_character_at_the_sure_score():

@@ -78,10 +78,10 @@ class ReadOptions:
     region_threshold: float = 0.2
     duplicate_iou: float = 0.5  # two characters overlapping this much are one character
     # each board is read again from windows around it, scaled so that the board is each of these
-    # many px wide, in this order, until two windows read it alike (PlateReader); () reads each board
-    # only where it was found. The best single width moves with the model (320 for short-trained ones,
-    # 224-256 for better ones); two widths agreeing read as well as a vote of all four, in 2.5 windows
-    # a board (benchmarks/RESULTS.md, "Reading until two windows agree").
+    # many px wide, in this order, until two of its readings agree, the first one's included
+    # (PlateReader); () reads each board only where it was found. The best single width moves with the
+    # model (320 for short-trained ones, 224-256 for better ones); reading until two agree read better
+    # than a vote of all four, in 1.8 windows a board (benchmarks/RESULTS.md, "Reading until two agree").
     zoom_widths: tuple[int, ...] = (320, 256, 224, 192)
     # or until one window reads it with every character scoring at least this (None: only agreement
     # stops). Off by default: faster, but the order then decides (RESULTS.md, "Reading until sure").

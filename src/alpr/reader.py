@@ -4,10 +4,10 @@ Plates are read first where the model finds them in the whole image, then each a
 windows around its board, scaled so that the board is each of ``ReadOptions.zoom_widths`` px
 wide. The model reads plates of about those widths best: the smallest plates' characters are
 about 12 px tall in a 1280 px image, and plates wider than the 448 px training crops are seldom
-whole in one. The widths are read in their order, and a board at no more of them once two windows
-read it alike, or one reads it surely (``ReadOptions.sure_score``): ``read_enough``. Of the
-windows' readings of a board, the surer of two that agree is kept, else the surest
-(``best_reading``); where no window reads it, the first reading stays.
+whole in one. The widths are read in their order, and a board at no more of them once two of its
+readings agree (the first reading and a window's, or two windows'), or one window reads it surely
+(``ReadOptions.sure_score``): ``read_enough``. The surer of two readings that agree is kept, else
+the surest window reading (``best_reading``); where no window reads it, the first reading stays.
 """
 
 from __future__ import annotations
@@ -108,9 +108,9 @@ def window_readings(first: Plate, windows: Sequence[list[Plate]]) -> list[Plate]
 
 
 def agreed_reading(first: Plate, windows: Sequence[list[Plate]]) -> Plate | None:
-    """The surest of the window readings of the board read first whose text another window read
-    too; None where no two agree. Two scales seldom make the same mistake."""
-    readings = window_readings(first, windows)
+    """The surest of the readings of the board read first, its own among them, whose text another
+    of them read too; None where no two agree. Two scales seldom make the same mistake."""
+    readings = window_readings(first, windows) + [first] * first.readable
     agreed = [plate for plate in readings if sum(other.text == plate.text for other in readings) > 1]
     return max(agreed, key=surest, default=None)
 
@@ -122,13 +122,14 @@ def sure_enough(first: Plate, windows: Sequence[list[Plate]], sure_score: float 
 
 
 def read_enough(first: Plate, windows: Sequence[list[Plate]], sure_score: float | None) -> bool:
-    """Whether the board read first needs no more windows: two of them read it alike, or one surely."""
+    """Whether the board read first needs no more windows: two readings of it agree (the first
+    reading and a window's, or two windows'), or one window reads it surely."""
     return agreed_reading(first, windows) is not None or sure_enough(first, windows, sure_score)
 
 
 def best_reading(first: Plate, windows: Sequence[list[Plate]]) -> Plate:
-    """Of the window readings of the board read first, the surest that two windows agree on, else
-    the surest; the first reading where no window reads that board."""
+    """Of the readings of the board read first, the surest that two agree on, else the surest
+    window reading; the first reading where no window reads that board."""
     return agreed_reading(first, windows) or max(window_readings(first, windows), key=surest, default=first)
 
 
