@@ -28,7 +28,7 @@ from pathlib import Path
 from accuracy import TEST_SEED, synthesize
 
 from alpr.postprocess import Plate, ReadOptions, read_plates
-from alpr.reader import best_reading, load_image, read_enough, surest, window_readings
+from alpr.reader import best_reading, load_image, read_enough, surest, surest_reading, window_readings
 
 BATCH = 4
 OPTIONS = ReadOptions()  # the reading's defaults
@@ -70,10 +70,6 @@ def every_window(pick):
     return lambda first, again: (pick(first, again), len(again))
 
 
-def surest_of_all(first: Plate, again: list[list[Plate]]) -> Plate:
-    return max(window_readings(first, again), key=surest, default=first)
-
-
 def as_reader(sure_score: float | None = None):
     """A rule that reads the windows in order until ``read_enough``, as PlateReader does."""
     def pick(first: Plate, again: list[list[Plate]]) -> tuple[Plate, int]:
@@ -91,7 +87,7 @@ def rules(widths: list[int], sure_scores: list[float]) -> dict:
     if len(widths) > 1:
         joined = "+".join(map(str, widths))
         named[f"again at {joined}, by vote"] = (widths, every_window(by_vote))
-        named[f"again at {joined}, surest"] = (widths, every_window(surest_of_all))
+        named[f"again at {joined}, surest"] = (widths, every_window(surest_reading))
         named[f"again at {joined}, until two agree"] = (widths, as_reader())
         for sure_score in sure_scores:
             named[f"again at {joined}, until two agree or {sure_score:g}"] = (widths, as_reader(sure_score))

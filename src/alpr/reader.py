@@ -110,7 +110,7 @@ def window_readings(first: Plate, windows: Sequence[list[Plate]]) -> list[Plate]
 def agreed_reading(first: Plate, windows: Sequence[list[Plate]]) -> Plate | None:
     """The surest of the readings of the board read first, its own among them, whose text another
     of them read too; None where no two agree. Two scales seldom make the same mistake."""
-    readings = window_readings(first, windows) + [first] * first.readable
+    readings = window_readings(first, windows) + ([first] if first.readable else [])
     agreed = [plate for plate in readings if sum(other.text == plate.text for other in readings) > 1]
     return max(agreed, key=surest, default=None)
 
@@ -127,10 +127,15 @@ def read_enough(first: Plate, windows: Sequence[list[Plate]], sure_score: float 
     return agreed_reading(first, windows) is not None or sure_enough(first, windows, sure_score)
 
 
+def surest_reading(first: Plate, windows: Sequence[list[Plate]]) -> Plate:
+    """The surest window reading of the board read first; the first reading where no window reads it."""
+    return max(window_readings(first, windows), key=surest, default=first)
+
+
 def best_reading(first: Plate, windows: Sequence[list[Plate]]) -> Plate:
     """Of the readings of the board read first, the surest that two agree on, else the surest
-    window reading; the first reading where no window reads that board."""
-    return agreed_reading(first, windows) or max(window_readings(first, windows), key=surest, default=first)
+    window reading (``surest_reading``)."""
+    return agreed_reading(first, windows) or surest_reading(first, windows)
 
 
 class PlateReader:
