@@ -101,7 +101,7 @@ def main() -> None:
                         help="validate and checkpoint every N iterations too (default: at the end only)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--workers", type=int, default=2, help="data loader processes")
-    parser.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
+    parser.add_argument("--amp", action="store_true", help="mixed precision: float16 on CUDA, bfloat16 on the CPU")
     parser.add_argument("--lr", type=float, default=None, help="learning rate (default: the model's own)")
     parser.add_argument("--iters", type=int, default=None, help="stop after this many iterations at the latest")
     parser.add_argument("--warmup-iters", type=int, default=None, help="linear warm-up (default: the training step's)")

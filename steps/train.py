@@ -49,7 +49,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--warmup-iters", type=int, default=defaults.warmup_iters, help="linear warm-up iterations")
     parser.add_argument("--workers", type=int, default=defaults.num_workers, help="data loader processes")
     parser.add_argument("--device", default="auto", choices=DEVICES, help="where to train")
-    parser.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
+    parser.add_argument("--amp", action="store_true", help="mixed precision: float16 on CUDA, bfloat16 on the CPU")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="random seed")
     parser.add_argument("--best-metric", default=defaults.best_metric,
                         help="validation metric that picks best.pth (EIR, mAP, dv_mAP, ...)")

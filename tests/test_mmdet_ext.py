@@ -10,7 +10,8 @@ from mmengine.structures import InstanceData
 from pycocotools import mask as mask_utils
 
 from alpr.metrics import mask_rle
-from alpr.mmdet_ext import FilledPolygonMasks, UseFilledPolygonMasks, masks_rle, rle_from_run_changes, to_detections
+from alpr.mmdet_ext import (CpuBFloat16OptimWrapper, FilledPolygonMasks, UseFilledPolygonMasks, masks_rle,
+                             rle_from_run_changes, to_detections)
 from alpr.plates import CLASSES
 
 
@@ -295,3 +296,15 @@ def test_a_collated_batch_holds_one_block_of_memory_per_dtype_and_the_same_value
     assert all(torch.equal(a, b) for a, b in zip(ours["inputs"], plain["inputs"]))
     blocks = {(t.dtype, t.untyped_storage().data_ptr()) for t in tensors}
     assert {dtype for dtype, _ in blocks} == {torch.uint8, torch.float32, torch.int64} and len(blocks) == 3
+
+
+def test_cpu_mixed_precision_computes_in_bfloat16_and_updates_float32_weights():
+    layer = torch.nn.Conv2d(3, 4, 3)
+    wrapper = CpuBFloat16OptimWrapper(torch.optim.SGD(layer.parameters(), lr=0.1))
+    before = layer.weight.detach().clone()
+    with wrapper.optim_context(layer):
+        out = layer(torch.ones(1, 3, 8, 8))
+    assert out.dtype == torch.bfloat16
+    wrapper.update_params(out.float().square().mean())
+    assert layer.weight.dtype == torch.float32 and not torch.equal(layer.weight, before)
+    assert layer(torch.ones(1, 3, 8, 8)).dtype == torch.float32  # autocast ends with the context

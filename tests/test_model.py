@@ -1,6 +1,7 @@
 """Smoke training on a tiny synthetic dataset, on the CPU, and everything that reads its outputs."""
 
 import json
+import math
 import re
 import subprocess
 import sys
@@ -105,6 +106,20 @@ def test_training_resumes_from_its_last_checkpoint(smoke_workdir, smoke_training
     log = result.stdout + result.stderr
     assert "resumed" in log.lower() and "Iter(train) [1/6]" not in log
     assert (smoke_workdir / "runs" / "r1" / "train" / "iter_6.pth").is_file()
+
+
+def test_mixed_precision_trains_on_the_cpu_in_bfloat16(smoke_workdir):
+    amp = [{"r1": "amp"}.get(a, a) for a in SMOKE_TRAIN] + ["--amp"]
+    result = run_step_script("train", "--workdir", str(smoke_workdir), *amp)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    import torch
+
+    saved = torch.load(smoke_workdir / "runs/amp/train/iter_4.pth", map_location="cpu", weights_only=False)
+    assert saved["meta"]["cfg"].count("CpuBFloat16OptimWrapper") == 1
+    assert all(w.dtype == torch.float32 for w in saved["state_dict"].values() if w.is_floating_point())
+    losses = [json.loads(line)["loss"] for line in next((smoke_workdir / "runs/amp/train").rglob("log.json"))
+              .read_text().splitlines() if '"loss"' in line]
+    assert len(losses) == 4 and all(math.isfinite(loss) and loss > 0 for loss in losses)
 
 
 def test_a_run_resumes_only_with_the_settings_it_started_with(smoke_workdir, smoke_training):

@@ -1,5 +1,6 @@
 """alpr's pieces registered in mmdetection's registries: the plate metric, the run and time-budget
-hooks, the training crop and mask transforms, and RTMDet-ins's head with a batched training loss.
+hooks, the training crop and mask transforms, RTMDet-ins's head with a batched training loss, and
+mixed precision on the CPU.
 
 Imported by the training config (``custom_imports``), never by editing mmdet itself.
 """
@@ -23,13 +24,14 @@ import torch.nn.functional as F
 from mmcv.transforms import BaseTransform
 from mmdet.datasets.transforms import RandomCrop, Resize
 from mmdet.models.dense_heads import RTMDetInsSepBNHead
-from mmdet.registry import HOOKS, METRICS, MODELS, TRANSFORMS
+from mmdet.registry import HOOKS, METRICS, MODELS, OPTIM_WRAPPERS, TRANSFORMS
 from mmdet.structures.bbox import BaseBoxes, bbox_overlaps, distance2bbox
 from mmdet.structures.mask import PolygonMasks, polygon_to_bitmap
 from mmdet.utils import reduce_mean
 from mmengine.dataset import pseudo_collate
 from mmengine.evaluator import BaseMetric
 from mmengine.hooks import Hook
+from mmengine.optim import OptimWrapper
 from mmengine.registry import FUNCTIONS
 from mmengine.runner import IterBasedTrainLoop
 from pycocotools import mask as mask_utils
@@ -437,6 +439,20 @@ def boxes_only(model):
     finally:
         for head in heads:
             head.boxes_only = False
+
+
+@OPTIM_WRAPPERS.register_module()
+class CpuBFloat16OptimWrapper(OptimWrapper):
+    """``--amp`` on the CPU: the forward pass and the loss under bfloat16 autocast.
+
+    mmengine's AmpOptimWrapper runs on accelerators only. bfloat16 has float32's range, so unlike
+    float16 it needs no loss scaling; the weights, gradients and optimizer stay float32.
+    """
+
+    @contextlib.contextmanager
+    def optim_context(self, model):
+        with super().optim_context(model), torch.autocast("cpu", dtype=torch.bfloat16):
+            yield
 
 
 @METRICS.register_module()

@@ -253,8 +253,15 @@ def with_val_interval(settings: TrainSettings, train_images: int) -> TrainSettin
     return replace(settings, val_interval=1 if settings.by_epoch else math.ceil(train_images / settings.batch_size))
 
 
+def _optim_wrapper_type(amp: bool, device: str) -> str:
+    """--amp: float16 with loss scaling on CUDA (mmengine's wrapper), bfloat16 on the CPU (alpr's)."""
+    if not amp:
+        return "OptimWrapper"
+    return "AmpOptimWrapper" if device == "cuda" else "CpuBFloat16OptimWrapper"
+
+
 def build_config(settings: TrainSettings, dataset_dir: Path, work_dir: Path, dataset: dict,
-                 load_from: str | None = None, resume: bool = False) -> dict:
+                 load_from: str | None = None, resume: bool = False, device: str = "cpu") -> dict:
     """The complete mmengine config of a training run."""
     size, crop = settings.image_size, settings.train_crop_size
     by_epoch = settings.by_epoch
@@ -282,7 +289,7 @@ def build_config(settings: TrainSettings, dataset_dir: Path, work_dir: Path, dat
         train_cfg=train_loop,
         val_cfg=dict(type="ValLoop"),
         test_cfg=dict(type="TestLoop"),
-        optim_wrapper=dict(type="AmpOptimWrapper" if settings.amp else "OptimWrapper", optimizer=optimizer,
+        optim_wrapper=dict(type=_optim_wrapper_type(settings.amp, device), optimizer=optimizer,
                            clip_grad=dict(max_norm=35, norm_type=2),
                            paramwise_cfg=dict(norm_decay_mult=0, bias_decay_mult=0, bypass_duplicate=True)),
         param_scheduler=None if settings.minutes else _schedule(settings, by_epoch),

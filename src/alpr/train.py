@@ -85,7 +85,7 @@ def check_resumable(work: Path, settings: TrainSettings, dataset: dict) -> None:
                          f"with its own, or start a new run with another --run-id")
 
 
-def select_device(device: str, amp: bool = False) -> str:
+def select_device(device: str) -> str:
     """Applies --device before torch touches CUDA; returns the device used."""
     if device not in DEVICES:
         raise UsageError(f"--device {device!r}: expected one of {', '.join(DEVICES)}")
@@ -97,8 +97,6 @@ def select_device(device: str, amp: bool = False) -> str:
     if device == "cuda" and not available:
         raise UsageError("--device cuda: no CUDA device is visible (torch.cuda.is_available() is False)")
     chosen = "cuda" if available and device != "cpu" else "cpu"
-    if amp and chosen != "cuda":
-        raise UsageError("--amp needs a CUDA device")
     return chosen
 
 
@@ -111,7 +109,7 @@ def train(options: TrainOptions) -> Path:
     data = dataset_dir(options.workdir.resolve(), options.dataset, options.version)
     manifest = check_dataset(data)
     settings = with_val_interval(options.settings, manifest["counts"]["train"]["images"])
-    device = select_device(options.device, settings.amp)
+    device = select_device(options.device)
     work = train_dir(options.workdir.resolve(), options.run_id)
     work.mkdir(parents=True, exist_ok=True)
     dataset = {"name": options.dataset, "version": options.version, "content_sha256": manifest["content_sha256"],
@@ -128,7 +126,7 @@ def train(options: TrainOptions) -> Path:
 
     config = build_config(settings, data, work, dataset,
                           load_from=None if resume else (str(options.load_from) if options.load_from else None),
-                          resume=resume)
+                          resume=resume, device=device)
     config["alpr"] = {"device": device, "run_id": options.run_id}
     runner = Runner.from_cfg(Config(config))
     runner.train()
