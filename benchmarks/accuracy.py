@@ -130,6 +130,7 @@ def main() -> None:
             sizes = TrainSettings(model=args.model, img_size=args.img_size, crop_size=args.crop_size)
             trained = (f"{args.model}: trained {spent / 60:.1f} min on {args.train_images} images "
                        f"at {sizes.image_size} px ({sizes.train_crop_size} px crops)"
+                       + (", mixed precision" if args.amp else "")
                        + (f", starting from {args.load_from}" if args.load_from else ""))
         if args.save_checkpoint:
             shutil.copyfile(checkpoint, args.save_checkpoint)
