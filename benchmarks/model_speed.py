@@ -92,7 +92,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 16], help="inference batch sizes")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--workers", type=int, default=2, help="data loader processes")
-    parser.add_argument("--amp", action="store_true", help="mixed precision training: float16 on CUDA, bfloat16 on the CPU")
+    parser.add_argument("--amp", action="store_true",
+                        help="mixed precision training: float16 on CUDA, bfloat16 on the CPU")
     parser.add_argument("--images", type=int, default=64,
                         help="training images (drawn again and again as the iterations need)")
     parser.add_argument("--img-size", type=int, default=None, help="size images are resized to (default: the model's)")
