@@ -5,13 +5,14 @@
         [--device auto] [--workers 2] [--amp] [--lr LR] [--iters N] [--warmup-iters N] [--train-log FILE]
         [--save-checkpoint PATH] [--load-from PATH]
     python benchmarks/accuracy.py --checkpoint PATH [--test-images 300] [--device auto] [--zoom-widths W ...]
-        [--sure-score S]
+        [--sure-score S] [--read-amp]
 
 Synthesizes and records a training set (seed 0) and a test set (seed 1000, every image in the
 test split), trains for --minutes (the training step's own time budget: its cosine learning-rate
 schedule follows the time, and its last iteration is checkpointed), and scores the last checkpoint
 on the test set. With --checkpoint, scores that checkpoint (one trained elsewhere, say) and trains
-nothing. Prints the figures as name=value lines; the target is EIR >= 0.99 on >= 500 plates.
+nothing. --read-amp reads in mixed precision, as ``alpr predict --amp`` does. Prints the figures as
+name=value lines; the target is EIR >= 0.99 on >= 500 plates.
 """
 
 import argparse
@@ -135,13 +136,13 @@ def main() -> None:
         if args.save_checkpoint:
             shutil.copyfile(checkpoint, args.save_checkpoint)
         options = read_options(args)
-        reader = PlateReader.from_checkpoint(checkpoint, args.device, options)
+        reader = PlateReader.from_checkpoint(checkpoint, args.device, options, args.read_amp)
         start = time.perf_counter()
         gt, detections, plates = predict_split(reader, fresh, "test", progress=False)
         reading = time.perf_counter() - start
         metrics = evaluate(gt, detections, plates)
         print(f"{trained} ({checkpoint.stem}), scored on {args.test_images} fresh images (seed {TEST_SEED}), "
-              f"boards read again {second_reading(options)}")
+              f"boards read again {second_reading(options)}" + ", in mixed precision" * args.read_amp)
         print(f"ground_truth_plates={metrics['plates']}")
         print(f"read_ms_per_image={1000 * reading / args.test_images:.0f} (with the masks that mAP needs)")
         for key in ("mAP", "dv_mAP", "EIR", "EIR_one_row", "EIR_two_row", "char_accuracy"):

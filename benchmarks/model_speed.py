@@ -2,7 +2,7 @@
 
     python benchmarks/model_speed.py [--model rtmdet-ins-tiny] [--iters 20] [--runs 30] [--batch 1 16]
         [--batch-size 8] [--workers 2] [--amp] [--images 64] [--img-size N] [--crop-size N] [--device auto]
-        [--checkpoint PATH [--zoom-widths W ...] [--sure-score S]]
+        [--checkpoint PATH [--zoom-widths W ...] [--sure-score S] [--read-amp]]
 
 Synthesizes a small 1280x720 dataset, trains --iters iterations (after 3 warm-up ones are
 excluded via the timer in the log), then times PlateReader on single images (median of --runs)
@@ -35,6 +35,8 @@ def add_reading_arguments(parser: argparse.ArgumentParser) -> None:
                              "agree; none given: never")
     parser.add_argument("--sure-score", type=float, default=ReadOptions.sure_score,
                         help="also stop once a reading has every character at least this")
+    parser.add_argument("--read-amp", action="store_true",
+                        help="read in bfloat16 on the CPU, float16 on CUDA (alpr predict/serve --amp)")
 
 
 def read_options(args: argparse.Namespace) -> ReadOptions:
@@ -127,7 +129,7 @@ def time_reading(checkpoint: Path, images: list[Path], args: argparse.Namespace)
     from alpr import PlateReader
 
     options = read_options(args)
-    reader = PlateReader.from_checkpoint(checkpoint, args.device, options)
+    reader = PlateReader.from_checkpoint(checkpoint, args.device, options, args.read_amp)
     plates = 0
     for batch in args.batch:
         reader.predict_batch(images[:batch])  # warm-up
@@ -138,7 +140,8 @@ def time_reading(checkpoint: Path, images: list[Path], args: argparse.Namespace)
             plates += sum(map(len, reader.predict_batch(chosen)))
             times.append((time.perf_counter() - start) / batch * 1000)
         print(f"infer_ms_per_image_batch{batch}={statistics.median(times):.1f} "
-              f"(median of {args.runs}, 1280x720, {next(reader.model.parameters()).device})")
+              f"(median of {args.runs}, 1280x720, {next(reader.model.parameters()).device}"
+              f"{', mixed precision' * args.read_amp})")
     print(f"plates_found_per_image={plates / (args.runs * sum(args.batch)):.2f} (read again with the board "
           f"{second_reading(options)})")
 

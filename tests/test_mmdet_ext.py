@@ -308,3 +308,37 @@ def test_cpu_mixed_precision_computes_in_bfloat16_and_updates_float32_weights():
     wrapper.update_params(out.float().square().mean())
     assert layer.weight.dtype == torch.float32 and not torch.equal(layer.weight, before)
     assert layer(torch.ones(1, 3, 8, 8)).dtype == torch.float32  # autocast ends with the context
+
+
+def test_reduced_precision_autocasts_the_features_and_hands_them_on_in_float32():
+    """A stand-in detector: extract_feat and a one-stage head, as mmdet's have them."""
+    from alpr.mmdet_ext import reduced_precision
+
+    class Head(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(4, 2, 1)
+
+        def forward(self, features):
+            return [self.conv(f) for f in features], (torch.arange(3),)
+
+    class Detector(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone, self.bbox_head = torch.nn.Conv2d(3, 4, 3), Head()
+
+        def extract_feat(self, images):
+            return (self.backbone(images),)
+
+    detector, images = Detector(), torch.rand(1, 3, 16, 16)
+    seen = []
+    detector.backbone.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+    detector.bbox_head.conv.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+    expected = detector.bbox_head(detector.extract_feat(images))
+    with reduced_precision(detector):
+        features = detector.extract_feat(images)
+        scores, (indices,) = detector.bbox_head(features)
+    assert seen == [torch.float32, torch.float32, torch.bfloat16, torch.bfloat16]
+    assert features[0].dtype == scores[0].dtype == torch.float32 and indices.dtype == torch.int64
+    assert torch.allclose(scores[0], expected[0][0], atol=0.05)
+    assert "extract_feat" not in vars(detector) and "forward" not in vars(detector.bbox_head)

@@ -275,11 +275,12 @@ def test_test_step_writes_predictions_and_pictures(smoke_workdir, smoke_training
     assert len(list((out / "images").glob("*.jpg"))) == len(lines)
 
 
-def test_predict_prints_one_json_line_per_image(smoke_workdir, smoke_training, synth_dir):
+@pytest.mark.parametrize("precision", [[], ["--amp"]], ids=["float32", "mixed"])
+def test_predict_prints_one_json_line_per_image(smoke_workdir, smoke_training, synth_dir, precision):
     best = smoke_workdir / "runs" / "r1" / "train" / "best.pth"
     result = subprocess.run([sys.executable, "-m", "alpr.cli", "predict", str(synth_dir / "000001.jpg"),
-                             str(synth_dir / "000002.jpg"), "--model", str(best), "--json", "--device", "cpu"],
-                            cwd=ROOT, capture_output=True, text=True)
+                             str(synth_dir / "000002.jpg"), "--model", str(best), "--json", "--device", "cpu",
+                             *precision], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert [Path(line["image"]).name for line in lines] == ["000001.jpg", "000002.jpg"]

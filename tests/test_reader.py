@@ -187,3 +187,27 @@ def test_a_board_is_read_at_no_more_widths_once_two_windows_agree_or_one_is_sure
     assert [plate.text for plate in plates] == ["12A3456", "56C7890", "34B5670"]
     assert min(plates[1].char_scores) == pytest.approx(0.6 + 0.128 - 0.06)  # the surer of the two alike
     assert min(plates[2].char_scores) == pytest.approx(0.6 + 0.160 - 0.06)  # the surest of its three readings
+
+
+def test_reading_in_mixed_precision_runs_the_network_in_bfloat16_and_leaves_the_model_as_it_was(
+        smoke_workdir, smoke_training, synth_dir):
+    import torch
+
+    from alpr.reader import PlateReader
+
+    best = smoke_workdir / "runs" / "r1" / "train" / "best.pth"
+    options = ReadOptions(board_threshold=0.0, char_threshold=0.0, region_threshold=0.0)
+    plain = PlateReader.from_checkpoint(best, device="cpu", options=options)
+    mixed = PlateReader.from_checkpoint(best, device="cpu", options=options, amp=True)
+    convolutions = [module for module in mixed.model.modules() if isinstance(module, torch.nn.Conv2d)]
+    computed = []
+    convolutions[0].register_forward_hook(lambda module, inputs, output: computed.append(output.dtype))
+    image = synth_dir / "000001.jpg"
+    ours, = mixed.detect([image])
+    assert computed == [torch.bfloat16]
+    assert ours and all(d.mask for d in ours)  # boxes, scores and masks come out of float32 post-processing
+    theirs, = plain.detect([image])
+    assert max(d.score for d in ours) == pytest.approx(max(d.score for d in theirs), abs=0.05)
+    mixed.amp = False
+    mixed.detect([image])
+    assert computed == [torch.bfloat16, torch.float32]  # the model is float32 again outside the reading

@@ -47,7 +47,7 @@ def _predict(args: argparse.Namespace) -> None:
     from alpr.reader import PlateReader
     from alpr.visualize import prediction_line
 
-    reader = PlateReader.from_checkpoint(args.model, args.device)
+    reader = PlateReader.from_checkpoint(args.model, args.device, amp=args.amp)
     for image in args.images:
         plates = reader.predict(image)
         if args.json:
@@ -106,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("images", nargs="+", type=Path, help="image files")
     predict.add_argument("--model", type=Path, required=True, help="checkpoint (e.g. runs/RUN/train/best.pth)")
     predict.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    predict.add_argument("--amp", action="store_true",
+                         help="run the model in bfloat16 on the CPU (float16 on CUDA): faster where the CPU has "
+                         "AVX512-BF16 or AMX")
     predict.add_argument("--json", action="store_true", help="one JSON line per image")
     predict.set_defaults(handler=_predict)
 

@@ -1,6 +1,6 @@
 """alpr's pieces registered in mmdetection's registries: the plate metric, the run and time-budget
 hooks, the training crop and mask transforms, RTMDet-ins's head with a batched training loss, and
-mixed precision on the CPU.
+mixed precision on the CPU, in training and in reading.
 
 Imported by the training config (``custom_imports``), never by editing mmdet itself.
 """
@@ -13,6 +13,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 import warnings
 from functools import partial
@@ -453,6 +454,52 @@ class CpuBFloat16OptimWrapper(OptimWrapper):
     def optim_context(self, model):
         with super().optim_context(model), torch.autocast("cpu", dtype=torch.bfloat16):
             yield
+
+
+def cpu_has_bfloat16() -> bool:
+    """AVX512-BF16 or AMX: the instructions that make bfloat16 faster than float32 on a CPU."""
+    return any(getattr(torch.cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported",
+                                                                      "_is_amx_tile_supported"))
+
+
+def warn_if_bfloat16_is_slow(device: str, work: str) -> None:
+    """--amp on a CPU without bfloat16 instructions converts to and from float32 and may be slower."""
+    if device == "cpu" and not cpu_has_bfloat16():
+        print(f"warning: --amp on a CPU without bfloat16 instructions (AVX512-BF16 or AMX) may {work} slower than "
+              "without it", file=sys.stderr)
+
+
+def _as_float32(value):
+    if isinstance(value, torch.Tensor):
+        return value.float() if value.is_floating_point() else value
+    if isinstance(value, (list, tuple)):
+        return type(value)(_as_float32(item) for item in value)
+    return value
+
+
+@contextlib.contextmanager
+def reduced_precision(model):
+    """Within it, the model's backbone, neck and one-stage head run under autocast: bfloat16 on the
+    CPU, float16 on CUDA. Their outputs come back as float32, for what follows takes float32 only
+    (mmcv's NMS refuses bfloat16) and boxes and masks keep their precision. The model is unchanged
+    outside it."""
+    device = next(model.parameters()).device.type
+    dtype = torch.bfloat16 if device == "cpu" else torch.float16
+
+    def autocast(forward):
+        def run(*args, **kwargs):
+            with torch.autocast(device, dtype=dtype):
+                return _as_float32(forward(*args, **kwargs))
+        return run
+
+    owners = [(model, "extract_feat")] + [(model.bbox_head, "forward")] * hasattr(model, "bbox_head")
+    for owner, name in owners:
+        setattr(owner, name, autocast(getattr(owner, name)))
+    try:
+        yield
+    finally:
+        for owner, name in owners:
+            delattr(owner, name)  # the class's own method shows through again
 
 
 @METRICS.register_module()

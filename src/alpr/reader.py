@@ -141,13 +141,15 @@ def best_reading(first: Plate, windows: Sequence[list[Plate]]) -> Plate:
 class PlateReader:
     """Reads plates with a trained model: ``PlateReader.from_checkpoint(path).predict(image)``."""
 
-    def __init__(self, model, options: ReadOptions = ReadOptions(), score_threshold: float = 0.05):
+    def __init__(self, model, options: ReadOptions = ReadOptions(), score_threshold: float = 0.05,
+                 amp: bool = False):
         from mmcv.transforms import Compose
 
         from alpr.mmdet_ext import set_score_threshold
 
         self.model = model
         self.options = options
+        self.amp = amp  # the model runs in bfloat16 on the CPU, float16 on CUDA (mmdet_ext.reduced_precision)
         # Detections under the reading thresholds are never used; lower ones also serve COCO mAP.
         self.score_threshold = min(score_threshold, options.board_threshold, options.char_threshold,
                                    options.region_threshold)
@@ -159,8 +161,8 @@ class PlateReader:
         self.window_pipeline = Compose([step for step in pipeline if step["type"] != "Resize"])
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "auto", options: ReadOptions = ReadOptions()
-                        ) -> "PlateReader":
+    def from_checkpoint(cls, path: str | Path, device: str = "auto", options: ReadOptions = ReadOptions(),
+                        amp: bool = False) -> "PlateReader":
         import torch
         from mmengine.config import Config
 
@@ -171,13 +173,17 @@ class PlateReader:
         if "cfg" not in meta or "alpr" not in meta:
             raise AlprError(f"{path}: not an alpr checkpoint (no training config or class list in its meta)")
         check_classes(path, meta["alpr"].get("classes", ()))
-        import alpr.mmdet_ext  # noqa: F401  (registers alpr's modules)
         from mmdet.apis import init_detector
 
+        from alpr.mmdet_ext import warn_if_bfloat16_is_slow  # importing it registers alpr's modules
+
         config = Config.fromstring(meta["cfg"], ".py")
+        device = resolve_device(device)
+        if amp:
+            warn_if_bfloat16_is_slow(device, "read")
         with contextlib.redirect_stdout(sys.stderr):  # mmengine's loading chatter must not mix with results
-            model = init_detector(config, str(path), device=resolve_device(device))
-        return cls(model, options)
+            model = init_detector(config, str(path), device=device)
+        return cls(model, options, amp=amp)
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -195,9 +201,10 @@ class PlateReader:
         import torch
         from mmengine.dataset import pseudo_collate
 
-        from alpr.mmdet_ext import boxes_only, to_detections
+        from alpr.mmdet_ext import boxes_only, reduced_precision, to_detections
 
-        with torch.no_grad(), (contextlib.nullcontext() if masks else boxes_only(self.model)):
+        with (torch.no_grad(), contextlib.nullcontext() if masks else boxes_only(self.model),
+              reduced_precision(self.model) if self.amp else contextlib.nullcontext()):
             results = self.model.test_step(pseudo_collate(data))
         return [to_detections(r.pred_instances, self.score_threshold, masks) for r in results]
 

@@ -38,6 +38,7 @@ class ServeOptions:
     name: str = "alpr"
     http_port: int = 8080
     device: str = "auto"
+    amp: bool = False  # the model runs in bfloat16 on the CPU, float16 on CUDA
     max_batch_size: int = 8
     max_wait_ms: float = 5.0
     max_image_bytes: int = 8 * 2**20
@@ -184,7 +185,7 @@ def make_model(options: ServeOptions):
 
             with tempfile.TemporaryDirectory(prefix="alpr-model-") as cache:
                 checkpoint = resolve_checkpoint(options.model, Path(cache))
-                self.reader = PlateReader.from_checkpoint(checkpoint, options.device, options.read)
+                self.reader = PlateReader.from_checkpoint(checkpoint, options.device, options.read, options.amp)
             self.batcher = Batcher(self.reader.predict_batch, options.max_batch_size, options.max_wait_ms / 1000)
             self.ready = True
             return self.ready

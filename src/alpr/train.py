@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,14 +100,6 @@ def select_device(device: str) -> str:
     return chosen
 
 
-def cpu_has_bfloat16() -> bool:
-    """AVX512-BF16 or AMX: the instructions that make bfloat16 faster than float32 on a CPU."""
-    import torch
-
-    return any(getattr(torch.cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported",
-                                                                      "_is_amx_tile_supported"))
-
-
 def train(options: TrainOptions) -> Path:
     """Trains (or resumes) runs/RUN/train; returns the path of best.pth."""
     from alpr.metrics import check_metric
@@ -119,9 +110,10 @@ def train(options: TrainOptions) -> Path:
     manifest = check_dataset(data)
     settings = with_val_interval(options.settings, manifest["counts"]["train"]["images"])
     device = select_device(options.device)
-    if settings.amp and device == "cpu" and not cpu_has_bfloat16():
-        print("warning: --amp on a CPU without bfloat16 instructions (AVX512-BF16 or AMX) may train slower than "
-              "without it", file=sys.stderr)
+    if settings.amp:
+        from alpr.mmdet_ext import warn_if_bfloat16_is_slow
+
+        warn_if_bfloat16_is_slow(device, "train")
     work = train_dir(options.workdir.resolve(), options.run_id)
     work.mkdir(parents=True, exist_ok=True)
     dataset = {"name": options.dataset, "version": options.version, "content_sha256": manifest["content_sha256"],

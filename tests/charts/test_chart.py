@@ -333,6 +333,7 @@ def test_inference_service_runs_the_serve_step(chart):
     args = container["args"]
     assert args[args.index("--http-port") + 1] == "8080" and container["ports"][0]["containerPort"] == 8080
     assert args[args.index("--model") + 1] == "/mnt/models"
+    assert args[-len(values["kserve"]["args"]):] == values["kserve"]["args"] == ["--amp"]  # kserve.args, last
     assert {"name": "STORAGE_URI", "value": values["kserve"]["storageUri"]} in container["env"]
     assert container["resources"] == values["kserve"]["resources"]
     # Ready once the model is loaded: the V1 model endpoint answers 200 (tests/test_serve.py waits on it too).
