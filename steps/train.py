@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from alpr.cli import true_or_false
 from alpr.model import MODELS, TrainSettings
 from alpr.train import DEVICES, TrainOptions, train
 
@@ -49,7 +50,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--warmup-iters", type=int, default=defaults.warmup_iters, help="linear warm-up iterations")
     parser.add_argument("--workers", type=int, default=defaults.num_workers, help="data loader processes")
     parser.add_argument("--device", default="auto", choices=DEVICES, help="where to train")
-    parser.add_argument("--amp", action="store_true", help="mixed precision: float16 on CUDA, bfloat16 on the CPU")
+    parser.add_argument("--amp", nargs="?", const=True, default=False, type=true_or_false, metavar="true|false",
+                        help="mixed precision: float16 on CUDA, bfloat16 on the CPU (--amp alone: true)")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="random seed")
     parser.add_argument("--best-metric", default=defaults.best_metric,
                         help="validation metric that picks best.pth (EIR, mAP, dv_mAP, ...)")

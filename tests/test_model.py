@@ -108,6 +108,23 @@ def test_training_resumes_from_its_last_checkpoint(smoke_workdir, smoke_training
     assert (smoke_workdir / "runs" / "r1" / "train" / "iter_6.pth").is_file()
 
 
+@pytest.mark.parametrize("flags, amp", [([], False), (["--amp"], True), (["--amp", "true"], True),
+                                         (["--amp", "False"], False)])
+def test_amp_is_a_switch_the_workflows_can_set_to_true_or_false(flags, amp):
+    from steps.train import get_args_parser
+
+    required = ["--dataset", "d", "--version", "1", "--run-id", "r"]
+    assert get_args_parser().parse_args(required + flags).amp is amp
+
+
+def test_amp_refuses_what_is_not_true_or_false(capsys):
+    from steps.train import get_args_parser
+
+    with pytest.raises(SystemExit):
+        get_args_parser().parse_args(["--dataset", "d", "--version", "1", "--run-id", "r", "--amp", "yes"])
+    assert "argument --amp: expected true or false, not 'yes'" in capsys.readouterr().err
+
+
 def test_mixed_precision_trains_on_the_cpu_in_bfloat16(smoke_workdir):
     amp = [{"r1": "amp"}.get(a, a) for a in SMOKE_TRAIN] + ["--amp"]
     result = run_step_script("train", "--workdir", str(smoke_workdir), *amp)

@@ -26,6 +26,8 @@ with WorkflowTemplate(
         Parameter(name="batch-size", value="8", description="images per batch"),
         Parameter(name="lr", value="0.001", description="learning rate"),
         Parameter(name="img-size", value="1280", description="image size (longest side) for training and test"),
+        Parameter(name="amp", value="false",
+                  description="true: mixed precision (float16 on GPUs; bfloat16 on CPUs, faster with AVX512-BF16)"),
         Parameter(name="deploy", value="false",
                   description="true: point the InferenceService at this run's best model in the store"),
         Parameter(name="inference-service", value="alpr", description="InferenceService the deploy step updates"),
@@ -41,7 +43,7 @@ with WorkflowTemplate(
                              "--store", param("store")])
     train = step("train", [*workdir, *DATASET, "--model", param("model"), "--run-id", RUN_ID,
                            "--epochs", param("epochs"), "--batch-size", param("batch-size"), "--lr", param("lr"),
-                           "--img-size", param("img-size")], gpu=True, retries=3, memory="8Gi")
+                           "--img-size", param("img-size"), "--amp", param("amp")], gpu=True, retries=3, memory="8Gi")
     evaluate = step("evaluate", [*workdir, "--run-id", RUN_ID, "--db-url", param("db-url"),
                                  "--store", param("store")], gpu=True, outputs=metric_outputs())
     test = step("test", [*workdir, "--run-id", RUN_ID])

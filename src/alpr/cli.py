@@ -36,6 +36,13 @@ def _guarded(action: Callable[[], object]) -> None:
         sys.exit(130)
 
 
+def true_or_false(text: str) -> bool:
+    """An argparse type for a switch a workflow sets from a parameter: ``--amp true`` or ``--amp false``."""
+    if text.lower() not in ("true", "false"):
+        raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
+    return text.lower() == "true"
+
+
 def _data_pull(args: argparse.Namespace) -> None:
     from alpr.versioning import pull_dataset
 
