@@ -342,3 +342,13 @@ def test_reduced_precision_autocasts_the_features_and_hands_them_on_in_float32()
     assert features[0].dtype == scores[0].dtype == torch.float32 and indices.dtype == torch.int64
     assert torch.allclose(scores[0], expected[0][0], atol=0.05)
     assert "extract_feat" not in vars(detector) and "forward" not in vars(detector.bbox_head)
+
+
+@pytest.mark.parametrize("device, has_bfloat16, warned", [("cpu", False, True), ("cpu", True, False),
+                                                          ("cuda:0", False, False)])
+def test_amp_warns_only_on_a_cpu_without_bfloat16_instructions(monkeypatch, capsys, device, has_bfloat16, warned):
+    import alpr.mmdet_ext
+
+    monkeypatch.setattr(alpr.mmdet_ext, "cpu_has_bfloat16", lambda: has_bfloat16)
+    alpr.mmdet_ext.warn_if_bfloat16_is_slow(device, "read")
+    assert ("warning: --amp on a CPU without bfloat16 instructions" in capsys.readouterr().err) is warned

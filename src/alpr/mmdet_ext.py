@@ -492,7 +492,9 @@ def reduced_precision(model):
                 return _as_float32(forward(*args, **kwargs))
         return run
 
-    owners = [(model, "extract_feat")] + [(model.bbox_head, "forward")] * hasattr(model, "bbox_head")
+    owners = [(model, "extract_feat")]
+    if hasattr(model, "bbox_head"):  # a one-stage detector's head (two-stage heads stay float32)
+        owners.append((model.bbox_head, "forward"))
     for owner, name in owners:
         setattr(owner, name, autocast(getattr(owner, name)))
     try:
