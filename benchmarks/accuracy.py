@@ -142,7 +142,7 @@ def main() -> None:
         reading = time.perf_counter() - start
         metrics = evaluate(gt, detections, plates)
         print(f"{trained} ({checkpoint.stem}), scored on {args.test_images} fresh images (seed {TEST_SEED}), "
-              f"boards read again {second_reading(options)}" + ", in mixed precision" * args.read_amp)
+              f"boards read again {second_reading(options)}" + (", in mixed precision" if args.read_amp else ""))
         print(f"ground_truth_plates={metrics['plates']}")
         print(f"read_ms_per_image={1000 * reading / args.test_images:.0f} (with the masks that mAP needs)")
         for key in ("mAP", "dv_mAP", "EIR", "EIR_one_row", "EIR_two_row", "char_accuracy"):

@@ -141,7 +141,7 @@ def time_reading(checkpoint: Path, images: list[Path], args: argparse.Namespace)
             times.append((time.perf_counter() - start) / batch * 1000)
         print(f"infer_ms_per_image_batch{batch}={statistics.median(times):.1f} "
               f"(median of {args.runs}, 1280x720, {next(reader.model.parameters()).device}"
-              f"{', mixed precision' * args.read_amp})")
+              f"{', mixed precision' if args.read_amp else ''})")
     print(f"plates_found_per_image={plates / (args.runs * sum(args.batch)):.2f} (read again with the board "
           f"{second_reading(options)})")
 

@@ -223,3 +223,15 @@ def test_a_sure_score_that_is_no_character_score_is_refused_before_the_model_loa
     result = subprocess.run([sys.executable, "steps/serve.py", "--model", str(tmp_path / "none.pth"),
                              "--sure-score", "2"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "sure score 2.0: a character score" in result.stderr
+
+
+@pytest.mark.parametrize("flags, amp", [([], False), (["--amp"], True)])
+def test_serve_amp_reaches_the_reader(checkpoint, flags, amp):
+    """--amp travels from the step's flags through ServeOptions to the PlateReader the server loads."""
+    from alpr.postprocess import ReadOptions
+    from alpr.serve import ServeOptions, make_model
+    from alpr.steps.serve import get_args_parser
+
+    args = get_args_parser().parse_args(["--model", str(checkpoint), *flags])
+    model = make_model(ServeOptions(args.model, device="cpu", amp=args.amp, read=ReadOptions(zoom_widths=())))
+    assert model.load() and model.reader.amp is amp
