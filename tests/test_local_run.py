@@ -1,6 +1,7 @@
 """`alpr run`: the local runner executes WorkflowTemplates as Argo would, step by step."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from alpr.errors import UsageError
 from alpr.local_run import LocalRun, NotSupportedLocally, StepFailed, load_workflow, parse_parameters
 
 ROOT = Path(__file__).parents[1]
@@ -115,6 +117,122 @@ def test_unknown_parameter_and_bad_pairs_are_rejected(tmp_path):
         LocalRun(workflow, tmp_path, {"nope": "1"})
     with pytest.raises(Exception, match="expected name=value"):
         parse_parameters(["novalue"])
+
+
+def test_the_whole_dag_is_checked_before_the_first_step(tmp_path):
+    """A problem in the last task stops the run before the first one starts, as Argo refuses it at submission."""
+    tasks = [{"name": "a", "template": "log"}, {"name": "b", "template": "late", "depends": "a"}]
+    problems = {
+        "cannot resolve {{workflow.parameters.greting}}":
+            _python("late", APPEND, ["/work/ran.txt", "{{workflow.parameters.greting}}"]),
+        "resource not supported": {"name": "late", "resource": {"action": "patch", "manifest": "{}"}},
+        "retryStrategy: no limit": {**_python("late", "print(1)"), "retryStrategy": {"retryPolicy": "Always"}},
+    }
+    for message, late in problems.items():
+        workflow = _template(tasks=tasks, templates=[_python("log", APPEND, ["/work/ran.txt", "a"]), late])
+        with pytest.raises(NotSupportedLocally, match=re.escape(message)):
+            LocalRun(workflow, tmp_path, {}, echo=lambda _: None).run()
+        assert not (tmp_path / "ran.txt").exists()
+    workflow = _template(tasks=[*tasks, {"name": "c", "template": "missing", "depends": "b"}],
+                         templates=[_python("log", APPEND, ["/work/ran.txt", "a"]), _python("late", "print(1)")])
+    with pytest.raises(UsageError, match="task c: no template 'missing'"):
+        LocalRun(workflow, tmp_path, {}, echo=lambda _: None).run()
+    assert not (tmp_path / "ran.txt").exists()
+
+
+@pytest.mark.parametrize("depends, ran", [("a", ["b"]), ("a.Succeeded", [])])
+def test_depends_on_a_skipped_task_runs_only_a_bare_dependency(tmp_path, depends, ran):
+    """Argo: a bare `a` is satisfied by a skipped a, `a.Succeeded` is not."""
+    workflow = _template(
+        tasks=[{"name": "a", "template": "log-a", "when": "{{workflow.parameters.greeting}} == bye"},
+               {"name": "b", "template": "log-b", "depends": depends}],
+        templates=[_python("log-a", APPEND, ["/work/ran.txt", "a"]), _python("log-b", APPEND, ["/work/ran.txt", "b"])])
+    lines = []
+    LocalRun(workflow, tmp_path, {}, echo=lines.append).run()
+    ran_file = tmp_path / "ran.txt"
+    assert (ran_file.read_text().split() if ran_file.exists() else []) == ran
+    if not ran:
+        assert "[b] skipped: it depends on a.Succeeded and a was skipped" in lines
+
+
+def test_template_inputs_take_their_defaults_and_a_missing_one_is_named(tmp_path):
+    template = _python("log", APPEND, ["/work/ran.txt", "{{inputs.parameters.msg}}"])
+    template["inputs"] = {"parameters": [{"name": "msg", "default": "fallback"}]}
+    workflow = _template(tasks=[{"name": "a", "template": "log"}], templates=[template])
+    LocalRun(workflow, tmp_path, {}, echo=lambda _: None).run()
+    assert (tmp_path / "ran.txt").read_text() == "fallback\n"
+    del template["inputs"]["parameters"][0]["default"]
+    with pytest.raises(UsageError, match="task a: input msg of template log is not given and has no default"):
+        LocalRun(workflow, tmp_path, {}, echo=lambda _: None).run()
+
+
+def test_a_parameter_without_a_value_must_be_given(tmp_path):
+    workflow = _template(tasks=[{"name": "a", "template": "one"}], templates=[_python("one", "print(1)")],
+                         parameters=[{"name": "need"}, {"name": "greeting", "value": "hello"}])
+    with pytest.raises(UsageError, match="need have no default: give -p NAME=VALUE"):
+        LocalRun(workflow, tmp_path, {})
+    LocalRun(workflow, tmp_path, {"need": "1"}, echo=lambda _: None).run()
+
+
+@pytest.mark.parametrize("policy, tries", [("Always", 3), ("OnFailure", 3), ("OnError", 1), (None, 3)])
+def test_retry_policy_decides_whether_a_failed_step_is_retried(tmp_path, policy, tries):
+    """A step's non-zero exit is a failure, not an Argo error: OnError does not retry it. Argo's default is
+    OnFailure."""
+    count = "import pathlib, sys; p = pathlib.Path(sys.argv[1]); p.write_text(str(int(p.read_text() or 0) + 1) " \
+            "if p.exists() else '1'); sys.exit(1)"
+    template = _python("fail", count, ["/work/tries"], retries=2)
+    if policy:
+        template["retryStrategy"]["retryPolicy"] = policy
+    workflow = _template(tasks=[{"name": "a", "template": "fail"}], templates=[template])
+    with pytest.raises(StepFailed):
+        LocalRun(workflow, tmp_path, {}, echo=lambda _: None).run()
+    assert (tmp_path / "tries").read_text() == str(tries)
+
+
+def test_paths_in_flags_and_working_dirs_map_to_the_workdir(tmp_path):
+    show = "import os, sys; open(sys.argv[1].split('=', 1)[1], 'w').write(os.getcwd())"
+    template = _python("show", show, ["--out=/work/cwd.txt"])
+    template["container"]["workingDir"] = "/work/sub"
+    workflow = _template(tasks=[{"name": "a", "template": "show"}], templates=[template])
+    (tmp_path / "sub").mkdir()
+    LocalRun(workflow, tmp_path, {}, echo=lambda _: None).run()
+    assert (tmp_path / "cwd.txt").read_text() == str(tmp_path / "sub")
+    template["container"]["workingDir"] = "/app"
+    with pytest.raises(NotSupportedLocally, match="a workingDir outside the volumes"):
+        LocalRun(workflow, tmp_path, {}, echo=lambda _: None).run()
+
+
+def test_a_password_in_a_parameter_is_neither_echoed_nor_saved(tmp_path):
+    url = "mysql+pymysql://alpr:hunter2@db:3306/alpr"
+    workflow = _template(tasks=[{"name": "a", "template": "echo"}],
+                         templates=[_python("echo", "import sys; print(sys.argv[1])", ["{{workflow.parameters.db}}"])],
+                         parameters=[{"name": "db", "value": ""}])
+    lines = []
+    LocalRun(workflow, tmp_path, {"db": url}, echo=lines.append).run()
+    assert any("mysql+pymysql://alpr:***@db:3306/alpr" in line for line in lines)
+    assert not any("hunter2" in line for line in lines)
+    assert "hunter2" not in (tmp_path / ".alpr-run" / "t.json").read_text()
+    LocalRun(workflow, tmp_path, {"db": url}, resume=True, echo=lambda _: None)  # resumable all the same
+
+
+@pytest.mark.parametrize("text, message", [
+    ("kind: Workflow\nspec: [unclosed", "not valid YAML"),
+    ("kind: Workflow\nmetadata: {name: x}\n", "no spec"),
+    ("kind: Workflow\nspec: {}\n", "metadata has neither name nor generateName"),
+])
+def test_a_broken_workflow_file_is_named_with_its_problem(tmp_path, text, message):
+    path = tmp_path / "w.yaml"
+    path.write_text(text)
+    with pytest.raises(UsageError, match=re.escape(f"{path}: {message}")):
+        load_workflow(path)
+
+
+def test_a_workflow_with_generate_name_runs(tmp_path):
+    workflow = _template(tasks=[{"name": "a", "template": "log"}],
+                         templates=[_python("log", APPEND, ["/work/ran.txt", "{{workflow.name}}"])])
+    workflow["metadata"] = {"generateName": "hello-"}
+    LocalRun(workflow, tmp_path, {}, echo=lambda _: None).run()
+    assert (tmp_path / "ran.txt").read_text().startswith("hello-")
 
 
 def test_alpr_run_executes_the_pipeline_template_end_to_end(tmp_path):

@@ -269,6 +269,7 @@ def test_evaluate_writes_metrics_plots_and_database_rows(smoke_workdir, smoke_tr
     for plot in ("precision_recall.png", "confusion.png", "layouts.png"):
         assert (eval_dir / plot).stat().st_size > 1000
     assert (smoke_workdir / "bucket" / "runs" / "r1" / "best.pth").is_file()
+    assert (eval_dir / "model-uri").read_text().strip() == (smoke_workdir / "bucket/runs/r1/best.pth").as_uri()
     from alpr import db
 
     engine = db.connect(f"sqlite:///{smoke_workdir / 'alpr.db'}")

@@ -7,7 +7,7 @@ import json
 
 from hera.workflows import DAG, Parameter, Resource, WorkflowTemplate
 
-from alpr.argo import RUN_ID, WORK_MOUNT, common_parameters, metric_outputs, param, step, volumes, workflow_metadata
+from alpr.argo import RUN_ID, WORK_MOUNT, common_parameters, evaluate_outputs, param, step, volumes, workflow_metadata
 
 DATASET = ["--dataset", param("dataset-name"), "--version", param("dataset-version")]
 
@@ -29,7 +29,7 @@ with WorkflowTemplate(
         Parameter(name="amp", value="false",
                   description="true: mixed precision (float16 on GPUs; bfloat16 on CPUs, faster with AVX512-BF16)"),
         Parameter(name="deploy", value="false",
-                  description="true: point the InferenceService at this run's best model in the store"),
+                  description="true: point the InferenceService at this run's best model in the store (needs store)"),
         Parameter(name="inference-service", value="alpr", description="InferenceService the deploy step updates"),
         *common_parameters(),
     ],
@@ -45,15 +45,18 @@ with WorkflowTemplate(
                            "--epochs", param("epochs"), "--batch-size", param("batch-size"), "--lr", param("lr"),
                            "--img-size", param("img-size"), "--amp", param("amp")], gpu=True, retries=3, memory="8Gi")
     evaluate = step("evaluate", [*workdir, "--run-id", RUN_ID, "--db-url", param("db-url"),
-                                 "--store", param("store")], gpu=True, outputs=metric_outputs())
+                                 "--store", param("store")], gpu=True, outputs=evaluate_outputs())
     test = step("test", [*workdir, "--run-id", RUN_ID])
     # The chart's InferenceService serves STORAGE_URI (its first env var; the "test" op fails the
     # patch if that ever changes): point it at the checkpoint evaluate uploaded, and KServe rolls out.
     deploy = Resource(name="deploy", action="patch", merge_strategy="json",
                       flags=["inferenceservice", param("inference-service")],
+                      inputs=[Parameter(name="model-uri")],
                       manifest=json.dumps([
                           {"op": "test", "path": "/spec/predictor/containers/0/env/0/name", "value": "STORAGE_URI"},
                           {"op": "replace", "path": "/spec/predictor/containers/0/env/0/value",
-                           "value": f"{param('store')}/runs/{RUN_ID}/best.pth"}]))
+                           "value": "{{inputs.parameters.model-uri}}"}]))
     with DAG(name="pipeline"):
-        synth() >> record() >> train() >> evaluate() >> test() >> deploy(when=f"{param('deploy')} == true")
+        synthesized, recorded, trained, evaluated, tested = synth(), record(), train(), evaluate(), test()
+        synthesized >> recorded >> trained >> evaluated >> tested >> deploy(
+            when=f"{param('deploy')} == true", arguments={"model-uri": evaluated.get_parameter("model-uri")})

@@ -6,7 +6,7 @@ carries the label Katib's metrics collector looks for. Regenerate with `make wor
 
 from hera.workflows import DAG, Parameter, WorkflowTemplate
 
-from alpr.argo import RUN_ID, WORK_MOUNT, common_parameters, metric_outputs, param, step, volumes, workflow_metadata
+from alpr.argo import RUN_ID, WORK_MOUNT, common_parameters, evaluate_outputs, param, step, volumes, workflow_metadata
 
 KATIB_LABEL = {"katib.kubeflow.org/model-training": "true"}
 
@@ -44,6 +44,6 @@ with WorkflowTemplate(
                            "--amp", param("amp")],
                  gpu=True, retries=3, memory="8Gi", labels=KATIB_LABEL)
     evaluate = step("evaluate", [*workdir, "--run-id", RUN_ID, "--db-url", param("db-url"),
-                                 "--store", param("store")], gpu=True, outputs=metric_outputs())
+                                 "--store", param("store")], gpu=True, outputs=evaluate_outputs())
     with DAG(name="trial"):
         train() >> evaluate()

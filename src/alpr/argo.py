@@ -81,10 +81,11 @@ def step(name: str, args: list[str], gpu: bool = False, retries: int = 0, output
     )
 
 
-def metric_outputs() -> list[Parameter]:
-    """mAP, dv_mAP and EIR of the evaluate step, read from the files it writes."""
+def evaluate_outputs() -> list[Parameter]:
+    """The evaluate step's mAP, dv_mAP and EIR, and model-uri (where it uploaded the best checkpoint; empty
+    without a store), read from the files it writes."""
     return [Parameter(name=key, value_from=m.ValueFrom(path=f"{WORK_MOUNT}/runs/{RUN_ID}/eval/{key}"))
-            for key in KEY_METRICS]
+            for key in (*KEY_METRICS, "model-uri")]
 
 
 def workflow_metadata() -> dict:

@@ -171,4 +171,5 @@ def evaluate_run(options: EvaluateOptions, progress: bool = True) -> dict:
         storage.upload_file(train / best, storage.join(base, "best.pth"))
         storage.upload_file(out / "metrics.json", storage.join(base, "metrics.json"))
         report["uploaded"] = storage.join(base, "best.pth")
+    (out / "model-uri").write_text(report.get("uploaded", "") + "\n")  # the deploy step serves it (empty: none)
     return report

@@ -3,8 +3,9 @@
 The template's own command and args run as local processes: ``python`` is this
 interpreter, the work PVC's mount path maps to the local workdir, Secret-backed env
 vars come from this environment. Images, resources, pod GC and TTL only matter in a
-cluster (as do podSpecPatch's resource limits) and are ignored here; any other feature the runner cannot honour stops the run
-with a "not supported locally" error instead of being skipped.
+cluster (as do podSpecPatch's resource limits) and are ignored here; any other feature the
+runner cannot honour stops the run with a "not supported locally" error instead of being
+skipped. As Argo does at submission, the whole DAG is checked before the first step runs.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import yaml
 from alpr.errors import AlprError, UsageError
 
 EXPRESSION = re.compile(r"\{\{\s*([^{}]+?)\s*\}\}")
+TASK_OUTPUT = re.compile(r"\{\{\s*tasks\.")
 CLUSTER_ONLY_SPEC = {"podGC", "ttlStrategy", "serviceAccountName", "podMetadata", "workflowMetadata",
                      "activeDeadlineSeconds", "parallelism"}
 SPEC_KEYS = {"entrypoint", "arguments", "templates", "volumes"} | CLUSTER_ONLY_SPEC
@@ -31,6 +33,16 @@ CONTAINER_KEYS = {"name", "image", "imagePullPolicy", "command", "args", "env", 
                   "workingDir"}
 TASK_KEYS = {"name", "template", "dependencies", "depends", "arguments", "when"}
 COMPARISON = re.compile(r"^\s*(\S+?)\s*(==|!=)\s*(\S+?)\s*$")
+DEPENDENCY = re.compile(r"([\w-]+)(?:\.(Succeeded))?")
+# Whether a step that exits non-zero is retried: locally every failure is the step's own, never
+# an Argo error (a pod that could not start), so OnError and OnTransientError never retry here.
+RETRIED_ON_EXIT = {"Always": True, "OnFailure": True, "OnError": False, "OnTransientError": False}
+PASSWORD_IN_URL = re.compile(r"(://[^/:@\s]+:)[^@\s]+@")
+
+
+def redact(text: str) -> str:
+    """Hides the password of any URL in text (a database URL given as a parameter, say)."""
+    return PASSWORD_IN_URL.sub(r"\1***@", text)
 
 
 class NotSupportedLocally(AlprError):
@@ -56,10 +68,18 @@ def project_root() -> Path:
 def load_workflow(path: Path) -> dict:
     if not path.is_file():
         raise UsageError(f"{path}: workflow file not found")
-    document = yaml.safe_load(path.read_text())
+    try:
+        document = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise UsageError(f"{path}: not valid YAML: {error}") from None
     if not isinstance(document, dict) or document.get("kind") not in ("WorkflowTemplate", "Workflow"):
         raise UsageError(f"{path}: not an Argo Workflow or WorkflowTemplate")
-    extra = set(document.get("spec", {})) - SPEC_KEYS
+    metadata = document.get("metadata") or {}
+    if not (metadata.get("name") or metadata.get("generateName")):
+        raise UsageError(f"{path}: metadata has neither name nor generateName")
+    if not isinstance(document.get("spec"), dict):
+        raise UsageError(f"{path}: no spec")
+    extra = set(document["spec"]) - SPEC_KEYS
     if extra:
         _unsupported(f"{path} spec", extra)
     return document
@@ -98,13 +118,17 @@ def condition_holds(when: str, where: str) -> bool:
     return (left == right) == (operator == "==")
 
 
-def dependencies(task: dict) -> list[str]:
-    if "depends" in task:
-        names = re.split(r"\s*&&\s*", task["depends"].strip())
-        if any(not re.fullmatch(r"[\w-]+(\.Succeeded)?", n) for n in names):
+def dependencies(task: dict) -> dict[str, bool]:
+    """Task name -> whether it must have succeeded (``a.Succeeded``); a bare ``a`` may also have been skipped."""
+    if "depends" not in task:
+        return dict.fromkeys(task.get("dependencies", []), False)
+    found = {}
+    for term in re.split(r"\s*&&\s*", task["depends"].strip()):
+        match = DEPENDENCY.fullmatch(term)
+        if not match:
             _unsupported(f"task {task['name']} depends {task['depends']!r}", ["depends expressions"])
-        return [n.split(".")[0] for n in names]
-    return list(task.get("dependencies", []))
+        found[match[1]] = bool(match[2])
+    return found
 
 
 def topological(tasks: list[dict]) -> list[dict]:
@@ -128,6 +152,16 @@ def topological(tasks: list[dict]) -> list[dict]:
     return ordered
 
 
+@dataclass(frozen=True)
+class Step:
+    """A task made ready to run: every parameter substituted, every path mapped to this machine."""
+    command: list[str]
+    env: dict[str, str]
+    cwd: Path
+    retries: int
+    outputs: dict[str, Path]
+
+
 @dataclass
 class LocalRun:
     workflow: dict
@@ -141,17 +175,25 @@ class LocalRun:
         self.workdir = self.workdir.resolve()
         self.spec = self.workflow["spec"]
         self.templates = {t["name"]: t for t in self.spec.get("templates", [])}
-        self.state_file = self.workdir / ".alpr-run" / f"{self.workflow['metadata']['name']}.json"
-        defaults = {p["name"]: str(p.get("value", "")) for p in self.spec.get("arguments", {}).get("parameters", [])}
-        unknown = set(self.parameters) - set(defaults)
+        metadata = self.workflow["metadata"]
+        base = metadata.get("name") or metadata["generateName"].rstrip("-")
+        self.state_file = self.workdir / ".alpr-run" / f"{base}.json"
+        declared = self.spec.get("arguments", {}).get("parameters", [])
+        defaults = {p["name"]: str(p.get("value", p.get("default"))) for p in declared
+                    if "value" in p or "default" in p}
+        unknown = set(self.parameters) - {p["name"] for p in declared}
         if unknown:
             raise UsageError(f"unknown parameter(s) {', '.join(sorted(unknown))}; this workflow takes "
-                             f"{', '.join(sorted(defaults))}")
+                             f"{', '.join(sorted(p['name'] for p in declared))}")
+        missing = {p["name"] for p in declared} - set(defaults) - set(self.parameters)
+        if missing:
+            raise UsageError(f"parameter(s) {', '.join(sorted(missing))} have no default: give -p NAME=VALUE")
         self.values = {**defaults, **self.parameters}
         state = self._load_state() if self.resume else None
-        self.name = state["name"] if state else f"{self.workflow['metadata']['name']}-{time.strftime('%Y%m%d%H%M%S')}"
+        self.name = state["name"] if state else f"{base}-{time.strftime('%Y%m%d%H%M%S')}"
         self.outputs = state["outputs"] if state else {}
-        if state and state["parameters"] != self.values:
+        self.skipped = set(state.get("skipped", [])) if state else set()
+        if state and _redacted(state["parameters"]) != _redacted(self.values):
             raise UsageError(f"cannot --resume {self.name}: its parameters differ from this run's "
                              f"({self.state_file})")
         self.mounts = self._mounts()
@@ -165,7 +207,8 @@ class LocalRun:
     def _save_state(self) -> None:
         self.state_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.state_file.with_suffix(".partial")
-        tmp.write_text(json.dumps({"name": self.name, "parameters": self.values, "outputs": self.outputs}, indent=1))
+        tmp.write_text(json.dumps({"name": self.name, "parameters": _redacted(self.values), "outputs": self.outputs,
+                                   "skipped": sorted(self.skipped)}, indent=1))
         tmp.replace(self.state_file)
 
     def _mounts(self) -> dict[str, Path | None]:
@@ -182,9 +225,8 @@ class LocalRun:
                 _unsupported(f"volume {volume['name']}", set(volume) - {"name"})
         return mounts
 
-    def scope(self, inputs: dict[str, str]) -> dict[str, str]:
-        scope = {"workflow.name": self.name, **{f"workflow.parameters.{k}": v for k, v in self.values.items()},
-                 **{f"inputs.parameters.{k}": v for k, v in inputs.items()}}
+    def scope(self) -> dict[str, str]:
+        scope = {"workflow.name": self.name, **{f"workflow.parameters.{k}": v for k, v in self.values.items()}}
         for task, outputs in self.outputs.items():
             scope.update({f"tasks.{task}.outputs.parameters.{k}": v for k, v in outputs.items()})
         return scope
@@ -194,58 +236,151 @@ class LocalRun:
         if entry is None or "dag" not in entry:
             raise NotSupportedLocally(f"entrypoint {self.spec.get('entrypoint')!r}: only a DAG entrypoint is "
                                       "supported locally")
+        tasks = topological(entry["dag"]["tasks"])
+        self.check(tasks)
+        for local in filter(None, self.mounts.values()):
+            local.mkdir(parents=True, exist_ok=True)
         self.echo(f"run {self.name} in {self.workdir}")
-        for task in topological(entry["dag"]["tasks"]):
+        for task in tasks:
+            name = task["name"]
+            if name in self.outputs:
+                self.echo(f"[{name}] already {'skipped' if name in self.skipped else 'succeeded'}; "
+                          "not run again (--resume)")
+                continue
+            reason = self.skip_reason(task, self.scope(), self.skipped)
+            if reason:
+                self.echo(f"[{name}] skipped: {reason}")
+                self.skipped.add(name)
+                self.outputs[name] = {}
+            else:
+                self.outputs[name] = self.run_step(name, self.prepare(task, self.scope()))
+            self._save_state()
+        return self.outputs
+
+    def check(self, tasks: list[dict]) -> None:
+        """Prepares every task that may run with stand-ins for the outputs of the tasks before it, so that
+        an unsupported feature, a missing template or an unresolvable parameter stops the run before its
+        first step, not hours into it. A task that a ``when`` on workflow parameters skips is not checked
+        (locally, the pipeline's deploy step)."""
+        scope = self.scope() | {f"tasks.{t['name']}.outputs.parameters.{p['name']}": f"<{t['name']}.{p['name']}>"
+                                for t in tasks if t["name"] not in self.outputs
+                                for p in self.templates.get(t.get("template"), {}).get("outputs", {})
+                                .get("parameters", [])}
+        skipped = set(self.skipped)
+        for task in tasks:
             extra = set(task) - TASK_KEYS
             if extra:
                 _unsupported(f"task {task['name']}", extra)
             if task["name"] in self.outputs:
-                self.echo(f"[{task['name']}] already succeeded; skipped (--resume)")
                 continue
-            when = task.get("when")
-            if when is not None and not condition_holds(substitute(when, self.scope({}), task["name"]), task["name"]):
-                self.echo(f"[{task['name']}] skipped: when {when!r} is false")
-                self.outputs[task["name"]] = {}
-            else:
-                self.outputs[task["name"]] = self.run_task(task)
-            self._save_state()
-        return self.outputs
+            if self.skip_reason(task, scope, skipped) and not TASK_OUTPUT.search(task.get("when", "")):
+                skipped.add(task["name"])
+                continue
+            self.prepare(task, scope)
 
-    def run_task(self, task: dict) -> dict[str, str]:
+    @staticmethod
+    def skip_reason(task: dict, scope: dict[str, str], skipped: set[str]) -> str | None:
+        for name, must_succeed in dependencies(task).items():
+            if must_succeed and name in skipped:
+                return f"it depends on {name}.Succeeded and {name} was skipped"
+        when = task.get("when")
+        if when is not None and not condition_holds(substitute(when, scope, task["name"]), task["name"]):
+            return f"when {when!r} is false"
+        return None
+
+    def prepare(self, task: dict, scope: dict[str, str]) -> Step:
+        where = task["name"]
+        template = self._template(task)
+        container = template["container"]
+        scope = scope | self._inputs(task, template, scope)
+        command = [self._local(substitute(str(a), scope, where), container)
+                   for a in [*container.get("command", []), *container.get("args", [])]]
+        if command and command[0] in ("python", "python3"):
+            command[0] = sys.executable
+        return Step(command, self._env(container, scope, where), self._working_dir(container, scope, where),
+                    self._retries(template, scope, where), self._output_paths(template, container, scope, where))
+
+    def _template(self, task: dict) -> dict:
         template = self.templates.get(task["template"])
         if template is None:
             raise UsageError(f"task {task['name']}: no template {task['template']!r}")
         extra = set(template) - TEMPLATE_KEYS
         if extra or "container" not in template:
             _unsupported(f"template {template['name']}", extra or {"non-container templates"})
-        scope = self.scope({p["name"]: substitute(str(p.get("value", "")), self.scope({}), task["name"])
-                            for p in task.get("arguments", {}).get("parameters", [])})
-        container = template["container"]
-        extra = set(container) - CONTAINER_KEYS
+        extra = set(template["container"]) - CONTAINER_KEYS
         if extra:
             _unsupported(f"template {template['name']} container", extra)
-        command = [self._local(substitute(str(a), scope, task["name"]), container)
-                   for a in [*container.get("command", []), *container.get("args", [])]]
-        if command and command[0] in ("python", "python3"):
-            command[0] = sys.executable
-        env = self._env(container, scope, task["name"])
-        retries = int(substitute(str(template.get("retryStrategy", {}).get("limit", 0)), scope, task["name"]))
-        for attempt in range(retries + 1):
-            code = self._execute(task["name"], command, env)
+        return template
+
+    @staticmethod
+    def _inputs(task: dict, template: dict, scope: dict[str, str]) -> dict[str, str]:
+        """The template's declared inputs: the task's arguments, else the inputs' own defaults."""
+        given = {p["name"]: p.get("value", "") for p in task.get("arguments", {}).get("parameters", [])}
+        inputs = {}
+        for parameter in template.get("inputs", {}).get("parameters", []):
+            name = parameter["name"]
+            value = given.get(name, parameter.get("value", parameter.get("default")))
+            if value is None:
+                raise UsageError(f"task {task['name']}: input {name} of template {template['name']} is not given "
+                                 "and has no default")
+            inputs[f"inputs.parameters.{name}"] = substitute(str(value), scope, task["name"])
+        return inputs
+
+    @staticmethod
+    def _retries(template: dict, scope: dict[str, str], where: str) -> int:
+        strategy = template.get("retryStrategy")
+        if not strategy:
+            return 0
+        extra = set(strategy) - {"limit", "retryPolicy"}
+        if extra or "limit" not in strategy:
+            _unsupported(f"template {template['name']} retryStrategy", extra or ["no limit (Argo retries forever)"])
+        policy = strategy.get("retryPolicy", "OnFailure")
+        if policy not in RETRIED_ON_EXIT:
+            raise UsageError(f"template {template['name']}: unknown retryPolicy {policy!r}; "
+                             f"Argo takes {', '.join(RETRIED_ON_EXIT)}")
+        limit = substitute(str(strategy["limit"]), scope, where)
+        if not limit.isdigit():
+            raise UsageError(f"template {template['name']}: retryStrategy limit must be a whole number, got {limit!r}")
+        return int(limit) if RETRIED_ON_EXIT[policy] else 0
+
+    def _working_dir(self, container: dict, scope: dict[str, str], where: str) -> Path:
+        """Steps run where the step image runs them; a workingDir must lie on a volume to mean anything here."""
+        if "workingDir" not in container:
+            return project_root()
+        path = substitute(container["workingDir"], scope, where)
+        local = self._local(path, container)
+        if local == path:
+            _unsupported(f"{where} workingDir {path}", ["a workingDir outside the volumes"])
+        return Path(local)
+
+    def _output_paths(self, template: dict, container: dict, scope: dict[str, str], where: str) -> dict[str, Path]:
+        paths = {}
+        for parameter in template.get("outputs", {}).get("parameters", []):
+            source = parameter.get("valueFrom", {})
+            if set(source) != {"path"}:
+                _unsupported(f"output {parameter['name']} of {where}", set(source) or {"value"})
+            paths[parameter["name"]] = Path(self._local(substitute(source["path"], scope, where), container))
+        return paths
+
+    def run_step(self, name: str, step: Step) -> dict[str, str]:
+        for attempt in range(step.retries + 1):
+            code = self._execute(name, step)
             if code == 0:
-                return self._read_outputs(template, scope, container, task["name"])
-            if attempt < retries:
-                self.echo(f"[{task['name']}] exited {code}; retry {attempt + 1}/{retries}")
-        raise StepFailed(f"step {task['name']!r} failed with exit code {code}; fix it and rerun with --resume "
+                return self._read_outputs(name, step.outputs)
+            if attempt < step.retries:
+                self.echo(f"[{name}] exited {code}; retry {attempt + 1}/{step.retries}")
+        raise StepFailed(f"step {name!r} failed with exit code {code}; fix it and rerun with --resume "
                          "to continue from this step")
 
     def _local(self, value: str, container: dict) -> str:
-        """Maps a path under a volume mount to its local folder."""
+        """Maps a path under a volume mount to its local folder, alone or as a flag's value (--out=/work/x)."""
+        flag, sep, rest = value.partition("=")
+        if sep and flag.startswith("-"):
+            return f"{flag}={self._local(rest, container)}"
         for mount in container.get("volumeMounts", []):
             local = self.mounts.get(mount["name"])
             path = mount["mountPath"].rstrip("/")
             if local is not None and (value == path or value.startswith(path + "/")):
-                local.mkdir(parents=True, exist_ok=True)
                 return str(local) + value[len(path):]
         return value
 
@@ -267,23 +402,22 @@ class LocalRun:
             env[name] = self._local(value, container)
         return env
 
-    def _execute(self, name: str, command: list[str], env: dict[str, str]) -> int:
-        self.echo(f"[{name}] $ {' '.join(command)}")
-        process = subprocess.Popen(command, cwd=project_root(), env=env, stdout=subprocess.PIPE,
+    def _execute(self, name: str, step: Step) -> int:
+        self.echo(redact(f"[{name}] $ {' '.join(step.command)}"))
+        process = subprocess.Popen(step.command, cwd=step.cwd, env=step.env, stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, text=True, bufsize=1)
         for line in process.stdout:
-            self.echo(f"[{name}] {line.rstrip()}")
+            self.echo(redact(f"[{name}] {line.rstrip()}"))
         return process.wait()
 
-    def _read_outputs(self, template: dict, scope: dict, container: dict, where: str) -> dict[str, str]:
+    def _read_outputs(self, name: str, paths: dict[str, Path]) -> dict[str, str]:
         outputs = {}
-        for parameter in template.get("outputs", {}).get("parameters", []):
-            source = parameter.get("valueFrom", {})
-            if set(source) != {"path"}:
-                _unsupported(f"output {parameter['name']} of {where}", set(source) or {"value"})
-            path = Path(self._local(substitute(source["path"], scope, where), container))
+        for output, path in paths.items():
             if not path.is_file():
-                raise StepFailed(f"step {where!r} succeeded but did not write its output {parameter['name']} "
-                                 f"({path})")
-            outputs[parameter["name"]] = path.read_text().strip()
+                raise StepFailed(f"step {name!r} succeeded but did not write its output {output} ({path})")
+            outputs[output] = path.read_text().strip()
         return outputs
+
+
+def _redacted(values: dict[str, str]) -> dict[str, str]:
+    return {name: redact(value) for name, value in values.items()}

@@ -60,7 +60,7 @@ def test_pipeline_dag_and_step_contract():
         patch = json.loads(templates[name]["podSpecPatch"])
         assert patch["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "{{workflow.parameters.gpus}}"
     outputs = {p["name"] for p in templates["evaluate"]["outputs"]["parameters"]}
-    assert outputs == {"mAP", "dv_mAP", "EIR"}
+    assert outputs == {"mAP", "dv_mAP", "EIR", "model-uri"}
     spec = document["spec"]
     assert spec["podGC"]["strategy"] and spec["ttlStrategy"]["secondsAfterCompletion"] > 0
     volumes = {v["name"]: v for v in spec["volumes"]}
@@ -82,8 +82,11 @@ def test_optional_deploy_patches_the_inference_service_with_the_uploaded_model()
     assert resource["flags"] == ["inferenceservice", "{{workflow.parameters.inference-service}}"]
     test, replace = json.loads(resource["manifest"])
     assert test == {"op": "test", "path": "/spec/predictor/containers/0/env/0/name", "value": "STORAGE_URI"}
-    # the very URL evaluate uploads the best checkpoint to
-    assert replace["value"] == "{{workflow.parameters.store}}/runs/{{workflow.parameters.run-id}}/best.pth"
+    # the very URL evaluate uploaded the best checkpoint to, as it reports it
+    assert replace["value"] == "{{inputs.parameters.model-uri}}"
+    assert task["arguments"]["parameters"] == [{"name": "model-uri",
+                                                "value": "{{tasks.evaluate.outputs.parameters.model-uri}}"}]
+    assert templates["deploy"]["inputs"]["parameters"] == [{"name": "model-uri"}]
 
 
 def test_every_step_flag_in_the_template_exists():
