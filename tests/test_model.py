@@ -3,6 +3,7 @@
 import json
 import math
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -251,6 +252,11 @@ def test_training_by_minutes_ends_by_itself_annealed_and_a_finished_run_stays_fi
     again = run_step_script("train", "--workdir", str(smoke_workdir), *timed)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resumed" in (again.stdout + again.stderr).lower() and sorted(train.glob("iter_*.pth")) == saved
+    # a retried trial trains no more, and still tells Katib its metrics: the last validation's
+    def metric_lines(out: str) -> list[str]:
+        return [line for line in out.splitlines() if re.fullmatch(r"(mAP|dv_mAP|EIR)=\S+", line)]
+
+    assert len(metric_lines(again.stdout)) == 3 and metric_lines(again.stdout) == metric_lines(result.stdout)[-3:]
 
 def test_evaluate_writes_metrics_plots_and_database_rows(smoke_workdir, smoke_training):
     result = run_step_script("evaluate", "--workdir", str(smoke_workdir), "--run-id", "r1", "--device", "cpu",
@@ -304,6 +310,29 @@ def test_predict_prints_one_json_line_per_image(smoke_workdir, smoke_training, s
     assert [Path(line["image"]).name for line in lines] == ["000001.jpg", "000002.jpg"]
 
 
+def test_predict_reads_folders_and_goes_on_past_an_image_it_cannot_read(smoke_workdir, smoke_training, synth_dir,
+                                                                       tmp_path):
+    import cv2
+    import numpy as np
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(synth_dir / "000001.jpg", folder / "a.jpg")
+    cv2.imwrite(str(folder / "b_thin.png"), np.zeros((1, 2000, 3), np.uint8))
+    (folder / "c.jpg").write_bytes(b"not an image")
+    shutil.copy(synth_dir / "000002.jpg", folder / "d.jpg")
+    best = smoke_workdir / "runs" / "r1" / "train" / "best.pth"
+    predict = [sys.executable, "-m", "alpr.cli", "predict", "--model", str(best), "--json", "--device", "cpu"]
+    result = subprocess.run([*predict, str(folder)], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert [Path(json.loads(line)["image"]).name for line in result.stdout.splitlines()] == ["a.jpg", "d.jpg"]
+    assert "b_thin.png: 2000x1 px is too thin to read" in result.stderr
+    assert "c.jpg: not a readable image" in result.stderr and "2 of 4 images could not be read" in result.stderr
+    result = subprocess.run([*predict, str(folder / "a.jpg"), str(tmp_path / "missing.jpg")], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode == 1 and "missing.jpg: image not found" in result.stderr and result.stdout == ""
+
+
 def test_a_checkpoint_for_other_classes_is_refused(smoke_workdir, smoke_training, tmp_path):
     import torch
 
@@ -341,3 +370,50 @@ def test_empty_validation_split_fails_before_training(smoke_workdir, tmp_path):
     split.write_text(json.dumps({**json.loads(split.read_text()), "images": [], "annotations": []}))
     result = run_step_script("train", "--workdir", str(bad), *SMOKE_TRAIN)
     assert result.returncode == 1 and "the val split has no images" in result.stderr
+
+
+def test_a_moved_run_folder_resumes_from_its_own_checkpoint(tmp_path):
+    from alpr.train import relocated_last_checkpoint
+
+    old, moved = tmp_path / "old" / "train", tmp_path / "new" / "train"
+    for folder in (old, moved):
+        folder.mkdir(parents=True)
+        (folder / "iter_4.pth").write_bytes(folder.parent.name.encode())
+    (moved / "last_checkpoint").write_text(str(old / "iter_4.pth"))  # as mmengine wrote it before the move
+    assert relocated_last_checkpoint(moved) == moved / "iter_4.pth"
+    assert (moved / "last_checkpoint").read_text() == str(moved / "iter_4.pth")
+
+
+def test_a_file_that_is_no_checkpoint_is_named_without_a_traceback(smoke_workdir, smoke_training, synth_dir,
+                                                                    tmp_path):
+    import torch
+
+    from alpr.errors import UsageError
+    from alpr.train import alpr_meta
+
+    best = (smoke_workdir / "runs" / "r1" / "train" / "best.pth").read_bytes()
+    (tmp_path / "half.pth").write_bytes(best[:len(best) // 2])
+    torch.save({"state_dict": {}}, tmp_path / "foreign.pth")
+    with pytest.raises(UsageError, match="half.pth: not a readable checkpoint"):
+        alpr_meta(tmp_path / "half.pth")
+    with pytest.raises(UsageError, match="foreign.pth: not an alpr checkpoint"):
+        alpr_meta(tmp_path / "foreign.pth")
+    image = synth_dir / "000001.jpg"
+    result = subprocess.run([sys.executable, "-m", "alpr.cli", "predict", str(image), "--model", str(image)],
+                            cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 1 and "000001.jpg: not a readable checkpoint" in result.stderr
+    assert "Traceback" not in result.stderr
+    result = run_step_script("train", "--workdir", str(smoke_workdir), *SMOKE_TRAIN[:7], "load-bad",
+                             *SMOKE_TRAIN[8:], "--load-from", str(tmp_path / "half.pth"))
+    assert result.returncode == 1 and "half.pth: not a readable checkpoint" in result.stderr
+    assert not (smoke_workdir / "runs" / "load-bad").exists()
+
+
+def test_no_warm_up_is_a_schedule_of_its_own():
+    from alpr.model import TrainSettings, _schedule
+
+    for by_epoch in (True, False):
+        settings = TrainSettings(model="smoke", epochs=3, iters=30, warmup_iters=0)
+        assert [step["type"] for step in _schedule(settings, by_epoch)] == ["CosineAnnealingLR"]
+        settings = TrainSettings(model="smoke", epochs=3, iters=30, warmup_iters=5)
+        assert [step["type"] for step in _schedule(settings, by_epoch)] == ["LinearLR", "CosineAnnealingLR"]

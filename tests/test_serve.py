@@ -161,6 +161,7 @@ def _bad_requests(good: bytes) -> dict[str, tuple[dict, str]]:
         "too many pixels": (instances(too_many_pixels), "over the limit of 100000 pixels"),
         "too many bytes": (instances(too_many_bytes), f"over the limit of {MAX_BYTES} bytes"),
         "no images": ({"json": {"instances": []}}, "no images"),
+        "too thin": (instances(_encoded(np.zeros((1, 2000, 3), np.uint8), ".png")), "2000x1 px is too thin to read"),
     }
 
 
@@ -176,9 +177,36 @@ def test_bad_input_gets_a_4xx_that_says_why_and_the_server_goes_on(server, image
     v2_type = httpx.post(f"{server}/v2/models/alpr/infer", timeout=60, json={
         "inputs": [{"name": "image", "shape": [1], "datatype": "FP32", "data": [1.0]}]})
     assert v2_type.status_code == 400 and "BYTES" in v2_type.text
+    v2_shape = httpx.post(f"{server}/v2/models/alpr/infer", timeout=60, json={
+        "inputs": [{"name": "image", "shape": [3], "datatype": "BYTES", "data": [b64(good)]}]})
+    assert v2_shape.status_code == 400 and "shape [3] does not hold its 1 image(s)" in v2_shape.text
     response = v1(server, [{"image_b64": b64(good)}])
     assert response.status_code == 200
     assert_same_plates(response.json()["predictions"][0]["plates"], expected[images[0].name])
+
+
+def test_what_clients_commonly_send_is_read(server, images, expected):
+    """curl -d sends JSON as a form; phones append data after a JPEG's end-of-image marker."""
+    good = images[0].read_bytes()
+    body = json.dumps({"instances": [{"image_b64": b64(good + b"\n" + b"MotionPhoto_Data\xff\xd8\x00")}]})
+    for content_type in ("application/x-www-form-urlencoded", "application/json; charset=utf-8"):
+        response = httpx.post(f"{server}/v1/models/alpr:predict", content=body.encode(), timeout=60,
+                              headers={"content-type": content_type})
+        assert response.status_code == 200, (content_type, response.text)
+        assert_same_plates(response.json()["predictions"][0]["plates"], expected[images[0].name])
+
+
+def test_a_jpeg_is_complete_only_up_to_its_own_end_marker(images):
+    from alpr.serve import jpeg_reaches_its_end
+
+    good = images[0].read_bytes()
+    assert jpeg_reaches_its_end(good) and jpeg_reaches_its_end(good + b"trailer \xff\xd8 no end")
+    assert not jpeg_reaches_its_end(good[:len(good) // 2])
+    # an EXIF thumbnail's end marker, inside an APP1 segment, is not the image's
+    thumbnail = b"Exif\x00\x00" + b"\xff\xd8 thumbnail \xff\xd9"
+    with_thumbnail = good[:2] + b"\xff\xe1" + (len(thumbnail) + 2).to_bytes(2, "big") + thumbnail + good[2:]
+    assert jpeg_reaches_its_end(with_thumbnail)
+    assert not jpeg_reaches_its_end(with_thumbnail[:len(with_thumbnail) // 2])
 
 
 def test_bounded_concurrent_load_returns_what_plate_reader_reads(server, images, expected):
@@ -217,6 +245,22 @@ def test_batcher_groups_concurrent_items_and_returns_each_its_own_result():
     assert results == [[1000, 1010], *[[n * 10] for n in range(6)]]
     assert sorted(x for batch in batches for x in batch) == [0, 1, 2, 3, 4, 5, 100, 101]
     assert max(map(len, batches)) == 4 and len(batches) == 2  # 8 items at once: two full batches
+
+
+def test_an_item_the_model_fails_on_fails_only_its_own_request():
+    from alpr.serve import Batcher
+
+    def run(items: list) -> list:
+        if "bad" in items:
+            raise ValueError("cannot read bad")
+        return [item.upper() for item in items]
+
+    async def scenario() -> list:
+        batcher = Batcher(run, max_size=4, max_wait=0.05)
+        return await asyncio.gather(*(batcher.submit([item]) for item in ("a", "bad", "c")), return_exceptions=True)
+
+    a, bad, c = asyncio.run(scenario())
+    assert a == ["A"] and c == ["C"] and isinstance(bad, ValueError)
 
 
 def test_a_sure_score_that_is_no_character_score_is_refused_before_the_model_loads(tmp_path):

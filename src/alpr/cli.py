@@ -50,18 +50,47 @@ def _data_pull(args: argparse.Namespace) -> None:
     print(f"restored {args.dataset} v{args.version} into {target}")
 
 
+def image_files(paths: list[Path]) -> list[Path]:
+    """The images to read: files as given, folders as the images in them; a missing one fails before the
+    model loads."""
+    from alpr.backgrounds import IMAGE_SUFFIXES, list_images
+    from alpr.errors import UsageError
+
+    images = []
+    for path in paths:
+        if path.is_dir():
+            found = list_images(path)
+            if not found:
+                raise UsageError(f"{path}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+            images += found
+        elif path.is_file():
+            images.append(path)
+        else:
+            raise UsageError(f"{path}: image not found")
+    return images
+
+
 def _predict(args: argparse.Namespace) -> None:
     from alpr.reader import PlateReader
     from alpr.visualize import prediction_line
 
+    images = image_files(args.images)
     reader = PlateReader.from_checkpoint(args.model, args.device, amp=args.amp)
-    for image in args.images:
-        plates = reader.predict(image)
+    failed = 0
+    for image in images:
+        try:
+            plates = reader.predict(image)
+        except AlprError as error:  # one unreadable image: said, and the others still read
+            print(f"error: {error}", file=sys.stderr, flush=True)
+            failed += 1
+            continue
         if args.json:
             print(prediction_line(str(image), plates), flush=True)
         else:
             found = ", ".join(p.text or f"unread ({p.reason})" for p in plates) or "no plate"
             print(f"{image}: {found}", flush=True)
+    if failed:
+        raise AlprError(f"{failed} of {len(images)} images could not be read (above)")
 
 
 def _run(args: argparse.Namespace) -> None:
@@ -110,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
         step.set_defaults(handler=module.main)
 
     predict = commands.add_parser("predict", help="read the plates in images with a trained checkpoint")
-    predict.add_argument("images", nargs="+", type=Path, help="image files")
+    predict.add_argument("images", nargs="+", type=Path, help="image files, or folders of them")
     predict.add_argument("--model", type=Path, required=True, help="checkpoint (e.g. runs/RUN/train/best.pth)")
     predict.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     predict.add_argument("--amp", action="store_true",

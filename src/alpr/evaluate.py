@@ -131,13 +131,13 @@ def evaluate_run(options: EvaluateOptions, progress: bool = True) -> dict:
     from alpr import db, storage
     from alpr.reader import PlateReader
     from alpr.record import check_name
-    from alpr.train import checkpoint_meta, train_dir
+    from alpr.train import alpr_meta, train_dir
 
     check_name("run id", options.run_id)
     check_metric("--metric", options.key_metric)
     workdir = options.workdir.resolve()
     train = train_dir(workdir, options.run_id)
-    meta = checkpoint_meta(checkpoints(train)[-1]).get("alpr", {})
+    meta = alpr_meta(checkpoints(train)[-1])["alpr"]
     dataset = workdir / "datasets" / meta["dataset"]["name"] / meta["dataset"]["version"]
     scored, gts = {}, {}
     for checkpoint in checkpoints(train):

@@ -40,7 +40,7 @@ from pycocotools.coco import COCO
 from torch.nn.utils.rnn import pad_sequence
 
 from alpr.errors import AlprError
-from alpr.metrics import evaluate, mask_rle, metric_lines, scalar_metrics
+from alpr.metrics import KEY_METRICS, evaluate, mask_rle, metric_lines, scalar_metrics
 from alpr.plates import BOARD_LABELS, CLASSES
 from alpr.postprocess import Detection, read_plates
 
@@ -543,6 +543,7 @@ class AlprRunHook(Hook):
 
     def __init__(self, run_meta: dict):
         self.run_meta = json.loads(json.dumps(run_meta))  # plain dicts, not ConfigDicts, in checkpoints
+        self.validated = False
 
     def before_train(self, runner) -> None:
         # the dataset's classes are checked before the runner is built (alpr.train.check_dataset)
@@ -571,6 +572,7 @@ class AlprRunHook(Hook):
     def after_val_epoch(self, runner, metrics: dict | None = None) -> None:
         if not metrics:
             return
+        self.validated = True
         print(metric_lines(metrics), flush=True)
         best = runner.message_hub.get_info("best_ckpt")
         if best and Path(best).is_file():
@@ -578,6 +580,21 @@ class AlprRunHook(Hook):
             partial = target.with_name(".best.pth.partial")
             shutil.copyfile(best, partial)
             partial.replace(target)
+
+    def after_train(self, runner) -> None:
+        # A finished run started again (a retried workflow step or Katib trial) trains and validates
+        # no more; its last validation's metric lines are printed all the same, for Katib's collector.
+        last = None if self.validated else last_validation(Path(runner.work_dir) / "log.json")
+        if last:
+            print(metric_lines(last), flush=True)
+
+
+def last_validation(log: Path) -> dict | None:
+    """The metrics of the last validation in a run's JSON-lines log (mmengine's scalars), if any."""
+    if not log.is_file():
+        return None
+    records = (json.loads(line) for line in log.read_text().splitlines() if line.strip())
+    return next((r for r in reversed(list(records)) if all(key in r for key in KEY_METRICS)), None)
 
 
 WARMUP_TIME_SHARE = 0.1  # a time budget's warm-up ends by a tenth of the time, however slow the iterations

@@ -238,8 +238,8 @@ def _loader(dataset: dict, batch_size: int, workers: int, shuffle: bool, endless
 def _schedule(settings: TrainSettings, by_epoch: bool) -> list[dict]:
     """Linear warm-up, then cosine annealing over the whole run."""
     total = settings.epochs if by_epoch else settings.iters
-    return [
-        dict(type="LinearLR", start_factor=WARMUP_START, by_epoch=False, begin=0, end=settings.warmup_iters),
+    warmup = [dict(type="LinearLR", start_factor=WARMUP_START, by_epoch=False, begin=0, end=settings.warmup_iters)]
+    return warmup * bool(settings.warmup_iters) + [
         dict(type="CosineAnnealingLR", eta_min=settings.learning_rate * MIN_LR_RATIO, begin=0, end=total,
              T_max=total, by_epoch=by_epoch, convert_to_iter_based=by_epoch),
     ]

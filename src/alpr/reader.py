@@ -21,7 +21,7 @@ from typing import Sequence, Union
 
 import numpy as np
 
-from alpr.errors import AlprError, UsageError
+from alpr.errors import UsageError
 from alpr.plates import check_classes
 from alpr.postprocess import BOX, Detection, Plate, ReadOptions, box_iou, read_plates
 
@@ -50,6 +50,15 @@ def load_image(image: Image) -> np.ndarray:
     if array is None:
         raise UsageError(f"{path}: not a readable image")
     return array
+
+
+def check_image_size(image: np.ndarray, size: int, name: str = "image") -> None:
+    """An error for an image too thin to read: scaled to ``size`` px on its long side (as the model
+    takes it), its short side would be under a pixel."""
+    height, width = image.shape[:2]
+    if min(height, width) * size < max(height, width):
+        raise UsageError(f"{name}: {width}x{height} px is too thin to read: scaled to {size} px on its long "
+                         "side, its short side would be under 1 px")
 
 
 def resolve_device(device: str) -> str:
@@ -157,21 +166,19 @@ class PlateReader:
         pipeline = [dict(step) for step in model.cfg.test_dataloader.dataset.pipeline]
         pipeline[0] = dict(type="mmdet.LoadImageFromNDArray")
         self.pipeline = Compose(pipeline)
+        self.image_size = max(next(step["scale"] for step in pipeline if step["type"] == "Resize"))
         # windows to read again are scaled here, and the model takes them at that size
         self.window_pipeline = Compose([step for step in pipeline if step["type"] != "Resize"])
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto", options: ReadOptions = ReadOptions(),
                         amp: bool = False) -> "PlateReader":
-        import torch
         from mmengine.config import Config
 
+        from alpr.train import alpr_meta
+
         path = Path(path)
-        if not path.is_file():
-            raise UsageError(f"{path}: checkpoint not found")
-        meta = torch.load(path, map_location="cpu", weights_only=False).get("meta", {})
-        if "cfg" not in meta or "alpr" not in meta:
-            raise AlprError(f"{path}: not an alpr checkpoint (no training config or class list in its meta)")
+        meta = alpr_meta(path)
         check_classes(path, meta["alpr"].get("classes", ()))
         from mmdet.apis import init_detector
 
@@ -194,8 +201,14 @@ class PlateReader:
         COCO RLEs, unless ``masks`` is False (reading plates needs only the boxes)."""
         if not images:
             return []
-        return self._detect([self.pipeline(dict(img=load_image(image), img_id=i)) for i, image in enumerate(images)],
+        return self._detect([self.pipeline(dict(img=self.load(image), img_id=i)) for i, image in enumerate(images)],
                             masks)
+
+    def load(self, image: Image) -> np.ndarray:
+        """The image as a BGR array, or an error naming it if it cannot be read or is too thin to read."""
+        array = load_image(image)
+        check_image_size(array, self.image_size, "image array" if isinstance(image, np.ndarray) else str(image))
+        return array
 
     def _detect(self, data: list[dict], masks: bool) -> list[list[Detection]]:
         import torch
@@ -211,7 +224,7 @@ class PlateReader:
     def read(self, images: list[Image], masks: bool = False) -> list[tuple[list[Detection], list[Plate]]]:
         """Each image's detections (from the whole image; with COCO RLE masks if ``masks``) and
         plates, each read again from a scaled window (the module's docstring)."""
-        arrays = [load_image(image) for image in images]
+        arrays = [self.load(image) for image in images]
         detections = self.detect(arrays, masks)
         plates = [read_plates(dets, self.options) for dets in detections]
         return list(zip(detections, self._read_again(arrays, plates)))

@@ -16,6 +16,7 @@ import base64
 import binascii
 import io
 import json
+import math
 import tempfile
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +28,7 @@ import numpy as np
 
 from alpr.errors import UsageError
 from alpr.postprocess import Plate, ReadOptions
+from alpr.reader import check_image_size
 
 KSERVE_MODEL_DIR = "/mnt/models"
 V2_INPUT, V2_OUTPUT = "image", "plates"
@@ -87,12 +89,31 @@ def decode_image(data: bytes, max_bytes: int, max_pixels: int) -> np.ndarray:
         raise InvalidImage(f"not a readable image file ({error})") from None
     if width * height > max_pixels:
         raise InvalidImage(f"image of {width}x{height} pixels is over the limit of {max_pixels} pixels")
-    if kind == "JPEG" and not data.rstrip(b"\0").endswith(b"\xff\xd9"):
-        raise InvalidImage("truncated JPEG: no end-of-image marker")
+    if kind == "JPEG" and not jpeg_reaches_its_end(data):
+        raise InvalidImage("truncated JPEG: no end-of-image marker after its image data")
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if image is None:
         raise InvalidImage(f"{kind} image could not be decoded (truncated or corrupt)")
     return image
+
+
+def jpeg_reaches_its_end(data: bytes) -> bool:
+    """Whether a JPEG's image data runs up to its end-of-image marker. OpenCV decodes a truncated JPEG
+    without a word, its missing rows grey. Phones append data after the marker (Motion Photos, Samsung's
+    trailer), and an EXIF thumbnail holds one of its own, so the marker is looked for where it belongs:
+    segments are skipped by their length, entropy-coded data scanned for the next marker."""
+    position = 2  # after the start-of-image marker
+    while (start := data.find(b"\xff", position)) >= 0 and start + 1 < len(data):
+        marker = data[start + 1]
+        if marker == 0xD9:
+            return True
+        if marker == 0xFF:  # fill byte
+            position = start + 1
+        elif marker == 0x00 or marker == 0x01 or 0xD0 <= marker <= 0xD7:  # a stuffed 0xff, TEM, restart markers
+            position = start + 2
+        else:  # a segment: its two-byte length counts itself
+            position = start + 2 + int.from_bytes(data[start + 2:start + 4], "big")
+    return False
 
 
 def decode_base64_image(text: Any, max_bytes: int, max_pixels: int) -> np.ndarray:
@@ -151,17 +172,24 @@ class Batcher:
             batch = [(item, future) for item, future in await self._next_batch() if not future.done()]
             if not batch:
                 continue
+            items = [item for item, _ in batch]
             try:
-                results = await loop.run_in_executor(self._executor, self.run, [item for item, _ in batch])
-            except Exception as error:  # the requests of this batch fail; the server goes on
-                results, failure = None, error
-            for index, (_, future) in enumerate(batch):
-                if future.done():
-                    continue
-                if results is None:
-                    future.set_exception(failure)
-                else:
-                    future.set_result(results[index])
+                results = await loop.run_in_executor(self._executor, self.run, items)
+            except Exception as error:
+                # one bad item must not fail the others' requests: each is run again alone
+                results = [error] if len(items) == 1 else [await self._run_alone(loop, item) for item in items]
+            for (_, future), result in zip(batch, results):
+                if not future.done():
+                    if isinstance(result, Exception):
+                        future.set_exception(result)
+                    else:
+                        future.set_result(result)
+
+    async def _run_alone(self, loop, item):
+        try:
+            return (await loop.run_in_executor(self._executor, self.run, [item]))[0]
+        except Exception as error:  # the server goes on; this item's request fails
+            return error
 
 
 def _plates_json(plates: list[Plate]) -> list[dict]:
@@ -199,13 +227,19 @@ def make_model(options: ServeOptions):
                 for index, text in enumerate(texts):
                     try:
                         images.append(decode_base64_image(text, options.max_image_bytes, options.max_pixels))
-                    except InvalidImage as error:
+                        check_image_size(images[-1], self.reader.image_size)
+                    except (InvalidImage, UsageError) as error:
                         raise InvalidInput(f"{where(index)}: {error}") from None
                 return images
 
             return await asyncio.get_running_loop().run_in_executor(None, decode_all)
 
         async def _predict_v1(self, payload: Any) -> dict:
+            if isinstance(payload, (bytes, str)):  # KServe parses JSON only if sent as application/json
+                try:
+                    payload = json.loads(payload)
+                except ValueError:
+                    raise InvalidInput("the request body is not JSON") from None
             if not isinstance(payload, dict) or not isinstance(payload.get("instances"), list):
                 raise InvalidInput('expected a JSON object {"instances": [{"image_b64": "<base64 image>"}, ...]}')
             texts = []
@@ -222,6 +256,10 @@ def make_model(options: ServeOptions):
             if len(inputs) != 1 or inputs[0].datatype != "BYTES":
                 raise InvalidInput(f"expected one BYTES input named {V2_INPUT!r} holding base64-encoded images")
             data = inputs[0].data
+            count = len(data) if data is not None else 0
+            if math.prod(inputs[0].shape) != count:
+                raise InvalidInput(f"input {inputs[0].name!r}: shape {list(inputs[0].shape)} does not hold its "
+                                   f"{count} image(s)")
             texts = [t.decode() if isinstance(t, bytes) else t for t in (data.tolist() if hasattr(data, "tolist")
                                                                          else list(data or []))]
             images = await self._decode(texts, lambda i: f"inputs[{V2_INPUT}][{i}]")

@@ -54,12 +54,28 @@ def check_dataset(folder: Path) -> dict:
 
 
 def checkpoint_meta(path: Path) -> dict:
+    """A checkpoint's meta, or an error naming the file if it is missing or not a checkpoint at all."""
     import torch
 
     if not path.is_file():
         raise UsageError(f"{path}: checkpoint not found")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # torch says "invalid load key" or "failed finding central directory"
+        raise UsageError(f"{path}: not a readable checkpoint, truncated or not one at all "
+                         f"({type(error).__name__}: {error})") from None
+    if not isinstance(checkpoint, dict):
+        raise UsageError(f"{path}: not a checkpoint (it holds a {type(checkpoint).__name__})")
     return checkpoint.get("meta", {})
+
+
+def alpr_meta(path: Path) -> dict:
+    """The meta of a checkpoint alpr trained: its training config (``cfg``), and its classes, settings and
+    dataset (``alpr``); an error naming the file for any other checkpoint."""
+    meta = checkpoint_meta(path)
+    if "cfg" not in meta or "alpr" not in meta:
+        raise UsageError(f"{path}: not an alpr checkpoint (no training config or class list in its meta)")
+    return meta
 
 
 def check_start_checkpoint(path: Path) -> None:
@@ -70,11 +86,22 @@ def check_start_checkpoint(path: Path) -> None:
 RESUMABLE_CHANGES = {"epochs", "iters", "minutes", "val_interval", "num_workers", "log_interval"}
 
 
+def relocated_last_checkpoint(work: Path) -> Path:
+    """The run's last checkpoint. mmengine keeps its absolute path in ``last_checkpoint``, which goes stale
+    when the workdir moves (another mount point, a copied volume); then it is the file of that name in
+    this run folder, and ``last_checkpoint`` is rewritten to say so before mmengine reads it."""
+    marker = work / "last_checkpoint"
+    last = Path(marker.read_text().strip())
+    if last.parent != work and (work / last.name).is_file():
+        last = work / last.name
+        marker.write_text(str(last))
+    return last
+
+
 def check_resumable(work: Path, settings: TrainSettings, dataset: dict) -> None:
     """A run resumes with the model, data and optimization it was started with, or not at all: mmengine
     would load mismatched weights leniently and train on silently."""
-    last = Path((work / "last_checkpoint").read_text().strip())
-    stored = checkpoint_meta(last).get("alpr", {})
+    stored = checkpoint_meta(relocated_last_checkpoint(work)).get("alpr", {})
     named = ("name", "version")
     before = {**stored.get("settings", {}), "dataset": {k: stored.get("dataset", {}).get(k) for k in named}}
     now = {**settings.to_dict(), "dataset": {k: dataset[k] for k in named}}
@@ -115,7 +142,6 @@ def train(options: TrainOptions) -> Path:
 
         warn_if_bfloat16_is_slow(device, "train")
     work = train_dir(options.workdir.resolve(), options.run_id)
-    work.mkdir(parents=True, exist_ok=True)
     dataset = {"name": options.dataset, "version": options.version, "content_sha256": manifest["content_sha256"],
                "tag": manifest.get("dataset_tag")}
     resume = (work / "last_checkpoint").is_file()
@@ -123,6 +149,7 @@ def train(options: TrainOptions) -> Path:
         check_resumable(work, settings, dataset)
     elif options.load_from:
         check_start_checkpoint(options.load_from)
+    work.mkdir(parents=True, exist_ok=True)
     from mmengine.config import Config
     from mmengine.runner import Runner
 

@@ -93,8 +93,8 @@ def test_run(options: TestOptions, progress: bool = True) -> Path:
     """Writes runs/RUN/test/predictions.jsonl and one annotated picture per image; returns the folder."""
     from rich.progress import Progress
 
-    from alpr.reader import PlateReader, load_image
-    from alpr.train import checkpoint_meta
+    from alpr.reader import PlateReader
+    from alpr.train import alpr_meta
 
     workdir = options.workdir.resolve()
     checkpoint = options.checkpoint or best_checkpoint(workdir, options.run_id)
@@ -105,7 +105,7 @@ def test_run(options: TestOptions, progress: bool = True) -> Path:
             raise UsageError(f"{options.images}: image folder not found")
         images = sorted(p for p in options.images.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     else:
-        images = default_images(workdir, checkpoint_meta(checkpoint)["alpr"]["dataset"])
+        images = default_images(workdir, alpr_meta(checkpoint)["alpr"]["dataset"])
     if not images:
         raise UsageError(f"{options.images}: no images ({', '.join(IMAGE_SUFFIXES)}) to test on")
     reader = PlateReader.from_checkpoint(checkpoint, options.device)
@@ -118,7 +118,7 @@ def test_run(options: TestOptions, progress: bool = True) -> Path:
         task = bar.add_task("test", total=len(images))
         for start in range(0, len(images), BATCH):
             batch = images[start:start + BATCH]
-            arrays = [load_image(p) for p in batch]
+            arrays = [reader.load(p) for p in batch]
             for path, array, (dets, plates) in zip(batch, arrays, reader.read(arrays, masks=True)):
                 lines.write(prediction_line(str(path), plates) + "\n")
                 cv2.imwrite(str(out / "images" / picture_name(path, options.images)), draw(array, dets, plates))
