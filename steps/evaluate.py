@@ -20,7 +20,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--run-id", required=True, help="the run to evaluate")
     parser.add_argument("--split", default="val", choices=("val", "test"), help="dataset split to score on")
     parser.add_argument("--metric", default="EIR", help="key metric that picks the best checkpoint")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--db-url", default=None,
                         help=f"SQLAlchemy URL (default ${db.DB_URL_ENV}, else sqlite in the workdir)")
     parser.add_argument("--store", default=None, help="object store URL for the best checkpoint and metrics")

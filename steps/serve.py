@@ -21,7 +21,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help="checkpoint path, a folder holding one, or a file:// or gs:// URL "
                              f"(default {KSERVE_MODEL_DIR}, where KServe puts the storageUri)")
     parser.add_argument("--http-port", type=int, default=DEFAULTS.http_port, help="HTTP port")
-    parser.add_argument("--device", default=DEFAULTS.device, help="auto, cpu or cuda[:N]")
+    parser.add_argument("--device", default=DEFAULTS.device, help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--amp", action="store_true",
                         help="run the model in bfloat16 on the CPU (float16 on CUDA): faster where the CPU has "
                         "AVX512-BF16 or AMX")

@@ -183,8 +183,13 @@ def test_validation_interval_defaults_to_every_epoch_or_an_epochs_worth_of_itera
 def test_an_unknown_best_metric_fails_before_training(smoke_workdir):
     result = run_step_script("train", "--workdir", str(smoke_workdir), *SMOKE_TRAIN, "--run-id", "bad-metric",
                              "--best-metric", "accuracy")
-    assert result.returncode == 1 and "--best-metric 'accuracy': not a metric" in result.stderr
+    assert result.returncode == 1 and "--best-metric 'accuracy': not a score" in result.stderr
     assert "char_accuracy_one_row" in result.stderr and not (smoke_workdir / "runs" / "bad-metric").exists()
+    from alpr.errors import UsageError
+    from alpr.metrics import check_metric
+
+    with pytest.raises(UsageError, match="'plates': not a score"):  # a count of ground truth, not a score
+        check_metric("--metric", "plates")
 
 
 def test_evaluate_scores_each_saved_weight_set_once(tmp_path):
@@ -211,7 +216,9 @@ def test_the_test_step_uses_the_checkpoint_evaluate_picked(tmp_path):
     (tmp_path / "runs" / "r" / "eval").mkdir()
     (tmp_path / "runs" / "r" / "eval" / "metrics.json").write_text(json.dumps({"best_checkpoint": "/mnt/w/iter_2.pth"}))
     assert best_checkpoint(tmp_path, "r") == train / "iter_2.pth"  # by name: the volume may mount elsewhere
-    assert picture_name(Path("in/a.png"), Path("in")) != picture_name(Path("in/sub/a.png"), Path("in")) == "sub__a.jpg"
+    assert picture_name(Path("in/a.png"), Path("in")) != picture_name(Path("in/sub/a.png"), Path("in")) == \
+        "sub__a.png.jpg"
+    assert picture_name(Path("in/a.jpg"), Path("in")) == "a.jpg" != picture_name(Path("in/a.png"), Path("in"))
 
 
 
@@ -287,6 +294,17 @@ def test_evaluate_writes_metrics_plots_and_database_rows(smoke_workdir, smoke_tr
     assert again.returncode == 0
     with engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(db.run_metrics)).scalar() == rows
+    # the test split reports beside the pick, and picks nothing
+    picked = (eval_dir / "metrics.json").read_text()
+    tested = run_step_script("evaluate", "--workdir", str(smoke_workdir), "--run-id", "r1", "--device", "cpu",
+                             "--split", "test")
+    assert tested.returncode == 0, tested.stderr[-3000:]
+    assert (eval_dir / "metrics.json").read_text() == picked
+    assert json.loads((eval_dir.parent / "eval-test" / "metrics.json").read_text())["split"] == "test"
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(db.runs.c.best_checkpoint)).scalar() == run.best_checkpoint
+        splits = conn.execute(sa.select(db.run_metrics.c.split).distinct()).scalars().all()
+    assert sorted(splits) == ["test", "val"]
 
 
 def test_test_step_writes_predictions_and_pictures(smoke_workdir, smoke_training):
@@ -417,3 +435,15 @@ def test_no_warm_up_is_a_schedule_of_its_own():
         assert [step["type"] for step in _schedule(settings, by_epoch)] == ["CosineAnnealingLR"]
         settings = TrainSettings(model="smoke", epochs=3, iters=30, warmup_iters=5)
         assert [step["type"] for step in _schedule(settings, by_epoch)] == ["LinearLR", "CosineAnnealingLR"]
+
+
+def test_evaluate_checks_the_database_and_the_store_before_scoring(smoke_workdir, smoke_training, tmp_path):
+    import shutil
+
+    work = tmp_path / "work"
+    shutil.copytree(smoke_workdir / "runs" / "r1" / "train", work / "runs" / "r1" / "train")
+    for flags, message in [(["--db-url", "nonsense"], "is not a SQLAlchemy URL"),
+                           (["--store", "s3://bucket/alpr"], "unsupported storage URL")]:
+        result = run_step_script("evaluate", "--workdir", str(work), "--run-id", "r1", "--device", "cpu", *flags)
+        assert result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr
+        assert not (work / "runs" / "r1" / "eval").exists()

@@ -122,3 +122,12 @@ def test_record_step_prints_a_summary(synth_dir, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "dataset sum version 1" in result.stdout and "tags: sum-v1" in result.stdout
     assert (tmp_path / "bucket" / "datasets" / "sum" / "1" / "splits.tar.gz").is_file()
+
+
+def test_a_database_that_is_no_url_or_not_there_is_a_clear_error_without_its_password():
+    with pytest.raises(db.DatabaseError, match="is not a SQLAlchemy URL") as caught:
+        db.connect("user:s3cret@nowhere")
+    assert "s3cret" not in str(caught.value)
+    with pytest.raises(db.DatabaseError, match=r"database mysql\+pymysql://root:\*\*\*@127.0.0.1:1/test: .*") as caught:
+        db.connect("mysql+pymysql://root:s3cret@127.0.0.1:1/test")  # nothing listens on port 1
+    assert "s3cret" not in str(caught.value)

@@ -33,6 +33,8 @@ def test_file_urls_round_trip(tmp_path):
     assert storage.read_bytes(url) == b"hello" and storage.exists(url)
     with pytest.raises(storage.StorageError, match="unsupported storage URL"):
         storage.exists("s3://bucket/key")
+    with pytest.raises(storage.StorageError, match="names no host; expected file:///absolute/path"):
+        storage.write_bytes("file://bucket/a.txt", b"lost")  # would have written /a.txt
 
 
 def test_record_uploads_manifest_and_splits_to_gcs(emulator_env, synth_dir, tmp_path):

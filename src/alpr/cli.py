@@ -141,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser("predict", help="read the plates in images with a trained checkpoint")
     predict.add_argument("images", nargs="+", type=Path, help="image files, or folders of them")
     predict.add_argument("--model", type=Path, required=True, help="checkpoint (e.g. runs/RUN/train/best.pth)")
-    predict.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    predict.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     predict.add_argument("--amp", action="store_true",
                          help="run the model in bfloat16 on the CPU (float16 on CUDA): faster where the CPU has "
                          "AVX512-BF16 or AMX")

@@ -75,9 +75,13 @@ run_metrics = sa.Table(
     sa.Column("checkpoint", sa.String(256), nullable=False),
     sa.Column("split", sa.String(8), nullable=False),
     sa.Column("name", sa.String(64), nullable=False),
-    sa.Column("value", sa.Float, nullable=False),
+    sa.Column("value", sa.Double, nullable=False),  # sa.Float is single precision on MariaDB
     sa.UniqueConstraint("run_id", "checkpoint", "split", "name", name="uq_run_metric"),
 )
+
+
+class DatabaseError(AlprError, RuntimeError):
+    """The database URL is not one, or the database cannot be reached."""
 
 
 class VersionConflict(AlprError, RuntimeError):
@@ -94,11 +98,20 @@ def safe_url(url: str) -> str:
 
 
 def connect(url: str) -> Engine:
-    parsed = make_url(url)
+    """An engine on the database, its tables made; an error that says which database (password hidden) and
+    why, if the URL is not one or the database cannot be reached."""
+    try:
+        parsed = make_url(url)
+    except sa.exc.ArgumentError:  # the text may hold a password: not repeated here
+        raise DatabaseError("the database URL (--db-url or ALPR_DB_URL) is not a SQLAlchemy URL, e.g. "
+                            "sqlite:////work/alpr.db or mysql+pymysql://USER:PASSWORD@HOST:3306/DB") from None
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = sa.create_engine(url, pool_pre_ping=True)
-    metadata.create_all(engine)
+    try:
+        engine = sa.create_engine(parsed, pool_pre_ping=True)
+        metadata.create_all(engine)
+    except (sa.exc.ArgumentError, sa.exc.DBAPIError) as error:
+        raise DatabaseError(f"database {safe_url(url)}: {getattr(error, 'orig', None) or error}") from None
     return engine
 
 
@@ -183,12 +196,13 @@ def count_images(engine: Engine, name: str, version: str) -> dict[str, int]:
 
 def record_run(engine: Engine, run_id: str, model: str, dataset: str, version: str, params: dict,
                best_checkpoint: str | None, split: str, scores: dict[str, dict[str, float]]) -> None:
-    """Upserts the run and replaces its metrics for this split, in one transaction (re-runs add no rows)."""
+    """Upserts the run and replaces its metrics for this split, in one transaction (re-runs add no rows).
+    A best_checkpoint of None leaves the run's as it was (a split that picks no model)."""
     import json
 
     now = datetime.now(timezone.utc).replace(tzinfo=None)
     row = dict(model=model, dataset=dataset, dataset_version=version, params=json.dumps(params, sort_keys=True),
-               best_checkpoint=best_checkpoint, updated_at=now)
+               updated_at=now, **({} if best_checkpoint is None else {"best_checkpoint": best_checkpoint}))
     with engine.begin() as conn:
         if conn.execute(sa.select(runs.c.id).where(runs.c.run_id == run_id)).first():
             conn.execute(runs.update().where(runs.c.run_id == run_id).values(**row))

@@ -126,8 +126,15 @@ def write_json(path: Path, document: dict) -> None:
     partial.replace(path)
 
 
+# The split that picks the run's model (the test step's, the uploaded and deployed one). Scores on another
+# split (test) are reported beside it, in eval-SPLIT/, and pick nothing: a model chosen on its test set
+# would make that set's figures optimistic.
+SELECTION_SPLIT = "val"
+
+
 def evaluate_run(options: EvaluateOptions, progress: bool = True) -> dict:
-    """Scores every checkpoint of the run; writes eval/metrics.json and plots; returns the report."""
+    """Scores every checkpoint of the run; writes eval/metrics.json (eval-test/ for the test split) and plots;
+    returns the report."""
     from alpr import db, storage
     from alpr.reader import PlateReader
     from alpr.record import check_name
@@ -136,6 +143,9 @@ def evaluate_run(options: EvaluateOptions, progress: bool = True) -> dict:
     check_name("run id", options.run_id)
     check_metric("--metric", options.key_metric)
     workdir = options.workdir.resolve()
+    engine = db.connect(options.db_url or db.default_db_url(workdir))  # both fail now, not after the scoring
+    if options.store:
+        storage.check_url(options.store)
     train = train_dir(workdir, options.run_id)
     meta = alpr_meta(checkpoints(train)[-1])["alpr"]
     dataset = workdir / "datasets" / meta["dataset"]["name"] / meta["dataset"]["version"]
@@ -150,7 +160,8 @@ def evaluate_run(options: EvaluateOptions, progress: bool = True) -> dict:
     best = max(order, key=lambda name: (scored[name][0][options.key_metric], scored[name][0]["mAP"],
                                         order.index(name)))
     best_metrics, best_plates = scored[best]
-    out = run_dir(workdir, options.run_id) / "eval"
+    picks = options.split == SELECTION_SPLIT
+    out = run_dir(workdir, options.run_id) / ("eval" if picks else f"eval-{options.split}")
     out.mkdir(parents=True, exist_ok=True)
     plots = plot(out, gts[best], best_plates, best_metrics)
     report = {
@@ -162,14 +173,16 @@ def evaluate_run(options: EvaluateOptions, progress: bool = True) -> dict:
     write_json(out / "metrics.json", report)
     for key in KEY_METRICS:  # one file each: Argo output parameters read them
         (out / key).write_text(f"{best_metrics[key]:.6f}\n")
-    settings = meta.get("settings", {})
-    engine = db.connect(options.db_url or db.default_db_url(workdir))
-    db.record_run(engine, options.run_id, settings.get("model", "?"), meta["dataset"]["name"],
-                  meta["dataset"]["version"], settings, str(train / best), options.split, report["checkpoints"])
-    if options.store:
+    if options.store:  # uploaded before the run is recorded: a recorded run's model is in the store
         base = storage.join(options.store, "runs", options.run_id)
-        storage.upload_file(train / best, storage.join(base, "best.pth"))
-        storage.upload_file(out / "metrics.json", storage.join(base, "metrics.json"))
-        report["uploaded"] = storage.join(base, "best.pth")
+        if picks:
+            storage.upload_file(train / best, storage.join(base, "best.pth"))
+            report["uploaded"] = storage.join(base, "best.pth")
+        storage.upload_file(out / "metrics.json", storage.join(base, "metrics.json" if picks else
+                                                               f"metrics-{options.split}.json"))
     (out / "model-uri").write_text(report.get("uploaded", "") + "\n")  # the deploy step serves it (empty: none)
+    settings = meta.get("settings", {})
+    db.record_run(engine, options.run_id, settings.get("model", "?"), meta["dataset"]["name"],
+                  meta["dataset"]["version"], settings, str(train / best) if picks else None, options.split,
+                  report["checkpoints"])
     return report

@@ -310,8 +310,10 @@ def metric_names() -> tuple[str, ...]:
 
 
 def check_metric(flag: str, name: str) -> None:
-    if name not in metric_names():
-        raise UsageError(f"{flag} {name!r}: not a metric; choose from {', '.join(metric_names())}")
+    """A metric to pick checkpoints by: a score, higher is better (``plates`` counts ground truth)."""
+    scores = [m for m in metric_names() if not m.startswith("plates")]
+    if name not in scores:
+        raise UsageError(f"{flag} {name!r}: not a score to pick checkpoints by; choose from {', '.join(scores)}")
 
 
 def _layout_at(truth: list[TruePlate], box) -> Layout | None:

@@ -28,8 +28,16 @@ def _split(url: str) -> tuple[str, str, str]:
         raise StorageError(f"{url!r}: unsupported storage URL; expected file:///path or gs://bucket/key")
     if parsed.scheme == "gs" and not parsed.netloc:
         raise StorageError(f"{url!r}: gs:// URL needs a bucket name")
+    if parsed.scheme == "file" and parsed.netloc not in ("", "localhost"):
+        raise StorageError(f"{url!r}: a file:// URL names no host; expected file:///absolute/path "
+                           f"(here file:///{parsed.netloc}{parsed.path}?)")
     return parsed.scheme, parsed.netloc, unquote(parsed.path).lstrip("/") if parsed.scheme == "gs" else unquote(
         parsed.path)
+
+
+def check_url(url: str) -> None:
+    """An error now, for a URL that no upload to it could succeed with."""
+    _split(url)
 
 
 def join(url: str, *parts: str) -> str:

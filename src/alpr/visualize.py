@@ -84,9 +84,11 @@ def best_checkpoint(workdir: Path, run_id: str) -> Path:
 
 
 def picture_name(image: Path, root: Path | None) -> str:
-    """One picture per image, named after its path under the folder: a.jpg and sub/a.jpg stay apart."""
+    """One picture per image, named after its path under the folder: a.jpg, sub/a.jpg and a.png stay apart
+    (a.jpg, sub__a.jpg, a.png.jpg)."""
     relative = image.relative_to(root) if root else Path(image.name)
-    return "__".join(relative.with_suffix(".jpg").parts)
+    name = "__".join(relative.parts)
+    return name if relative.suffix.lower() == ".jpg" else f"{name}.jpg"
 
 
 def test_run(options: TestOptions, progress: bool = True) -> Path:
@@ -107,7 +109,8 @@ def test_run(options: TestOptions, progress: bool = True) -> Path:
     else:
         images = default_images(workdir, alpr_meta(checkpoint)["alpr"]["dataset"])
     if not images:
-        raise UsageError(f"{options.images}: no images ({', '.join(IMAGE_SUFFIXES)}) to test on")
+        where = options.images or f"the test split of the dataset {checkpoint} was trained on"
+        raise UsageError(f"{where}: no images ({', '.join(IMAGE_SUFFIXES)}) to test on; pass --images DIR")
     reader = PlateReader.from_checkpoint(checkpoint, options.device)
     out = workdir / "runs" / options.run_id / "test"
     (out / "images").mkdir(parents=True, exist_ok=True)
