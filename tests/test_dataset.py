@@ -163,6 +163,8 @@ def test_fraction_parsing_errors():
     assert parse_fractions("0.7,0.2,0.1") == (0.7, 0.2, 0.1)
     with pytest.raises(UsageError, match="sum to 1"):
         parse_fractions("0.5,0.5,0.5")
+    with pytest.raises(UsageError, match="sum to 1"):
+        parse_fractions("nan,0.5,0.5")
 
 
 def test_scan_reports_duplicates_and_missing_folder(tmp_path, synth_dir):
@@ -175,6 +177,49 @@ def test_scan_reports_duplicates_and_missing_folder(tmp_path, synth_dir):
     shutil.copy(synth_dir / "000001.jpg", folder / "000001.jpg")
     valid, errors = scan(folder)
     assert len(valid) == 1 and "already annotated by" in errors[0].problem
+
+
+def _annotate(folder: Path, synth_dir: Path, image_name: str, json_name: str) -> None:
+    """A copy of 000001's image and labelme file under other names."""
+    shutil.copy(synth_dir / "000001.jpg", folder / image_name)
+    document = json.loads((synth_dir / "000001.json").read_text())
+    (folder / json_name).write_text(json.dumps({**document, "imagePath": image_name}))
+
+
+def test_names_that_would_collide_in_the_database_or_the_annotations_are_refused(tmp_path, synth_dir):
+    """MySQL's default collation takes A.jpg for a.jpg; a.jpg and a.png would both be recorded as a.json."""
+    folder = tmp_path / "src"
+    folder.mkdir()
+    _annotate(folder, synth_dir, "a.jpg", "a.json")
+    _annotate(folder, synth_dir, "A.JPG", "upper.json")
+    _annotate(folder, synth_dir, "a.png", "a_png.json")
+    valid, errors = scan(folder)
+    assert [item.name for item in valid] == ["a.jpg"]
+    problems = {Path(e.path).name: e.problem for e in errors}
+    assert "already annotated by" in problems["upper.json"] and "names that differ only in case" in problems[
+        "upper.json"]
+    assert "both annotations would be recorded as a.json" in problems["a_png.json"]
+
+
+def test_a_photo_turned_by_its_exif_orientation_has_the_size_labelme_shows(tmp_path, synth_dir):
+    from PIL import Image
+
+    folder = tmp_path / "src"
+    folder.mkdir()
+    with Image.open(synth_dir / "000001.jpg") as image:
+        width, height = image.size
+        exif = Image.Exif()
+        exif[0x0112] = 6  # shown turned a quarter clockwise
+        image.save(folder / "turned.jpg", exif=exif)
+    document = json.loads((synth_dir / "000001.json").read_text())
+    (folder / "turned.json").write_text(json.dumps({**document, "imagePath": "turned.jpg", "shapes": [],
+                                                    "imageWidth": height, "imageHeight": width}))
+    valid, errors = scan(folder)
+    assert [item.name for item in valid] == ["turned.jpg"] and (valid[0].width, valid[0].height) == (height, width)
+    (folder / "turned.json").write_text(json.dumps({**document, "imagePath": "turned.jpg", "shapes": [],
+                                                    "imageWidth": width, "imageHeight": height}))
+    valid, errors = scan(folder)
+    assert not valid and f"but turned.jpg is {height}x{width}" in errors[0].problem
 
 
 def test_many_files_are_checked_by_workers_and_their_problems_come_back(tmp_path, synth_dir):

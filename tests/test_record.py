@@ -8,6 +8,7 @@ import pytest
 import sqlalchemy as sa
 
 from alpr import db
+from alpr.errors import UsageError
 from alpr.record import RecordOptions, record
 from alpr.versioning import pull_dataset
 
@@ -97,13 +98,13 @@ def test_dvc_push_then_a_fresh_workdir_pulls_the_same_bytes(synth_dir, tmp_path)
 
     fresh = tmp_path / "fresh"
     command = [sys.executable, "-m", "alpr.cli", "data", "pull", "--dataset", "plates", "--version", "1",
-               "--workdir", str(fresh), "--data-repo", str(workdir)]
-    subprocess.run(command, check=True, cwd=ROOT, capture_output=True)
+               "--workdir", "fresh", "--data-repo", "work"]  # relative, as the README gives them
+    subprocess.run(command, check=True, cwd=tmp_path, capture_output=True)
     assert _tree(fresh / "datasets" / "plates" / "1") == _tree(result.path)
     manifest = json.loads((fresh / "datasets" / "plates" / "1" / "manifest.json").read_text())
     assert manifest["annotations"]["tag"] == "plates-ann-v1"
 
-    failed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    failed = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
     assert failed.returncode == 1 and "already exists" in failed.stderr
 
 
@@ -131,3 +132,17 @@ def test_a_database_that_is_no_url_or_not_there_is_a_clear_error_without_its_pas
     with pytest.raises(db.DatabaseError, match=r"database mysql\+pymysql://root:\*\*\*@127.0.0.1:1/test: .*") as caught:
         db.connect("mysql+pymysql://root:s3cret@127.0.0.1:1/test")  # nothing listens on port 1
     assert "s3cret" not in str(caught.value)
+
+
+def test_what_would_fail_late_is_refused_before_anything_is_written(synth_dir, tmp_path):
+    from alpr.storage import StorageError
+    from alpr.versioning import VersioningError
+
+    workdir = tmp_path / "work"
+    with pytest.raises(StorageError, match="unsupported storage URL"):
+        record(RecordOptions(synth_dir, workdir, "plates", "1", store="s3://bucket/alpr"))
+    with pytest.raises(VersioningError, match="does not hold the workdir"):
+        record(RecordOptions(synth_dir, workdir, "plates", "1", data_repo=tmp_path / "elsewhere"))
+    with pytest.raises(UsageError, match="it names a git tag"):
+        record(RecordOptions(synth_dir, workdir, "plates", "1."))
+    assert not workdir.exists()

@@ -197,7 +197,7 @@ def test_what_clients_commonly_send_is_read(server, images, expected):
 
 
 def test_a_jpeg_is_complete_only_up_to_its_own_end_marker(images):
-    from alpr.serve import jpeg_reaches_its_end
+    from alpr.dataset import jpeg_reaches_its_end
 
     good = images[0].read_bytes()
     assert jpeg_reaches_its_end(good) and jpeg_reaches_its_end(good + b"trailer \xff\xd8 no end")

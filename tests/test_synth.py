@@ -104,3 +104,15 @@ def test_bad_backgrounds_folder_is_a_clear_error(tmp_path):
                             cwd=Path(__file__).parents[1])
     assert result.returncode == 1
     assert f"{empty}: no images" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(width=0), "at least 8 px a side"), (dict(max_plates=0), "--max-plates 0: at least 1"),
+    (dict(empty_fraction=2), "--empty-fraction 2: a share"),
+])
+def test_flags_that_cannot_draw_are_refused(options, message):
+    from alpr.errors import UsageError
+    from alpr.synth import SynthOptions
+
+    with pytest.raises(UsageError, match=message):
+        SynthOptions(**options)

@@ -23,6 +23,7 @@ from alpr.plates import BOARD_LABELS, CHARACTER_CLASSES, CLASSES, PlateFormatErr
 
 SPLITS = ("train", "val", "test")
 DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
+EXIF_ORIENTATION = 0x0112  # values 5-8: the photo is shown turned by a quarter
 
 
 class AnnotationError(AlprError, ValueError):
@@ -92,15 +93,36 @@ def _image_size(json_path: Path, image_path: Path, data: bytes) -> tuple[int, in
     where = f"image {image_path.name}"
     try:
         with Image.open(BytesIO(data)) as image:
-            size, fmt = image.size, image.format
+            (width, height), fmt = image.size, image.format
+            turned = image.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8)
     except UnidentifiedImageError:
         raise AnnotationError(json_path, f"unreadable {where}: not a known image format") from None
     except OSError as error:
         raise AnnotationError(json_path, f"unreadable {where}: {error}") from None
     # JPEGs cut short still have a valid header; the end-of-image marker tells.
-    if fmt == "JPEG" and not data.rstrip(b"\0").endswith(b"\xff\xd9"):
+    if fmt == "JPEG" and not jpeg_reaches_its_end(data):
         raise AnnotationError(json_path, f"unreadable {where}: truncated JPEG (no end-of-image marker)")
-    return size
+    # labelme, and OpenCV in training and reading, show a photo turned as its EXIF orientation says
+    return (height, width) if turned else (width, height)
+
+
+def jpeg_reaches_its_end(data: bytes) -> bool:
+    """Whether a JPEG's image data runs up to its end-of-image marker. Decoders read a truncated JPEG
+    without a word, its missing rows grey. Phones append data after the marker (Motion Photos, Samsung's
+    trailer), and an EXIF thumbnail holds one of its own, so the marker is looked for where it belongs:
+    segments are skipped by their length, entropy-coded data scanned for the next marker."""
+    position = 2  # after the start-of-image marker
+    while (start := data.find(b"\xff", position)) >= 0 and start + 1 < len(data):
+        marker = data[start + 1]
+        if marker == 0xD9:
+            return True
+        if marker == 0xFF:  # fill byte
+            position = start + 1
+        elif marker == 0x00 or marker == 0x01 or 0xD0 <= marker <= 0xD7:  # a stuffed 0xff, TEM, restart markers
+            position = start + 2
+        else:  # a segment: its two-byte length counts itself
+            position = start + 2 + int.from_bytes(data[start + 2:start + 4], "big")
+    return False
 
 
 def _flat_points(value: object) -> tuple[float, ...] | None:
@@ -246,16 +268,28 @@ def scan(source: Path, progress: bool = False) -> tuple[list[AnnotatedImage], li
     if not source.is_dir():
         raise FileNotFoundError(f"{source}: source folder does not exist")
     valid, errors = [], []
-    seen: dict[str, Path] = {}
+    # Names are compared lower-cased: MySQL's default collation and some filesystems take A.jpg for a.jpg.
+    # The recorded annotation of an image is STEM.json, as labelme names it: a.jpg and a.png would share one.
+    names: dict[str, tuple[str, Path]] = {}
+    stems: dict[str, tuple[str, Path]] = {}
     for json_path, item in _load_all(sorted(source.rglob("*.json")), source, progress):
         if isinstance(item, AnnotationError):
             errors.append(item)
             continue
-        if item.name in seen:
+        name, stem = item.name.lower(), Path(item.name).stem.lower()
+        if name in names:
+            other, annotated_by = names[name]
+            case = "" if other == item.name else f" (as {other}: names that differ only in case are one)"
             errors.append(AnnotationError(json_path, f"image {item.image_path} is already annotated by "
-                                                     f"{seen[item.name]}"))
+                                                     f"{annotated_by}{case}"))
             continue
-        seen[item.name] = json_path
+        if stem in stems:
+            other, annotated_by = stems[stem]
+            errors.append(AnnotationError(json_path, f"image {item.name} and {other} (annotated by {annotated_by}) "
+                                                     f"differ only in their extension: both annotations would be "
+                                                     f"recorded as {Path(item.name).stem}.json; rename one"))
+            continue
+        names[name] = stems[stem] = (item.name, json_path)
         valid.append(item)
     return valid, errors
 
@@ -276,7 +310,7 @@ def parse_fractions(text: str) -> tuple[float, float, float]:
         values = tuple(float(v) for v in text.split(","))
     except ValueError:
         values = ()
-    if len(values) != 3 or any(v < 0 for v in values) or abs(sum(values) - 1) > 1e-6:
+    if len(values) != 3 or not all(0 <= v <= 1 for v in values) or abs(sum(values) - 1) > 1e-6:
         raise UsageError(f"--split {text!r}: expected three non-negative fractions train,val,test that sum to 1, "
                          "e.g. 0.8,0.1,0.1")
     return values  # type: ignore[return-value]

@@ -35,7 +35,8 @@ from alpr.errors import UsageError
 from alpr.plates import CLASSES
 from alpr.versioning import DataRepo, annotation_tag, dataset_tag
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# Names make folders and git tags: no "..", and no "." or ".lock" at the end, which git refuses in a tag.
+NAME_RE = re.compile(r"^(?!.*\.\.)(?!.*\.lock$)[A-Za-z0-9][A-Za-z0-9._-]{0,63}(?<!\.)$")
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ class RecordResult:
 def check_name(kind: str, value: str) -> str:
     if not NAME_RE.match(value):
         raise UsageError(f"{kind} {value!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter "
-                         "or digit")
+                         "or digit, with no '..' and not ending in '.' or '.lock' (it names a git tag)")
     return value
 
 
@@ -185,6 +186,10 @@ def upload(folder: Path, store: str, name: str, version: str) -> list[str]:
 def record(options: RecordOptions) -> RecordResult:
     name, version = check_name("dataset", options.dataset), check_name("version", options.version)
     workdir = options.workdir.resolve()
+    if options.store:
+        storage.check_url(options.store)  # now, not after the version is written
+    if options.dvc:
+        repo = DataRepo(options.data_repo or workdir, options.dvc_remote or str(workdir / "dvc-remote"), workdir)
     items, errors = scan(options.source)
     if errors and not options.skip_invalid:
         raise InvalidAnnotations(errors)
@@ -225,7 +230,6 @@ def record(options: RecordOptions) -> RecordResult:
     manifest = json.loads((folder / "manifest.json").read_text())
 
     if options.dvc:
-        repo = DataRepo(options.data_repo or workdir, options.dvc_remote or str(workdir / "dvc-remote"))
         repo.ensure()
         repo.track(annotations, annotation_tag(name, version), f"annotations {name} v{version}")
         repo.track(folder, dataset_tag(name, version), f"dataset {name} v{version}")

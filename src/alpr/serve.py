@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from alpr.dataset import jpeg_reaches_its_end
 from alpr.errors import UsageError
 from alpr.postprocess import Plate, ReadOptions
 from alpr.reader import check_image_size
@@ -95,25 +96,6 @@ def decode_image(data: bytes, max_bytes: int, max_pixels: int) -> np.ndarray:
     if image is None:
         raise InvalidImage(f"{kind} image could not be decoded (truncated or corrupt)")
     return image
-
-
-def jpeg_reaches_its_end(data: bytes) -> bool:
-    """Whether a JPEG's image data runs up to its end-of-image marker. OpenCV decodes a truncated JPEG
-    without a word, its missing rows grey. Phones append data after the marker (Motion Photos, Samsung's
-    trailer), and an EXIF thumbnail holds one of its own, so the marker is looked for where it belongs:
-    segments are skipped by their length, entropy-coded data scanned for the next marker."""
-    position = 2  # after the start-of-image marker
-    while (start := data.find(b"\xff", position)) >= 0 and start + 1 < len(data):
-        marker = data[start + 1]
-        if marker == 0xD9:
-            return True
-        if marker == 0xFF:  # fill byte
-            position = start + 1
-        elif marker == 0x00 or marker == 0x01 or 0xD0 <= marker <= 0xD7:  # a stuffed 0xff, TEM, restart markers
-            position = start + 2
-        else:  # a segment: its two-byte length counts itself
-            position = start + 2 + int.from_bytes(data[start + 2:start + 4], "big")
-    return False
 
 
 def decode_base64_image(text: Any, max_bytes: int, max_pixels: int) -> np.ndarray:

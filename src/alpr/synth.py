@@ -23,6 +23,7 @@ from alpr.errors import UsageError
 from alpr.plates import DIGITS, VEHICLE_TYPES, Layout, PlateText, char_label
 
 LABELME_VERSION = "5.5.0"
+MIN_SIDE = 8  # px: smaller images break the background noise and blur
 # Canvas sizes keep the real plates' proportions (520x110 mm one-row, 335x170 mm two-row).
 CANVAS = {Layout.ONE_ROW: (416, 88), Layout.TWO_ROW: (268, 136)}
 # (board, text) colours in BGR: white, yellow (commercial), green (old), blue (electric), black.
@@ -50,6 +51,14 @@ class SynthOptions:
     height: int = 720
     max_plates: int = 4
     empty_fraction: float = 0.1
+
+    def __post_init__(self):
+        if min(self.width, self.height) < MIN_SIDE:
+            raise UsageError(f"--width {self.width} --height {self.height}: an image is at least {MIN_SIDE} px a side")
+        if self.max_plates < 1:
+            raise UsageError(f"--max-plates {self.max_plates}: at least 1 (--empty-fraction 1 draws none)")
+        if not 0 <= self.empty_fraction <= 1:
+            raise UsageError(f"--empty-fraction {self.empty_fraction}: a share, from 0 to 1")
 
 
 @dataclass(frozen=True)
@@ -354,6 +363,8 @@ def generate(out: Path, count: int, seed: int, backgrounds: Path | None = None,
     """Writes count images and labelme files into out; returns the number of plates drawn."""
     if count < 0:
         raise UsageError(f"--count must be >= 0, got {count}")
+    if workers is not None and workers < 0:
+        raise UsageError(f"--workers must be >= 0 (0: one per core), got {workers}")
     if backgrounds is not None:
         Backgrounds(backgrounds)  # fail early, in this process, on a bad folder
     out.mkdir(parents=True, exist_ok=True)

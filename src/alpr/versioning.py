@@ -60,9 +60,13 @@ def remote_url(location: str) -> str:
 class DataRepo:
     """A git + DVC repository whose working tree holds ``datasets/`` and ``annotations/``."""
 
-    def __init__(self, root: Path, remote: str):
+    def __init__(self, root: Path, remote: str, workdir: Path):
         self.root = root.resolve()
         self.remote = remote_url(remote)
+        if not workdir.resolve().is_relative_to(self.root):
+            raise VersioningError(f"data repository {self.root} does not hold the workdir {workdir.resolve()}: "
+                                  "it tracks the workdir's datasets/ and annotations/, so it must be the workdir "
+                                  "or a folder above it")
 
     def ensure(self) -> None:
         """Initialises git, DVC and the default remote once; later calls change nothing."""
@@ -98,7 +102,7 @@ class DataRepo:
         """dvc add + git commit + tag; re-tracking identical bytes changes nothing."""
         relative = folder.resolve().relative_to(self.root)
         pointer = f"{relative}.dvc"
-        dvc(self.root, "add", "-q", str(relative))
+        dvc(self.root, "add", str(relative))  # not -q: that would hide DVC's reason when it fails
         gitignore = str(relative.parent / ".gitignore")
         self.commit(message, [pointer, gitignore])
         tagged = self.tag_commit(tag)
@@ -109,11 +113,12 @@ class DataRepo:
         return tag
 
     def push(self, *folders: Path) -> None:
-        dvc(self.root, "push", "-q", *(str(f.resolve().relative_to(self.root)) for f in folders))
+        dvc(self.root, "push", *(str(f.resolve().relative_to(self.root)) for f in folders))
 
 
 def pull_dataset(repo: str, name: str, version: str, workdir: Path) -> Path:
     """Restores datasets/NAME/VERSION exactly as tagged, from the repo's DVC remote, into workdir."""
+    workdir = workdir.resolve()  # dvc runs in workdir: a relative path would be taken from there
     target = workdir / "datasets" / name / version
     if target.exists():
         raise VersioningError(f"{target} already exists; pull into a fresh workdir or remove it first")
@@ -121,7 +126,7 @@ def pull_dataset(repo: str, name: str, version: str, workdir: Path) -> Path:
     source = repo if "://" in repo else str(Path(repo).resolve())
     partial = target.with_name(f".{version}.pull")
     try:
-        _run([sys.executable, "-m", "dvc", "get", "-q", "--rev", dataset_tag(name, version), source,
+        _run([sys.executable, "-m", "dvc", "get", "--rev", dataset_tag(name, version), source,
               f"datasets/{name}/{version}", "-o", str(partial)], workdir)
         os.replace(partial, target)
     finally:
