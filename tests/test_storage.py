@@ -1,4 +1,5 @@
 import io
+import os
 import tarfile
 
 import pytest
@@ -45,3 +46,14 @@ def test_record_uploads_manifest_and_splits_to_gcs(emulator_env, synth_dir, tmp_
     with tarfile.open(fileobj=io.BytesIO(storage.read_bytes(result.uploaded[1]))) as tar:
         assert sorted(tar.getnames()) == ["manifest.json", "test.json", "train.json", "val.json"]
         assert tar.extractfile("train.json").read() == (result.path / "train.json").read_bytes()
+
+
+def test_a_key_file_the_secret_did_not_provide_is_not_insisted_on(tmp_path, monkeypatch):
+    """Without gcs-key.json in the Secret, Workload Identity's credentials must be found instead."""
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "gcs-key.json"))
+    storage.drop_missing_key_file()
+    assert "GOOGLE_APPLICATION_CREDENTIALS" not in os.environ
+    (tmp_path / "gcs-key.json").write_text("{}")
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "gcs-key.json"))
+    storage.drop_missing_key_file()
+    assert os.environ["GOOGLE_APPLICATION_CREDENTIALS"] == str(tmp_path / "gcs-key.json")

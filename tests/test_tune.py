@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from alpr import cli
-from alpr.local_run import load_workflow
+from alpr.local_run import NotSupportedLocally, load_workflow
 from alpr.tune import (Collector, TuneFailed, load_experiment, report, sampler, suggest, template_path,
                        workflow_arguments)
 
@@ -162,6 +162,11 @@ def test_search_space_maps_to_optuna():
     assert a in (2, 4, 6, 8) and b in ("4", "8") and c in ("x", "y") and 0.1 <= d <= 0.2
     assert isinstance(sampler(toy_experiment("tpe")), optuna.samplers.TPESampler)
     assert isinstance(sampler(toy_experiment("random")), optuna.samplers.RandomSampler)
+    logarithmic = {"name": "e", "parameterType": "int",
+                   "feasibleSpace": {"min": "1", "max": "64", "step": "2", "distribution": "logUniform"}}
+    with pytest.raises(NotSupportedLocally, match="parameter e: a step with logUniform"):
+        suggest(trial, logarithmic)
+    assert 1 <= suggest(trial, {**logarithmic, "feasibleSpace": {**logarithmic["feasibleSpace"], "step": "1"}}) <= 64
 
 
 def test_the_committed_experiment_runs_the_real_trial_template():

@@ -26,7 +26,7 @@ from alpr.errors import AlprError, UsageError
 EXPRESSION = re.compile(r"\{\{\s*([^{}]+?)\s*\}\}")
 TASK_OUTPUT = re.compile(r"\{\{\s*tasks\.")
 CLUSTER_ONLY_SPEC = {"podGC", "ttlStrategy", "serviceAccountName", "podMetadata", "workflowMetadata",
-                     "activeDeadlineSeconds", "parallelism"}
+                     "activeDeadlineSeconds", "parallelism", "securityContext"}
 SPEC_KEYS = {"entrypoint", "arguments", "templates", "volumes"} | CLUSTER_ONLY_SPEC
 TEMPLATE_KEYS = {"name", "container", "dag", "inputs", "outputs", "retryStrategy", "metadata", "podSpecPatch"}
 CONTAINER_KEYS = {"name", "image", "imagePullPolicy", "command", "args", "env", "volumeMounts", "resources",

@@ -59,7 +59,16 @@ def _gcs_client():
 
         return storage.Client(project=os.environ.get("GOOGLE_CLOUD_PROJECT", "alpr"),
                               credentials=AnonymousCredentials())
+    drop_missing_key_file()
     return storage.Client()
+
+
+def drop_missing_key_file() -> None:
+    """Workflow steps name the key file of an optional Secret; where there is none (Workload Identity, a
+    node's service account), Google's client would fail on the missing file rather than look further."""
+    key = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
+    if key and not Path(key).is_file():
+        del os.environ["GOOGLE_APPLICATION_CREDENTIALS"]
 
 
 def _blob(bucket: str, key: str):

@@ -8,7 +8,8 @@ pod carries ``primaryPodLabels`` with the StdOut collector's regex and metric st
 Trials run one after another; ``parallelTrialCount`` only matters in a cluster.
 
 - Sampler: ``random`` is Optuna's RandomSampler, ``tpe`` its TPESampler, seeded with the
-  algorithm setting ``random_state``. The study's direction is ``objective.type``.
+  algorithm setting ``random_state`` (unseeded without one, as in Katib). The study's direction
+  is ``objective.type``.
 - Metrics: every ``name=value`` a primary step prints is kept (Katib's default StdOut filter
   unless ``metricsFormat`` says otherwise); a trial's value of each metric is the max, min or
   latest of them as its ``metricStrategies`` say, else max for maximize and min for minimize
@@ -87,11 +88,15 @@ def suggest(trial, parameter: dict):
     if distribution not in ("uniform", "logUniform"):
         raise NotSupportedLocally(f"parameter {name}: distribution {distribution!r} (uniform or logUniform)")
     log = distribution == "logUniform"
+    step = space.get("step")
+    if log and step is not None and float(step) != (1 if kind == "int" else 0):
+        raise NotSupportedLocally(f"parameter {name}: a step with logUniform (Optuna draws log-uniform values "
+                                  "without one)")
     if kind == "double":
-        step = float(space["step"]) if "step" in space and not log else None
+        step = float(step) if step is not None and not log else None
         return trial.suggest_float(name, float(space["min"]), float(space["max"]), step=step, log=log)
     if kind == "int":
-        return trial.suggest_int(name, int(space["min"]), int(space["max"]), step=int(space.get("step", 1)), log=log)
+        return trial.suggest_int(name, int(space["min"]), int(space["max"]), step=int(step or 1), log=log)
     raise UsageError(f"parameter {name}: parameterType {kind!r}; expected double, int, discrete or categorical")
 
 
@@ -101,7 +106,7 @@ def sampler(experiment: dict):
     algorithm = experiment["spec"].get("algorithm", {})
     name = algorithm.get("algorithmName", "random")
     settings = {s["name"]: s.get("value") for s in algorithm.get("algorithmSettings", [])}
-    seed = int(settings.get("random_state", 0))
+    seed = int(settings["random_state"]) if settings.get("random_state") is not None else None  # as Katib: unseeded
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name in ("tpe", "multivariate-tpe"):

@@ -1,6 +1,7 @@
 """The committed WorkflowTemplates: in sync with their Hera modules and valid for Argo."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -63,6 +64,10 @@ def test_pipeline_dag_and_step_contract():
     assert outputs == {"mAP", "dv_mAP", "EIR", "model-uri"}
     spec = document["spec"]
     assert spec["podGC"]["strategy"] and spec["ttlStrategy"]["secondsAfterCompletion"] > 0
+    # a fresh volume's root is root's: the group that owns it must be the images' user's
+    user = {re.search(r"^USER (\d+)$", (ROOT / "images" / f).read_text(), re.M).group(1)
+            for f in ("cpu.Dockerfile", "cuda.Dockerfile")}
+    assert user == {str(spec["securityContext"]["fsGroup"])} == {str(spec["securityContext"]["runAsUser"])}
     volumes = {v["name"]: v for v in spec["volumes"]}
     assert volumes["work"]["persistentVolumeClaim"]["claimName"] == "{{workflow.parameters.work-pvc}}"
     assert "secret" in volumes["secrets"]
