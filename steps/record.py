@@ -37,13 +37,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return parser
 
 
-def summary(result: RecordResult) -> str:
+def summary(result: RecordResult, tracked: bool = True) -> str:
     m = result.manifest
     lines = [f"dataset {m['name']} version {m['version']} at {result.path}"
              + ("" if result.created else " (already recorded, unchanged)")]
     for split, c in m["counts"].items():
         lines.append(f"  {split:5s} {c['images']:6d} images {c['plates']:6d} plates {c['annotations']:7d} annotations")
-    lines.append(f"  tags: {m['dataset_tag']} (dataset), {m['annotations']['tag']} (labelme source)")
+    lines.append(f"  tags: {m['dataset_tag']} (dataset), {m['annotations']['tag']} (labelme source)" if tracked
+                 else "  not tracked with git + DVC (--no-dvc): no tags")
     lines.append("  database rows: " + ", ".join(f"{k}={v}" for k, v in sorted(result.db_rows.items())))
     if result.skipped:
         lines.append(f"  skipped {len(result.skipped)} invalid file(s): see {result.path / 'invalid.json'}")
@@ -56,7 +57,7 @@ def main(args: argparse.Namespace) -> RecordResult:
         source=args.source, workdir=args.workdir, dataset=args.dataset, version=args.version,
         fractions=args.split, skip_invalid=args.skip_invalid, db_url=args.db_url, data_repo=args.data_repo,
         dvc_remote=args.dvc_remote, dvc=not args.no_dvc, push=not args.no_push, store=args.store))
-    print(summary(result))
+    print(summary(result, tracked=not args.no_dvc))
     return result
 
 

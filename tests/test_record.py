@@ -123,6 +123,10 @@ def test_record_step_prints_a_summary(synth_dir, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "dataset sum version 1" in result.stdout and "tags: sum-v1" in result.stdout
     assert (tmp_path / "bucket" / "datasets" / "sum" / "1" / "splits.tar.gz").is_file()
+    untracked = subprocess.run([sys.executable, "steps/record.py", "--source", str(synth_dir), "--workdir",
+                                str(tmp_path / "u"), "--dataset", "sum", "--version", "1", "--no-dvc"],
+                               capture_output=True, text=True, cwd=ROOT)
+    assert untracked.returncode == 0 and "tags:" not in untracked.stdout and "--no-dvc" in untracked.stdout
 
 
 def test_a_database_that_is_no_url_or_not_there_is_a_clear_error_without_its_password():
