@@ -1,6 +1,7 @@
-"""Score a run's checkpoints on a split, plot, pick the best, record the run, upload the best model.
+"""Score a run's checkpoints on val, plot, pick the best, record the run, upload the best model; or score
+the picked model on test.
 
-    python steps/evaluate.py --workdir W --run-id R [--split val|test] [--store URL]
+    python steps/evaluate.py --workdir W --run-id R [--split val|test] [--store URL] [--require-store true|false]
 """
 
 from __future__ import annotations
@@ -9,32 +10,40 @@ import argparse
 from pathlib import Path
 
 from alpr import db
-from alpr.evaluate import EvaluateOptions, evaluate_run
+from alpr.cli import true_or_false
+from alpr.errors import UsageError
+from alpr.evaluate import SELECTION_SPLIT, EvaluateOptions, eval_dir, evaluate_run
 from alpr.metrics import metric_lines, misread_summary
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Evaluate a training run; writes WORKDIR/runs/RUN/eval.",
-                                     add_help=add_help)
+    parser = argparse.ArgumentParser(description="Evaluate a training run; writes WORKDIR/runs/RUN/eval "
+                                     "(eval-test with --split test).", add_help=add_help)
     parser.add_argument("--workdir", type=Path, default=Path("work"), help="shared work directory")
     parser.add_argument("--run-id", required=True, help="the run to evaluate")
-    parser.add_argument("--split", default="val", choices=("val", "test"), help="dataset split to score on")
+    parser.add_argument("--split", default="val", choices=("val", "test"),
+                        help="val: score every checkpoint and pick the best; test: score the one val picked")
     parser.add_argument("--metric", default="EIR", help="key metric that picks the best checkpoint")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--db-url", default=None,
                         help=f"SQLAlchemy URL (default ${db.DB_URL_ENV}, else sqlite in the workdir)")
     parser.add_argument("--store", default=None, help="object store URL for the best checkpoint and metrics")
+    parser.add_argument("--require-store", type=true_or_false, default=False, metavar="true|false",
+                        help="fail before scoring if --store is empty (the pipeline's deploy=true serves from it)")
     return parser
 
 
 def main(args: argparse.Namespace) -> dict:
+    if args.require_store and not args.store:
+        raise UsageError("no --store, and deploy=true serves the model from it: give the workflow a store")
     report = evaluate_run(EvaluateOptions(args.workdir, args.run_id, args.split, args.metric, args.device,
                                           args.db_url, args.store))
     print(metric_lines(report["best"]))
-    print(f"best checkpoint: {report['best_checkpoint']} ({args.metric}={report['best'][args.metric]:.4f})")
+    picked = "best checkpoint" if args.split == SELECTION_SPLIT else f"checkpoint {SELECTION_SPLIT} picked"
+    print(f"{picked}: {report['best_checkpoint']} ({args.metric}={report['best'][args.metric]:.4f})")
     print("plates: " + ", ".join(f"{n} {outcome}" for outcome, n in report["best"]["outcomes"].items()))
     print(f"misread characters (true->read): {misread_summary(report['best'])}")
-    print(f"metrics and plots: {Path(args.workdir) / 'runs' / args.run_id / 'eval'}")
+    print(f"metrics and plots: {eval_dir(Path(args.workdir), args.run_id, args.split)}")
     if "uploaded" in report:
         print(f"uploaded: {report['uploaded']}")
     return report

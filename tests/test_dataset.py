@@ -220,6 +220,12 @@ def test_a_photo_turned_by_its_exif_orientation_has_the_size_labelme_shows(tmp_p
                                                     "imageWidth": width, "imageHeight": height}))
     valid, errors = scan(folder)
     assert not valid and f"but turned.jpg is {height}x{width}" in errors[0].problem
+    with Image.open(synth_dir / "000001.jpg") as image:  # OpenCV does not turn a WebP: it would train unturned
+        image.save(folder / "turned.webp", exif=exif)
+    (folder / "turned.json").write_text(json.dumps({**document, "imagePath": "turned.webp", "shapes": [],
+                                                    "imageWidth": height, "imageHeight": width}))
+    valid, errors = scan(folder)
+    assert not valid and "a WEBP with EXIF orientation 6, which OpenCV does not apply" in errors[0].problem
 
 
 def test_many_files_are_checked_by_workers_and_their_problems_come_back(tmp_path, synth_dir):

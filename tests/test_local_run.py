@@ -213,6 +213,10 @@ def test_a_password_in_a_parameter_is_neither_echoed_nor_saved(tmp_path):
     assert not any("hunter2" in line for line in lines)
     assert "hunter2" not in (tmp_path / ".alpr-run" / "t.json").read_text()
     LocalRun(workflow, tmp_path, {"db": url}, resume=True, echo=lambda _: None)  # resumable all the same
+    from alpr.local_run import redact
+
+    assert redact("redis://:pw@cache:6379") == "redis://:***@cache:6379"
+    assert redact("http://host:8080/a?x=a@b") == "http://host:8080/a?x=a@b"  # a port, then a path: no password
 
 
 @pytest.mark.parametrize("text, message", [

@@ -295,12 +295,18 @@ def test_evaluate_writes_metrics_plots_and_database_rows(smoke_workdir, smoke_tr
     with engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(db.run_metrics)).scalar() == rows
     # the test split reports beside the pick, and picks nothing
-    picked = (eval_dir / "metrics.json").read_text()
+    picked = json.loads((eval_dir / "metrics.json").read_text())
+    uploaded = (smoke_workdir / "bucket" / "runs" / "r1" / "best.pth").read_bytes()
     tested = run_step_script("evaluate", "--workdir", str(smoke_workdir), "--run-id", "r1", "--device", "cpu",
-                             "--split", "test")
+                             "--split", "test", "--store", (smoke_workdir / "bucket").as_uri())
     assert tested.returncode == 0, tested.stderr[-3000:]
-    assert (eval_dir / "metrics.json").read_text() == picked
-    assert json.loads((eval_dir.parent / "eval-test" / "metrics.json").read_text())["split"] == "test"
+    assert json.loads((eval_dir / "metrics.json").read_text()) == picked
+    test_report = json.loads((eval_dir.parent / "eval-test" / "metrics.json").read_text())
+    assert test_report["split"] == "test" and list(test_report["checkpoints"]) == [
+        Path(picked["best_checkpoint"]).name]  # only val's pick is scored on test
+    assert f"metrics and plots: {eval_dir.parent / 'eval-test'}" in tested.stdout
+    assert (smoke_workdir / "bucket" / "runs" / "r1" / "best.pth").read_bytes() == uploaded
+    assert (smoke_workdir / "bucket" / "runs" / "r1" / "metrics-test.json").is_file()
     with engine.connect() as conn:
         assert conn.execute(sa.select(db.runs.c.best_checkpoint)).scalar() == run.best_checkpoint
         splits = conn.execute(sa.select(db.run_metrics.c.split).distinct()).scalars().all()
@@ -443,7 +449,17 @@ def test_evaluate_checks_the_database_and_the_store_before_scoring(smoke_workdir
     work = tmp_path / "work"
     shutil.copytree(smoke_workdir / "runs" / "r1" / "train", work / "runs" / "r1" / "train")
     for flags, message in [(["--db-url", "nonsense"], "is not a SQLAlchemy URL"),
-                           (["--store", "s3://bucket/alpr"], "unsupported storage URL")]:
+                           (["--store", "s3://bucket/alpr"], "unsupported storage URL"),
+                           (["--require-store", "true"], "no --store, and deploy=true serves the model from it")]:
         result = run_step_script("evaluate", "--workdir", str(work), "--run-id", "r1", "--device", "cpu", *flags)
         assert result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr
         assert not (work / "runs" / "r1" / "eval").exists()
+
+
+def test_the_last_validation_is_found_past_a_line_cut_short(tmp_path):
+    from alpr.mmdet_ext import last_validation
+
+    log = tmp_path / "log.json"
+    log.write_text('{"mAP": 0.5, "dv_mAP": 0.4, "EIR": 0.3, "step": 2}\n{"loss": 1.0, "iter": 3}\n{"mAP": 0.')
+    assert last_validation(log) == {"mAP": 0.5, "dv_mAP": 0.4, "EIR": 0.3, "step": 2}
+    assert last_validation(tmp_path / "none.json") is None

@@ -79,10 +79,3 @@ def test_server_errors_and_missing_server_are_clear(argo_server, monkeypatch):
                             env=env)
     assert result.returncode == 1 and "set ARGO_SERVER" in result.stderr
 
-
-def test_deploy_without_a_store_is_refused_before_anything_is_sent(argo_server):
-    result = _submit(argo_server, "-p", "deploy=true")
-    assert result.returncode == 1 and "-p deploy=true needs -p store=URL" in result.stderr
-    assert Recorder.requests == []
-    result = _submit(argo_server, "-p", "deploy=true", "-p", "store=gs://models/alpr")
-    assert result.returncode == 0, result.stderr

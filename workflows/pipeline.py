@@ -45,7 +45,8 @@ with WorkflowTemplate(
                            "--epochs", param("epochs"), "--batch-size", param("batch-size"), "--lr", param("lr"),
                            "--img-size", param("img-size"), "--amp", param("amp")], gpu=True, retries=3, memory="8Gi")
     evaluate = step("evaluate", [*workdir, "--run-id", RUN_ID, "--db-url", param("db-url"),
-                                 "--store", param("store")], gpu=True, outputs=evaluate_outputs())
+                                 "--store", param("store"), "--require-store", param("deploy")],
+                    gpu=True, outputs=evaluate_outputs())
     test = step("test", [*workdir, "--run-id", RUN_ID])
     # The chart's InferenceService serves STORAGE_URI (its first env var; the "test" op fails the
     # patch if that ever changes): point it at the checkpoint evaluate uploaded, and KServe rolls out.

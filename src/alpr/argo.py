@@ -93,9 +93,10 @@ STEP_USER = 1000  # the step images' USER
 
 def workflow_metadata() -> dict:
     return dict(
-        # a fresh volume's root belongs to root; fsGroup makes it writable by the steps' user
+        # a fresh volume's root belongs to root; fsGroup makes it writable by the steps' user (its files
+        # are chowned only while the root's group differs, not at every pod start)
         security_context=m.PodSecurityContext(run_as_user=STEP_USER, run_as_group=STEP_USER, fs_group=STEP_USER,
-                                              run_as_non_root=True),
+                                              fs_group_change_policy="OnRootMismatch", run_as_non_root=True),
         pod_gc=m.PodGC(strategy="OnPodSuccess"),
         ttl_strategy=m.TTLStrategy(seconds_after_completion=7 * 24 * 3600),
         labels={"app.kubernetes.io/name": "alpr", "app.kubernetes.io/version": __version__},

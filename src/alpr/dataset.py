@@ -94,7 +94,7 @@ def _image_size(json_path: Path, image_path: Path, data: bytes) -> tuple[int, in
     try:
         with Image.open(BytesIO(data)) as image:
             (width, height), fmt = image.size, image.format
-            turned = image.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8)
+            orientation = image.getexif().get(EXIF_ORIENTATION, 1)
     except UnidentifiedImageError:
         raise AnnotationError(json_path, f"unreadable {where}: not a known image format") from None
     except OSError as error:
@@ -102,8 +102,12 @@ def _image_size(json_path: Path, image_path: Path, data: bytes) -> tuple[int, in
     # JPEGs cut short still have a valid header; the end-of-image marker tells.
     if fmt == "JPEG" and not jpeg_reaches_its_end(data):
         raise AnnotationError(json_path, f"unreadable {where}: truncated JPEG (no end-of-image marker)")
-    # labelme, and OpenCV in training and reading, show a photo turned as its EXIF orientation says
-    return (height, width) if turned else (width, height)
+    # labelme, and OpenCV in training and reading, show a photo turned as its EXIF orientation says;
+    # OpenCV turns only these formats, so any other turned one would be trained on as it was not annotated
+    if orientation != 1 and fmt not in ("JPEG", "PNG", "TIFF"):
+        raise AnnotationError(json_path, f"{where}: a {fmt} with EXIF orientation {orientation}, which OpenCV does "
+                                         "not apply; save it turned, as JPEG or PNG")
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 
 
 def jpeg_reaches_its_end(data: bytes) -> bool:

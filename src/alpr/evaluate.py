@@ -126,19 +126,24 @@ def write_json(path: Path, document: dict) -> None:
     partial.replace(path)
 
 
-# The split that picks the run's model (the test step's, the uploaded and deployed one). Scores on another
-# split (test) are reported beside it, in eval-SPLIT/, and pick nothing: a model chosen on its test set
-# would make that set's figures optimistic.
+# The split that picks the run's model (the test step's, the uploaded and deployed one). On another split
+# (test) only that model is scored, reported beside the pick in eval-SPLIT/: a model chosen on its test
+# set would make that set's figures optimistic.
 SELECTION_SPLIT = "val"
 
 
+def eval_dir(workdir: Path, run_id: str, split: str = SELECTION_SPLIT) -> Path:
+    return run_dir(workdir, run_id) / ("eval" if split == SELECTION_SPLIT else f"eval-{split}")
+
+
 def evaluate_run(options: EvaluateOptions, progress: bool = True) -> dict:
-    """Scores every checkpoint of the run; writes eval/metrics.json (eval-test/ for the test split) and plots;
-    returns the report."""
+    """Scores every checkpoint of the run on val, picks the best, writes eval/metrics.json and plots, records
+    and uploads it; on test, scores the checkpoint val picked into eval-test/. Returns the report."""
     from alpr import db, storage
     from alpr.reader import PlateReader
     from alpr.record import check_name
     from alpr.train import alpr_meta, train_dir
+    from alpr.visualize import best_checkpoint
 
     check_name("run id", options.run_id)
     check_metric("--metric", options.key_metric)
@@ -147,10 +152,12 @@ def evaluate_run(options: EvaluateOptions, progress: bool = True) -> dict:
     if options.store:
         storage.check_url(options.store)
     train = train_dir(workdir, options.run_id)
-    meta = alpr_meta(checkpoints(train)[-1])["alpr"]
+    picks = options.split == SELECTION_SPLIT
+    candidates = checkpoints(train) if picks else [best_checkpoint(workdir, options.run_id)]
+    meta = alpr_meta(candidates[-1])["alpr"]
     dataset = workdir / "datasets" / meta["dataset"]["name"] / meta["dataset"]["version"]
     scored, gts = {}, {}
-    for checkpoint in checkpoints(train):
+    for checkpoint in candidates:
         reader = PlateReader.from_checkpoint(checkpoint, options.device)
         gt, detections, plates = predict_split(reader, dataset, options.split, progress)
         scored[checkpoint.name] = (evaluate(gt, detections, plates), plates)
@@ -160,8 +167,7 @@ def evaluate_run(options: EvaluateOptions, progress: bool = True) -> dict:
     best = max(order, key=lambda name: (scored[name][0][options.key_metric], scored[name][0]["mAP"],
                                         order.index(name)))
     best_metrics, best_plates = scored[best]
-    picks = options.split == SELECTION_SPLIT
-    out = run_dir(workdir, options.run_id) / ("eval" if picks else f"eval-{options.split}")
+    out = eval_dir(workdir, options.run_id, options.split)
     out.mkdir(parents=True, exist_ok=True)
     plots = plot(out, gts[best], best_plates, best_metrics)
     report = {

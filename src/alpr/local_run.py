@@ -37,7 +37,7 @@ DEPENDENCY = re.compile(r"([\w-]+)(?:\.(Succeeded))?")
 # Whether a step that exits non-zero is retried: locally every failure is the step's own, never
 # an Argo error (a pod that could not start), so OnError and OnTransientError never retry here.
 RETRIED_ON_EXIT = {"Always": True, "OnFailure": True, "OnError": False, "OnTransientError": False}
-PASSWORD_IN_URL = re.compile(r"(://[^/:@\s]+:)[^@\s]+@")
+PASSWORD_IN_URL = re.compile(r"(://[^/:@\s]*:)[^@\s/]+@")  # user (maybe none), then the password
 
 
 def redact(text: str) -> str:

@@ -593,8 +593,14 @@ def last_validation(log: Path) -> dict | None:
     """The metrics of the last validation in a run's JSON-lines log (mmengine's scalars), if any."""
     if not log.is_file():
         return None
-    records = (json.loads(line) for line in log.read_text().splitlines() if line.strip())
-    return next((r for r in reversed(list(records)) if all(key in r for key in KEY_METRICS)), None)
+    for line in reversed(log.read_text().splitlines()):
+        try:
+            record = json.loads(line)
+        except ValueError:  # a line cut short when the run was stopped
+            continue
+        if isinstance(record, dict) and all(key in record for key in KEY_METRICS):
+            return record
+    return None
 
 
 WARMUP_TIME_SHARE = 0.1  # a time budget's warm-up ends by a tenth of the time, however slow the iterations

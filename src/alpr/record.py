@@ -66,7 +66,7 @@ class RecordResult:
 
 
 def check_name(kind: str, value: str) -> str:
-    if not NAME_RE.match(value):
+    if not NAME_RE.fullmatch(value):
         raise UsageError(f"{kind} {value!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter "
                          "or digit, with no '..' and not ending in '.' or '.lock' (it names a git tag)")
     return value

@@ -129,7 +129,11 @@ class Batcher:
         futures = [loop.create_future() for _ in items]
         for item, future in zip(items, futures):
             self._queue.put_nowait((item, future))
-        return list(await asyncio.gather(*futures))
+        results = await asyncio.gather(*futures, return_exceptions=True)  # every failure retrieved, the first raised
+        failed = next((r for r in results if isinstance(r, Exception)), None)
+        if failed is not None:
+            raise failed
+        return list(results)
 
     async def _next_batch(self) -> list[tuple[Any, asyncio.Future]]:
         loop = asyncio.get_running_loop()
@@ -154,12 +158,14 @@ class Batcher:
             batch = [(item, future) for item, future in await self._next_batch() if not future.done()]
             if not batch:
                 continue
-            items = [item for item, _ in batch]
             try:
-                results = await loop.run_in_executor(self._executor, self.run, items)
+                results = await self._run(loop, [item for item, _ in batch])
             except Exception as error:
-                # one bad item must not fail the others' requests: each is run again alone
-                results = [error] if len(items) == 1 else [await self._run_alone(loop, item) for item in items]
+                if len(batch) == 1:
+                    results = [error]
+                else:  # one bad item must not fail the others' requests: each is run again alone
+                    batch = [(item, future) for item, future in batch if not future.done()]
+                    results = [await self._run_alone(loop, item) for item, _ in batch]
             for (_, future), result in zip(batch, results):
                 if not future.done():
                     if isinstance(result, Exception):
@@ -167,9 +173,15 @@ class Batcher:
                     else:
                         future.set_result(result)
 
+    async def _run(self, loop, items: list) -> list:
+        results = await loop.run_in_executor(self._executor, self.run, items)
+        if len(results) != len(items):
+            raise RuntimeError(f"the model returned {len(results)} results for {len(items)} images")
+        return results
+
     async def _run_alone(self, loop, item):
         try:
-            return (await loop.run_in_executor(self._executor, self.run, [item]))[0]
+            return (await self._run(loop, [item]))[0]
         except Exception as error:  # the server goes on; this item's request fails
             return error
 

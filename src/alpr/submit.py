@@ -46,9 +46,6 @@ def workflow_from_template(template: str, parameters: dict[str, str], namespace:
 
 def submit(server: ArgoServer, parameters: dict[str, str], template: str = "alpr-pipeline") -> str:
     """Creates the Workflow and returns its name."""
-    if parameters.get("deploy") == "true" and not parameters.get("store"):
-        raise UsageError("-p deploy=true needs -p store=URL: the InferenceService loads the model that evaluate "
-                         "uploads to the store")
     from hera.exceptions import HeraException
     from hera.workflows import WorkflowsService
     from requests import RequestException

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from alpr.errors import AlprError
+from alpr.storage import drop_missing_key_file
 
 REMOTE_NAME = "storage"
 # Only the versioned folders belong in git; runs, databases and scratch stay out.
@@ -33,6 +34,7 @@ def annotation_tag(name: str, version: str) -> str:
 
 
 def _env() -> dict[str, str]:
+    drop_missing_key_file()  # DVC's gs:// remote reads the same Google credentials
     return {**os.environ, "DVC_NO_ANALYTICS": "1", "GIT_TERMINAL_PROMPT": "0"}
 
 

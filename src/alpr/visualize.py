@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from alpr.backgrounds import IMAGE_SUFFIXES
+from alpr.backgrounds import IMAGE_SUFFIXES, list_images
 from alpr.errors import UsageError
 from alpr.plates import BOARD_LABELS, CHARACTER_CLASSES
 from alpr.postprocess import Detection, Plate
@@ -78,7 +78,9 @@ def best_checkpoint(workdir: Path, run_id: str) -> Path:
     """The checkpoint the evaluate step picked, where it has run, else the training's best.pth."""
     from alpr.train import train_dir
 
-    train, report = train_dir(workdir, run_id), workdir / "runs" / run_id / "eval" / "metrics.json"
+    from alpr.evaluate import eval_dir
+
+    train, report = train_dir(workdir, run_id), eval_dir(workdir, run_id) / "metrics.json"
     picked = train / Path(json.loads(report.read_text())["best_checkpoint"]).name if report.is_file() else None
     return picked if picked and picked.is_file() else train / "best.pth"
 
@@ -105,7 +107,7 @@ def test_run(options: TestOptions, progress: bool = True) -> Path:
     if options.images is not None:
         if not options.images.is_dir():
             raise UsageError(f"{options.images}: image folder not found")
-        images = sorted(p for p in options.images.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        images = list_images(options.images)
     else:
         images = default_images(workdir, alpr_meta(checkpoint)["alpr"]["dataset"])
     if not images:
