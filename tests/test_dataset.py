@@ -82,6 +82,10 @@ def _break_char_outside(json_path):
     _edit(json_path, move)
 
 
+def _break_rectangle(json_path):
+    _edit(json_path, lambda d: d["shapes"][0].update(shape_type="rectangle", points=d["shapes"][0]["points"][:3]))
+
+
 BAD_INPUTS = {
     "unreadable image": (_break_unreadable, "unreadable image"),
     "truncated jpeg": (_break_truncated, "truncated JPEG"),
@@ -95,6 +99,7 @@ BAD_INPUTS = {
     "text number": (_break_text_number, "points must be a list of [x, y] numbers"),
     "outside image": (_break_outside, "polygon lies outside the 320x240 image"),
     "char outside board": (_break_char_outside, "character lies outside every board"),
+    "rectangle of 3 points": (_break_rectangle, "a rectangle has 2 points (two corners), this one 3"),
 }
 
 

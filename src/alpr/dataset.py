@@ -157,11 +157,15 @@ def _polygon(path: Path, index: int, shape: object) -> Polygon:
     points = _flat_points(shape.get("points"))
     if points is None:
         raise AnnotationError(path, f"{where} ({label}): points must be a list of [x, y] numbers")
-    if kind == "rectangle" and len(points) == 4:
+    if kind == "rectangle":
+        if len(points) != 4:
+            raise AnnotationError(path, f"{where} ({label}): a rectangle has 2 points (two corners), this one "
+                                        f"{len(points) // 2}")
         x0, y0, x1, y1 = points
         points = (x0, y0, x1, y0, x1, y1, x0, y1)
     elif kind != "polygon":
-        raise AnnotationError(path, f"{where} ({label}): shape_type {kind!r} is not supported; use polygon")
+        raise AnnotationError(path, f"{where} ({label}): shape_type {kind!r} is not supported; use polygon "
+                                    "or rectangle")
     if len(points) < 6:
         raise AnnotationError(path, f"{where} ({label}): polygon has {len(points) // 2} point(s), needs at least 3")
     group = shape.get("group_id")

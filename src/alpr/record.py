@@ -208,7 +208,7 @@ def record(options: RecordOptions) -> RecordResult:
             raise db.VersionConflict(f"{folder} already holds dataset {name!r} version {version!r} with other "
                                      "content; record it under a new version")
     splits = build_splits(items, options.fractions)
-    skipped = [{"file": str(e.path), "problem": e.problem} for e in errors]
+    skipped = [{"file": str(Path(e.path).resolve()), "problem": e.problem} for e in errors]  # wherever run from
     if created:
         manifest = {
             "name": name,
