@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import json
 import shutil
 import subprocess
 import sys
+import textwrap
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -141,6 +143,14 @@ def _encoded(image: np.ndarray, ext: str) -> bytes:
     return cv2.imencode(ext, image)[1].tobytes()
 
 
+def _gif() -> bytes:
+    from PIL import Image
+
+    data = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(data, "GIF")
+    return data.getvalue()
+
+
 def _bad_requests(good: bytes) -> dict[str, tuple[dict, str]]:
     """name: (request kwargs for httpx.post, a phrase the error must contain)."""
     rng = np.random.default_rng(0)
@@ -162,6 +172,7 @@ def _bad_requests(good: bytes) -> dict[str, tuple[dict, str]]:
         "too many bytes": (instances(too_many_bytes), f"over the limit of {MAX_BYTES} bytes"),
         "no images": ({"json": {"instances": []}}, "no images"),
         "too thin": (instances(_encoded(np.zeros((1, 2000, 3), np.uint8), ".png")), "2000x1 px is too thin to read"),
+        "GIF": (instances(_gif()), "GIF images are not read; send JPEG, PNG"),
     }
 
 
@@ -188,7 +199,8 @@ def test_bad_input_gets_a_4xx_that_says_why_and_the_server_goes_on(server, image
 def test_what_clients_commonly_send_is_read(server, images, expected):
     """curl -d sends JSON as a form; phones append data after a JPEG's end-of-image marker."""
     good = images[0].read_bytes()
-    body = json.dumps({"instances": [{"image_b64": b64(good + b"\n" + b"MotionPhoto_Data\xff\xd8\x00")}]})
+    wrapped = "\n".join(textwrap.wrap(b64(good + b"\n" + b"MotionPhoto_Data\xff\xd8\x00"), 76))  # as base64 prints
+    body = json.dumps({"instances": [{"image_b64": wrapped}]})
     for content_type in ("application/x-www-form-urlencoded", "application/json; charset=utf-8"):
         response = httpx.post(f"{server}/v1/models/alpr:predict", content=body.encode(), timeout=60,
                               headers={"content-type": content_type})

@@ -32,6 +32,7 @@ from alpr.postprocess import Plate, ReadOptions
 from alpr.reader import check_image_size
 
 KSERVE_MODEL_DIR = "/mnt/models"
+DECODED_FORMATS = ("JPEG", "PNG", "BMP", "WEBP", "TIFF")  # what OpenCV decodes, as Pillow names them
 V2_INPUT, V2_OUTPUT = "image", "plates"
 
 
@@ -90,6 +91,8 @@ def decode_image(data: bytes, max_bytes: int, max_pixels: int) -> np.ndarray:
         raise InvalidImage(f"not a readable image file ({error})") from None
     if width * height > max_pixels:
         raise InvalidImage(f"image of {width}x{height} pixels is over the limit of {max_pixels} pixels")
+    if kind not in DECODED_FORMATS:
+        raise InvalidImage(f"{kind} images are not read; send {', '.join(DECODED_FORMATS)}")
     if kind == "JPEG" and not jpeg_reaches_its_end(data):
         raise InvalidImage("truncated JPEG: no end-of-image marker after its image data")
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
@@ -102,7 +105,7 @@ def decode_base64_image(text: Any, max_bytes: int, max_pixels: int) -> np.ndarra
     if not isinstance(text, str):
         raise InvalidImage(f"expected a base64 string, got {type(text).__name__}")
     try:
-        data = base64.b64decode(text, validate=True)
+        data = base64.b64decode("".join(text.split()), validate=True)  # `base64` wraps its lines at 76
     except (binascii.Error, ValueError) as error:
         raise InvalidImage(f"not valid base64 ({error})") from None
     return decode_image(data, max_bytes, max_pixels)
