@@ -6,9 +6,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-from alpr.synth import SynthOptions, generate
+from alpr.synth import SynthOptions, generate, left_from_larger_runs
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -33,6 +34,10 @@ def main(args: argparse.Namespace) -> None:
     plates = generate(args.out, args.count, args.seed, args.backgrounds, options, args.workers or None,
                       progress=not args.no_progress)
     print(f"wrote {args.count} images with {plates} plates to {args.out}")
+    left = left_from_larger_runs(args.out, args.count)
+    if left:
+        print(f"warning: {len(left)} files of an earlier, larger run remain in {args.out} ({left[0].name}, ...); "
+              "record would take them too: remove them or write to a new folder", file=sys.stderr)
 
 
 if __name__ == "__main__":

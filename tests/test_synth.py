@@ -116,3 +116,20 @@ def test_flags_that_cannot_draw_are_refused(options, message):
 
     with pytest.raises(UsageError, match=message):
         SynthOptions(**options)
+
+
+def test_a_smaller_run_into_the_same_folder_warns_of_the_files_left(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    def synth(count: int) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "steps/synth.py", "--out", str(tmp_path), "--count", str(count),
+                               "--width", "64", "--height", "48", "--workers", "1", "--no-progress"],
+                              cwd=ROOT, capture_output=True, text=True)
+
+    assert synth(3).returncode == 0
+    again = synth(1)
+    assert again.returncode == 0 and "warning: 4 files of an earlier, larger run remain" in again.stderr
+    assert "000001.jpg" in again.stderr and "warning" not in synth(3).stderr

@@ -358,6 +358,12 @@ def _make_one(index: int) -> int:
     return len({s.group_id for s in shapes})
 
 
+def left_from_larger_runs(out: Path, count: int) -> list[Path]:
+    """Files named as generate names them, numbered from ``count`` up: an earlier run's, which record would
+    take along with this one's."""
+    return sorted(p for p in out.glob("[0-9]" * 6 + ".*") if p.suffix in (".jpg", ".json") and int(p.stem) >= count)
+
+
 def generate(out: Path, count: int, seed: int, backgrounds: Path | None = None,
              options: SynthOptions = SynthOptions(), workers: int | None = None, progress: bool = True) -> int:
     """Writes count images and labelme files into out; returns the number of plates drawn."""
