@@ -185,6 +185,9 @@ def upload(folder: Path, store: str, name: str, version: str) -> list[str]:
 
 def record(options: RecordOptions) -> RecordResult:
     name, version = check_name("dataset", options.dataset), check_name("version", options.version)
+    if name.endswith("-ann"):
+        raise UsageError(f"dataset {name!r}: a name ending in '-ann' would share its git tags with the annotations "
+                         f"of dataset {name[:-4]!r} ({annotation_tag(name[:-4], version)})")
     workdir = options.workdir.resolve()
     if options.store:
         storage.check_url(options.store)  # now, not after the version is written
