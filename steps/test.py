@@ -15,7 +15,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Test a run's best model; writes WORKDIR/runs/RUN/test.",
                                      add_help=add_help)
     parser.add_argument("--workdir", type=Path, default=Path("work"), help="shared work directory")
-    parser.add_argument("--run-id", required=True, help="the run whose model to use: the checkpoint its evaluate step picked, else its best.pth")
+    parser.add_argument("--run-id", required=True,
+                        help="the run whose model to use: the checkpoint its evaluate step picked, else its best.pth")
     parser.add_argument("--images", type=Path, default=None, help="image folder (default: the dataset's test split)")
     parser.add_argument("--checkpoint", type=Path, default=None,
                         help="checkpoint (default: the one evaluate picked, else the run's best.pth)")

@@ -149,6 +149,7 @@ def test_what_would_fail_late_is_refused_before_anything_is_written(synth_dir, t
         record(RecordOptions(synth_dir, workdir, "plates", "1", data_repo=tmp_path / "elsewhere"))
     with pytest.raises(UsageError, match="it names a git tag"):
         record(RecordOptions(synth_dir, workdir, "plates", "1."))
-    with pytest.raises(UsageError, match=r"share its git tags with the annotations of dataset 'plates' \(plates-ann-v1\)"):
+    with pytest.raises(UsageError,
+                       match=r"share its git tags with the annotations of dataset 'plates' \(plates-ann-v1\)"):
         record(RecordOptions(synth_dir, workdir, "plates-ann", "1"))
     assert not workdir.exists()

@@ -208,19 +208,6 @@ def test_what_clients_commonly_send_is_read(server, images, expected):
         assert_same_plates(response.json()["predictions"][0]["plates"], expected[images[0].name])
 
 
-def test_a_jpeg_is_complete_only_up_to_its_own_end_marker(images):
-    from alpr.dataset import jpeg_reaches_its_end
-
-    good = images[0].read_bytes()
-    assert jpeg_reaches_its_end(good) and jpeg_reaches_its_end(good + b"trailer \xff\xd8 no end")
-    assert not jpeg_reaches_its_end(good[:len(good) // 2])
-    # an EXIF thumbnail's end marker, inside an APP1 segment, is not the image's
-    thumbnail = b"Exif\x00\x00" + b"\xff\xd8 thumbnail \xff\xd9"
-    with_thumbnail = good[:2] + b"\xff\xe1" + (len(thumbnail) + 2).to_bytes(2, "big") + thumbnail + good[2:]
-    assert jpeg_reaches_its_end(with_thumbnail)
-    assert not jpeg_reaches_its_end(with_thumbnail[:len(with_thumbnail) // 2])
-
-
 def test_bounded_concurrent_load_returns_what_plate_reader_reads(server, images, expected):
     encoded = {path.name: b64(path.read_bytes()) for path in images}
     names = [images[i % len(images)].name for i in range(200)]
