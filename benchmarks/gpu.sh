@@ -12,7 +12,8 @@
 # 3.5 minutes besides the training), so that one 10-minute call can train for 6.
 # Images are resized to IMG_SIZE (1280: full detail for small plates) and trained on CROP_SIZE
 # crops (448: rtmdet-ins-tiny's default), BATCH at a time (128; half that if it does not fit) at
-# learning rate LR (RTMDet's own 0.004 for 256 images a step, with the square root of the batch).
+# learning rate LR (RTMDet's own 0.004 for 256 images a step, with the square root of the batch), on
+# TRAIN_IMAGES synthetic images (4000).
 # LOAD_FROM=PATH starts the training from a carried checkpoint's weights (a model.pth an earlier
 # call brought back, say), so that training time adds up across calls and leases.
 # On the third lease, 14 loader workers made about 200 crops/s, and the step's host work was
@@ -24,6 +25,7 @@ out=${2:-gpu-results}
 size=${IMG_SIZE:-1280}
 crop=${CROP_SIZE:-448}
 batch=${BATCH:-128}
+train_images=${TRAIN_IMAGES:-4000}
 workers=$(( $(nproc) > 2 ? $(nproc) - 2 : 1 ))
 here=$(dirname "$0")
 mkdir -p "$out"
@@ -80,21 +82,17 @@ lr=${LR:-$(python3 -c "print(round(0.004 * ($batch / 256) ** 0.5, 5))")}
 # The training step's own time budget: its cosine schedule follows the time spent, and it validates
 # and checkpoints once, at the end. Its warm-up: 100 iterations or a tenth of the time, if sooner.
 # 250 test images hold about 570 plates.
+# model.pth, what reading needs (float16 weights, config, classes), is saved before the scoring and
+# is small enough to come back.
 if [ "$minutes" != 0 ]; then
     python3 "$here/accuracy.py" --device cuda --minutes "$minutes" --batch-size $batch --workers $workers --amp \
-        --lr "$lr" --img-size "$size" --crop-size "$crop" --train-images 4000 --test-images 250 \
-        --train-log "$out/train.log" --save-checkpoint /tmp/accuracy.pth ${LOAD_FROM:+--load-from "$LOAD_FROM"} \
+        --lr "$lr" --img-size "$size" --crop-size "$crop" --train-images "$train_images" --test-images 250 \
+        --train-log "$out/train.log" --save-checkpoint "$out/model.pth" ${LOAD_FROM:+--load-from "$LOAD_FROM"} \
         | tee "$out/accuracy.txt"
 fi
 
 checkpoint=()
-if [ -f /tmp/accuracy.pth ]; then
-    checkpoint=(--checkpoint /tmp/accuracy.pth)
-    # what PlateReader needs (weights in float16, config, classes): small enough to come back
-    python3 -c "import sys, torch; c = torch.load(sys.argv[1], weights_only=False)
-weights = {k: v.half() if v.is_floating_point() else v for k, v in c['state_dict'].items()}
-torch.save({'meta': c['meta'], 'state_dict': weights}, sys.argv[2])" /tmp/accuracy.pth "$out/model.pth"
-fi
+[ -f "$out/model.pth" ] && checkpoint=(--checkpoint "$out/model.pth")
 if [ "$speed" = 1 ]; then
     # the trained model's reading, each plate read twice: the untrained speed model finds none
     [ ${#checkpoint[@]} -gt 0 ] && python3 "$here/model_speed.py" --device cuda "${checkpoint[@]}" \
