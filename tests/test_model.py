@@ -171,6 +171,20 @@ def test_a_resumed_iteration_loop_skips_its_trained_batches_without_loading_them
     assert [next(loop.dataloader_iterator) for _ in range(5)] == [None, None, None, 0, 1] and loaded == [0, 1]
 
 
+def test_zoomed_crops_default_to_the_models_own_share_and_an_explicit_zero_turns_them_off(tmp_path):
+    from alpr.model import TrainSettings, build_config
+
+    def board_share(**settings) -> float:
+        config = build_config(TrainSettings(val_interval=1, **settings), tmp_path, tmp_path, {})
+        return next(step for step in config["train_dataloader"]["dataset"]["pipeline"]
+                    if step["type"] == "PlateCrop")["board_share"]
+
+    assert board_share(model="rtmdet-ins-tiny") == 0.25  # trains on crops of larger images
+    assert board_share(model="smoke") == 0.0  # trains on whole images, as it reads them
+    assert board_share(model="rtmdet-ins-tiny", zoom_share=0.0) == 0.0
+    assert board_share(model="smoke", zoom_share=0.5) == 0.5
+
+
 def test_validation_interval_defaults_to_every_epoch_or_an_epochs_worth_of_iterations():
     from alpr.model import TrainSettings, with_val_interval
 
