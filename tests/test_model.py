@@ -183,6 +183,7 @@ def test_zoomed_crops_default_to_the_models_own_share_and_an_explicit_zero_turns
     assert board_share(model="smoke") == 0.0  # trains on whole images, as it reads them
     assert board_share(model="rtmdet-ins-tiny", zoom_share=0.0) == 0.0
     assert board_share(model="smoke", zoom_share=0.5) == 0.5
+    assert TrainSettings(model="rtmdet-ins-tiny").to_dict()["zoom_share"] == 0.25  # recorded as trained
 
 
 def test_validation_interval_defaults_to_every_epoch_or_an_epochs_worth_of_iterations():

@@ -99,7 +99,8 @@ class TrainSettings:
         return self.lr or {"smoke": 2e-3, "rtmdet-ins-tiny": 1e-3, "mask-rcnn-swin-t": 1e-4}[self.model]
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The settings as trained: a run's meta and a resumed run's check name the share used, not None."""
+        return {**asdict(self), "zoom_share": self.crop_zoom_share}
 
 
 def _rtmdet(widen: float, num_classes: int) -> dict:
