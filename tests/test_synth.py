@@ -1,7 +1,4 @@
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -11,7 +8,7 @@ from labelme import LabelFile
 from alpr.plates import BOARD_LABELS, CHARACTER_CLASSES, MAIN_LABELS, SUB_LABELS, Layout, label_char, parse_plate
 from alpr.synth import SynthOptions, generate
 
-from conftest import SMALL
+from conftest import SMALL, run_step_script
 
 
 def _plates(shapes):
@@ -99,9 +96,7 @@ def test_user_backgrounds_are_used(tmp_path):
 def test_bad_backgrounds_folder_is_a_clear_error(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
-    result = subprocess.run([sys.executable, "steps/synth.py", "--out", str(tmp_path / "o"), "--count", "1",
-                             "--backgrounds", str(empty)], capture_output=True, text=True,
-                            cwd=Path(__file__).parents[1])
+    result = run_step_script("synth", "--out", str(tmp_path / "o"), "--count", "1", "--backgrounds", str(empty))
     assert result.returncode == 1
     assert f"{empty}: no images" in result.stderr and "Traceback" not in result.stderr
 
@@ -119,15 +114,9 @@ def test_flags_that_cannot_draw_are_refused(options, message):
 
 
 def test_a_smaller_run_into_the_same_folder_warns_of_the_files_left(tmp_path):
-    import subprocess
-    import sys
-
-    from conftest import ROOT
-
-    def synth(count: int) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "steps/synth.py", "--out", str(tmp_path), "--count", str(count),
-                               "--width", "64", "--height", "48", "--workers", "1", "--no-progress"],
-                              cwd=ROOT, capture_output=True, text=True)
+    def synth(count: int):
+        return run_step_script("synth", "--out", str(tmp_path), "--count", str(count), "--width", "64",
+                               "--height", "48", "--workers", "1", "--no-progress")
 
     assert synth(3).returncode == 0
     again = synth(1)
