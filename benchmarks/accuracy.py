@@ -25,8 +25,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from model_speed import add_reading_arguments, read_options, second_reading
+from model_speed import add_reading_arguments, second_reading
 
+from alpr.cli import reading_options
 from alpr.model import TrainSettings
 from alpr.record import RecordOptions, record
 from alpr.synth import generate
@@ -147,7 +148,7 @@ def main() -> None:
                        + (f", starting from {args.load_from}" if args.load_from else ""))
         if args.save_checkpoint:
             save_for_reading(checkpoint, args.save_checkpoint)
-        options = read_options(args)
+        options = reading_options(args)
         reader = PlateReader.from_checkpoint(checkpoint, args.device, options, args.read_amp)
         start = time.perf_counter()
         gt, detections, plates = predict_split(reader, fresh, "test", progress=False)

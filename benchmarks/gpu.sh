@@ -11,9 +11,9 @@
 # the speeds: TRAIN_MINUTES of 0 measures only the speeds, SPEED=0 only trains and scores (about
 # 3.5 minutes besides the training), so that one 10-minute call can train for 6.
 # Images are resized to IMG_SIZE (1280: full detail for small plates) and trained on CROP_SIZE
-# crops (448: rtmdet-ins-tiny's default), BATCH at a time (128; half that if it does not fit) at
-# learning rate LR (RTMDet's own 0.004 for 256 images a step, with the square root of the batch), on
-# TRAIN_IMAGES synthetic images (4000).
+# crops (448: rtmdet-ins-tiny's default), BATCH at a time (128; half that if the speed stage finds it
+# does not fit, so never with SPEED=0) at learning rate LR (RTMDet's own 0.004 for 256 images a step,
+# with the square root of the batch), on TRAIN_IMAGES synthetic images (4000).
 # LOAD_FROM=PATH starts the training from a carried checkpoint's weights (a model.pth an earlier
 # call brought back, say), so that training time adds up across calls and leases.
 # On the third lease, 14 loader workers made about 200 crops/s, and the step's host work was

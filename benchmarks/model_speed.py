@@ -20,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from alpr import cli
 from alpr.model import TrainSettings
 from alpr.postprocess import ReadOptions
 from alpr.record import RecordOptions, record
@@ -29,18 +30,10 @@ ROOT = Path(__file__).parents[1]
 
 
 def add_reading_arguments(parser: argparse.ArgumentParser) -> None:
-    """The second reading's flags, as ``alpr serve`` has them."""
-    parser.add_argument("--zoom-widths", type=int, nargs="*", default=ReadOptions.zoom_widths,
-                        help="board widths (px) each plate is read again at, in order, until two readings "
-                             "agree; none given: never")
-    parser.add_argument("--sure-score", type=float, default=ReadOptions.sure_score,
-                        help="also stop once a reading has every character at least this")
+    """The reading's flags, as ``alpr predict`` and ``alpr serve`` have them, and --read-amp (their --amp)."""
+    cli.add_reading_arguments(parser)
     parser.add_argument("--read-amp", action="store_true",
                         help="read in bfloat16 on the CPU, float16 on CUDA (alpr predict/serve --amp)")
-
-
-def read_options(args: argparse.Namespace) -> ReadOptions:
-    return ReadOptions(zoom_widths=tuple(args.zoom_widths), sure_score=args.sure_score)
 
 
 def second_reading(options: ReadOptions) -> str:
@@ -128,7 +121,7 @@ def time_training(folder: Path, args: argparse.Namespace) -> Path:
 def time_reading(checkpoint: Path, images: list[Path], args: argparse.Namespace) -> None:
     from alpr import PlateReader
 
-    options = read_options(args)
+    options = cli.reading_options(args)
     reader = PlateReader.from_checkpoint(checkpoint, args.device, options, args.read_amp)
     plates = 0
     for batch in args.batch:

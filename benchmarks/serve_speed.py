@@ -1,6 +1,7 @@
 """Latency and throughput of the KServe model server (V1, one 1280x720 JPEG per request).
 
     python benchmarks/serve_speed.py [--checkpoint PATH] [--requests 100] [--concurrency 1 8]
+        [--device auto] [--port 8085]
 
 Without --checkpoint it trains rtmdet-ins-tiny for 2 iterations on synthetic images (the
 speed of a model does not depend on how well it is trained). The server runs in a subprocess

@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 
 from alpr import db
-from alpr.cli import true_or_false
+from alpr.cli import HelpWithDefaults, true_or_false
 from alpr.errors import UsageError
 from alpr.evaluate import SELECTION_SPLIT, EvaluateOptions, eval_dir, evaluate_run
 from alpr.metrics import metric_lines, misread_summary
@@ -18,7 +18,8 @@ from alpr.metrics import metric_lines, misread_summary
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Evaluate a training run; writes WORKDIR/runs/RUN/eval "
-                                     "(eval-test with --split test).", add_help=add_help)
+                                     "(eval-test with --split test).",
+                                     add_help=add_help, formatter_class=HelpWithDefaults)
     parser.add_argument("--workdir", type=Path, default=Path("work"), help="shared work directory")
     parser.add_argument("--run-id", required=True, help="the run to evaluate")
     parser.add_argument("--split", default="val", choices=("val", "test"),

@@ -9,13 +9,14 @@ import argparse
 from pathlib import Path
 
 from alpr import db
+from alpr.cli import HelpWithDefaults
 from alpr.dataset import parse_fractions
 from alpr.record import RecordOptions, RecordResult, record
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Validate a labelme folder and record it as a COCO dataset "
-                                                 "version.", add_help=add_help)
+                                                 "version.", add_help=add_help, formatter_class=HelpWithDefaults)
     parser.add_argument("--source", type=Path, required=True, help="labelme folder (images + .json)")
     parser.add_argument("--workdir", type=Path, default=Path("work"), help="shared work directory")
     parser.add_argument("--dataset", required=True, help="dataset name")

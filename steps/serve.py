@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import argparse
 
+from alpr.cli import HelpWithDefaults, add_reading_arguments, reading_options
 from alpr.errors import UsageError
-from alpr.postprocess import ReadOptions
 from alpr.serve import KSERVE_MODEL_DIR, ServeOptions, serve
 
 DEFAULTS = ServeOptions()
@@ -16,7 +16,7 @@ DEFAULTS = ServeOptions()
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Serve an alpr checkpoint as the KServe model 'alpr'.",
-                                     add_help=add_help)
+                                     add_help=add_help, formatter_class=HelpWithDefaults)
     parser.add_argument("--model", default=KSERVE_MODEL_DIR,
                         help="checkpoint path, a folder holding one, or a file:// or gs:// URL "
                              f"(default {KSERVE_MODEL_DIR}, where KServe puts the storageUri)")
@@ -33,16 +33,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help="largest encoded image accepted")
     parser.add_argument("--max-pixels", type=int, default=DEFAULTS.max_pixels,
                         help="largest image accepted, width x height")
-    parser.add_argument("--board-threshold", type=float, default=ReadOptions.board_threshold,
-                        help="lowest score of a plate board that is reported")
-    parser.add_argument("--char-threshold", type=float, default=ReadOptions.char_threshold,
-                        help="lowest score of a character that is read")
-    parser.add_argument("--zoom-widths", type=int, nargs="*", default=ReadOptions.zoom_widths,
-                        help="each plate is read again, scaled to these widths (px) in this order, until two "
-                             "readings agree; none given: never")
-    parser.add_argument("--sure-score", type=float, default=ReadOptions.sure_score,
-                        help="also stop once one reading has every character scoring at least this "
-                             "(default: only agreement stops)")
+    add_reading_arguments(parser)
     return parser
 
 
@@ -50,11 +41,9 @@ def main(args: argparse.Namespace) -> None:
     if args.max_batch_size < 1 or args.max_wait_ms < 0:
         raise UsageError(f"--max-batch-size {args.max_batch_size} / --max-wait-ms {args.max_wait_ms}: "
                          "the batch size must be at least 1 and the wait at least 0")
-    read = ReadOptions(board_threshold=args.board_threshold, char_threshold=args.char_threshold,
-                       zoom_widths=tuple(args.zoom_widths), sure_score=args.sure_score)
     serve(ServeOptions(args.model, http_port=args.http_port, device=args.device, amp=args.amp,
                        max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
-                       max_image_bytes=args.max_image_bytes, max_pixels=args.max_pixels, read=read))
+                       max_image_bytes=args.max_image_bytes, max_pixels=args.max_pixels, read=reading_options(args)))
 
 
 if __name__ == "__main__":

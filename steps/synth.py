@@ -9,12 +9,13 @@ import argparse
 import sys
 from pathlib import Path
 
+from alpr.cli import HelpWithDefaults
 from alpr.synth import SynthOptions, generate, left_from_larger_runs
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Draw synthetic plates on photos; write labelme files.",
-                                     add_help=add_help)
+                                     add_help=add_help, formatter_class=HelpWithDefaults)
     parser.add_argument("--out", type=Path, required=True, help="folder for the images and labelme JSON files")
     parser.add_argument("--count", type=int, default=100, help="number of images")
     parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same files")

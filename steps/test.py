@@ -8,12 +8,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from alpr.cli import HelpWithDefaults
 from alpr.visualize import TestOptions, test_run
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Test a run's best model; writes WORKDIR/runs/RUN/test.",
-                                     add_help=add_help)
+                                     add_help=add_help, formatter_class=HelpWithDefaults)
     parser.add_argument("--workdir", type=Path, default=Path("work"), help="shared work directory")
     parser.add_argument("--run-id", required=True,
                         help="the run whose model to use: the checkpoint its evaluate step picked, else its best.pth")

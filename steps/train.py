@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from alpr.cli import true_or_false
+from alpr.cli import HelpWithDefaults, true_or_false
 from alpr.model import MODELS, TrainSettings
 from alpr.train import DEVICES, TrainOptions, train
 
@@ -16,13 +16,13 @@ from alpr.train import DEVICES, TrainOptions, train
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     defaults = TrainSettings()
     parser = argparse.ArgumentParser(description="Train a plate model; writes WORKDIR/runs/RUN/train.",
-                                     add_help=add_help)
+                                     add_help=add_help, formatter_class=HelpWithDefaults)
     parser.add_argument("--workdir", type=Path, default=Path("work"), help="shared work directory")
     parser.add_argument("--dataset", required=True, help="dataset name")
     parser.add_argument("--version", required=True, help="dataset version")
     parser.add_argument("--model", default=defaults.model, choices=MODELS, help="model to train")
     parser.add_argument("--run-id", required=True, help="run folder name under WORKDIR/runs")
-    parser.add_argument("--epochs", type=int, default=defaults.epochs, help="epochs (ignored with --iters)")
+    parser.add_argument("--epochs", type=int, default=defaults.epochs, help="epochs (ignored with --iters or --minutes)")
     parser.add_argument("--iters", type=int, default=None, help="train by iterations instead of epochs")
     parser.add_argument("--minutes", type=float, default=None,
                         help="train by iterations until this much time is spent, the learning rate annealed "

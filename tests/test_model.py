@@ -372,6 +372,25 @@ def test_predict_reads_folders_and_goes_on_past_an_image_it_cannot_read(smoke_wo
     assert result.returncode == 1 and "missing.jpg: image not found" in result.stderr and result.stdout == ""
 
 
+def test_predict_takes_the_reading_flags_of_serve(synth_dir, tmp_path):
+    # the flags reach ReadOptions, which refuses a character score above 1, before any model loads
+    result = subprocess.run([sys.executable, "-m", "alpr.cli", "predict", str(synth_dir / "000001.jpg"),
+                             "--model", str(tmp_path / "unused.pth"), "--zoom-widths", "256", "--sure-score", "2"],
+                            cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 1 and "sure score 2.0: a character score" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("command", [["train"], ["predict"], ["serve"], ["data", "pull"]])
+def test_help_names_the_defaults(command):
+    result = subprocess.run([sys.executable, "-m", "alpr.cli", *command, "--help"], cwd=ROOT, capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())  # argparse wraps lines
+    expected = {"train": "images per batch (default: 8)", "predict": "(default: [320, 256, 224, 192])",
+                "serve": "HTTP port (default: 8080)", "data": "(default: work)"}[command[0]]
+    assert expected in text and "(default: None)" not in text and "(default: False)" not in text
+
+
 def test_a_checkpoint_for_other_classes_is_refused(smoke_workdir, smoke_training, tmp_path):
     import torch
 

@@ -10,6 +10,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from alpr.errors import AlprError
@@ -41,6 +42,44 @@ def true_or_false(text: str) -> bool:
     if text.lower() not in ("true", "false"):
         raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
     return text.lower() == "true"
+
+
+class HelpWithDefaults(argparse.HelpFormatter):
+    """``--help`` names each flag's default, unless its help already says it or there is none to name."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.required or action.default in (None, False, [], (), argparse.SUPPRESS) or "default" in text:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+_SubcommandParser = partial(argparse.ArgumentParser, formatter_class=HelpWithDefaults)
+
+
+def add_reading_arguments(parser: argparse.ArgumentParser) -> None:
+    """How plates are read from detections: the same flags for ``alpr predict``, ``alpr serve`` and the
+    benchmarks (``ReadOptions``)."""
+    from alpr.postprocess import ReadOptions
+
+    parser.add_argument("--board-threshold", type=float, default=ReadOptions.board_threshold,
+                        help="lowest score of a plate board that is reported")
+    parser.add_argument("--char-threshold", type=float, default=ReadOptions.char_threshold,
+                        help="lowest score of a character that is read")
+    parser.add_argument("--zoom-widths", type=int, nargs="*", default=list(ReadOptions.zoom_widths),
+                        help="each plate is read again, scaled to these widths (px) in this order, until two "
+                             "readings agree; none given: never")
+    parser.add_argument("--sure-score", type=float, default=ReadOptions.sure_score,
+                        help="also stop once one reading has every character scoring at least this "
+                             "(default: only agreement stops)")
+
+
+def reading_options(args: argparse.Namespace):
+    """The ``ReadOptions`` that ``add_reading_arguments``'s flags ask for."""
+    from alpr.postprocess import ReadOptions
+
+    return ReadOptions(board_threshold=args.board_threshold, char_threshold=args.char_threshold,
+                       zoom_widths=tuple(args.zoom_widths), sure_score=args.sure_score)
 
 
 def _data_pull(args: argparse.Namespace) -> None:
@@ -75,7 +114,7 @@ def _predict(args: argparse.Namespace) -> None:
     from alpr.visualize import prediction_line
 
     images = image_files(args.images)
-    reader = PlateReader.from_checkpoint(args.model, args.device, amp=args.amp)
+    reader = PlateReader.from_checkpoint(args.model, args.device, reading_options(args), amp=args.amp)
     failed = 0
     for image in images:
         try:
@@ -131,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="alpr", description="Automatic license plate recognition pipeline.")
     parser.add_argument("--version", action="version", version=f"alpr {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_SubcommandParser)
     for name in STEPS:
         module = importlib.import_module(f"alpr.steps.{name}")
         step = commands.add_parser(name, parents=[module.get_args_parser(add_help=False)],
@@ -146,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="run the model in bfloat16 on the CPU (float16 on CUDA): faster where the CPU has "
                          "AVX512-BF16 or AMX")
     predict.add_argument("--json", action="store_true", help="one JSON line per image")
+    add_reading_arguments(predict)
     predict.set_defaults(handler=_predict)
 
     run = commands.add_parser("run", help="run an Argo WorkflowTemplate's DAG locally, step by step")
@@ -179,7 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     submit.set_defaults(handler=_submit)
 
     data = commands.add_parser("data", help="dataset versions: pull an exact version from the DVC remote")
-    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION",
+                                        parser_class=_SubcommandParser)
     pull = data_commands.add_parser("pull", help="restore datasets/NAME/VERSION into a workdir")
     pull.add_argument("--dataset", required=True, help="dataset name")
     pull.add_argument("--version", required=True, help="dataset version")

@@ -231,7 +231,7 @@ class UseFilledPolygonMasks(BaseTransform):
 @TRANSFORMS.register_module()
 class PlateCrop(RandomCrop):
     """RandomCrop whose window holds a whole plate board, one of the image's picked at random
-    (anywhere, where the image has none or the board is larger than the window).
+    (anywhere, where the image has none; centred on the board, where it is larger than the window).
 
     On 1280 px synthetic images, a 640 px window placed anywhere holds under one whole plate of
     the 2.3 an image has and cuts others through their characters
