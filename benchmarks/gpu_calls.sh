@@ -5,14 +5,15 @@
 #     bash benchmarks/gpu_calls.sh wait SECONDS OUT                    # call 2, on the still-warm machine
 #
 # start runs gpu.sh (with the environment given, SPEED=0 say) in a process session of its own, which
-# outlives the call, into /tmp/gpu-calls; each command then follows its output for up to SECONDS, or
-# until it has ended, and copies what it wrote into OUT (model.pth as soon as the training ends). A
-# command's processes end with its call, a new session's not: only the machine going back ends it.
+# outlives the call, into /tmp/gpu-calls (or $GPU_CALLS_DIR); each command then follows its output for
+# up to SECONDS, or until it has ended, and copies what it wrote into OUT (model.pth as soon as the
+# training ends). A command's processes end with its call, a new session's not: only the machine going
+# back ends it.
 set -uo pipefail
 action=$1
 seconds=$2
 out=$3
-run=/tmp/gpu-calls
+run=${GPU_CALLS_DIR:-/tmp/gpu-calls}
 here=$(dirname "$0")
 
 if [ "$action" = start ]; then
@@ -24,7 +25,7 @@ elif [ "$action" != wait ]; then
 fi
 
 deadline=$((SECONDS + seconds))
-while [ ! -f "$run/done" ] && [ $SECONDS -lt $deadline ]; do sleep 5; done
+while [ ! -f "$run/done" ] && [ $SECONDS -lt $deadline ]; do sleep 1; done
 mkdir -p "$out"
 cp "$run"/*.txt "$run"/*.log "$run"/*.out "$run"/*.csv "$run"/*.pth "$out"/ 2>/dev/null
 cat "$run/gpu.out"
