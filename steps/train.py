@@ -22,7 +22,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--version", required=True, help="dataset version")
     parser.add_argument("--model", default=defaults.model, choices=MODELS, help="model to train")
     parser.add_argument("--run-id", required=True, help="run folder name under WORKDIR/runs")
-    parser.add_argument("--epochs", type=int, default=defaults.epochs, help="epochs (ignored with --iters or --minutes)")
+    parser.add_argument("--epochs", type=int, default=defaults.epochs,
+                        help="epochs (ignored with --iters or --minutes)")
     parser.add_argument("--iters", type=int, default=None, help="train by iterations instead of epochs")
     parser.add_argument("--minutes", type=float, default=None,
                         help="train by iterations until this much time is spent, the learning rate annealed "

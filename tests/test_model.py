@@ -380,14 +380,15 @@ def test_predict_takes_the_reading_flags_of_serve(synth_dir, tmp_path):
     assert result.returncode == 1 and "sure score 2.0: a character score" in result.stderr, result.stderr
 
 
-@pytest.mark.parametrize("command", [["train"], ["predict"], ["serve"], ["data", "pull"]])
+@pytest.mark.parametrize("command", [["train"], ["predict"], ["serve"], ["data", "pull"], ["synth"]])
 def test_help_names_the_defaults(command):
     result = subprocess.run([sys.executable, "-m", "alpr.cli", *command, "--help"], cwd=ROOT, capture_output=True,
                             text=True)
     assert result.returncode == 0, result.stderr
     text = " ".join(result.stdout.split())  # argparse wraps lines
     expected = {"train": "images per batch (default: 8)", "predict": "(default: [320, 256, 224, 192])",
-                "serve": "HTTP port (default: 8080)", "data": "(default: work)"}[command[0]]
+                "serve": "HTTP port (default: 8080)", "data": "(default: work)",
+                "synth": "the same seed gives the same files (default: 0)"}[command[0]]
     assert expected in text and "(default: None)" not in text and "(default: False)" not in text
 
 

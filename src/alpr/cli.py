@@ -49,7 +49,9 @@ class HelpWithDefaults(argparse.HelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if action.required or action.default in (None, False, [], (), argparse.SUPPRESS) or "default" in text:
+        # by identity: a default of 0 is one to name, where None and a switch's False are not
+        none = action.default is None or action.default is False or action.default in ([], (), argparse.SUPPRESS)
+        if action.required or none or "default" in text:
             return text
         return f"{text} (default: %(default)s)"
 
