@@ -10,8 +10,8 @@ from mmengine.structures import InstanceData
 from pycocotools import mask as mask_utils
 
 from alpr.metrics import mask_rle
-from alpr.mmdet_ext import (CpuBFloat16OptimWrapper, FilledPolygonMasks, UseFilledPolygonMasks, masks_rle,
-                             rle_from_run_changes, to_detections)
+from alpr.mmdet_ext import (ChannelsLastMaxPool2d, CpuBFloat16OptimWrapper, FilledPolygonMasks,
+                             UseFilledPolygonMasks, mask_centres, masks_rle, rle_from_run_changes, to_detections)
 from alpr.plates import CLASSES
 
 
@@ -66,6 +66,42 @@ def test_picking_instances_keeps_the_drawn_pixels():
     instances = InstanceData(masks=filled, labels=torch.arange(4))[torch.tensor([True, False, False, True])]
     assert type(instances.masks) is FilledPolygonMasks
     assert torch.equal(instances.masks.to_tensor(torch.bool, "cpu"), full[[0, 3]])
+
+
+def test_centres_come_from_the_pixels_as_from_the_bitmaps():
+    rng = np.random.default_rng(1)
+    polygons = [[np.array([x, y, x + w, y, x + w * 0.8, y + h, x, y + h * 1.1])]
+                for x, y, w, h in rng.uniform([0, 0, 2, 2], [90, 50, 30, 20], (12, 4))]
+    polygons.append([np.array([200.0, 200, 210, 200, 210, 210])])  # outside the image: no pixels
+    filled = FilledPolygonMasks(polygons, 60, 100)
+    bitmaps = filled.to_tensor(torch.bool, "cpu")
+    ys, xs = torch.meshgrid(torch.arange(60.0), torch.arange(100.0), indexing="ij")
+    pixels = bitmaps.sum((1, 2)).clamp(min=1)
+    expected = torch.stack([(bitmaps * xs).sum((1, 2)) / pixels, (bitmaps * ys).sum((1, 2)) / pixels], 1)
+    assert pixels[:-1].min() > 1 and bitmaps[-1].sum() == 0
+    centres = filled.centres()
+    assert centres.dtype == torch.float32 and torch.allclose(centres, expected)
+    as_bitmaps = BitmapMasks(bitmaps.numpy().astype(np.uint8), 60, 100)  # any other mask type: the same
+    assert torch.allclose(mask_centres(as_bitmaps, "cpu"), expected)
+    assert FilledPolygonMasks([], 60, 100).centres().shape == (0, 2)
+
+
+def test_fast_pooling_backbone_gives_cspnexts_features_and_gradients():
+    config = dict(arch="P5", expand_ratio=0.5, deepen_factor=0.167, widen_factor=0.125, channel_attention=True)
+    torch.manual_seed(0)
+    plain, fast = MODELS.build(dict(type="CSPNeXt", **config)), MODELS.build(dict(type="FastPoolingCSPNeXt", **config))
+    fast.load_state_dict(plain.state_dict())  # strict: the same keys, so checkpoints load either way
+    pools = [m for m in fast.modules() if isinstance(m, torch.nn.MaxPool2d)]
+    assert [p.kernel_size for p in pools] == [5, 9, 13] and all(type(p) is ChannelsLastMaxPool2d for p in pools)
+    results = []
+    for model in (plain, fast):
+        image = torch.randn(2, 3, 96, 160, generator=torch.Generator().manual_seed(1), requires_grad=True)
+        features = model(image)
+        (gradient,) = torch.autograd.grad(sum((f * f).sum() for f in features), image)
+        results.append((features, gradient))
+    (want, want_gradient), (got, got_gradient) = results
+    assert all(w.is_contiguous() == g.is_contiguous() and torch.allclose(w, g) for w, g in zip(want, got))
+    assert torch.allclose(want_gradient, got_gradient) and got_gradient.abs().sum() > 0
 
 
 def test_transform_swaps_only_polygon_masks():

@@ -111,8 +111,8 @@ def _rtmdet(widen: float, num_classes: int) -> dict:
         type="RTMDet",
         data_preprocessor=dict(type="DetDataPreprocessor", mean=[103.53, 116.28, 123.675],
                                std=[57.375, 57.12, 58.395], bgr_to_rgb=False, batch_augments=None),
-        backbone=dict(type="CSPNeXt", arch="P5", expand_ratio=0.5, deepen_factor=0.167, widen_factor=widen,
-                      channel_attention=True, norm_cfg=norm, act_cfg=act),
+        backbone=dict(type="FastPoolingCSPNeXt", arch="P5", expand_ratio=0.5, deepen_factor=0.167,
+                      widen_factor=widen, channel_attention=True, norm_cfg=norm, act_cfg=act),
         neck=dict(type="CSPNeXtPAFPN", in_channels=channels, out_channels=width, num_csp_blocks=1,
                   expand_ratio=0.5, norm_cfg=norm, act_cfg=act),
         bbox_head=dict(
