@@ -1,16 +1,17 @@
 """EIR on a freshly synthesized test set (a seed never trained on) after a fixed training time.
 
-    python benchmarks/accuracy.py [--minutes 30] [--model rtmdet-ins-tiny] [--train-images 1000]
+    python benchmarks/accuracy.py [--minutes 30 | --iters N] [--model rtmdet-ins-tiny] [--train-images 1000]
         [--test-images 300] [--img-size N] [--crop-size N] [--zoom-share S] [--batch-size 8] [--checkpoint-iters N]
-        [--device auto] [--workers 2] [--amp] [--lr LR] [--iters N] [--warmup-iters N] [--train-log FILE]
+        [--device auto] [--workers 2] [--amp] [--lr LR] [--warmup-iters N] [--train-log FILE]
         [--save-checkpoint PATH] [--load-from PATH]
     python benchmarks/accuracy.py --checkpoint PATH [--test-images 300] [--device auto] [--zoom-widths W ...]
         [--sure-score S] [--read-amp]
 
 Synthesizes and records a training set (seed 0) and a test set (seed 1000, every image in the
 test split), trains for --minutes (the training step's own time budget: its cosine learning-rate
-schedule follows the time, and its last iteration is checkpointed), and scores the last checkpoint
-on the test set. With --checkpoint, scores that checkpoint (one trained elsewhere, say) and trains
+schedule follows the time, and its last iteration is checkpointed), or for --iters iterations alone
+(the schedule follows them: runs on machines or days of different speeds compare), and scores the
+last checkpoint on the test set. With --checkpoint, scores that checkpoint (one trained elsewhere, say) and trains
 nothing. --read-amp reads in mixed precision, as ``alpr predict --amp`` does. Prints the figures as
 name=value lines; the target is EIR >= 0.99 on >= 500 plates.
 """
@@ -59,11 +60,13 @@ def fresh_set(folder: Path, count: int) -> Path:
 
 
 def train_for(work: Path, args: argparse.Namespace) -> tuple[Path, float]:
-    """Trains for the time given (stopped if it overruns); returns the last checkpoint and the seconds spent."""
+    """Trains for the time or the iterations given (stopped if it overruns the time); returns the last
+    checkpoint and the seconds spent."""
     command = [sys.executable, str(ROOT / "steps/train.py"), "--workdir", str(work), "--dataset", "train",
-               "--version", "1", "--model", args.model, "--run-id", "accuracy", "--minutes", str(args.minutes),
+               "--version", "1", "--model", args.model, "--run-id", "accuracy",
                "--val-interval", str(args.checkpoint_iters or 2**31 - 1), "--batch-size", str(args.batch_size),
                "--device", args.device, "--workers", str(args.workers)]
+    command += ["--minutes", str(args.minutes)] if args.minutes else []
     command += ["--amp"] * args.amp + (["--lr", str(args.lr)] if args.lr else [])
     command += ["--img-size", str(args.img_size)] if args.img_size else []
     command += ["--crop-size", str(args.crop_size)] if args.crop_size else []
@@ -75,7 +78,7 @@ def train_for(work: Path, args: argparse.Namespace) -> tuple[Path, float]:
     with open(args.train_log or os.devnull, "w") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_stoppable)
         try:
-            process.wait(timeout=args.minutes * 60 + GRACE_SECONDS)
+            process.wait(timeout=args.minutes * 60 + GRACE_SECONDS if args.minutes else None)
         except subprocess.TimeoutExpired:
             process.send_signal(signal.SIGINT)
             process.wait()
@@ -101,7 +104,7 @@ def save_for_reading(checkpoint: Path, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--minutes", type=float, default=30)
+    parser.add_argument("--minutes", type=float, default=None, help="training time (default: 30, unless --iters)")
     parser.add_argument("--model", default="rtmdet-ins-tiny")
     parser.add_argument("--train-images", type=int, default=1000)
     parser.add_argument("--test-images", type=int, default=300)
@@ -116,7 +119,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="data loader processes")
     parser.add_argument("--amp", action="store_true", help="mixed precision: float16 on CUDA, bfloat16 on the CPU")
     parser.add_argument("--lr", type=float, default=None, help="learning rate (default: the model's own)")
-    parser.add_argument("--iters", type=int, default=None, help="stop after this many iterations at the latest")
+    parser.add_argument("--iters", type=int, default=None,
+                        help="train for this many iterations (with --minutes: stop after them at the latest)")
     parser.add_argument("--warmup-iters", type=int, default=None, help="linear warm-up (default: the training step's)")
     parser.add_argument("--save-checkpoint", type=Path, default=None,
                         help="save what reading the scored checkpoint needs here, before scoring")
@@ -126,6 +130,8 @@ def main() -> None:
                         help="start training from this checkpoint's weights (one trained earlier, say)")
     add_reading_arguments(parser)
     args = parser.parse_args()
+    if args.minutes is None and args.iters is None:
+        args.minutes = 30
 
     from alpr import PlateReader
     from alpr.evaluate import predict_split
