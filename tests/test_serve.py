@@ -246,6 +246,26 @@ def test_batcher_groups_concurrent_items_and_returns_each_its_own_result():
     assert max(map(len, batches)) == 4 and len(batches) == 2  # 8 items at once: two full batches
 
 
+def test_batches_and_calls_run_on_one_model_thread():
+    import threading
+
+    from alpr.serve import Batcher
+
+    threads = []
+
+    def run(items: list) -> list:
+        threads.append(threading.get_ident())
+        return items
+
+    async def scenario() -> list:
+        return await asyncio.gather(*(batcher.submit([n]) for n in range(3)))
+
+    batcher = Batcher(run, max_size=2, max_wait=0.01)
+    loaded_on = batcher.call(threading.get_ident)
+    assert asyncio.run(scenario()) == [[0], [1], [2]] and len(threads) >= 2
+    assert set(threads) == {loaded_on} and loaded_on != threading.get_ident()
+
+
 def test_an_item_the_model_fails_on_fails_only_its_own_request():
     from alpr.serve import Batcher
 

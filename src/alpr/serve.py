@@ -115,7 +115,13 @@ class Batcher:
     """Gathers images from concurrent requests and runs them through the model together.
 
     A batch closes when it holds ``max_size`` images or ``max_wait`` seconds after its first
-    one; while the model runs, new images queue up for the next batch. One model call at a time.
+    one; while the model runs, new images queue up for the next batch. One model call at a time,
+    each on the same thread, the model thread, where ``call`` runs other work (loading the model).
+
+    All of a model's torch work belongs on one thread: PyTorch's OpenMP (libgomp) gives each thread
+    that runs torch operations a team of workers of its own, and once the teams' workers outnumber
+    the cores, all of them stop spinning between operations. A model loaded on the main thread and
+    run on this one read an image in 1.4-1.5 times the time on 2 cores (RESULTS.md, "Serving, CPU").
     """
 
     def __init__(self, run: Callable[[list], list], max_size: int, max_wait: float):
@@ -123,6 +129,10 @@ class Batcher:
         self._queue: asyncio.Queue | None = None
         self._worker: asyncio.Task | None = None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="alpr-model")
+
+    def call(self, function: Callable[..., Any], *args) -> Any:
+        """``function(*args)`` on the model thread, waited for (not from within the event loop)."""
+        return self._executor.submit(function, *args).result()
 
     async def submit(self, items: list) -> list:
         loop = asyncio.get_running_loop()
@@ -208,10 +218,12 @@ def make_model(options: ServeOptions):
         def load(self) -> bool:
             from alpr.reader import PlateReader
 
+            self.batcher = Batcher(lambda images: self.reader.predict_batch(images), options.max_batch_size,
+                                   options.max_wait_ms / 1000)
             with tempfile.TemporaryDirectory(prefix="alpr-model-") as cache:
                 checkpoint = resolve_checkpoint(options.model, Path(cache))
-                self.reader = PlateReader.from_checkpoint(checkpoint, options.device, options.read, options.amp)
-            self.batcher = Batcher(self.reader.predict_batch, options.max_batch_size, options.max_wait_ms / 1000)
+                self.reader = self.batcher.call(PlateReader.from_checkpoint, checkpoint, options.device,
+                                                options.read, options.amp)
             self.ready = True
             return self.ready
 
