@@ -1,4 +1,4 @@
-"""EIR on a freshly synthesized test set (a seed never trained on) after a fixed training time.
+"""EIR on a freshly synthesized test set (a seed never trained on) after a fixed training time or length.
 
     python benchmarks/accuracy.py [--minutes 30 | --iters N] [--model rtmdet-ins-tiny] [--train-images 1000]
         [--test-images 300] [--img-size N] [--crop-size N] [--zoom-share S] [--batch-size 8] [--checkpoint-iters N]
@@ -11,9 +11,9 @@ Synthesizes and records a training set (seed 0) and a test set (seed 1000, every
 test split), trains for --minutes (the training step's own time budget: its cosine learning-rate
 schedule follows the time, and its last iteration is checkpointed), or for --iters iterations alone
 (the schedule follows them: runs on machines or days of different speeds compare), and scores the
-last checkpoint on the test set. With --checkpoint, scores that checkpoint (one trained elsewhere, say) and trains
-nothing. --read-amp reads in mixed precision, as ``alpr predict --amp`` does. Prints the figures as
-name=value lines; the target is EIR >= 0.99 on >= 500 plates.
+last checkpoint on the test set. With --checkpoint, scores that checkpoint (one trained elsewhere,
+say) and trains nothing. --read-amp reads in mixed precision, as ``alpr predict --amp`` does. Prints
+the figures as name=value lines; the target is EIR >= 0.99 on >= 500 plates.
 """
 
 import argparse
