@@ -81,8 +81,9 @@ def test_centres_come_from_the_pixels_as_from_the_bitmaps():
     assert pixels[:-1].min() > 1 and bitmaps[-1].sum() == 0
     centres = filled.centres()
     assert centres.dtype == torch.float32 and torch.allclose(centres, expected)
+    assert torch.allclose(mask_centres([filled[:5], filled[5:]], bitmaps), expected)  # a batch of two images
     as_bitmaps = BitmapMasks(bitmaps.numpy().astype(np.uint8), 60, 100)  # any other mask type: the same
-    assert torch.allclose(mask_centres(as_bitmaps, "cpu"), expected)
+    assert torch.allclose(mask_centres([filled[:5], as_bitmaps[5:]], bitmaps), expected)
     assert FilledPolygonMasks([], 60, 100).centres().shape == (0, 2)
 
 

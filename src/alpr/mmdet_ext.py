@@ -320,11 +320,13 @@ def _padded(parts) -> torch.Tensor:
     return torch.cat([stacked, stacked.new_zeros((stacked.shape[0], 1, *stacked.shape[2:]))], 1)
 
 
-def mask_centres(masks, device) -> torch.Tensor:
-    """(x, y) of each instance mask's pixels; what mmdet's assigner takes as an object's centre."""
-    if isinstance(masks, FilledPolygonMasks):  # what alpr's training pipeline makes
-        return masks.centres().to(device)
-    return _centre_of_mass(masks.to_tensor(torch.bool, device))
+def mask_centres(gt_masks: list, bitmaps: torch.Tensor) -> torch.Tensor:
+    """(x, y) of each instance mask's pixels, the images' instances one after another; what mmdet's
+    assigner takes as an object's centre. From FilledPolygonMasks' pixel indices (what alpr's training
+    pipeline makes), else summed over ``bitmaps``, the same masks as one (N, H, W) tensor."""
+    if all(isinstance(masks, FilledPolygonMasks) for masks in gt_masks):
+        return torch.cat([masks.centres() for masks in gt_masks]).to(bitmaps.device)
+    return _centre_of_mass(bitmaps)
 
 
 def _centre_of_mass(masks: torch.Tensor) -> torch.Tensor:
@@ -391,7 +393,7 @@ class BatchedRTMDetInsHead(RTMDetInsSepBNHead):
         masks = torch.cat([g.masks.to_tensor(torch.bool, device) for g in batch_gt_instances])
         gt_boxes, gt_labels, gt_centres = (_padded(torch.split(values, counts)) for values in (
             torch.cat([g.bboxes for g in batch_gt_instances]), torch.cat([g.labels for g in batch_gt_instances]),
-            torch.cat([mask_centres(g.masks, device) for g in batch_gt_instances])))
+            mask_centres([g.masks for g in batch_gt_instances], masks)))
         real = torch.arange(gt_boxes.shape[1], device=device) < torch.tensor(counts, device=device)[:, None]
         with torch.no_grad():  # in float32 whatever the autocast: costs span many orders of magnitude
             positive, gt_index, ious = self._assign(priors, scores.detach().float(), boxes.detach().float(),
