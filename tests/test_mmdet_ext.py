@@ -135,21 +135,23 @@ def _head_inputs(seed: int, objects: list[int], size: int = 128, num_classes: in
     return [cls_scores, bbox_preds, kernels, mask_feat], gt, metas
 
 
+HEAD = dict(num_classes=6, in_channels=8, feat_channels=8, stacked_convs=1,
+            anchor_generator=dict(type="MlvlPointGenerator", offset=0, strides=[8, 16, 32]),
+            bbox_coder=dict(type="DistancePointBBoxCoder"),
+            loss_cls=dict(type="QualityFocalLoss", use_sigmoid=True, beta=2.0, loss_weight=1.0),
+            loss_bbox=dict(type="GIoULoss", loss_weight=2.0),
+            loss_mask=dict(type="DiceLoss", loss_weight=2.0, eps=5e-6, reduction="mean"),
+            train_cfg=dict(assigner=dict(type="DynamicSoftLabelAssigner", topk=13), allowed_border=-1,
+                           pos_weight=-1, debug=False))
+
+
 @pytest.mark.parametrize("seed, objects", [(0, [3, 12, 0, 25]), (1, [1]), (2, [0, 0]), (3, [40, 40])])
 def test_batched_head_gives_mmdets_losses_and_gradients(seed, objects):
-    config = dict(num_classes=6, in_channels=8, feat_channels=8, stacked_convs=1,
-                  anchor_generator=dict(type="MlvlPointGenerator", offset=0, strides=[8, 16, 32]),
-                  bbox_coder=dict(type="DistancePointBBoxCoder"),
-                  loss_cls=dict(type="QualityFocalLoss", use_sigmoid=True, beta=2.0, loss_weight=1.0),
-                  loss_bbox=dict(type="GIoULoss", loss_weight=2.0),
-                  loss_mask=dict(type="DiceLoss", loss_weight=2.0, eps=5e-6, reduction="mean"),
-                  train_cfg=dict(assigner=dict(type="DynamicSoftLabelAssigner", topk=13), allowed_border=-1,
-                                 pos_weight=-1, debug=False))
     results = []
     for head_type in ("RTMDetInsSepBNHead", "BatchedRTMDetInsHead"):
         outputs, gt, metas = _head_inputs(seed, objects)
         leaves = [t.requires_grad_() for level in outputs[:3] for t in level] + [outputs[3].requires_grad_()]
-        losses = MODELS.build(dict(type=head_type, **config)).loss_by_feat(*outputs, gt, metas)
+        losses = MODELS.build(dict(type=head_type, **HEAD)).loss_by_feat(*outputs, gt, metas)
         total = {name: sum(value) if isinstance(value, list) else value for name, value in losses.items()}
         gradients = torch.autograd.grad(sum(total.values()), leaves, allow_unused=True)
         results.append((total, gradients))
@@ -163,6 +165,26 @@ def test_batched_head_gives_mmdets_losses_and_gradients(seed, objects):
         want = torch.zeros(1) if want is None else want
         got = torch.zeros(1) if got is None else got
         assert torch.allclose(want, got, rtol=1e-4, atol=1e-7)
+
+
+def test_capped_mask_priors_train_a_random_sample_whose_mean_loss_is_the_full_loss():
+    outputs, gt, metas = _head_inputs(0, [3, 12, 0, 25])
+    full = MODELS.build(dict(type="BatchedRTMDetInsHead", **HEAD)).loss_by_feat(*outputs, gt, metas)
+    capped_head = MODELS.build(dict(type="BatchedRTMDetInsHead", mask_priors_per_image=2, **HEAD))
+    kernels = outputs[2]
+    torch.manual_seed(0)
+    draws = []
+    for _ in range(200):
+        for level in kernels:
+            level.requires_grad_().grad = None
+        losses = capped_head.loss_by_feat(*outputs, gt, metas)
+        losses["loss_mask"].backward()
+        trained = sum(int(level.grad.abs().sum(1).gt(0).sum()) for level in kernels)  # priors whose mask was trained
+        assert 0 < trained <= 2 * len(metas)
+        assert torch.equal(losses["loss_cls"], full["loss_cls"]) and torch.equal(losses["loss_bbox"], full["loss_bbox"])
+        draws.append(losses["loss_mask"].item())
+    assert len(set(draws)) > 1  # a new sample each time
+    assert np.mean(draws) == pytest.approx(full["loss_mask"].item(), rel=0.02)
 
 
 def test_to_detections_drops_low_scores_and_keeps_each_mask():

@@ -374,9 +374,19 @@ class BatchedRTMDetInsHead(RTMDetInsSepBNHead):
     losses and the same normalization on padded (image, prior, object) tensors instead.
 
     Assumes every prior is valid, as alpr's training pipeline pads each image to the same size.
+
+    ``mask_priors_per_image`` caps the positive priors whose masks are trained at that many times
+    the batch's images, drawn at random (as CondInst caps its instances). Each mask is computed at
+    a quarter of the input's size, forward and back, and as a model learns, the assigner gives each
+    object more priors: several masks of one object, each costing as much as the first. None trains
+    every positive's mask, as mmdet does.
     """
 
     boxes_only = False  # set by ``boxes_only(model)``: predictions without masks
+
+    def __init__(self, *args, mask_priors_per_image: int | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.mask_priors_per_image = mask_priors_per_image
 
     def loss_by_feat(self, cls_scores, bbox_preds, kernel_preds, mask_feat, batch_gt_instances, batch_img_metas,
                      batch_gt_instances_ignore=None):
@@ -408,6 +418,7 @@ class BatchedRTMDetInsHead(RTMDetInsSepBNHead):
         matched = gt_index[image_index, prior_index]
         loss_bbox = self.loss_bbox(boxes[image_index, prior_index], gt_boxes[image_index, matched],
                                    weight=metrics[image_index, prior_index], avg_factor=1.0) / avg_factor
+        image_index, prior_index, matched = self._mask_sample(num_imgs, image_index, prior_index, matched)
         first_gt = torch.tensor([0, *counts], device=device).cumsum(0)
         step = self.mask_loss_stride
         # the matched masks at the loss's stride: only those pixels are copied
@@ -415,6 +426,13 @@ class BatchedRTMDetInsHead(RTMDetInsSepBNHead):
         loss_mask = self._mask_loss(mask_feat, kernels[image_index, prior_index], priors[prior_index], image_index,
                                     gt_masks)
         return dict(loss_cls=loss_cls, loss_bbox=loss_bbox, loss_mask=loss_mask)
+
+    def _mask_sample(self, num_imgs: int, *indices: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The positives whose masks are trained: all, or a random ``mask_priors_per_image`` times the images."""
+        if self.mask_priors_per_image is None or len(indices[0]) <= self.mask_priors_per_image * num_imgs:
+            return indices
+        chosen = torch.randperm(len(indices[0]), device=indices[0].device)[:self.mask_priors_per_image * num_imgs]
+        return tuple(index[chosen] for index in indices)
 
     def _assign(self, priors, scores, boxes, gt_boxes, gt_labels, gt_centres, real):
         """Dynamic soft-label assignment for every image at once: (positive, object index, IoU), each (B, N)."""
