@@ -116,9 +116,8 @@ def _rtmdet(widen: float, num_classes: int) -> dict:
         neck=dict(type="CSPNeXtPAFPN", in_channels=channels, out_channels=width, num_csp_blocks=1,
                   expand_ratio=0.5, norm_cfg=norm, act_cfg=act),
         bbox_head=dict(
-            type="BatchedRTMDetInsHead", mask_priors_per_image=32, num_classes=num_classes, in_channels=width,
-            stacked_convs=2,
-            share_conv=True, pred_kernel_size=1, feat_channels=width, act_cfg=act,
+            type="BatchedRTMDetInsHead", num_classes=num_classes, in_channels=width, stacked_convs=2,
+            share_conv=True, pred_kernel_size=1, feat_channels=width, act_cfg=act, mask_priors_per_image=32,
             norm_cfg=dict(type="BN", requires_grad=True),
             anchor_generator=dict(type="MlvlPointGenerator", offset=0, strides=[8, 16, 32]),
             bbox_coder=dict(type="DistancePointBBoxCoder"),
