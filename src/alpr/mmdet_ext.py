@@ -429,9 +429,12 @@ class BatchedRTMDetInsHead(RTMDetInsSepBNHead):
 
     def _mask_sample(self, num_imgs: int, *indices: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The positives whose masks are trained: all, or a random ``mask_priors_per_image`` times the images."""
-        if self.mask_priors_per_image is None or len(indices[0]) <= self.mask_priors_per_image * num_imgs:
+        if self.mask_priors_per_image is None:
             return indices
-        chosen = torch.randperm(len(indices[0]), device=indices[0].device)[:self.mask_priors_per_image * num_imgs]
+        limit = self.mask_priors_per_image * num_imgs
+        if len(indices[0]) <= limit:
+            return indices
+        chosen = torch.randperm(len(indices[0]), device=indices[0].device)[:limit]
         return tuple(index[chosen] for index in indices)
 
     def _assign(self, priors, scores, boxes, gt_boxes, gt_labels, gt_centres, real):
