@@ -126,16 +126,25 @@ def test_amp_refuses_what_is_not_true_or_false(capsys):
     assert "argument --amp: expected true or false, not 'yes'" in capsys.readouterr().err
 
 
-def test_mixed_precision_trains_on_the_cpu_in_bfloat16(smoke_workdir):
-    amp = [{"r1": "amp"}.get(a, a) for a in SMOKE_TRAIN] + ["--amp"]
-    result = run_step_script("train", "--workdir", str(smoke_workdir), *amp)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+@pytest.mark.parametrize("has_bfloat16, wrapper", [(True, "CpuBFloat16OptimWrapper"), (False, "OptimWrapper")])
+def test_mixed_precision_trains_on_the_cpu_in_bfloat16_where_it_has_the_instructions(smoke_workdir, has_bfloat16,
+                                                                                     wrapper):
     import torch
 
-    saved = torch.load(smoke_workdir / "runs/amp/train/iter_4.pth", map_location="cpu", weights_only=False)
-    assert saved["meta"]["cfg"].count("CpuBFloat16OptimWrapper") == 1
+    run = "amp-bfloat16" if has_bfloat16 else "amp-float32"
+    # steps/train.py in a process that takes its CPU to have, or to lack, the instructions
+    shim = (f"import runpy, sys, alpr.mmdet_ext; alpr.mmdet_ext.cpu_has_bfloat16 = lambda: {has_bfloat16}; "
+            "sys.argv[0] = 'steps/train.py'; runpy.run_path('steps/train.py', run_name='__main__')")
+    result = subprocess.run([sys.executable, "-c", shim, "--workdir", str(smoke_workdir),
+                             *[{"r1": run}.get(a, a) for a in SMOKE_TRAIN], "--amp"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert ("--amp: this CPU has no bfloat16 instructions" in result.stderr) is not has_bfloat16
+    saved = torch.load(smoke_workdir / f"runs/{run}/train/iter_4.pth", map_location="cpu", weights_only=False)
+    assert f"type='{wrapper}'" in saved["meta"]["cfg"] and saved["meta"]["cfg"].count("OptimWrapper'") == 1
+    assert saved["meta"]["alpr"]["settings"]["amp"] is True  # as asked: a resumed run asks the same
     assert all(w.dtype == torch.float32 for w in saved["state_dict"].values() if w.is_floating_point())
-    losses = [json.loads(line)["loss"] for line in next((smoke_workdir / "runs/amp/train").rglob("log.json"))
+    losses = [json.loads(line)["loss"] for line in next((smoke_workdir / f"runs/{run}/train").rglob("log.json"))
               .read_text().splitlines() if '"loss"' in line]
     assert len(losses) == 4 and all(math.isfinite(loss) and loss > 0 for loss in losses)
 

@@ -289,9 +289,12 @@ def test_a_sure_score_that_is_no_character_score_is_refused_before_the_model_loa
 
 
 @pytest.mark.parametrize("flags, amp", [([], False), (["--amp"], True)])
-def test_serve_amp_reaches_the_reader(checkpoint, flags, amp):
+def test_serve_amp_reaches_the_reader(checkpoint, flags, amp, monkeypatch):
     """--amp travels from the step's flags through ServeOptions to the PlateReader the server loads."""
+    import alpr.mmdet_ext
     from alpr.postprocess import ReadOptions
+
+    monkeypatch.setattr(alpr.mmdet_ext, "cpu_has_bfloat16", lambda: True)  # else --amp reads in float32
     from alpr.serve import ServeOptions, make_model
     from alpr.steps.serve import get_args_parser
 

@@ -27,7 +27,7 @@ with WorkflowTemplate(
         Parameter(name="lr", value="0.001", description="learning rate"),
         Parameter(name="img-size", value="1280", description="image size (longest side) for training and test"),
         Parameter(name="amp", value="false",
-                  description="true: mixed precision (float16 on GPUs; bfloat16 on CPUs, faster with AVX512-BF16)"),
+                  description="true: mixed precision (float16 on GPUs, bfloat16 on CPUs with AVX512-BF16 or AMX)"),
         Parameter(name="deploy", value="false",
                   description="true: point the InferenceService at this run's best model in the store (needs store)"),
         Parameter(name="inference-service", value="alpr", description="InferenceService the deploy step updates"),

@@ -21,7 +21,7 @@ with WorkflowTemplate(
         Parameter(name="batch-size", value="8", description="images per batch"),
         Parameter(name="img-size", value="1280", description="image size (longest side) for training and test"),
         Parameter(name="amp", value="false",
-                  description="true: mixed precision (float16 on GPUs; bfloat16 on CPUs, faster with AVX512-BF16)"),
+                  description="true: mixed precision (float16 on GPUs, bfloat16 on CPUs with AVX512-BF16 or AMX)"),
         Parameter(name="lr", value="0.001", description="learning rate"),
         Parameter(name="weight-decay", value="0.05", description="AdamW weight decay"),
         Parameter(name="widen-factor", value="0.375", description="RTMDet width multiplier"),

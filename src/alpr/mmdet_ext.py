@@ -531,11 +531,16 @@ def cpu_has_bfloat16() -> bool:
                                                                       "_is_amx_tile_supported"))
 
 
-def warn_if_bfloat16_is_slow(device: str, work: str) -> None:
-    """--amp on a CPU without bfloat16 instructions converts to and from float32 and may be slower."""
+def mixed_precision_pays(device: str, work: str) -> bool:
+    """Whether ``--amp`` runs in reduced precision here: on CUDA, and on CPUs with bfloat16 instructions.
+    Other CPUs emulate bfloat16 at many times float32's cost (an AVX2-only AMD EPYC read a 1280x720
+    image in 28 s against 0.5-0.7, and trained 9 times slower: RESULTS.md), so there ``--amp`` runs in
+    float32 and says so. ``work``: what runs, for the note ("training", "reading")."""
     if device == "cpu" and not cpu_has_bfloat16():
-        print(f"warning: --amp on a CPU without bfloat16 instructions (AVX512-BF16 or AMX) may {work} slower than "
-              "without it", file=sys.stderr)
+        print(f"note: --amp: this CPU has no bfloat16 instructions (AVX512-BF16 or AMX), without which bfloat16 is "
+              f"many times slower than float32; {work} in float32", file=sys.stderr)
+        return False
+    return True
 
 
 def _as_float32(value):

@@ -271,8 +271,10 @@ def _optim_wrapper_type(amp: bool, device: str) -> str:
 
 
 def build_config(settings: TrainSettings, dataset_dir: Path, work_dir: Path, dataset: dict,
-                 load_from: str | None = None, resume: bool = False, device: str = "cpu") -> dict:
-    """The complete mmengine config of a training run."""
+                 load_from: str | None = None, resume: bool = False, device: str = "cpu",
+                 amp: bool = False) -> dict:
+    """The complete mmengine config of a training run. ``amp``: whether it trains in mixed precision, which
+    ``settings.amp`` asks for and the device may not pay for (``mmdet_ext.mixed_precision_pays``)."""
     size, crop = settings.image_size, settings.train_crop_size
     by_epoch = settings.by_epoch
     if settings.val_interval is None:
@@ -299,7 +301,7 @@ def build_config(settings: TrainSettings, dataset_dir: Path, work_dir: Path, dat
         train_cfg=train_loop,
         val_cfg=dict(type="ValLoop"),
         test_cfg=dict(type="TestLoop"),
-        optim_wrapper=dict(type=_optim_wrapper_type(settings.amp, device), optimizer=optimizer,
+        optim_wrapper=dict(type=_optim_wrapper_type(amp, device), optimizer=optimizer,
                            clip_grad=dict(max_norm=35, norm_type=2),
                            paramwise_cfg=dict(norm_decay_mult=0, bias_decay_mult=0, bypass_duplicate=True)),
         param_scheduler=None if settings.minutes else _schedule(settings, by_epoch),

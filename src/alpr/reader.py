@@ -182,12 +182,11 @@ class PlateReader:
         check_classes(path, meta["alpr"].get("classes", ()))
         from mmdet.apis import init_detector
 
-        from alpr.mmdet_ext import warn_if_bfloat16_is_slow  # importing it registers alpr's modules
+        from alpr.mmdet_ext import mixed_precision_pays  # importing it registers alpr's modules
 
         config = Config.fromstring(meta["cfg"], ".py")
         device = resolve_device(device)
-        if amp:
-            warn_if_bfloat16_is_slow(device, "read")
+        amp = amp and mixed_precision_pays(device, "reading")
         with contextlib.redirect_stdout(sys.stderr):  # mmengine's loading chatter must not mix with results
             model = init_detector(config, str(path), device=device)
         return cls(model, options, amp=amp)

@@ -137,10 +137,9 @@ def train(options: TrainOptions) -> Path:
     manifest = check_dataset(data)
     settings = with_val_interval(options.settings, manifest["counts"]["train"]["images"])
     device = select_device(options.device)
-    if settings.amp:
-        from alpr.mmdet_ext import warn_if_bfloat16_is_slow
+    from alpr.mmdet_ext import mixed_precision_pays
 
-        warn_if_bfloat16_is_slow(device, "train")
+    amp = settings.amp and mixed_precision_pays(device, "training")
     work = train_dir(options.workdir.resolve(), options.run_id)
     dataset = {"name": options.dataset, "version": options.version, "content_sha256": manifest["content_sha256"],
                "tag": manifest.get("dataset_tag")}
@@ -157,7 +156,7 @@ def train(options: TrainOptions) -> Path:
 
     config = build_config(settings, data, work, dataset,
                           load_from=None if resume else (str(options.load_from) if options.load_from else None),
-                          resume=resume, device=device)
+                          resume=resume, device=device, amp=amp)
     config["alpr"] = {"device": device, "run_id": options.run_id}
     runner = Runner.from_cfg(Config(config))
     runner.train()
