@@ -293,10 +293,10 @@ def test_serve_amp_reaches_the_reader(checkpoint, flags, amp, monkeypatch):
     """--amp travels from the step's flags through ServeOptions to the PlateReader the server loads."""
     import alpr.mmdet_ext
     from alpr.postprocess import ReadOptions
-
-    monkeypatch.setattr(alpr.mmdet_ext, "cpu_has_bfloat16", lambda: True)  # else --amp reads in float32
     from alpr.serve import ServeOptions, make_model
     from alpr.steps.serve import get_args_parser
+
+    monkeypatch.setattr(alpr.mmdet_ext, "cpu_has_bfloat16", lambda: True)  # else --amp reads in float32
 
     args = get_args_parser().parse_args(["--model", str(checkpoint), *flags])
     model = make_model(ServeOptions(args.model, device="cpu", amp=args.amp, read=ReadOptions(zoom_widths=())))
