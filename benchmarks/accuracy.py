@@ -2,7 +2,7 @@
 
     python benchmarks/accuracy.py [--minutes 30 | --iters N] [--model rtmdet-ins-tiny] [--train-images 1000]
         [--test-images 300] [--img-size N] [--crop-size N] [--zoom-share S] [--batch-size 8] [--checkpoint-iters N]
-        [--device auto] [--workers 2] [--amp] [--lr LR] [--warmup-iters N] [--train-log FILE]
+        [--device auto] [--workers 2] [--amp] [--lr LR] [--warmup-iters N] [--seed N] [--train-log FILE]
         [--save-checkpoint PATH] [--load-from PATH]
     python benchmarks/accuracy.py --checkpoint PATH [--test-images 300] [--device auto] [--zoom-widths W ...]
         [--sure-score S] [--read-amp]
@@ -74,6 +74,7 @@ def train_for(work: Path, args: argparse.Namespace) -> tuple[Path, float]:
     command += ["--iters", str(args.iters)] if args.iters else []
     command += ["--warmup-iters", str(args.warmup_iters)] if args.warmup_iters is not None else []
     command += ["--load-from", str(args.load_from)] if args.load_from else []
+    command += ["--seed", str(args.seed)] if args.seed is not None else []
     start = time.perf_counter()
     with open(args.train_log or os.devnull, "w") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_stoppable)
@@ -121,6 +122,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=None, help="learning rate (default: the model's own)")
     parser.add_argument("--iters", type=int, default=None,
                         help="train for this many iterations (with --minutes: stop after them at the latest)")
+    parser.add_argument("--seed", type=int, default=None, help="the training's seed (default: the training step's)")
     parser.add_argument("--warmup-iters", type=int, default=None, help="linear warm-up (default: the training step's)")
     parser.add_argument("--save-checkpoint", type=Path, default=None,
                         help="save what reading the scored checkpoint needs here, before scoring")
