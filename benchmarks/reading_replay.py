@@ -12,23 +12,26 @@ file and reused by later runs on the same checkpoint and images. Prints one line
 
 The rules: the first reading only; read again at each width alone; and, over the windows at
 every width given that read the same board, the text most of them read (ties to the surer
-reading) or the surest reading alone, "surest" being the highest lowest character score; and as
-PlateReader reads (``best_reading`` over the windows read in the order given until two agree,
-``read_enough``), also stopping where one window reads the board with every character scoring at
-least S (``ReadOptions.sure_score``), for each S of --sure-scores. The "windows" column is the
-windows read per board.
+reading), the surest reading alone, "surest" being the highest lowest character score, or position
+by position the character whose scores sum highest over them and the first reading ("by
+character"); and as PlateReader reads (``best_reading`` over the windows read in the order given
+until two agree, ``read_enough``), also with "by character" in place of the surest reading where no
+two agree, and stopping where one window reads the board with every character scoring at least S
+(``ReadOptions.sure_score``), for each S of --sure-scores. The "windows" column is the windows read
+per board.
 """
 
 import argparse
 import pickle
 import tempfile
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 from accuracy import TEST_SEED, synthesize
 
 from alpr.postprocess import Plate, ReadOptions, read_plates
-from alpr.reader import best_reading, load_image, read_enough, surest, surest_reading, window_readings
+from alpr.reader import agreed_reading, best_reading, load_image, read_enough, surest, surest_reading, window_readings
 
 BATCH = 4
 OPTIONS = ReadOptions()  # the reading's defaults
@@ -65,16 +68,36 @@ def by_vote(first: Plate, again: list[list[Plate]]) -> Plate:
     return max(readings, key=lambda p: (votes[p.text], surest(p)))
 
 
+def by_character(first: Plate, again: list[list[Plate]]) -> Plate:
+    """Over the board's readings, the first one's included, each position's character with the
+    highest summed score; the first reading where none is read."""
+    readings = window_readings(first, again) + ([first] if first.readable else [])
+    if not readings:
+        return first
+    chosen = []
+    for position in range(len(readings[0].text)):
+        totals = Counter()
+        for plate in readings:
+            totals[plate.text[position]] += plate.char_scores[position]
+        char = max(totals, key=totals.get)
+        chosen.append((char, max(p.char_scores[position] for p in readings if p.text[position] == char)))
+    text = "".join(char for char, _ in chosen)
+    base = max(readings, key=surest)
+    return replace(base, text=text, region=text[:2], vehicle_type=text[2], serial=text[3:],
+                   char_scores=tuple(score for _, score in chosen))
+
+
 def every_window(pick):
     """A rule that reads every window: its pick, and the windows it read."""
     return lambda first, again: (pick(first, again), len(again))
 
 
-def as_reader(sure_score: float | None = None):
-    """A rule that reads the windows in order until ``read_enough``, as PlateReader does."""
+def as_reader(sure_score: float | None = None, fallback=surest_reading):
+    """A rule that reads the windows in order until ``read_enough``, as PlateReader does; where no
+    two readings agree, ``fallback`` picks."""
     def pick(first: Plate, again: list[list[Plate]]) -> tuple[Plate, int]:
         read = next((n for n in range(1, len(again)) if read_enough(first, again[:n], sure_score)), len(again))
-        return best_reading(first, again[:read]), read
+        return agreed_reading(first, again[:read]) or fallback(first, again[:read]), read
     return pick
 
 
@@ -88,7 +111,9 @@ def rules(widths: list[int], sure_scores: list[float]) -> dict:
         joined = "+".join(map(str, widths))
         named[f"again at {joined}, by vote"] = (widths, every_window(by_vote))
         named[f"again at {joined}, surest"] = (widths, every_window(surest_reading))
+        named[f"again at {joined}, by character"] = (widths, every_window(by_character))
         named[f"again at {joined}, until two agree"] = (widths, as_reader())
+        named[f"again at {joined}, until two agree, else by character"] = (widths, as_reader(fallback=by_character))
         for sure_score in sure_scores:
             named[f"again at {joined}, until two agree or {sure_score:g}"] = (widths, as_reader(sure_score))
     return named
@@ -142,14 +167,14 @@ def main() -> None:
         if args.cache:
             args.cache.write_bytes(pickle.dumps({"key": key, "detections": cached}))
         print(f"{args.checkpoint}: {args.test_images} fresh images (seed {args.seed}), boards as first read")
-        print(f"{'rule':48s} {'EIR':>6s} {'1-row':>6s} {'2-row':>6s} {'exact':>6s} {'misread':>8s} {'unread':>7s}"
+        print(f"{'rule':62s} {'EIR':>6s} {'1-row':>6s} {'2-row':>6s} {'exact':>6s} {'misread':>8s} {'unread':>7s}"
               f" {'windows':>8s}")
         for name, rule in rules(args.widths, args.sure_scores).items():
             plates, windows = read_by(rule, cached)
             metrics = plate_metrics(gt, plates, cached["first"])
             outcomes = metrics["outcomes"]
             unread = sum(n for outcome, n in outcomes.items() if outcome.startswith("unread"))
-            print(f"{name:48s} {metrics['EIR']:6.4f} {metrics['EIR_one_row']:6.4f} {metrics['EIR_two_row']:6.4f} "
+            print(f"{name:62s} {metrics['EIR']:6.4f} {metrics['EIR_one_row']:6.4f} {metrics['EIR_two_row']:6.4f} "
                   f"{outcomes.get('read exactly', 0):6d} {outcomes.get('misread', 0):8d} {unread:7d} {windows:8.2f}")
             print(f"    misread characters: {misread_summary(metrics, top=8)}")
 
