@@ -30,6 +30,7 @@ from pathlib import Path
 
 from accuracy import TEST_SEED, synthesize
 
+from alpr.plates import parse_plate
 from alpr.postprocess import Plate, ReadOptions, read_plates
 from alpr.reader import agreed_reading, best_reading, load_image, read_enough, surest, surest_reading, window_readings
 
@@ -81,10 +82,15 @@ def by_character(first: Plate, again: list[list[Plate]]) -> Plate:
             totals[plate.text[position]] += plate.char_scores[position]
         char = max(totals, key=totals.get)
         chosen.append((char, max(p.char_scores[position] for p in readings if p.text[position] == char)))
-    text = "".join(char for char, _ in chosen)
-    base = max(readings, key=surest)
-    return replace(base, text=text, region=text[:2], vehicle_type=text[2], serial=text[3:],
-                   char_scores=tuple(score for _, score in chosen))
+    # every reading is of the format, so each position's characters are of its kind
+    text = parse_plate("".join(char for char, _ in chosen))
+    return replace(max(readings, key=surest), text=text.text, region=text.region, vehicle_type=text.vehicle_type,
+                   serial=text.serial, char_scores=tuple(score for _, score in chosen))
+
+
+def agreed_else_by_character(first: Plate, again: list[list[Plate]]) -> Plate:
+    """``best_reading`` with ``by_character`` in place of the surest window reading."""
+    return agreed_reading(first, again) or by_character(first, again)
 
 
 def every_window(pick):
@@ -92,12 +98,12 @@ def every_window(pick):
     return lambda first, again: (pick(first, again), len(again))
 
 
-def as_reader(sure_score: float | None = None, fallback=surest_reading):
-    """A rule that reads the windows in order until ``read_enough``, as PlateReader does; where no
-    two readings agree, ``fallback`` picks."""
+def as_reader(sure_score: float | None = None, best=best_reading):
+    """A rule that reads the windows in order until ``read_enough``, as PlateReader does, and keeps
+    the ``best`` of the readings so far."""
     def pick(first: Plate, again: list[list[Plate]]) -> tuple[Plate, int]:
         read = next((n for n in range(1, len(again)) if read_enough(first, again[:n], sure_score)), len(again))
-        return agreed_reading(first, again[:read]) or fallback(first, again[:read]), read
+        return best(first, again[:read]), read
     return pick
 
 
@@ -113,7 +119,8 @@ def rules(widths: list[int], sure_scores: list[float]) -> dict:
         named[f"again at {joined}, surest"] = (widths, every_window(surest_reading))
         named[f"again at {joined}, by character"] = (widths, every_window(by_character))
         named[f"again at {joined}, until two agree"] = (widths, as_reader())
-        named[f"again at {joined}, until two agree, else by character"] = (widths, as_reader(fallback=by_character))
+        named[f"again at {joined}, until two agree, else by character"] = (
+            widths, as_reader(best=agreed_else_by_character))
         for sure_score in sure_scores:
             named[f"again at {joined}, until two agree or {sure_score:g}"] = (widths, as_reader(sure_score))
     return named
