@@ -9,7 +9,7 @@ import argparse
 from pathlib import Path
 
 from alpr import db
-from alpr.cli import HelpWithDefaults
+from alpr.cli import HelpWithDefaults, checked_type
 from alpr.dataset import parse_fractions
 from alpr.record import RecordOptions, RecordResult, record
 
@@ -21,7 +21,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--workdir", type=Path, default=Path("work"), help="shared work directory")
     parser.add_argument("--dataset", required=True, help="dataset name")
     parser.add_argument("--version", required=True, help="dataset version, e.g. 1 or 2026.11")
-    parser.add_argument("--split", type=parse_fractions, default=(0.8, 0.1, 0.1),
+    parser.add_argument("--split", type=checked_type(parse_fractions), default=(0.8, 0.1, 0.1),
                         help="train,val,test fractions (default 0.8,0.1,0.1)")
     parser.add_argument("--skip-invalid", action="store_true",
                         help="record the valid files and report the invalid ones instead of failing")
@@ -57,7 +57,7 @@ def main(args: argparse.Namespace) -> RecordResult:
     result = record(RecordOptions(
         source=args.source, workdir=args.workdir, dataset=args.dataset, version=args.version,
         fractions=args.split, skip_invalid=args.skip_invalid, db_url=args.db_url, data_repo=args.data_repo,
-        dvc_remote=args.dvc_remote, dvc=not args.no_dvc, push=not args.no_push, store=args.store))
+        dvc_remote=args.dvc_remote, dvc=not args.no_dvc, push=not args.no_push, store=args.store, progress=True))
     print(summary(result, tracked=not args.no_dvc))
     return result
 

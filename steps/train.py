@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from alpr.cli import HelpWithDefaults, true_or_false
+from alpr.cli import HelpWithDefaults, or_default, true_or_false
 from alpr.model import MODELS, TrainSettings
 from alpr.train import DEVICES, TrainOptions, train
 
@@ -32,11 +32,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help="validate and checkpoint every N epochs, or iterations with --iters or --minutes "
                              "(default: every epoch, or an epoch's worth of iterations)")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="images per batch")
-    parser.add_argument("--lr", type=float, default=None, help="learning rate (default: the model's own)")
+    parser.add_argument("--lr", type=or_default(float), default=None,
+                        help="learning rate (default, or empty: the model's own)")
     parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay, help="AdamW weight decay")
-    parser.add_argument("--img-size", type=int, default=None,
+    parser.add_argument("--img-size", type=or_default(int), default=None,
                         help="size images are resized to (longest side), in training and test "
-                             "(default: the model's: 1280 for rtmdet-ins-tiny)")
+                             "(default, or empty: the model's: 1280 for rtmdet-ins-tiny)")
     parser.add_argument("--crop-size", type=int, default=None,
                         help="train on square crops of this size from the resized images (default: the model's: "
                              "448 for rtmdet-ins-tiny, or --img-size where that is smaller)")

@@ -126,6 +126,15 @@ def test_amp_refuses_what_is_not_true_or_false(capsys):
     assert "argument --amp: expected true or false, not 'yes'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("value, lr, img_size", [("", None, None), ("0.002", 0.002, None)])
+def test_an_empty_workflow_parameter_means_the_models_own_value(value, lr, img_size):
+    from steps.train import get_args_parser
+
+    args = get_args_parser().parse_args(["--dataset", "d", "--version", "1", "--run-id", "r", "--lr", value,
+                                         "--img-size", ""])
+    assert (args.lr, args.img_size) == (lr, img_size)
+
+
 @pytest.mark.parametrize("has_bfloat16, wrapper", [(True, "CpuBFloat16OptimWrapper"), (False, "OptimWrapper")])
 def test_mixed_precision_trains_on_the_cpu_in_bfloat16_where_it_has_the_instructions(smoke_workdir, has_bfloat16,
                                                                                      wrapper):
@@ -347,6 +356,26 @@ def test_test_step_writes_predictions_and_pictures(smoke_workdir, smoke_training
     assert len(list((out / "images").glob("*.jpg"))) == len(lines)
 
 
+def test_test_step_reads_past_an_image_it_cannot_read_and_replaces_its_outputs_whole(smoke_workdir, smoke_training,
+                                                                                      synth_dir, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(synth_dir / "000001.jpg", folder / "a.jpg")
+    (folder / "b.jpg").write_bytes(b"not an image")
+    test = ["--workdir", str(smoke_workdir), "--run-id", "r1", "--device", "cpu", "--images", str(folder)]
+    out = smoke_workdir / "runs" / "r1" / "test"
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "images" / "old.jpg").write_bytes(b"an earlier test's picture")
+    result = run_step_script("test", *test)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "1 of 2 images could not be read" in result.stderr and "b.jpg: not a readable image" in result.stderr
+    lines = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert [(Path(line["image"]).name, sorted(line)) for line in lines] == [("a.jpg", ["image", "plates"]),
+                                                                            ("b.jpg", ["error", "image"])]
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["a.jpg"]
+    assert "test: 2/2" in result.stdout  # progress as a log line: the output is no terminal
+
+
 @pytest.mark.parametrize("precision", [[], ["--amp"]], ids=["float32", "mixed"])
 def test_predict_prints_one_json_line_per_image(smoke_workdir, smoke_training, synth_dir, precision):
     best = smoke_workdir / "runs" / "r1" / "train" / "best.pth"
@@ -373,9 +402,11 @@ def test_predict_reads_folders_and_goes_on_past_an_image_it_cannot_read(smoke_wo
     predict = [sys.executable, "-m", "alpr.cli", "predict", "--model", str(best), "--json", "--device", "cpu"]
     result = subprocess.run([*predict, str(folder)], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert [Path(json.loads(line)["image"]).name for line in result.stdout.splitlines()] == ["a.jpg", "d.jpg"]
     assert "b_thin.png: 2000x1 px is too thin to read" in result.stderr
     assert "c.jpg: not a readable image" in result.stderr and "2 of 4 images could not be read" in result.stderr
+    lines = {Path(line["image"]).name: line for line in map(json.loads, result.stdout.splitlines())}
+    assert list(lines) == ["a.jpg", "b_thin.png", "c.jpg", "d.jpg"]  # an error line for each that failed
+    assert lines["c.jpg"]["error"].endswith("c.jpg: not a readable image") and "plates" in lines["d.jpg"]
     result = subprocess.run([*predict, str(folder / "a.jpg"), str(tmp_path / "missing.jpg")], cwd=ROOT,
                             capture_output=True, text=True)
     assert result.returncode == 1 and "missing.jpg: image not found" in result.stderr and result.stdout == ""

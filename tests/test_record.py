@@ -1,4 +1,5 @@
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -8,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from alpr import db
-from alpr.errors import UsageError
+from alpr.errors import AlprError, UsageError
 from alpr.record import RecordOptions, record
 from alpr.versioning import pull_dataset
 
@@ -122,11 +123,56 @@ def test_record_step_prints_a_summary(synth_dir, tmp_path):
                              "--store", (tmp_path / "bucket").as_uri()], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     assert "dataset sum version 1" in result.stdout and "tags: sum-v1" in result.stdout
+    assert "tracking sum v1 with git + DVC" in result.stdout and "pushing" not in result.stdout  # --no-push
     assert (tmp_path / "bucket" / "datasets" / "sum" / "1" / "splits.tar.gz").is_file()
     untracked = subprocess.run([sys.executable, "steps/record.py", "--source", str(synth_dir), "--workdir",
                                 str(tmp_path / "u"), "--dataset", "sum", "--version", "1", "--no-dvc"],
                                capture_output=True, text=True, cwd=ROOT)
     assert untracked.returncode == 0 and "tags:" not in untracked.stdout and "--no-dvc" in untracked.stdout
+
+
+def test_a_bad_split_is_refused_with_what_is_expected(tmp_path):
+    result = subprocess.run([sys.executable, "steps/record.py", "--source", str(tmp_path), "--dataset", "d",
+                             "--version", "1", "--split", "0.7,0.2"], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 2
+    assert "argument --split: '0.7,0.2': expected three non-negative fractions train,val,test" in result.stderr
+
+
+def _git(repo: Path, *args: str) -> list[str]:
+    return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True).stdout.split()
+
+
+def test_a_data_repository_above_the_workdir_versions_only_the_datasets(synth_dir, tmp_path):
+    repo = tmp_path / "repo"
+    record(RecordOptions(synth_dir, repo / "work", "plates", "1", data_repo=repo, push=False))
+    assert _git(repo, "tag") == ["plates-ann-v1", "plates-v1"]
+    (repo / "work" / "runs").mkdir()
+    (repo / "work" / "runs" / "log.json").write_text("{}")
+    (repo / "scratch.txt").write_text("")
+    assert _git(repo, "status", "--porcelain") == []  # runs and scratch stay out of git
+    tracked = _git(repo, "ls-files")
+    assert "work/datasets/plates/1.dvc" in tracked and "work/annotations/plates/1.dvc" in tracked
+
+
+def test_record_commits_only_its_own_files_in_a_shared_repository(synth_dir, tmp_path):
+    project = tmp_path / "project"
+    project.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=project, check=True)
+    (project / "notes.txt").write_text("the user's work, staged\n")
+    subprocess.run(["git", "add", "notes.txt"], cwd=project, check=True)
+    record(RecordOptions(synth_dir, project / "work", "plates", "1", data_repo=project, push=False))
+    assert _git(project, "tag") == ["plates-ann-v1", "plates-v1"]
+    assert "notes.txt" not in _git(project, "log", "--name-only", "--format=")
+    assert _git(project, "diff", "--cached", "--name-only") == ["notes.txt"]
+    assert not (project / ".gitignore").exists()  # the user's repository keeps its own ignores
+
+
+def test_a_damaged_manifest_is_named_with_its_problem(synth_dir, tmp_path):
+    options = RecordOptions(synth_dir, tmp_path / "w", "plates", "1", dvc=False)
+    manifest = record(options).path / "manifest.json"
+    manifest.write_text('{"name": "plates", ')
+    with pytest.raises(AlprError, match=re.escape(f"{manifest}: not valid JSON")):
+        record(options)
 
 
 def test_a_database_that_is_no_url_or_not_there_is_a_clear_error_without_its_password():

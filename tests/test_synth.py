@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from labelme import LabelFile
 
+from alpr.errors import UsageError
 from alpr.plates import BOARD_LABELS, CHARACTER_CLASSES, MAIN_LABELS, SUB_LABELS, Layout, label_char, parse_plate
 from alpr.synth import SynthOptions, generate
 
@@ -122,3 +123,25 @@ def test_a_smaller_run_into_the_same_folder_warns_of_the_files_left(tmp_path):
     again = synth(1)
     assert again.returncode == 0 and "warning: 4 files of an earlier, larger run remain" in again.stderr
     assert "000001.jpg" in again.stderr and "warning" not in synth(3).stderr
+
+
+def test_synth_writes_only_into_an_empty_folder_or_one_of_its_own(tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "car.jpg").write_bytes(b"my photo")
+    (mine / "000000.json").write_text("{}")
+    with pytest.raises(UsageError, match=r"mine holds files synth did not write \(car.jpg, 1 in all\)"):
+        generate(mine, 2, seed=1, options=SMALL, workers=1, progress=False)
+    assert sorted(p.name for p in mine.iterdir()) == ["000000.json", "car.jpg"]
+    assert (mine / "000000.json").read_text() == "{}"
+
+    ours = tmp_path / "ours"
+    generate(ours, 1, seed=1, options=SMALL, workers=1, progress=False)
+    (ours / "notes.txt").write_text("the user's, in a folder synth wrote")
+    generate(ours, 2, seed=1, options=SMALL, workers=1, progress=False)
+    assert (ours / "000001.json").is_file()
+    older = tmp_path / "older"  # written before synth marked its folders: synth's names alone
+    generate(older, 1, seed=1, options=SMALL, workers=1, progress=False)
+    (older / ".alpr-synth").unlink()
+    generate(older, 2, seed=1, options=SMALL, workers=1, progress=False)
+    assert (older / ".alpr-synth").is_file()

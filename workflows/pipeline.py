@@ -18,14 +18,15 @@ with WorkflowTemplate(
         Parameter(name="dataset-name", value="plates", description="dataset name"),
         Parameter(name="dataset-version", value="1", description="dataset version to record"),
         Parameter(name="source", value=f"{WORK_MOUNT}/synth/plates",
-                  description="labelme folder on the volume; synth writes here (set synth-count 0 to use yours)"),
-        Parameter(name="synth-count", value="1000", description="synthetic images to draw (0: none)"),
+                  description="labelme folder on the volume: synth writes here, or, with synth-count 0, yours"),
+        Parameter(name="synth-count", value="1000", description="synthetic images to draw (0: none, synth skipped)"),
         Parameter(name="synth-seed", value="0", description="synthesis seed"),
         Parameter(name="model", value="rtmdet-ins-tiny", description="rtmdet-ins-tiny, mask-rcnn-swin-t or smoke"),
         Parameter(name="epochs", value="30", description="training epochs"),
         Parameter(name="batch-size", value="8", description="images per batch"),
-        Parameter(name="lr", value="0.001", description="learning rate"),
-        Parameter(name="img-size", value="1280", description="image size (longest side) for training and test"),
+        Parameter(name="lr", value="", description="learning rate; empty: the model's own"),
+        Parameter(name="img-size", value="",
+                  description="image size (longest side) for training and test; empty: the model's own"),
         Parameter(name="amp", value="false",
                   description="true: mixed precision (float16 on GPUs, bfloat16 on CPUs with AVX512-BF16 or AMX)"),
         Parameter(name="deploy", value="false",
@@ -58,6 +59,7 @@ with WorkflowTemplate(
                           {"op": "replace", "path": "/spec/predictor/containers/0/env/0/value",
                            "value": "{{inputs.parameters.model-uri}}"}]))
     with DAG(name="pipeline"):
-        synthesized, recorded, trained, evaluated, tested = synth(), record(), train(), evaluate(), test()
+        synthesized = synth(when=f"{param('synth-count')} != 0")
+        recorded, trained, evaluated, tested = record(), train(), evaluate(), test()
         synthesized >> recorded >> trained >> evaluated >> tested >> deploy(
             when=f"{param('deploy')} == true", arguments={"model-uri": evaluated.get_parameter("model-uri")})

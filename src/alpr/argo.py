@@ -35,9 +35,11 @@ def common_parameters() -> list[Parameter]:
         Parameter(name="secret-name", value="alpr-secrets",
                   description="Secret with gcs-key.json and db-url"),
         Parameter(name="db-url", value="",
-                  description="SQLAlchemy URL; empty: the Secret's db-url, else SQLite on the volume"),
+                  description="SQLAlchemy URL without credentials (parameters are visible: keep those in the "
+                              "Secret's db-url); empty: the Secret's db-url, else SQLite on the volume"),
         Parameter(name="store", value="", description="object store URL (gs://bucket/prefix); empty: none"),
-        Parameter(name="gpus", value="1", description="GPUs for train and evaluate; 0 on CPU clusters"),
+        Parameter(name="gpus", value="0",
+                  description="GPUs for train and evaluate; with a CUDA image, e.g. image=ghcr.io/alpr-dev/alpr-cuda"),
         Parameter(name="run-id", value="{{workflow.name}}", description="run folder under /work/runs"),
     ]
 

@@ -44,6 +44,26 @@ def true_or_false(text: str) -> bool:
     return text.lower() == "true"
 
 
+def checked_type(parse: Callable[[str], object]) -> Callable[[str], object]:
+    """An argparse type from a parser that raises our errors: argparse shows the error's own message
+    (it replaces a ValueError's with "invalid ... value")."""
+    def checked(text: str) -> object:
+        try:
+            return parse(text)
+        except AlprError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+    checked.__name__ = parse.__name__
+    return checked
+
+
+def or_default(kind: Callable[[str], object]) -> Callable[[str], object]:
+    """An argparse type where an empty value means the default (None): a workflow parameter left empty."""
+    def parse(text: str) -> object:
+        return kind(text) if text.strip() else None
+    parse.__name__ = kind.__name__
+    return parse
+
+
 class HelpWithDefaults(argparse.HelpFormatter):
     """``--help`` names each flag's default, unless its help already says it or there is none to name."""
 
@@ -70,7 +90,7 @@ def add_reading_arguments(parser: argparse.ArgumentParser) -> None:
                         help="lowest score of a character that is read")
     parser.add_argument("--zoom-widths", type=int, nargs="*", default=list(ReadOptions.zoom_widths),
                         help="each plate is read again, scaled to these widths (px) in this order, until two "
-                             "readings agree; none given: never")
+                             "readings agree; none given: never (put it after the images, or end its list with --)")
     parser.add_argument("--sure-score", type=float, default=ReadOptions.sure_score,
                         help="also stop once one reading has every character scoring at least this "
                              "(default: only agreement stops)")
@@ -113,7 +133,7 @@ def image_files(paths: list[Path]) -> list[Path]:
 
 def _predict(args: argparse.Namespace) -> None:
     from alpr.reader import PlateReader
-    from alpr.visualize import prediction_line
+    from alpr.visualize import error_line, prediction_line
 
     images = image_files(args.images)
     reader = PlateReader.from_checkpoint(args.model, args.device, reading_options(args), amp=args.amp)
@@ -123,6 +143,8 @@ def _predict(args: argparse.Namespace) -> None:
             plates = reader.predict(image)
         except AlprError as error:  # one unreadable image: said, and the others still read
             print(f"error: {error}", file=sys.stderr, flush=True)
+            if args.json:
+                print(error_line(str(image), error), flush=True)
             failed += 1
             continue
         if args.json:

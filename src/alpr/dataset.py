@@ -20,6 +20,7 @@ import numpy as np
 
 from alpr.errors import AlprError, UsageError
 from alpr.plates import BOARD_LABELS, CHARACTER_CLASSES, CLASSES, PlateFormatError, parse_plate
+from alpr.progress import show_progress
 
 SPLITS = ("train", "val", "test")
 DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
@@ -251,21 +252,18 @@ def paused_gc() -> Iterator[None]:
 
 def _load_all(paths: list[Path], source: Path, progress: bool):
     """Loads files in file order, on every core when there are many, with a progress bar."""
-    from rich.progress import Progress
-
     workers = min(os.cpu_count() or 1, 8) if len(paths) >= 200 else 1
-    with Progress(disable=not progress, transient=True) as bar:
-        task = bar.add_task(f"validate {source}", total=len(paths))
+    with show_progress(f"validate {source}", len(paths), progress) as advance:
         if workers == 1:
             for path in paths:
-                bar.advance(task)
+                advance()
                 yield path, _try_load(path, source)
             return
         pool = get_context("fork").Pool(workers)
         try:
             with paused_gc():  # while unpickling results; the workers, forked before, collect as usual
                 for path, item in zip(paths, pool.imap(partial(_try_load, source=source), paths, chunksize=32)):
-                    bar.advance(task)
+                    advance()
                     yield path, item
         finally:
             pool.terminate()
@@ -319,7 +317,7 @@ def parse_fractions(text: str) -> tuple[float, float, float]:
     except ValueError:
         values = ()
     if len(values) != 3 or not all(0 <= v <= 1 for v in values) or abs(sum(values) - 1) > 1e-6:
-        raise UsageError(f"--split {text!r}: expected three non-negative fractions train,val,test that sum to 1, "
+        raise UsageError(f"{text!r}: expected three non-negative fractions train,val,test that sum to 1, "
                          "e.g. 0.8,0.1,0.1")
     return values  # type: ignore[return-value]
 

@@ -13,6 +13,7 @@ from alpr.errors import UsageError
 from alpr.metrics import KEY_METRICS, check_metric, evaluate, layout_suffix, plate_pr_curve, scalar_metrics
 from alpr.plates import CHARACTER_CLASSES, Layout
 from alpr.postprocess import Detection, Plate
+from alpr.progress import show_progress
 
 BATCH = 4
 
@@ -50,8 +51,6 @@ def predict_split(reader, dataset: Path, split: str, progress: bool = True
                   ) -> tuple[object, dict[int, list[Detection]], dict[int, list[Plate]]]:
     """Runs the reader over a split; returns the ground truth, detections (RLE masks) and plates."""
     from pycocotools.coco import COCO
-    from rich.progress import Progress
-
     ann_file = dataset / f"{split}.json"
     if not ann_file.is_file():
         raise UsageError(f"{ann_file}: split not found")
@@ -60,14 +59,13 @@ def predict_split(reader, dataset: Path, split: str, progress: bool = True
     image_ids = sorted(gt.getImgIds())
     detections: dict[int, list[Detection]] = {}
     plates: dict[int, list[Plate]] = {}
-    with Progress(disable=not progress, transient=True) as bar:
-        task = bar.add_task(f"predict {split}", total=len(image_ids))
+    with show_progress(f"predict {split}", len(image_ids), progress) as advance:
         for start in range(0, len(image_ids), BATCH):
             ids = image_ids[start:start + BATCH]
             paths = [dataset / "images" / gt.imgs[i]["file_name"] for i in ids]
             for image_id, (dets, found) in zip(ids, reader.read(paths, masks=True)):
                 detections[image_id], plates[image_id] = dets, found
-            bar.advance(task, len(ids))
+            advance(len(ids))
     return gt, detections, plates
 
 

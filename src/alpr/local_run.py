@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from alpr.errors import AlprError, UsageError
+from alpr.errors import AlprError, UsageError, read_json
 
 EXPRESSION = re.compile(r"\{\{\s*([^{}]+?)\s*\}\}")
 TASK_OUTPUT = re.compile(r"\{\{\s*tasks\.")
@@ -202,7 +202,7 @@ class LocalRun:
         if not self.state_file.is_file():
             self.echo(f"nothing to resume in {self.state_file}; starting a new run")
             return None
-        return json.loads(self.state_file.read_text())
+        return read_json(self.state_file)
 
     def _save_state(self) -> None:
         self.state_file.parent.mkdir(parents=True, exist_ok=True)

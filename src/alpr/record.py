@@ -31,7 +31,7 @@ from alpr.dataset import (
     split_of,
     to_coco,
 )
-from alpr.errors import UsageError
+from alpr.errors import UsageError, read_json
 from alpr.plates import CLASSES
 from alpr.versioning import DataRepo, annotation_tag, dataset_tag
 
@@ -53,6 +53,7 @@ class RecordOptions:
     dvc: bool = True
     push: bool = True
     store: str | None = None
+    progress: bool = False  # a bar (or log lines) while validating, a line before each long stage
 
 
 @dataclass
@@ -183,6 +184,12 @@ def upload(folder: Path, store: str, name: str, version: str) -> list[str]:
     return list(targets)
 
 
+def _announce(options: RecordOptions, line: str) -> None:
+    """A line before a long stage, so that a step's log says what it waits on."""
+    if options.progress:
+        print(line, flush=True)
+
+
 def record(options: RecordOptions) -> RecordResult:
     name, version = check_name("dataset", options.dataset), check_name("version", options.version)
     if name.endswith("-ann"):
@@ -193,7 +200,7 @@ def record(options: RecordOptions) -> RecordResult:
         storage.check_url(options.store)  # now, not after the version is written
     if options.dvc:
         repo = DataRepo(options.data_repo or workdir, options.dvc_remote or str(workdir / "dvc-remote"), workdir)
-    items, errors = scan(options.source)
+    items, errors = scan(options.source, progress=options.progress)
     if errors and not options.skip_invalid:
         raise InvalidAnnotations(errors)
     if not items:
@@ -206,7 +213,7 @@ def record(options: RecordOptions) -> RecordResult:
     annotations = workdir / "annotations" / name / version
     created = not folder.exists()
     if folder.exists():
-        recorded = json.loads((folder / "manifest.json").read_text())
+        recorded = read_json(folder / "manifest.json")
         if recorded.get("content_sha256") != digest:
             raise db.VersionConflict(f"{folder} already holds dataset {name!r} version {version!r} with other "
                                      "content; record it under a new version")
@@ -230,13 +237,15 @@ def record(options: RecordOptions) -> RecordResult:
         _atomic_folder(folder, lambda tmp: _write_dataset(tmp, items, splits, manifest, skipped))
     if not annotations.exists():  # also repairs a run that stopped between the two folders
         _atomic_folder(annotations, lambda tmp: _write_annotations(tmp, items, folder / "images"))
-    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest = read_json(folder / "manifest.json")
 
     if options.dvc:
+        _announce(options, f"tracking {name} v{version} with git + DVC in {repo.root}")
         repo.ensure()
         repo.track(annotations, annotation_tag(name, version), f"annotations {name} v{version}")
         repo.track(folder, dataset_tag(name, version), f"dataset {name} v{version}")
         if options.push:
+            _announce(options, f"pushing {len(items)} images and their annotations to the DVC remote")
             repo.push(annotations, folder)
 
     split_names = {image["file_name"]: split for split, doc in splits.items() for image in doc["images"]}

@@ -21,9 +21,11 @@ import numpy as np
 from alpr.backgrounds import Backgrounds
 from alpr.errors import UsageError
 from alpr.plates import DIGITS, VEHICLE_TYPES, Layout, PlateText, char_label
+from alpr.progress import show_progress
 
 LABELME_VERSION = "5.5.0"
 MIN_SIDE = 8  # px: smaller images break the background noise and blur
+MARK = ".alpr-synth"  # in each folder synth writes: it may write there again, and nowhere else that holds files
 # Canvas sizes keep the real plates' proportions (520x110 mm one-row, 335x170 mm two-row).
 CANVAS = {Layout.ONE_ROW: (416, 88), Layout.TWO_ROW: (268, 136)}
 # (board, text) colours in BGR: white, yellow (commercial), green (old), blue (electric), black.
@@ -358,10 +360,27 @@ def _make_one(index: int) -> int:
     return len({s.group_id for s in shapes})
 
 
+def is_synth_name(path: Path) -> bool:
+    """Named as generate names its files: 000000.jpg, 000000.json, ..."""
+    return path.stem.isdigit() and len(path.stem) >= 6 and path.suffix in (".jpg", ".json")
+
+
+def claim_folder(out: Path) -> None:
+    """Makes out a folder synth writes, or refuses one that holds files of someone else's: synth would
+    overwrite them, and record would take its images and theirs as one dataset."""
+    if out.is_dir() and not (out / MARK).exists():
+        foreign = sorted(p.name for p in out.iterdir() if not is_synth_name(p))
+        if foreign:
+            raise UsageError(f"{out} holds files synth did not write ({foreign[0]}, {len(foreign)} in all); "
+                             "synth writes only into an empty folder or one it wrote before: choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARK).write_text("alpr synth writes here\n")
+
+
 def left_from_larger_runs(out: Path, count: int) -> list[Path]:
     """Files named as generate names them, numbered from ``count`` up: an earlier run's, which record would
     take along with this one's."""
-    return sorted(p for p in out.glob("[0-9]" * 6 + ".*") if p.suffix in (".jpg", ".json") and int(p.stem) >= count)
+    return sorted(p for p in out.iterdir() if is_synth_name(p) and int(p.stem) >= count)
 
 
 def generate(out: Path, count: int, seed: int, backgrounds: Path | None = None,
@@ -373,13 +392,10 @@ def generate(out: Path, count: int, seed: int, backgrounds: Path | None = None,
         raise UsageError(f"--workers must be >= 0 (0: one per core), got {workers}")
     if backgrounds is not None:
         Backgrounds(backgrounds)  # fail early, in this process, on a bad folder
-    out.mkdir(parents=True, exist_ok=True)
+    claim_folder(out)
     workers = workers or min(os.cpu_count() or 1, max(count, 1))
     args = (str(out), str(backgrounds) if backgrounds else None, options, seed)
-    from rich.progress import Progress
-
-    with Progress(disable=not progress, transient=False) as bar:
-        task = bar.add_task(f"synth → {out}", total=count)
+    with show_progress(f"synth → {out}", count, progress, transient=False) as advance:
         plates = 0
         if workers == 1:
             _init_worker(*args)
@@ -390,7 +406,7 @@ def generate(out: Path, count: int, seed: int, backgrounds: Path | None = None,
         try:
             for n in results:
                 plates += n
-                bar.advance(task)
+                advance()
         finally:
             if workers > 1:
                 pool.close()

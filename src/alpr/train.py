@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from alpr.errors import AlprError, UsageError
+from alpr.errors import AlprError, UsageError, read_json
 from alpr.model import TrainSettings, build_config, with_val_interval
 from alpr.plates import CLASSES, check_classes
 from alpr.record import check_name
@@ -42,7 +41,7 @@ def check_dataset(folder: Path) -> dict:
         path = folder / f"{split}.json"
         if not path.is_file():
             raise UsageError(f"{path}: split file missing")
-        document = json.loads(path.read_text())
+        document = read_json(path)
         if split in ("train", "val") and not document.get("images"):
             raise UsageError(f"{path}: the {split} split has no images; record more images or change --split")
         categories = sorted(document.get("categories", []), key=lambda c: c["id"])
@@ -50,7 +49,7 @@ def check_dataset(folder: Path) -> dict:
         if found != list(enumerate(CLASSES, start=1)):  # the metrics take category id N for CLASSES[N - 1]
             raise UsageError(f"{path}: categories {found} are not alpr's classes with ids 1 to {len(CLASSES)} "
                              f"{list(CLASSES)}; re-record the dataset with this alpr version")
-    return json.loads((folder / "manifest.json").read_text())
+    return read_json(folder / "manifest.json")
 
 
 def checkpoint_meta(path: Path) -> dict:

@@ -16,8 +16,6 @@ from alpr.errors import AlprError
 from alpr.storage import drop_missing_key_file
 
 REMOTE_NAME = "storage"
-# Only the versioned folders belong in git; runs, databases and scratch stay out.
-GITIGNORE = "/*\n!/.gitignore\n!/.dvcignore\n!/.dvc\n!/datasets\n!/annotations\n"
 GIT_IDENTITY = ["-c", "user.name=alpr", "-c", "user.email=alpr@localhost", "-c", "commit.gpgsign=false"]
 
 
@@ -63,9 +61,9 @@ class DataRepo:
     """A git + DVC repository whose working tree holds ``datasets/`` and ``annotations/``."""
 
     def __init__(self, root: Path, remote: str, workdir: Path):
-        self.root = root.resolve()
+        self.root, self.workdir = root.resolve(), workdir.resolve()
         self.remote = remote_url(remote)
-        if not workdir.resolve().is_relative_to(self.root):
+        if not self.workdir.is_relative_to(self.root):
             raise VersioningError(f"data repository {self.root} does not hold the workdir {workdir.resolve()}: "
                                   "it tracks the workdir's datasets/ and annotations/, so it must be the workdir "
                                   "or a folder above it")
@@ -73,11 +71,9 @@ class DataRepo:
     def ensure(self) -> None:
         """Initialises git, DVC and the default remote once; later calls change nothing."""
         self.root.mkdir(parents=True, exist_ok=True)
-        if not (self.root / ".git").exists():
+        if not (self.root / ".git").exists():  # a repository of ours; one of the user's keeps its own ignores
             git(self.root, "init", "-q", "-b", "main")
-        gitignore = self.root / ".gitignore"
-        if not gitignore.exists():
-            gitignore.write_text(GITIGNORE)
+            (self.root / ".gitignore").write_text(self.gitignore())
         if not (self.root / ".dvc").exists():
             dvc(self.root, "init", "-q")
             dvc(self.root, "config", "core.analytics", "false")
@@ -86,13 +82,24 @@ class DataRepo:
         current = dvc(self.root, "remote", "list").split()
         if current[:2] != [REMOTE_NAME, self.remote]:
             dvc(self.root, "remote", "add", "--force", "--default", REMOTE_NAME, self.remote)
-        self.commit("alpr: initialise data repository", [".gitignore", ".dvc/config", ".dvcignore"])
+        ignores = self.root / ".gitignore"
+        ours = [".gitignore"] if ignores.is_file() and ignores.read_text() == self.gitignore() else []
+        self.commit("alpr: initialise data repository", [*ours, ".dvc/config", ".dvc/.gitignore", ".dvcignore"])
+
+    def gitignore(self) -> str:
+        """Only the versioned folders belong in git; runs, databases and scratch stay out."""
+        lines, folder = ["/*", "!/.gitignore", "!/.dvcignore", "!/.dvc"], ""
+        for part in self.workdir.relative_to(self.root).parts:  # down to the workdir, where it is deeper
+            folder += f"/{part}"
+            lines += [f"!{folder}", f"{folder}/*"]
+        return "\n".join(lines + [f"!{folder}/datasets", f"!{folder}/annotations"]) + "\n"
 
     def commit(self, message: str, paths: list[str]) -> bool:
+        """Commits these paths alone: changes the user staged in a shared repository stay staged."""
         git(self.root, "add", "--", *paths)
-        if not git(self.root, "diff", "--cached", "--name-only").strip():
+        if not git(self.root, "diff", "--cached", "--name-only", "--", *paths).strip():
             return False
-        git(self.root, "commit", "-q", "-m", message)
+        git(self.root, "commit", "-q", "-m", message, "--", *paths)
         return True
 
     def tag_commit(self, tag: str) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,9 +12,10 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from alpr.backgrounds import IMAGE_SUFFIXES, list_images
-from alpr.errors import UsageError
+from alpr.errors import AlprError, UsageError, read_json
 from alpr.plates import BOARD_LABELS, CHARACTER_CLASSES
 from alpr.postprocess import Detection, Plate
+from alpr.progress import show_progress
 
 BATCH = 4
 
@@ -30,6 +32,11 @@ class TestOptions:
 def prediction_line(image: str, plates: list[Plate]) -> str:
     """One line of ``alpr predict --json``."""
     return json.dumps({"image": image, "plates": [p.to_dict() for p in plates]})
+
+
+def error_line(image: str, error: Exception) -> str:
+    """The line of ``alpr predict --json`` for an image that could not be read."""
+    return json.dumps({"image": image, "error": str(error)})
 
 
 def _colour(label: str) -> tuple[int, int, int]:
@@ -70,7 +77,7 @@ def draw(image: np.ndarray, detections: list[Detection], plates: list[Plate]) ->
 
 def default_images(workdir: Path, dataset: dict) -> list[Path]:
     folder = workdir / "datasets" / dataset["name"] / dataset["version"]
-    split = json.loads((folder / "test.json").read_text())
+    split = read_json(folder / "test.json")
     return [folder / "images" / image["file_name"] for image in split["images"]]
 
 
@@ -81,7 +88,7 @@ def best_checkpoint(workdir: Path, run_id: str) -> Path:
     from alpr.evaluate import eval_dir
 
     train, report = train_dir(workdir, run_id), eval_dir(workdir, run_id) / "metrics.json"
-    picked = train / Path(json.loads(report.read_text())["best_checkpoint"]).name if report.is_file() else None
+    picked = train / Path(read_json(report)["best_checkpoint"]).name if report.is_file() else None
     return picked if picked and picked.is_file() else train / "best.pth"
 
 
@@ -93,10 +100,21 @@ def picture_name(image: Path, root: Path | None) -> str:
     return name if relative.suffix.lower() == ".jpg" else f"{name}.jpg"
 
 
-def test_run(options: TestOptions, progress: bool = True) -> Path:
-    """Writes runs/RUN/test/predictions.jsonl and one annotated picture per image; returns the folder."""
-    from rich.progress import Progress
+def _load(reader, paths: list[Path]) -> tuple[dict[Path, np.ndarray], dict[Path, AlprError]]:
+    """Each image as an array, or the error that says why it cannot be read."""
+    arrays, errors = {}, {}
+    for path in paths:
+        try:
+            arrays[path] = reader.load(path)
+        except AlprError as error:
+            errors[path] = error
+    return arrays, errors
 
+
+def test_run(options: TestOptions, progress: bool = True) -> Path:
+    """Writes runs/RUN/test/predictions.jsonl and one annotated picture per image; returns the folder. An
+    image that cannot be read gets an ``{"image", "error"}`` line, the others are read, and then the step
+    fails naming it. Both outputs replace an earlier test's only when this one is written whole."""
     from alpr.reader import PlateReader
     from alpr.train import alpr_meta
 
@@ -115,18 +133,29 @@ def test_run(options: TestOptions, progress: bool = True) -> Path:
         raise UsageError(f"{where}: no images ({', '.join(IMAGE_SUFFIXES)}) to test on; pass --images DIR")
     reader = PlateReader.from_checkpoint(checkpoint, options.device)
     out = workdir / "runs" / options.run_id / "test"
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    for stale in (out / "images").glob("*.jpg"):  # an earlier test's pictures, maybe of other images
-        stale.unlink()
+    pictures = out / ".images.partial"
+    shutil.rmtree(pictures, ignore_errors=True)
+    pictures.mkdir(parents=True)
     partial = out / ".predictions.jsonl.partial"
-    with partial.open("w") as lines, Progress(disable=not progress, transient=True) as bar:
-        task = bar.add_task("test", total=len(images))
+    failed = []
+    with partial.open("w") as lines, show_progress("test", len(images), progress) as advance:
         for start in range(0, len(images), BATCH):
             batch = images[start:start + BATCH]
-            arrays = [reader.load(p) for p in batch]
-            for path, array, (dets, plates) in zip(batch, arrays, reader.read(arrays, masks=True)):
+            arrays, errors = _load(reader, batch)
+            read = dict(zip(arrays, reader.read(list(arrays.values()), masks=True) if arrays else []))
+            for path in batch:  # in the images' order, each image's line or error
+                if path in errors:
+                    failed.append(str(errors[path]))
+                    lines.write(error_line(str(path), errors[path]) + "\n")
+                    continue
+                dets, plates = read[path]
                 lines.write(prediction_line(str(path), plates) + "\n")
-                cv2.imwrite(str(out / "images" / picture_name(path, options.images)), draw(array, dets, plates))
-            bar.advance(task, len(batch))
+                cv2.imwrite(str(pictures / picture_name(path, options.images)), draw(arrays[path], dets, plates))
+            advance(len(batch))
+    shutil.rmtree(out / "images", ignore_errors=True)  # an earlier test's pictures, maybe of other images
+    pictures.replace(out / "images")
     partial.replace(out / "predictions.jsonl")
+    if failed:
+        raise AlprError(f"{len(failed)} of {len(images)} images could not be read ({failed[0]}); the others' "
+                        f"predictions are in {out / 'predictions.jsonl'}")
     return out

@@ -75,6 +75,24 @@ def test_pipeline_dag_and_step_contract():
     assert "password" not in text.lower()
 
 
+@pytest.mark.parametrize("count, skipped", [("0", True), ("1000", False)])
+def test_synth_count_0_skips_synth_and_records_the_source_as_it_is(count, skipped):
+    from alpr.local_run import LocalRun
+
+    document = yaml.safe_load((ROOT / "workflows" / "alpr-pipeline.yaml").read_text())
+    tasks = {t["name"]: t for t in _templates(document)["pipeline"]["dag"]["tasks"]}
+    scope = {"workflow.parameters.synth-count": count}
+    assert bool(LocalRun.skip_reason(tasks["synth"], scope, set())) is skipped
+    assert LocalRun.skip_reason(tasks["record"], scope, {"synth"} if skipped else set()) is None
+
+
+def test_the_defaults_are_one_setup_a_cpu_cluster_runs():
+    for path in (ROOT / "workflows").glob("alpr-*.yaml"):
+        defaults = {p["name"]: p["value"] for p in yaml.safe_load(path.read_text())["spec"]["arguments"]["parameters"]}
+        assert defaults["image"].endswith("-cpu") and defaults["gpus"] == "0", path.name
+        assert defaults["lr"] == defaults["img-size"] == "", path.name  # each model's own
+
+
 def test_optional_deploy_patches_the_inference_service_with_the_uploaded_model():
     document = yaml.safe_load((ROOT / "workflows" / "alpr-pipeline.yaml").read_text())
     templates = _templates(document)

@@ -1,0 +1,22 @@
+from alpr.progress import LogLines, show_progress
+
+
+def test_log_lines_come_now_and_then_and_at_the_end(capsys):
+    lines = LogLines("test", 5, every=3600)
+    for _ in range(5):
+        lines()
+    assert capsys.readouterr().out == "test: 5/5\n"
+    lines = LogLines("test", 3, every=0)
+    lines()
+    lines(2)
+    assert capsys.readouterr().out == "test: 1/3\ntest: 3/3\n"
+
+
+def test_progress_is_log_lines_where_the_output_is_no_terminal(capsys):
+    with show_progress("validate", 2) as advance:  # pytest's captured stdout is no terminal
+        advance()
+        advance()
+    assert capsys.readouterr().out == "validate: 2/2\n"
+    with show_progress("validate", 2, enabled=False) as advance:
+        advance(2)
+    assert capsys.readouterr().out == ""
