@@ -33,6 +33,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help="largest encoded image accepted")
     parser.add_argument("--max-pixels", type=int, default=DEFAULTS.max_pixels,
                         help="largest image accepted, width x height")
+    parser.add_argument("--max-images", type=int, default=DEFAULTS.max_images,
+                        help="most images in one request")
     add_reading_arguments(parser)
     return parser
 
@@ -43,7 +45,8 @@ def main(args: argparse.Namespace) -> None:
                          "the batch size must be at least 1 and the wait at least 0")
     serve(ServeOptions(args.model, http_port=args.http_port, device=args.device, amp=args.amp,
                        max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
-                       max_image_bytes=args.max_image_bytes, max_pixels=args.max_pixels, read=reading_options(args)))
+                       max_image_bytes=args.max_image_bytes, max_pixels=args.max_pixels, max_images=args.max_images,
+                       read=reading_options(args)))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import pytest
 from pycocotools.coco import COCO
 
@@ -232,6 +233,16 @@ def test_a_photo_turned_by_its_exif_orientation_has_the_size_labelme_shows(tmp_p
                                                     "imageWidth": height, "imageHeight": width}))
     valid, errors = scan(folder)
     assert not valid and "a WEBP with EXIF orientation 6, which OpenCV does not apply" in errors[0].problem
+    with Image.open(synth_dir / "000001.jpg") as image:  # a phone's HDR photo: a JPEG that Pillow names MPO
+        image.save(folder / "turned.jpg", "MPO", exif=exif, save_all=True, append_images=[image.resize((32, 18))])
+    assert Image.open(folder / "turned.jpg").format == "MPO"
+    (folder / "turned.webp").unlink()
+    (folder / "turned.json").write_text(json.dumps({**document, "imagePath": "turned.jpg", "shapes": [],
+                                                    "imageWidth": height, "imageHeight": width}))
+    valid, errors = scan(folder)
+    assert [item.name for item in valid] == ["turned.jpg"] and not errors
+    cv2_height, cv2_width = cv2.imread(str(folder / "turned.jpg")).shape[:2]
+    assert (cv2_width, cv2_height) == (height, width)  # OpenCV turns it too, as it was annotated
 
 
 def test_a_jpeg_is_complete_only_up_to_its_own_end_marker(synth_dir):

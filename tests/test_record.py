@@ -3,6 +3,8 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -79,6 +81,35 @@ def test_record_rerun_is_idempotent_and_conflicts_are_refused(db_url, synth_dir,
                                   dvc_remote=str(tmp_path / "remote")))
     assert second.created and sum(second.db_rows.values()) == 23
     assert _rows(db_url, unique_name)["versions"] == 2
+
+
+@pytest.mark.parametrize("same_content", [True, False], ids=["same", "other"])
+def test_two_records_of_one_version_at_once_record_it_once(unique_name, cleanup_rows, same_content):
+    """On MariaDB both may find the version missing; the second insert then meets the first's row."""
+    from conftest import MARIADB_URL, mariadb_available
+
+    if not mariadb_available():
+        pytest.fail("MariaDB is not running on 127.0.0.1:3306 (root, no password, database test)")
+    cleanup_rows.append(MARIADB_URL)
+    engine = db.connect(MARIADB_URL)
+    rows = [db.ImageRow(f"{i:06d}.jpg", f"{i:064x}", "train", 64, 48, 1) for i in range(3000)]
+    start = threading.Barrier(2)
+
+    def record_once(digest: str):
+        start.wait()
+        try:
+            return db.record_version(engine, db.DatasetRow(unique_name, "1", digest, "t", "p", 3000, 0, 0),
+                                     db.SourceRow("s", "a", "t", digest, 3000), rows)
+        except db.VersionConflict as conflict:
+            return conflict
+
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(record_once, ["a" * 64, ("a" if same_content else "b") * 64]))
+    if same_content:
+        assert sorted(results) == [False, True]
+    else:
+        assert sorted(map(type, results), key=str) == sorted([bool, db.VersionConflict], key=str)
+    assert _rows(MARIADB_URL, unique_name) == {"versions": 1, "images": 3000, "sources": 1, "tag": "t"}
 
 
 def test_conflict_with_the_folder_is_refused_before_the_database(synth_dir, labelme_copy, tmp_path):

@@ -63,7 +63,7 @@ def server(checkpoint, tmp_path_factory):
          # One image per model call: a smoke model's 100 detections per image all tie at the head's initial
          # score, and which tied ones survive turns on float noise that differs between batch sizes, so
          # only single-image calls can equal PlateReader's exactly. test_batcher_* covers the batching.
-         "--max-batch-size", "1", "--max-pixels", str(MAX_PIXELS), "--max-image-bytes", str(MAX_BYTES),
+         "--max-batch-size", "1", "--max-pixels", str(MAX_PIXELS), "--max-image-bytes", str(MAX_BYTES), "--max-images", "6",
          *LOW_THRESHOLDS, *ONE_READING], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 180
@@ -171,6 +171,8 @@ def _bad_requests(good: bytes) -> dict[str, tuple[dict, str]]:
         "too many pixels": (instances(too_many_pixels), "over the limit of 100000 pixels"),
         "too many bytes": (instances(too_many_bytes), f"over the limit of {MAX_BYTES} bytes"),
         "no images": ({"json": {"instances": []}}, "no images"),
+        "too many images": ({"json": {"instances": [{"image_b64": b64(good)}] * 7}},
+                            "7 images in one request, over the limit of 6"),
         "too thin": (instances(_encoded(np.zeros((1, 2000, 3), np.uint8), ".png")), "2000x1 px is too thin to read"),
         "GIF": (instances(_gif()), "GIF images are not read; send JPEG, PNG"),
     }
@@ -206,6 +208,18 @@ def test_what_clients_commonly_send_is_read(server, images, expected):
                               headers={"content-type": content_type})
         assert response.status_code == 200, (content_type, response.text)
         assert_same_plates(response.json()["predictions"][0]["plates"], expected[images[0].name])
+    response = v1(server, [{"image_b64": b64(_mpo(cv2.imread(str(images[0]))))}])  # a phone's HDR photo
+    assert response.status_code == 200 and "plates" in response.json()["predictions"][0], response.text
+
+
+def _mpo(image: np.ndarray) -> bytes:
+    """A JPEG with a second picture in its multi-picture extension, which Pillow names MPO."""
+    from PIL import Image
+
+    data, frame = io.BytesIO(), Image.fromarray(image[..., ::-1])
+    frame.save(data, "MPO", save_all=True, append_images=[frame.resize((frame.width // 4, frame.height // 4))])
+    assert Image.open(io.BytesIO(data.getvalue())).format == "MPO"
+    return data.getvalue()
 
 
 def test_bounded_concurrent_load_returns_what_plate_reader_reads(server, images, expected):

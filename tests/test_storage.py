@@ -38,6 +38,15 @@ def test_file_urls_round_trip(tmp_path):
         storage.write_bytes("file://bucket/a.txt", b"lost")  # would have written /a.txt
 
 
+def test_a_file_store_writes_files_others_may_read_as_the_umask_allows(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        storage.write_bytes((tmp_path / "bucket" / "m.json").as_uri(), b"{}")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "bucket" / "m.json").stat().st_mode & 0o777 == 0o644
+
+
 def test_record_uploads_manifest_and_splits_to_gcs(emulator_env, synth_dir, tmp_path):
     result = record(RecordOptions(synth_dir, tmp_path / "w", "gcs", "1", dvc=False, store="gs://alpr-test/alpr"))
     assert result.uploaded == ["gs://alpr-test/alpr/datasets/gcs/1/manifest.json",

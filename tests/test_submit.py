@@ -1,6 +1,7 @@
 """`alpr submit` against a real HTTP server on 127.0.0.1 that records what it receives."""
 
 import json
+import socket
 import subprocess
 import sys
 import threading
@@ -79,3 +80,26 @@ def test_server_errors_and_missing_server_are_clear(argo_server, monkeypatch):
                             env=env)
     assert result.returncode == 1 and "set ARGO_SERVER" in result.stderr
 
+
+
+def test_a_server_that_does_not_answer_is_given_up_on(monkeypatch):
+    from alpr.errors import AlprError
+    from alpr.submit import ArgoServer, submit
+
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts, never answers
+    try:
+        host = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        with pytest.raises(AlprError, match="did not answer within 0.5 s"):
+            submit(ArgoServer(host + "/", timeout=0.5), {})
+    finally:
+        silent.close()
+
+
+@pytest.mark.parametrize("secure, scheme", [(None, "https"), ("false", "http"), ("true", "https")])
+def test_a_server_given_as_host_and_port_is_tls_unless_argo_secure_is_false(monkeypatch, secure, scheme):
+    from alpr.submit import ArgoServer
+
+    monkeypatch.delenv("ARGO_SECURE", raising=False)
+    if secure is not None:
+        monkeypatch.setenv("ARGO_SECURE", secure)
+    assert ArgoServer.from_env("argo.example:2746").host == f"{scheme}://argo.example:2746/"

@@ -82,6 +82,10 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+# Pillow names a JPEG with a multi-picture extension (phones' HDR and gain-map photos) MPO: a JPEG to OpenCV.
+JPEG_FORMATS = ("JPEG", "MPO")
+
+
 def sha256_file(path: Path) -> str:
     return sha256_bytes(path.read_bytes())
 
@@ -101,11 +105,11 @@ def _image_size(json_path: Path, image_path: Path, data: bytes) -> tuple[int, in
     except OSError as error:
         raise AnnotationError(json_path, f"unreadable {where}: {error}") from None
     # JPEGs cut short still have a valid header; the end-of-image marker tells.
-    if fmt == "JPEG" and not jpeg_reaches_its_end(data):
+    if fmt in JPEG_FORMATS and not jpeg_reaches_its_end(data):
         raise AnnotationError(json_path, f"unreadable {where}: truncated JPEG (no end-of-image marker)")
     # labelme, and OpenCV in training and reading, show a photo turned as its EXIF orientation says;
     # OpenCV turns only these formats, so any other turned one would be trained on as it was not annotated
-    if orientation != 1 and fmt not in ("JPEG", "PNG", "TIFF"):
+    if orientation != 1 and fmt not in (*JPEG_FORMATS, "PNG", "TIFF"):
         raise AnnotationError(json_path, f"{where}: a {fmt} with EXIF orientation {orientation}, which OpenCV does "
                                          "not apply; save it turned, as JPEG or PNG")
     return (height, width) if orientation in (5, 6, 7, 8) else (width, height)

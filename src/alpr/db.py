@@ -169,6 +169,17 @@ def _conflict(name: str, version: str, recorded: str, new: str) -> VersionConfli
 
 def record_version(engine: Engine, dataset: DatasetRow, source: SourceRow, rows: list[ImageRow]) -> bool:
     """Inserts the version, its source and images in one transaction; False if it was already there."""
+    try:
+        return _insert_version(engine, dataset, source, rows)
+    except sa.exc.IntegrityError:
+        # another record of this version committed between our check and our insert: the same content
+        # is then recorded, other content a conflict
+        if not check_version(engine, dataset.name, dataset.version, dataset.content_sha256):
+            raise
+        return False
+
+
+def _insert_version(engine: Engine, dataset: DatasetRow, source: SourceRow, rows: list[ImageRow]) -> bool:
     with engine.begin() as conn:
         existing = conn.execute(sa.select(dataset_versions.c.content_sha256).where(
             dataset_versions.c.name == dataset.name, dataset_versions.c.version == dataset.version)).first()

@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from alpr.dataset import jpeg_reaches_its_end
+from alpr.dataset import JPEG_FORMATS, jpeg_reaches_its_end
 from alpr.errors import UsageError
 from alpr.postprocess import Plate, ReadOptions
 from alpr.reader import check_image_size
@@ -47,6 +47,7 @@ class ServeOptions:
     max_wait_ms: float = 5.0
     max_image_bytes: int = 8 * 2**20
     max_pixels: int = 4096 * 4096
+    max_images: int = 16  # per request: all of them are decoded, and held, before the first is read
     read: ReadOptions = ReadOptions()
 
 
@@ -91,9 +92,9 @@ def decode_image(data: bytes, max_bytes: int, max_pixels: int) -> np.ndarray:
         raise InvalidImage(f"not a readable image file ({error})") from None
     if width * height > max_pixels:
         raise InvalidImage(f"image of {width}x{height} pixels is over the limit of {max_pixels} pixels")
-    if kind not in DECODED_FORMATS:
+    if kind not in DECODED_FORMATS + JPEG_FORMATS:
         raise InvalidImage(f"{kind} images are not read; send {', '.join(DECODED_FORMATS)}")
-    if kind == "JPEG" and not jpeg_reaches_its_end(data):
+    if kind in JPEG_FORMATS and not jpeg_reaches_its_end(data):
         raise InvalidImage("truncated JPEG: no end-of-image marker after its image data")
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if image is None:
@@ -230,6 +231,9 @@ def make_model(options: ServeOptions):
         async def _decode(self, texts: list, where: Callable[[int], str]) -> list[np.ndarray]:
             if not texts:
                 raise InvalidInput(f"{where(0).split('[')[0]}: no images in the request")
+            if len(texts) > options.max_images:
+                raise InvalidInput(f"{len(texts)} images in one request, over the limit of {options.max_images}: "
+                                   "send them in several")
 
             def decode_all() -> list[np.ndarray]:
                 images = []

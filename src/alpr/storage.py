@@ -75,6 +75,12 @@ def _blob(bucket: str, key: str):
     return _gcs_client().bucket(bucket).blob(key)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def upload_file(path: Path, url: str) -> None:
     scheme, bucket, key = _split(url)
     if scheme == "file":
@@ -83,6 +89,7 @@ def upload_file(path: Path, url: str) -> None:
         with path.open("rb") as src, tempfile.NamedTemporaryFile(
                 dir=target.parent, prefix=f".{target.name}.", delete=False) as tmp:
             shutil.copyfileobj(src, tmp)
+        os.chmod(tmp.name, 0o666 & ~_umask())  # as any file written here: a temporary file is its owner's alone
         os.replace(tmp.name, target)
     else:
         _blob(bucket, key).upload_from_filename(str(path))

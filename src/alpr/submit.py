@@ -1,7 +1,8 @@
 """``alpr submit``: create a Workflow from a WorkflowTemplate on an Argo server (Hera's WorkflowsService).
 
 Like the argo CLI, the server, token and namespace come from flags or ARGO_SERVER,
-ARGO_TOKEN and ARGO_NAMESPACE. The token is sent, never printed.
+ARGO_TOKEN and ARGO_NAMESPACE (ARGO_SECURE=false: plain HTTP, ARGO_INSECURE_SKIP_VERIFY=true: TLS
+unverified). The token is sent, never printed.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from dataclasses import dataclass
 
 from alpr.errors import AlprError, UsageError
 
+TIMEOUT_SECONDS = 30.0  # to connect, and then between bytes of the reply
+
 
 @dataclass(frozen=True)
 class ArgoServer:
@@ -18,6 +21,7 @@ class ArgoServer:
     token: str | None = None
     namespace: str = "argo"
     verify_ssl: bool = True
+    timeout: float = TIMEOUT_SECONDS
 
     @classmethod
     def from_env(cls, host: str | None = None, token: str | None = None, namespace: str | None = None,
@@ -25,8 +29,9 @@ class ArgoServer:
         host = host or os.environ.get("ARGO_SERVER")
         if not host:
             raise UsageError("no Argo server: pass --argo-server or set ARGO_SERVER (e.g. https://argo.example:2746)")
-        if "://" not in host:
-            host = f"https://{host}"  # the argo CLI's ARGO_SERVER is host:port over TLS
+        if "://" not in host:  # the argo CLI's ARGO_SERVER is host:port, over TLS unless ARGO_SECURE=false
+            secure = os.environ.get("ARGO_SECURE", "true").lower() not in ("0", "false")
+            host = f"{'https' if secure else 'http'}://{host}"
         token = token or os.environ.get("ARGO_TOKEN")
         if token and not token.startswith("Bearer "):
             token = f"Bearer {token}"
@@ -44,6 +49,18 @@ def workflow_from_template(template: str, parameters: dict[str, str], namespace:
                     arguments=[Parameter(name=k, value=v) for k, v in parameters.items()])
 
 
+def _session(timeout: float):
+    """A requests session whose calls give up after ``timeout`` seconds of silence: Hera sets no timeout."""
+    import requests
+
+    class Session(requests.Session):
+        def request(self, *args, **kwargs):
+            kwargs.setdefault("timeout", timeout)
+            return super().request(*args, **kwargs)
+
+    return Session()
+
+
 def submit(server: ArgoServer, parameters: dict[str, str], template: str = "alpr-pipeline") -> str:
     """Creates the Workflow and returns its name."""
     from hera.exceptions import HeraException
@@ -51,10 +68,13 @@ def submit(server: ArgoServer, parameters: dict[str, str], template: str = "alpr
     from requests import RequestException
 
     workflow = workflow_from_template(template, parameters, server.namespace)
-    workflow.workflows_service = WorkflowsService(host=server.host, token=server.token,
-                                                  namespace=server.namespace, verify_ssl=server.verify_ssl)
+    workflow.workflows_service = WorkflowsService(host=server.host, token=server.token, namespace=server.namespace,
+                                                  verify_ssl=server.verify_ssl, session=_session(server.timeout))
     try:
         created = workflow.create()
-    except (HeraException, RequestException) as error:
+    except HeraException as error:
         raise AlprError(f"Argo server {server.host} refused the workflow: {error}") from None
+    except RequestException as error:
+        raise AlprError(f"Argo server {server.host} could not be reached, or did not answer within "
+                        f"{server.timeout:g} s: {error}") from None
     return created.metadata.name
