@@ -30,13 +30,15 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help=f"SQLAlchemy URL (default ${db.DB_URL_ENV}, else sqlite in the workdir)")
     parser.add_argument("--store", default=None, help="object store URL for the best checkpoint and metrics")
     parser.add_argument("--require-store", type=true_or_false, default=False, metavar="true|false",
-                        help="fail before scoring if --store is empty (the pipeline's deploy=true serves from it)")
+                        help="fail before scoring unless --store is a gs:// one: the pipeline's deploy=true "
+                             "serves the model from it")
     return parser
 
 
 def main(args: argparse.Namespace) -> dict:
-    if args.require_store and not args.store:
-        raise UsageError("no --store, and deploy=true serves the model from it: give the workflow a store")
+    if args.require_store and not (args.store or "").startswith("gs://"):
+        raise UsageError(f"{'--store ' + args.store if args.store else 'no --store'}, and deploy=true serves the "
+                         "model from it: give the workflow a gs:// store (the InferenceService mounts no volume)")
     report = evaluate_run(EvaluateOptions(args.workdir, args.run_id, args.split, args.metric, args.device,
                                           args.db_url, args.store))
     print(metric_lines(report["best"]))

@@ -525,7 +525,9 @@ def test_evaluate_checks_the_database_and_the_store_before_scoring(smoke_workdir
     shutil.copytree(smoke_workdir / "runs" / "r1" / "train", work / "runs" / "r1" / "train")
     for flags, message in [(["--db-url", "nonsense"], "is not a SQLAlchemy URL"),
                            (["--store", "s3://bucket/alpr"], "unsupported storage URL"),
-                           (["--require-store", "true"], "no --store, and deploy=true serves the model from it")]:
+                           (["--require-store", "true"], "no --store, and deploy=true serves the model from it"),
+                           (["--require-store", "true", "--store", (tmp_path / "bucket").as_uri()],
+                            "and deploy=true serves the model from it: give the workflow a gs:// store")]:
         result = run_step_script("evaluate", "--workdir", str(work), "--run-id", "r1", "--device", "cpu", *flags)
         assert result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr
         assert not (work / "runs" / "r1" / "eval").exists()

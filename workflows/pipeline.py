@@ -30,7 +30,7 @@ with WorkflowTemplate(
         Parameter(name="amp", value="false",
                   description="true: mixed precision (float16 on GPUs, bfloat16 on CPUs with AVX512-BF16 or AMX)"),
         Parameter(name="deploy", value="false",
-                  description="true: point the InferenceService at this run's best model in the store (needs store)"),
+                  description="true: point the InferenceService at this run's best model in the store (a gs:// one)"),
         Parameter(name="inference-service", value="alpr", description="InferenceService the deploy step updates"),
         *common_parameters(),
     ],

@@ -338,6 +338,7 @@ def test_inference_service_runs_the_serve_step(chart):
     assert container["resources"] == values["kserve"]["resources"]
     # Ready once the model is loaded: the V1 model endpoint answers 200 (tests/test_serve.py waits on it too).
     assert container["readinessProbe"]["httpGet"] == {"path": "/v1/models/alpr", "port": 8080}
+    assert container["livenessProbe"]["httpGet"] == container["readinessProbe"]["httpGet"]  # unready long: restarted
     # The pipeline's deploy step (deploy=true) JSON-patches env/0 of this InferenceService, by name.
     assert container["env"][0]["name"] == "STORAGE_URI"
     role, pipeline = one(docs, "Role"), named(docs, "WorkflowTemplate", "alpr-pipeline")
@@ -398,3 +399,10 @@ def test_every_value_has_a_doc_comment():
         if not is_section:
             missing.append(f"values.yaml:{number + 1}: {line.strip()}")
     assert missing == []
+
+
+@pytest.mark.parametrize("modes, warned", [(["ReadWriteOnce"], True), (["ReadWriteMany"], False)])
+def test_notes_warn_that_tensorboard_holds_a_read_write_once_volume(chart, modes, warned):
+    manifests = chart.render({"persistence": {"accessModes": modes}}, name=RELEASE, namespace=NAMESPACE)
+    notes = next(text for path, text in manifests.items() if path.endswith("NOTES.txt"))
+    assert ("TensorBoard holds the ReadWriteOnce work volume" in notes) is warned
