@@ -24,6 +24,8 @@ from alpr.progress import show_progress
 
 SPLITS = ("train", "val", "test")
 DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
+# Pillow names a JPEG with a multi-picture extension (phones' HDR and gain-map photos) MPO: a JPEG to OpenCV.
+JPEG_FORMATS = ("JPEG", "MPO")
 EXIF_ORIENTATION = 0x0112  # values 5-8: the photo is shown turned by a quarter
 
 
@@ -80,10 +82,6 @@ class AnnotatedImage:
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-# Pillow names a JPEG with a multi-picture extension (phones' HDR and gain-map photos) MPO: a JPEG to OpenCV.
-JPEG_FORMATS = ("JPEG", "MPO")
 
 
 def sha256_file(path: Path) -> str:

@@ -51,6 +51,7 @@ def predict_split(reader, dataset: Path, split: str, progress: bool = True
                   ) -> tuple[object, dict[int, list[Detection]], dict[int, list[Plate]]]:
     """Runs the reader over a split; returns the ground truth, detections (RLE masks) and plates."""
     from pycocotools.coco import COCO
+
     ann_file = dataset / f"{split}.json"
     if not ann_file.is_file():
         raise UsageError(f"{ann_file}: split not found")
