@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import uuid
 from functools import lru_cache
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -75,22 +76,16 @@ def _blob(bucket: str, key: str):
     return _gcs_client().bucket(bucket).blob(key)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def upload_file(path: Path, url: str) -> None:
     scheme, bucket, key = _split(url)
     if scheme == "file":
         target = Path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("rb") as src, tempfile.NamedTemporaryFile(
-                dir=target.parent, prefix=f".{target.name}.", delete=False) as tmp:
-            shutil.copyfileobj(src, tmp)
-        os.chmod(tmp.name, 0o666 & ~_umask())  # as any file written here: a temporary file is its owner's alone
-        os.replace(tmp.name, target)
+        # a file of our own making, not mkstemp's, so that its mode is the umask's, not 0600
+        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
+        with path.open("rb") as src, tmp.open("xb") as out:
+            shutil.copyfileobj(src, out)
+        os.replace(tmp, target)
     else:
         _blob(bucket, key).upload_from_filename(str(path))
 
