@@ -35,6 +35,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help="largest image accepted, width x height")
     parser.add_argument("--max-images", type=int, default=DEFAULTS.max_images,
                         help="most images in one request")
+    parser.add_argument("--max-held-images", type=int, default=DEFAULTS.max_held_images,
+                        help="most images decoded and held across concurrent requests; more requests wait")
     add_reading_arguments(parser)
     return parser
 
@@ -43,9 +45,13 @@ def main(args: argparse.Namespace) -> None:
     if args.max_batch_size < 1 or args.max_wait_ms < 0:
         raise UsageError(f"--max-batch-size {args.max_batch_size} / --max-wait-ms {args.max_wait_ms}: "
                          "the batch size must be at least 1 and the wait at least 0")
+    if not 1 <= args.max_images <= args.max_held_images:
+        raise UsageError(f"--max-images {args.max_images} / --max-held-images {args.max_held_images}: a request "
+                         "must be allowed at least one image, and no more than the server may hold")
     serve(ServeOptions(args.model, http_port=args.http_port, device=args.device, amp=args.amp,
                        max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
                        max_image_bytes=args.max_image_bytes, max_pixels=args.max_pixels, max_images=args.max_images,
+                       max_held_images=args.max_held_images,
                        read=reading_options(args)))
 
 

@@ -296,6 +296,45 @@ def test_an_item_the_model_fails_on_fails_only_its_own_request():
     assert a == ["A"] and c == ["C"] and isinstance(bad, ValueError)
 
 
+def test_image_budget_makes_a_request_wait_only_while_its_images_would_not_fit():
+    from alpr.serve import ImageBudget
+
+    events = []
+
+    async def request(name: str, count: int, budget: ImageBudget, release: asyncio.Event) -> None:
+        async with budget.hold(count):
+            events.append((name, budget.held))
+            await release.wait()
+
+    async def scenario() -> None:
+        budget = ImageBudget(4)
+        release_a, release_b, release_c = asyncio.Event(), asyncio.Event(), asyncio.Event()
+        a = asyncio.create_task(request("a", 3, budget, release_a))
+        await asyncio.sleep(0.01)
+        b = asyncio.create_task(request("b", 2, budget, release_b))  # 3 + 2 > 4: waits for a
+        c = asyncio.create_task(request("c", 1, budget, release_c))  # 3 + 1 fits: goes ahead of b
+        await asyncio.sleep(0.01)
+        assert events == [("a", 3), ("c", 4)]
+        release_a.set()
+        await asyncio.sleep(0.01)
+        assert events[-1] == ("b", 3)
+        release_b.set(), release_c.set()
+        await asyncio.gather(a, b, c)
+        assert budget.held == 0
+        with pytest.raises(ValueError, match="5 images can never fit a budget of 4"):
+            async with budget.hold(5):
+                pass
+
+    asyncio.run(scenario())
+
+
+def test_a_request_limit_over_the_held_images_is_refused(tmp_path):
+    result = subprocess.run([sys.executable, "steps/serve.py", "--model", str(tmp_path / "none.pth"),
+                             "--max-images", "20", "--max-held-images", "16"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "--max-images 20 / --max-held-images 16" in result.stderr
+
+
 def test_a_sure_score_that_is_no_character_score_is_refused_before_the_model_loads(tmp_path):
     result = subprocess.run([sys.executable, "steps/serve.py", "--model", str(tmp_path / "none.pth"),
                              "--sure-score", "2"], cwd=ROOT, capture_output=True, text=True, timeout=120)

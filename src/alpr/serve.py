@@ -6,6 +6,7 @@
   holding base64-encoded image files returns a ``BYTES`` output ``plates``: one JSON string per image.
 
 Images from concurrent requests are batched on the device (``max_batch_size``, ``max_wait_ms``).
+A request waits while other requests hold ``max_held_images`` decoded images.
 Bad input raises kserve's InvalidInput, which the server answers with a 400 and a message.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import io
 import json
 import math
@@ -48,6 +50,7 @@ class ServeOptions:
     max_image_bytes: int = 8 * 2**20
     max_pixels: int = 4096 * 4096
     max_images: int = 16  # per request: all of them are decoded, and held, before the first is read
+    max_held_images: int = 64  # decoded and held across concurrent requests: bounds the server's memory
     read: ReadOptions = ReadOptions()
 
 
@@ -200,6 +203,32 @@ class Batcher:
             return error
 
 
+class ImageBudget:
+    """At most ``limit`` images held at once across requests; a request waits for room for all of its own.
+
+    Each request's images stay decoded until the model has read the last of them, and a large photo is
+    tens of megabytes of pixels: without a bound, a burst of requests could take the server's memory.
+    """
+
+    def __init__(self, limit: int):
+        self.limit, self.held = limit, 0
+        self._room = asyncio.Condition()
+
+    @contextlib.asynccontextmanager
+    async def hold(self, count: int):
+        if count > self.limit:
+            raise ValueError(f"{count} images can never fit a budget of {self.limit}")
+        async with self._room:
+            await self._room.wait_for(lambda: self.held + count <= self.limit)
+            self.held += count
+        try:
+            yield
+        finally:
+            async with self._room:
+                self.held -= count
+                self._room.notify_all()
+
+
 def _plates_json(plates: list[Plate]) -> list[dict]:
     return [plate.to_dict() for plate in plates]
 
@@ -215,6 +244,7 @@ def make_model(options: ServeOptions):
             super().__init__(options.name)
             self.reader = None
             self.batcher: Batcher | None = None
+            self.budget = ImageBudget(options.max_held_images)
 
         def load(self) -> bool:
             from alpr.reader import PlateReader
@@ -228,7 +258,8 @@ def make_model(options: ServeOptions):
             self.ready = True
             return self.ready
 
-        async def _decode(self, texts: list, where: Callable[[int], str]) -> list[np.ndarray]:
+        async def _read(self, texts: list, where: Callable[[int], str]) -> list[list[Plate]]:
+            """The plates of each base64 image; ``where(i)`` names the i-th in error messages."""
             if not texts:
                 raise InvalidInput(f"{where(0).split('[')[0]}: no images in the request")
             if len(texts) > options.max_images:
@@ -245,7 +276,9 @@ def make_model(options: ServeOptions):
                         raise InvalidInput(f"{where(index)}: {error}") from None
                 return images
 
-            return await asyncio.get_running_loop().run_in_executor(None, decode_all)
+            async with self.budget.hold(len(texts)):
+                images = await asyncio.get_running_loop().run_in_executor(None, decode_all)
+                return await self.batcher.submit(images)
 
         async def _predict_v1(self, payload: Any) -> dict:
             if isinstance(payload, (bytes, str)):  # KServe parses JSON only if sent as application/json
@@ -260,8 +293,7 @@ def make_model(options: ServeOptions):
                 if not isinstance(instance, dict) or "image_b64" not in instance:
                     raise InvalidInput(f"instances[{index}]: missing field 'image_b64' (a base64-encoded image)")
                 texts.append(instance["image_b64"])
-            images = await self._decode(texts, lambda i: f"instances[{i}].image_b64")
-            results = await self.batcher.submit(images)
+            results = await self._read(texts, lambda i: f"instances[{i}].image_b64")
             return {"predictions": [{"plates": _plates_json(plates)} for plates in results]}
 
         async def _infer_v2(self, request: InferRequest) -> InferResponse:
@@ -275,8 +307,7 @@ def make_model(options: ServeOptions):
                                    f"{count} image(s)")
             texts = [t.decode() if isinstance(t, bytes) else t for t in (data.tolist() if hasattr(data, "tolist")
                                                                          else list(data or []))]
-            images = await self._decode(texts, lambda i: f"inputs[{V2_INPUT}][{i}]")
-            results = await self.batcher.submit(images)
+            results = await self._read(texts, lambda i: f"inputs[{V2_INPUT}][{i}]")
             output = InferOutput(V2_OUTPUT, [len(results)], "BYTES",
                                  [json.dumps(_plates_json(plates)) for plates in results])
             return InferResponse(request.id or str(uuid.uuid4()), self.name, [output])
