@@ -21,7 +21,8 @@ def test_training_writes_every_output(smoke_workdir, smoke_training):
     assert (train / "best.pth").is_file() and (train / "iter_4.pth").is_file()
     assert list((train / "tensorboard").rglob("events.out.tfevents.*"))
     scalars = [json.loads(line) for line in next(train.rglob("log.json")).read_text().splitlines()]
-    assert any("loss" in s for s in scalars) and any("EIR" in s for s in scalars)
+    assert any("loss" in s for s in scalars)
+    assert [s["step"] for s in scalars if "EIR" in s] == [2, 4]  # at their iterations, for TensorBoard's plots
 
 
 def test_metric_lines_parse_with_katibs_regex(smoke_training):
@@ -109,6 +110,33 @@ def test_training_resumes_from_its_last_checkpoint(smoke_workdir, smoke_training
     assert (smoke_workdir / "runs" / "r1" / "train" / "iter_6.pth").is_file()
 
 
+def test_a_run_stopped_while_validating_validates_first_and_a_copied_run_keeps_to_its_own_files(smoke_workdir,
+                                                                                                 smoke_training):
+    import torch
+
+    runs = smoke_workdir / "runs"
+    original = {p.name: p.stat().st_mtime_ns for p in (runs / "r1" / "train").glob("*.pth")}
+    shutil.copytree(runs / "r1", runs / "cut")
+    train, log = runs / "cut" / "train", runs / "cut" / "train" / "log.json"
+    lines = log.read_text().splitlines()
+    last = max(i for i, line in enumerate(lines) if '"EIR"' in line)
+    step = json.loads(lines[last])["step"]
+    log.write_text("\n".join(lines[:last] + lines[last + 1:]) + "\n")  # as if stopped during that validation
+    (train / "best.pth").unlink()
+    more = [{"r1": "cut"}.get(a, a) for a in SMOKE_TRAIN]
+    more[more.index("--iters") + 1] = str(step + 2)
+
+    result = run_step_script("train", "--workdir", str(smoke_workdir), *more)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"validating the checkpoint of step {step}" in result.stdout + result.stderr
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines() if '"EIR"' in line][-2:] == \
+        [step, step + 2]
+    assert (train / "best.pth").is_file()
+    saved = torch.load(train / f"iter_{step + 2}.pth", map_location="cpu", weights_only=False)
+    assert Path(saved["message_hub"]["runtime_info"]["best_ckpt"]).parent == train  # not the original's file
+    assert {p.name: p.stat().st_mtime_ns for p in (runs / "r1" / "train").glob("*.pth")} == original
+
+
 @pytest.mark.parametrize("flags, amp", [([], False), (["--amp"], True), (["--amp", "true"], True),
                                          (["--amp", "False"], False)])
 def test_amp_is_a_switch_the_workflows_can_set_to_true_or_false(flags, amp):
@@ -166,6 +194,21 @@ def test_a_run_resumes_only_with_the_settings_it_started_with(smoke_workdir, smo
     result = run_step_script("train", "--workdir", str(smoke_workdir), *other)
     assert result.returncode == 1 and "batch_size 2 -> 4" in result.stderr and "--run-id" in result.stderr
     assert sorted(train.glob("*.pth")) == before
+    by_epochs = [a for a in SMOKE_TRAIN if a not in ("--iters", "4")] + ["--epochs", "1"]
+    result = run_step_script("train", "--workdir", str(smoke_workdir), *by_epochs)
+    assert result.returncode == 1 and "schedule 'iters' -> 'epochs'" in result.stderr
+
+
+def test_a_resumed_run_compares_the_values_its_settings_resolve_to():
+    from alpr.errors import UsageError
+    from alpr.model import TrainSettings
+    from alpr.train import as_trained
+
+    stored = {**TrainSettings(model="smoke", iters=4).to_dict(), "lr": None, "img_size": None}  # as older runs kept
+    explicit = TrainSettings(model="smoke", iters=4, lr=2e-3, img_size=TrainSettings(model="smoke").image_size)
+    assert as_trained(stored) == {**explicit.to_dict(), "schedule": "iters"}
+    with pytest.raises(UsageError, match="--lr must be more than 0, got 0"):
+        TrainSettings(lr=0)
 
 
 def test_a_resumed_iteration_loop_skips_its_trained_batches_without_loading_them():
@@ -231,7 +274,7 @@ def test_evaluate_scores_each_saved_weight_set_once(tmp_path):
     from alpr.evaluate import checkpoints
 
     names = ["best_EIR_iter_1.pth", "iter_2.pth", "iter_4.pth", "best_dv_mAP_iter_4.pth", "best.pth"]
-    for age, name in enumerate(names):
+    for age, name in enumerate(reversed(names)):  # newest first: a copy's times say nothing of the order
         (tmp_path / name).write_bytes(b"")
         os.utime(tmp_path / name, (age, age))
     # iter_1.pth was deleted (max_keep_ckpts): its best_ copy is the only one left of those weights
@@ -239,6 +282,7 @@ def test_evaluate_scores_each_saved_weight_set_once(tmp_path):
 
 
 def test_the_test_step_uses_the_checkpoint_evaluate_picked(tmp_path):
+    from alpr.errors import UsageError
     from alpr.visualize import best_checkpoint, picture_name
 
     train = tmp_path / "runs" / "r" / "train"
@@ -249,6 +293,9 @@ def test_the_test_step_uses_the_checkpoint_evaluate_picked(tmp_path):
     (tmp_path / "runs" / "r" / "eval").mkdir()
     (tmp_path / "runs" / "r" / "eval" / "metrics.json").write_text(json.dumps({"best_checkpoint": "/mnt/w/iter_2.pth"}))
     assert best_checkpoint(tmp_path, "r") == train / "iter_2.pth"  # by name: the volume may mount elsewhere
+    (train / "iter_2.pth").unlink()  # pruned by later training: best.pth is another model
+    with pytest.raises(UsageError, match="iter_2.pth: the checkpoint `alpr evaluate` picked .* is gone"):
+        best_checkpoint(tmp_path, "r")
     assert picture_name(Path("in/a.png"), Path("in")) != picture_name(Path("in/sub/a.png"), Path("in")) == \
         "sub__a.png.jpg"
     assert picture_name(Path("in/a.jpg"), Path("in")) == "a.jpg" != picture_name(Path("in/a.png"), Path("in"))
@@ -297,6 +344,8 @@ def test_training_by_minutes_ends_by_itself_annealed_and_a_finished_run_stays_fi
         return [line for line in out.splitlines() if re.fullmatch(r"(mAP|dv_mAP|EIR)=\S+", line)]
 
     assert len(metric_lines(again.stdout)) == 3 and metric_lines(again.stdout) == metric_lines(result.stdout)[-3:]
+    validations = [line for line in next(train.rglob("log.json")).read_text().splitlines() if '"EIR"' in line]
+    assert len(validations) == len([s for s in scalars if "EIR" in s])  # the finished run was not validated again
 
 def test_evaluate_writes_metrics_plots_and_database_rows(smoke_workdir, smoke_training):
     result = run_step_script("evaluate", "--workdir", str(smoke_workdir), "--run-id", "r1", "--device", "cpu",

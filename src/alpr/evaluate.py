@@ -33,18 +33,19 @@ def run_dir(workdir: Path, run_id: str) -> Path:
     return workdir / "runs" / run_id
 
 
-SAVED_NAME = re.compile(r"(?:iter|epoch)_\d+\.pth$")  # what mmengine's CheckpointHook names a checkpoint
+SAVED_NAME = re.compile(r"(?:iter|epoch)_(\d+)\.pth$")  # what mmengine's CheckpointHook names a checkpoint
 
 
 def checkpoints(train: Path) -> list[Path]:
-    """The run's saved checkpoints, oldest first, each weight set once: best.pth is a copy, and so is
-    best_METRIC_iter_N.pth of iter_N.pth, unless iter_N.pth has since been deleted."""
+    """The run's saved checkpoints, oldest first (by step: a copied folder loses the files' times), each
+    weight set once: best.pth is a copy, and so is best_METRIC_iter_N.pth of iter_N.pth, unless iter_N.pth
+    has since been deleted."""
     names = {p.name for p in train.glob("*.pth")}
     found = [p for p in train.glob("*.pth")
              if (saved := SAVED_NAME.search(p.name)) and (saved.group() == p.name or saved.group() not in names)]
     if not found:
         raise UsageError(f"{train}: no checkpoints; run `alpr train` for this run first")
-    return sorted(found, key=lambda p: p.stat().st_mtime)
+    return sorted(found, key=lambda p: int(SAVED_NAME.search(p.name).group(1)))
 
 
 def predict_split(reader, dataset: Path, split: str, progress: bool = True

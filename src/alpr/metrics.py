@@ -5,8 +5,9 @@
   *dv-IoU* of their masks (see :func:`dv_iou`), so a right box with a wrong shape scores low.
 - ``EIR``, the exact inference rate: ground-truth plates read exactly (every character right,
   board matched at box IoU >= 0.5) / ground-truth plates.
-- ``char_accuracy``: ground-truth characters matched (box IoU >= 0.5) by a detection of the
-  same class / ground-truth characters.
+- ``char_accuracy``: ground-truth characters whose detection, of any class and score, matched to
+  it (box IoU >= 0.5, surest detections first, as for the confusion matrix) has its class /
+  ground-truth characters.
 - ``plate_precision`` / ``plate_recall``: plate boards found, at box IoU >= 0.5.
 - ``outcomes``: what became of each ground-truth plate: read exactly, misread, not found, or
   unread and why.

@@ -625,6 +625,21 @@ class AlprRunHook(Hook):
         head = getattr(model, "bbox_head", None) or model.roi_head.bbox_head
         if head.num_classes != len(CLASSES):
             raise AlprError(f"model head predicts {head.num_classes} classes, the dataset has {len(CLASSES)}")
+        # A checkpoint is saved just before its validation: a run stopped during one (the pod killed, out of
+        # memory) resumes past it, so that checkpoint is validated first, or it never would be.
+        step = runner.iter if isinstance(runner.train_loop, IterBasedTrainLoop) else runner.epoch
+        last = last_validation(Path(runner.work_dir) / "log.json")
+        if step and (last is None or last.get("step", 0) < step):
+            runner.logger.info(f"validating the checkpoint of step {step}: its validation never ended")
+            runner.val_loop.run()
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        # mmengine keeps the best and last checkpoints' absolute paths and, on a new best, deletes the
+        # old one: in a copied run folder, that would be the original's. They are this folder's files.
+        info = checkpoint.get("message_hub", {}).get("runtime_info", {})
+        for key in ("best_ckpt", "last_ckpt"):
+            if info.get(key):
+                info[key] = str(Path(runner.work_dir) / Path(info[key]).name)
 
     def before_train_epoch(self, runner) -> None:
         # A resumed iteration-based loop next draws and drops every batch already trained, to reach

@@ -75,6 +75,9 @@ class TrainSettings:
             raise UsageError(f"--iters must be at least 1, got {self.iters}")
         if self.minutes is not None and not self.minutes > 0:
             raise UsageError(f"--minutes must be more than 0, got {self.minutes}")
+        for name in ("lr", "img_size", "crop_size", "widen_factor"):  # None is the model's own; 0 is no value
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
+                raise UsageError(f"--{name.replace('_', '-')} must be more than 0, got {getattr(self, name)}")
         if self.zoom_share is not None and not 0 <= self.zoom_share <= 1:
             raise UsageError(f"--zoom-share must be from 0 to 1, got {self.zoom_share}")
 
@@ -98,9 +101,22 @@ class TrainSettings:
     def learning_rate(self) -> float:
         return self.lr or {"smoke": 2e-3, "rtmdet-ins-tiny": 1e-3, "mask-rcnn-swin-t": 1e-4}[self.model]
 
+    @property
+    def width(self) -> float | None:
+        """The rtmdet models' widen factor (None for Swin)."""
+        if self.model == "mask-rcnn-swin-t":
+            return None
+        return self.widen_factor or (0.125 if self.model == "smoke" else 0.375)
+
+    @property
+    def schedule(self) -> str:
+        return "minutes" if self.minutes else "iters" if self.iters else "epochs"
+
     def to_dict(self) -> dict:
-        """The settings as trained: a run's meta and a resumed run's check name the share used, not None."""
-        return {**asdict(self), "zoom_share": self.crop_zoom_share}
+        """The settings as trained: a run's meta, its database row and a resumed run's check name the
+        values used, not None for "the model's own"."""
+        return {**asdict(self), "lr": self.learning_rate, "img_size": self.image_size,
+                "crop_size": self.train_crop_size, "zoom_share": self.crop_zoom_share, "widen_factor": self.width}
 
 
 def _rtmdet(widen: float, num_classes: int) -> dict:
@@ -192,8 +208,7 @@ def _mask_rcnn_swin(settings: TrainSettings, num_classes: int) -> dict:
 def model_config(settings: TrainSettings) -> dict:
     if settings.model == "mask-rcnn-swin-t":
         return _mask_rcnn_swin(settings, len(CLASSES))
-    default_widen = 0.125 if settings.model == "smoke" else 0.375
-    return _rtmdet(settings.widen_factor or default_widen, len(CLASSES))
+    return _rtmdet(settings.width, len(CLASSES))
 
 
 def train_pipeline(size: int, crop: int, zoom_share: float) -> list[dict]:
@@ -307,7 +322,8 @@ def build_config(settings: TrainSettings, dataset_dir: Path, work_dir: Path, dat
         param_scheduler=None if settings.minutes else _schedule(settings, by_epoch),
         default_hooks=dict(
             timer=dict(type="IterTimerHook"),
-            logger=dict(type="LoggerHook", interval=settings.log_interval),
+            # validation metrics logged at the iteration when training by iterations, not at "epoch" 0
+            logger=dict(type="LoggerHook", interval=settings.log_interval, log_metric_by_epoch=by_epoch),
             param_scheduler=dict(type="ParamSchedulerHook"),
             checkpoint=dict(type="CheckpointHook", interval=settings.val_interval, by_epoch=by_epoch,
                             save_best=settings.best_metric, rule="greater", max_keep_ckpts=3),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from alpr.errors import AlprError, UsageError, read_json
@@ -81,7 +81,8 @@ def check_start_checkpoint(path: Path) -> None:
     check_classes(path, checkpoint_meta(path).get("alpr", {}).get("classes", CLASSES))
 
 
-# What a resumed run may change: how long it trains, how often it validates, and how it loads and logs.
+# What a resumed run may change: how long it trains (in the unit it started with: its schedule is restored
+# as saved), how often it validates, and how it loads and logs.
 RESUMABLE_CHANGES = {"epochs", "iters", "minutes", "val_interval", "num_workers", "log_interval"}
 
 
@@ -97,13 +98,24 @@ def relocated_last_checkpoint(work: Path) -> Path:
     return last
 
 
+def as_trained(stored: dict) -> dict:
+    """A checkpoint's settings with the values they resolved to (older checkpoints kept None for "the
+    model's own") and the schedule they followed: epochs, iterations or minutes."""
+    known = {f.name for f in fields(TrainSettings)}
+    try:
+        settings = TrainSettings(**{k: v for k, v in stored.items() if k in known})
+    except (TypeError, UsageError):
+        return stored  # compared as stored
+    return {**stored, **settings.to_dict(), "schedule": settings.schedule}
+
+
 def check_resumable(work: Path, settings: TrainSettings, dataset: dict) -> None:
     """A run resumes with the model, data and optimization it was started with, or not at all: mmengine
     would load mismatched weights leniently and train on silently."""
     stored = checkpoint_meta(relocated_last_checkpoint(work)).get("alpr", {})
     named = ("name", "version")
-    before = {**stored.get("settings", {}), "dataset": {k: stored.get("dataset", {}).get(k) for k in named}}
-    now = {**settings.to_dict(), "dataset": {k: dataset[k] for k in named}}
+    before = {**as_trained(stored.get("settings", {})), "dataset": {k: stored.get("dataset", {}).get(k) for k in named}}
+    now = {**settings.to_dict(), "schedule": settings.schedule, "dataset": {k: dataset[k] for k in named}}
     changed = [f"{key} {before[key]!r} -> {now[key]!r}" for key in now
                if key not in RESUMABLE_CHANGES and key in before and before[key] != now[key]]
     if changed:

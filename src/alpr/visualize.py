@@ -88,8 +88,13 @@ def best_checkpoint(workdir: Path, run_id: str) -> Path:
     from alpr.evaluate import eval_dir
 
     train, report = train_dir(workdir, run_id), eval_dir(workdir, run_id) / "metrics.json"
-    picked = train / Path(read_json(report)["best_checkpoint"]).name if report.is_file() else None
-    return picked if picked and picked.is_file() else train / "best.pth"
+    if not report.is_file():
+        return train / "best.pth"
+    picked = train / Path(read_json(report)["best_checkpoint"]).name
+    if not picked.is_file():  # another model would be tested in its place
+        raise UsageError(f"{picked}: the checkpoint `alpr evaluate` picked ({report}) is gone, deleted by "
+                         "later training; run `alpr evaluate` again")
+    return picked
 
 
 def picture_name(image: Path, root: Path | None) -> str:
