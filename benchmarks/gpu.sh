@@ -12,8 +12,10 @@
 # 3.5 minutes besides the training), so that one 10-minute call can train for 6.
 # Images are resized to IMG_SIZE (1280: full detail for small plates) and trained on CROP_SIZE
 # crops (448: rtmdet-ins-tiny's default), BATCH at a time (128; half that if the speed stage finds it
-# does not fit, so never with SPEED=0) at learning rate LR (RTMDet's own 0.004 for 256 images a step,
-# with the square root of the batch), on TRAIN_IMAGES synthetic images (4000).
+# does not fit, so never with SPEED=0) at learning rate LR (0.008 for 256 images a step, twice RTMDet's
+# own 0.004 as on the CPU, where 2e-3 read more plates than 1e-3 at batch 8 for three training seeds
+# (RESULTS.md, "Twice the learning rate"), with the square root of the batch), on TRAIN_IMAGES
+# synthetic images (4000).
 # LOAD_FROM=PATH starts the training from a carried checkpoint's weights (a model.pth an earlier
 # call brought back, say), so that training time adds up across calls and leases.
 # On the third lease, 14 loader workers made about 200 crops/s, and the step's host work was
@@ -76,8 +78,8 @@ if [ "$speed" = 1 ]; then
     fi
     measured || measure_speed plain  # out of memory, or py-spy could not run
 fi
-# the learning rate with the square root of the batch, from 0.004 at 256, unless LR is given
-lr=${LR:-$(python3 -c "print(round(0.004 * ($batch / 256) ** 0.5, 5))")}
+# the learning rate with the square root of the batch, from 0.008 at 256, unless LR is given
+lr=${LR:-$(python3 -c "print(round(0.008 * ($batch / 256) ** 0.5, 5))")}
 
 # The training step's own time budget: its cosine schedule follows the time spent, and it validates
 # and checkpoints once, at the end. Its warm-up: 100 iterations or a tenth of the time, if sooner.

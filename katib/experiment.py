@@ -51,7 +51,7 @@ def _uniform(low: str, high: str) -> dict:
 # Per model: (alpr-train-trial parameter = train flag, trial parameter name, Katib parameterType,
 # feasibleSpace). Both models train from scratch with AdamW (src/alpr/model.py).
 SEARCH_SPACES = {
-    # defaults: lr 1e-3, weight decay 0.05, widen 0.375, batch 8
+    # defaults: lr 2e-3, weight decay 0.05, widen 0.375, batch 8
     "rtmdet-ins-tiny": (
         ("lr", "learningRate", "double", _log("0.0001", "0.01")),
         ("weight-decay", "weightDecay", "double", _log("0.005", "0.1")),

@@ -99,7 +99,7 @@ class TrainSettings:
 
     @property
     def learning_rate(self) -> float:
-        return self.lr or {"smoke": 2e-3, "rtmdet-ins-tiny": 1e-3, "mask-rcnn-swin-t": 1e-4}[self.model]
+        return self.lr or {"smoke": 2e-3, "rtmdet-ins-tiny": 2e-3, "mask-rcnn-swin-t": 1e-4}[self.model]
 
     @property
     def width(self) -> float | None:
