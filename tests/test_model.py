@@ -119,9 +119,12 @@ def test_a_run_stopped_while_validating_validates_first_and_a_copied_run_keeps_t
     shutil.copytree(runs / "r1", runs / "cut")
     train, log = runs / "cut" / "train", runs / "cut" / "train" / "log.json"
     lines = log.read_text().splitlines()
-    last = max(i for i, line in enumerate(lines) if '"EIR"' in line)
-    step = json.loads(lines[last])["step"]
-    log.write_text("\n".join(lines[:last] + lines[last + 1:]) + "\n")  # as if stopped during that validation
+    validations = [i for i, line in enumerate(lines) if '"EIR"' in line]
+    step, before = (json.loads(lines[i])["step"] for i in validations[-1:-3:-1])
+    # as if stopped during the last validation: nothing of it logged, marked or copied
+    log.write_text("\n".join(lines[:validations[-1]] + lines[validations[-1] + 1:]) + "\n")
+    assert (train / "validated_step").read_text() == f"{step}\n"
+    (train / "validated_step").write_text(f"{before}\n")
     (train / "best.pth").unlink()
     more = [{"r1": "cut"}.get(a, a) for a in SMOKE_TRAIN]
     more[more.index("--iters") + 1] = str(step + 2)
@@ -131,7 +134,7 @@ def test_a_run_stopped_while_validating_validates_first_and_a_copied_run_keeps_t
     assert f"validating the checkpoint of step {step}" in result.stdout + result.stderr
     assert [json.loads(line)["step"] for line in log.read_text().splitlines() if '"EIR"' in line][-2:] == \
         [step, step + 2]
-    assert (train / "best.pth").is_file()
+    assert (train / "best.pth").is_file() and (train / "validated_step").read_text() == f"{step + 2}\n"
     saved = torch.load(train / f"iter_{step + 2}.pth", map_location="cpu", weights_only=False)
     assert Path(saved["message_hub"]["runtime_info"]["best_ckpt"]).parent == train  # not the original's file
     assert {p.name: p.stat().st_mtime_ns for p in (runs / "r1" / "train").glob("*.pth")} == original
@@ -204,9 +207,10 @@ def test_a_resumed_run_compares_the_values_its_settings_resolve_to():
     from alpr.model import TrainSettings
     from alpr.train import as_trained
 
-    stored = {**TrainSettings(model="smoke", iters=4).to_dict(), "lr": None, "img_size": None}  # as older runs kept
-    explicit = TrainSettings(model="smoke", iters=4, lr=2e-3, img_size=TrainSettings(model="smoke").image_size)
-    assert as_trained(stored) == {**explicit.to_dict(), "schedule": "iters"}
+    stored = {**TrainSettings(iters=4).to_dict(), "lr": None, "img_size": None}  # as older runs kept them
+    cfg = "optim_wrapper = dict(optimizer=dict(type='AdamW', lr=0.001))\n"  # the default then
+    explicit = TrainSettings(iters=4, lr=1e-3, img_size=TrainSettings().image_size)
+    assert as_trained({"alpr": {"settings": stored}, "cfg": cfg}) == {**explicit.to_dict(), "schedule": "iters"}
     with pytest.raises(UsageError, match="--lr must be more than 0, got 0"):
         TrainSettings(lr=0)
 
@@ -580,6 +584,18 @@ def test_evaluate_checks_the_database_and_the_store_before_scoring(smoke_workdir
         result = run_step_script("evaluate", "--workdir", str(work), "--run-id", "r1", "--device", "cpu", *flags)
         assert result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr
         assert not (work / "runs" / "r1" / "eval").exists()
+
+
+def test_the_validated_step_comes_from_its_marker_or_for_older_runs_from_the_log(tmp_path):
+    from alpr.mmdet_ext import validated_step
+
+    assert validated_step(tmp_path, 8) == 0
+    (tmp_path / "log.json").write_text('{"mAP": 0.5, "dv_mAP": 0.4, "EIR": 0.3, "step": 0}\n')
+    assert validated_step(tmp_path, 8) == 8  # no marker yet: as validated as alpr then took it to be
+    (tmp_path / "validated_step").write_text("6\n")
+    assert validated_step(tmp_path, 8) == 6
+    (tmp_path / "validated_step").write_text("")  # cut short: validated again
+    assert validated_step(tmp_path, 8) == 0
 
 
 def test_the_last_validation_is_found_past_a_line_cut_short(tmp_path):

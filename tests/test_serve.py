@@ -296,7 +296,7 @@ def test_an_item_the_model_fails_on_fails_only_its_own_request():
     assert a == ["A"] and c == ["C"] and isinstance(bad, ValueError)
 
 
-def test_image_budget_makes_a_request_wait_only_while_its_images_would_not_fit():
+def test_image_budget_makes_requests_wait_in_line_while_their_images_would_not_fit():
     from alpr.serve import ImageBudget
 
     events = []
@@ -312,15 +312,18 @@ def test_image_budget_makes_a_request_wait_only_while_its_images_would_not_fit()
         a = asyncio.create_task(request("a", 3, budget, release_a))
         await asyncio.sleep(0.01)
         b = asyncio.create_task(request("b", 2, budget, release_b))  # 3 + 2 > 4: waits for a
-        c = asyncio.create_task(request("c", 1, budget, release_c))  # 3 + 1 fits: goes ahead of b
+        c = asyncio.create_task(request("c", 1, budget, release_c))  # 3 + 1 would fit, but b came first
+        gone = asyncio.create_task(request("gone", 1, budget, asyncio.Event()))
         await asyncio.sleep(0.01)
-        assert events == [("a", 3), ("c", 4)]
+        gone.cancel()  # a client gone while waiting leaves the line
+        await asyncio.sleep(0.01)
+        assert events == [("a", 3)] and budget.held == 3
         release_a.set()
         await asyncio.sleep(0.01)
-        assert events[-1] == ("b", 3)
+        assert events[1:] == [("b", 2), ("c", 3)]
         release_b.set(), release_c.set()
         await asyncio.gather(a, b, c)
-        assert budget.held == 0
+        assert budget.held == 0 and gone.cancelled()
         with pytest.raises(ValueError, match="5 images can never fit a budget of 4"):
             async with budget.hold(5):
                 pass

@@ -33,7 +33,7 @@ from mmdet.structures.mask import PolygonMasks, polygon_to_bitmap
 from mmdet.utils import reduce_mean
 from mmengine.dataset import pseudo_collate
 from mmengine.evaluator import BaseMetric
-from mmengine.hooks import Hook
+from mmengine.hooks import CheckpointHook, Hook
 from mmengine.optim import OptimWrapper
 from mmengine.registry import FUNCTIONS
 from mmengine.runner import IterBasedTrainLoop
@@ -627,10 +627,12 @@ class AlprRunHook(Hook):
             raise AlprError(f"model head predicts {head.num_classes} classes, the dataset has {len(CLASSES)}")
         # A checkpoint is saved just before its validation: a run stopped during one (the pod killed, out of
         # memory) resumes past it, so that checkpoint is validated first, or it never would be.
-        step = runner.iter if isinstance(runner.train_loop, IterBasedTrainLoop) else runner.epoch
-        last = last_validation(Path(runner.work_dir) / "log.json")
-        if step and (last is None or last.get("step", 0) < step):
+        step = training_step(runner)
+        if step and validated_step(Path(runner.work_dir), step) < step:
             runner.logger.info(f"validating the checkpoint of step {step}: its validation never ended")
+            checkpointer = next(h for h in runner.hooks if isinstance(h, CheckpointHook))
+            # as after a validation in the loop: a new best is also written into the checkpoint it was saved in
+            checkpointer.last_ckpt = runner.message_hub.get_info("last_ckpt")
             runner.val_loop.run()
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
@@ -669,6 +671,9 @@ class AlprRunHook(Hook):
             partial = target.with_name(".best.pth.partial")
             shutil.copyfile(best, partial)
             partial.replace(target)
+        marker = Path(runner.work_dir) / VALIDATED_STEP
+        marker.with_suffix(".partial").write_text(f"{training_step(runner)}\n")
+        marker.with_suffix(".partial").replace(marker)  # last: this validation's best checkpoints are saved
 
     def after_train(self, runner) -> None:
         # A finished run started again (a retried workflow step or Katib trial) trains and validates
@@ -676,6 +681,24 @@ class AlprRunHook(Hook):
         last = None if self.validated else last_validation(Path(runner.work_dir) / "log.json")
         if last:
             print(metric_lines(last), flush=True)
+
+
+VALIDATED_STEP = "validated_step"  # in a run folder: the iteration (or epoch) of the last validation that ended
+
+
+def training_step(runner) -> int:
+    """Where a run stands: its iteration when it trains by iterations, else its epoch."""
+    return runner.iter if isinstance(runner.train_loop, IterBasedTrainLoop) else runner.epoch
+
+
+def validated_step(work: Path, step: int) -> int:
+    """The step of the run's last validation that ended. A run from before alpr kept it counts as
+    validated up to ``step`` if it logged any validation, as alpr then assumed."""
+    marker = work / VALIDATED_STEP
+    if marker.is_file():
+        text = marker.read_text().strip()
+        return int(text) if text.isdigit() else 0  # damaged: validated again
+    return step if last_validation(work / "log.json") else 0
 
 
 def last_validation(log: Path) -> dict | None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import collections
 import contextlib
 import io
 import json
@@ -204,7 +205,8 @@ class Batcher:
 
 
 class ImageBudget:
-    """At most ``limit`` images held at once across requests; a request waits for room for all of its own.
+    """At most ``limit`` images held at once across requests; a request waits, in line, for room for all
+    of its own (first come, first served: a large request is not overtaken for ever by small ones).
 
     Each request's images stay decoded until the model has read the last of them, and a large photo is
     tens of megabytes of pixels: without a bound, a burst of requests could take the server's memory.
@@ -213,14 +215,21 @@ class ImageBudget:
     def __init__(self, limit: int):
         self.limit, self.held = limit, 0
         self._room = asyncio.Condition()
+        self._line: collections.deque = collections.deque()
 
     @contextlib.asynccontextmanager
     async def hold(self, count: int):
         if count > self.limit:
             raise ValueError(f"{count} images can never fit a budget of {self.limit}")
         async with self._room:
-            await self._room.wait_for(lambda: self.held + count <= self.limit)
-            self.held += count
+            ticket = object()
+            self._line.append(ticket)
+            try:
+                await self._room.wait_for(lambda: self._line[0] is ticket and self.held + count <= self.limit)
+                self.held += count
+            finally:  # also when the request is cancelled while it waits
+                self._line.remove(ticket)
+                self._room.notify_all()  # the next in line may fit too
         try:
             yield
         finally:

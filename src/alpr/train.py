@@ -98,9 +98,15 @@ def relocated_last_checkpoint(work: Path) -> Path:
     return last
 
 
-def as_trained(stored: dict) -> dict:
-    """A checkpoint's settings with the values they resolved to (older checkpoints kept None for "the
-    model's own") and the schedule they followed: epochs, iterations or minutes."""
+def as_trained(meta: dict) -> dict:
+    """A checkpoint's settings with the values they resolved to and the schedule they followed: epochs,
+    iterations or minutes. Older checkpoints kept None for "the model's own"; their learning rate, a
+    default that has changed, is read from their training config."""
+    stored = dict(meta.get("alpr", {}).get("settings", {}))
+    if "lr" in stored and stored["lr"] is None and "cfg" in meta:
+        from mmengine.config import Config
+
+        stored["lr"] = Config.fromstring(meta["cfg"], ".py").optim_wrapper.optimizer.lr
     known = {f.name for f in fields(TrainSettings)}
     try:
         settings = TrainSettings(**{k: v for k, v in stored.items() if k in known})
@@ -112,9 +118,9 @@ def as_trained(stored: dict) -> dict:
 def check_resumable(work: Path, settings: TrainSettings, dataset: dict) -> None:
     """A run resumes with the model, data and optimization it was started with, or not at all: mmengine
     would load mismatched weights leniently and train on silently."""
-    stored = checkpoint_meta(relocated_last_checkpoint(work)).get("alpr", {})
+    meta = checkpoint_meta(relocated_last_checkpoint(work))
     named = ("name", "version")
-    before = {**as_trained(stored.get("settings", {})), "dataset": {k: stored.get("dataset", {}).get(k) for k in named}}
+    before = {**as_trained(meta), "dataset": {k: meta.get("alpr", {}).get("dataset", {}).get(k) for k in named}}
     now = {**settings.to_dict(), "schedule": settings.schedule, "dataset": {k: dataset[k] for k in named}}
     changed = [f"{key} {before[key]!r} -> {now[key]!r}" for key in now
                if key not in RESUMABLE_CHANGES and key in before and before[key] != now[key]]
