@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from alpr.errors import UsageError
+from alpr.files import write_atomic
 from alpr.metrics import KEY_METRICS, check_metric, evaluate, layout_suffix, plate_pr_curve, scalar_metrics
 from alpr.plates import CHARACTER_CLASSES, Layout
 from alpr.postprocess import Detection, Plate
@@ -121,9 +122,7 @@ def _save(fig, path: Path) -> Path:
 
 
 def write_json(path: Path, document: dict) -> None:
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(json.dumps(document, indent=2) + "\n")
-    partial.replace(path)
+    write_atomic(path, json.dumps(document, indent=2) + "\n")
 
 
 # The split that picks the run's model (the test step's, the uploaded and deployed one). On another split

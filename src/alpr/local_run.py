@@ -22,6 +22,7 @@ from pathlib import Path
 import yaml
 
 from alpr.errors import AlprError, UsageError, read_json
+from alpr.files import write_atomic
 
 EXPRESSION = re.compile(r"\{\{\s*([^{}]+?)\s*\}\}")
 TASK_OUTPUT = re.compile(r"\{\{\s*tasks\.")
@@ -206,10 +207,8 @@ class LocalRun:
 
     def _save_state(self) -> None:
         self.state_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.state_file.with_suffix(".partial")
-        tmp.write_text(json.dumps({"name": self.name, "parameters": _redacted(self.values), "outputs": self.outputs,
-                                   "skipped": sorted(self.skipped)}, indent=1))
-        tmp.replace(self.state_file)
+        write_atomic(self.state_file, json.dumps({"name": self.name, "parameters": _redacted(self.values),
+                                                  "outputs": self.outputs, "skipped": sorted(self.skipped)}, indent=1))
 
     def _mounts(self) -> dict[str, Path | None]:
         """Volume name -> local folder (None for Secrets: their values come from the environment)."""

@@ -42,6 +42,7 @@ from pycocotools.coco import COCO
 from torch.nn.utils.rnn import pad_sequence
 
 from alpr.errors import AlprError
+from alpr.files import write_atomic
 from alpr.metrics import KEY_METRICS, evaluate, mask_rle, metric_lines, scalar_metrics
 from alpr.plates import BOARD_LABELS, CLASSES
 from alpr.postprocess import Detection, read_plates
@@ -671,9 +672,8 @@ class AlprRunHook(Hook):
             partial = target.with_name(".best.pth.partial")
             shutil.copyfile(best, partial)
             partial.replace(target)
-        marker = Path(runner.work_dir) / VALIDATED_STEP
-        marker.with_suffix(".partial").write_text(f"{training_step(runner)}\n")
-        marker.with_suffix(".partial").replace(marker)  # last: this validation's best checkpoints are saved
+        # last: this validation's best checkpoints are saved
+        write_atomic(Path(runner.work_dir) / VALIDATED_STEP, f"{training_step(runner)}\n")
 
     def after_train(self, runner) -> None:
         # A finished run started again (a retried workflow step or Katib trial) trains and validates

@@ -20,6 +20,7 @@ import numpy as np
 
 from alpr.backgrounds import Backgrounds
 from alpr.errors import UsageError
+from alpr.files import write_atomic
 from alpr.plates import DIGITS, VEHICLE_TYPES, Layout, PlateText, char_label
 from alpr.progress import show_progress
 
@@ -323,12 +324,6 @@ def labelme_document(shapes: list[Shape], image_name: str, width: int, height: i
         "imageHeight": height,
         "imageWidth": width,
     }
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------- the folder
