@@ -9,7 +9,7 @@ import argparse
 from pathlib import Path
 
 from alpr.cli import HelpWithDefaults, or_default, true_or_false
-from alpr.model import MODELS, TrainSettings
+from alpr.model import MODEL_LEARNING_RATES, MODEL_WIDEN_FACTORS, MODELS, TrainSettings
 from alpr.train import DEVICES, TrainOptions, train
 
 
@@ -33,7 +33,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                              "(default: every epoch, or an epoch's worth of iterations)")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="images per batch")
     parser.add_argument("--lr", type=or_default(float), default=None,
-                        help="learning rate (default, or empty: the model's own)")
+                        help="learning rate (default, or empty: the model's: "
+                             + ", ".join(f"{lr:g} for {name}" for name, lr in MODEL_LEARNING_RATES.items()) + ")")
     parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay, help="AdamW weight decay")
     parser.add_argument("--img-size", type=or_default(int), default=None,
                         help="size images are resized to (longest side), in training and test "
@@ -45,7 +46,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help="share of training crops resized so that their plate is 256-400 px wide, about the "
                              "widest the reader reads it again at (0 to 1; default: the model's: 0.25 for "
                              "rtmdet-ins-tiny, 0 for the others)")
-    parser.add_argument("--widen-factor", type=float, default=None, help="RTMDet width multiplier")
+    parser.add_argument("--widen-factor", type=float, default=None,
+                        help="RTMDet width multiplier (default: the model's: "
+                             + ", ".join(f"{w:g} for {name}" for name, w in MODEL_WIDEN_FACTORS.items()) + ")")
     parser.add_argument("--drop-rate", type=float, default=defaults.drop_rate, help="Swin dropout")
     parser.add_argument("--drop-path-rate", type=float, default=defaults.drop_path_rate, help="Swin drop path")
     parser.add_argument("--window-size", type=int, default=defaults.window_size, help="Swin window size")
