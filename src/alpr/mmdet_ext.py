@@ -12,7 +12,6 @@ import itertools
 import json
 import math
 import os
-import shutil
 import sys
 import time
 import warnings
@@ -42,7 +41,7 @@ from pycocotools.coco import COCO
 from torch.nn.utils.rnn import pad_sequence
 
 from alpr.errors import AlprError
-from alpr.files import write_atomic
+from alpr.files import copy_atomic, write_atomic
 from alpr.metrics import KEY_METRICS, evaluate, mask_rle, metric_lines, scalar_metrics
 from alpr.plates import BOARD_LABELS, CLASSES
 from alpr.postprocess import Detection, read_plates
@@ -668,10 +667,7 @@ class AlprRunHook(Hook):
         print(metric_lines(metrics), flush=True)
         best = runner.message_hub.get_info("best_ckpt")
         if best and Path(best).is_file():
-            target = Path(runner.work_dir) / "best.pth"
-            partial = target.with_name(".best.pth.partial")
-            shutil.copyfile(best, partial)
-            partial.replace(target)
+            copy_atomic(Path(best), Path(runner.work_dir) / "best.pth")
         # last: this validation's best checkpoints are saved
         write_atomic(Path(runner.work_dir) / VALIDATED_STEP, f"{training_step(runner)}\n")
 
