@@ -13,6 +13,11 @@ from alpr.model import MODEL_LEARNING_RATES, MODEL_WIDEN_FACTORS, MODELS, TrainS
 from alpr.train import DEVICES, TrainOptions, train
 
 
+def per_model(defaults: dict[str, float]) -> str:
+    """A per-model default table as help text: "0.002 for smoke, ..."."""
+    return ", ".join(f"{value:g} for {model}" for model, value in defaults.items())
+
+
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     defaults = TrainSettings()
     parser = argparse.ArgumentParser(description="Train a plate model; writes WORKDIR/runs/RUN/train.",
@@ -33,8 +38,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                              "(default: every epoch, or an epoch's worth of iterations)")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="images per batch")
     parser.add_argument("--lr", type=or_default(float), default=None,
-                        help="learning rate (default, or empty: the model's: "
-                             + ", ".join(f"{lr:g} for {name}" for name, lr in MODEL_LEARNING_RATES.items()) + ")")
+                        help=f"learning rate (default, or empty: the model's: {per_model(MODEL_LEARNING_RATES)})")
     parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay, help="AdamW weight decay")
     parser.add_argument("--img-size", type=or_default(int), default=None,
                         help="size images are resized to (longest side), in training and test "
@@ -47,8 +51,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                              "widest the reader reads it again at (0 to 1; default: the model's: 0.25 for "
                              "rtmdet-ins-tiny, 0 for the others)")
     parser.add_argument("--widen-factor", type=float, default=None,
-                        help="RTMDet width multiplier (default: the model's: "
-                             + ", ".join(f"{w:g} for {name}" for name, w in MODEL_WIDEN_FACTORS.items()) + ")")
+                        help=f"RTMDet width multiplier (default: the model's: {per_model(MODEL_WIDEN_FACTORS)})")
     parser.add_argument("--drop-rate", type=float, default=defaults.drop_rate, help="Swin dropout")
     parser.add_argument("--drop-path-rate", type=float, default=defaults.drop_path_rate, help="Swin drop path")
     parser.add_argument("--window-size", type=int, default=defaults.window_size, help="Swin window size")

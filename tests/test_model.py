@@ -166,6 +166,18 @@ def test_an_empty_workflow_parameter_means_the_models_own_value(value, lr, img_s
     assert (args.lr, args.img_size) == (lr, img_size)
 
 
+def test_help_names_each_models_default_learning_rate_and_width_as_the_settings_resolve_them():
+    from alpr.model import MODELS, TrainSettings
+    from steps.train import get_args_parser
+
+    help_text = "".join(get_args_parser().format_help().split())  # argparse wraps lines, even within names
+    for model in MODELS:
+        settings = TrainSettings(model=model)
+        assert f"{settings.learning_rate:g}for{model}" in help_text
+        if settings.width is not None:  # Swin has none
+            assert f"{settings.width:g}for{model}" in help_text
+
+
 @pytest.mark.parametrize("has_bfloat16, wrapper", [(True, "CpuBFloat16OptimWrapper"), (False, "OptimWrapper")])
 def test_mixed_precision_trains_on_the_cpu_in_bfloat16_where_it_has_the_instructions(smoke_workdir, has_bfloat16,
                                                                                      wrapper):
