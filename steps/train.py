@@ -9,17 +9,19 @@ import argparse
 from pathlib import Path
 
 from alpr.cli import HelpWithDefaults, or_default, true_or_false
-from alpr.model import MODEL_LEARNING_RATES, MODEL_WIDEN_FACTORS, MODELS, TrainSettings
+from alpr.model import MODELS, ZOOM_BOARD_WIDTHS, TrainSettings
 from alpr.train import DEVICES, TrainOptions, train
 
 
-def per_model(defaults: dict[str, float]) -> str:
-    """A per-model default table as help text: "0.002 for smoke, ..."."""
-    return ", ".join(f"{value:g} for {model}" for model, value in defaults.items())
+def per_model(setting: str) -> str:
+    """Each model's default of a TrainSettings property as help text: "0.002 for smoke, ..."."""
+    values = {model: getattr(TrainSettings(model=model), setting) for model in MODELS}
+    return ", ".join(f"{value:g} for {model}" for model, value in values.items() if value is not None)
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     defaults = TrainSettings()
+    narrowest, widest = ZOOM_BOARD_WIDTHS
     parser = argparse.ArgumentParser(description="Train a plate model; writes WORKDIR/runs/RUN/train.",
                                      add_help=add_help, formatter_class=HelpWithDefaults)
     parser.add_argument("--workdir", type=Path, default=Path("work"), help="shared work directory")
@@ -38,24 +40,25 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                              "(default: every epoch, or an epoch's worth of iterations)")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="images per batch")
     parser.add_argument("--lr", type=or_default(float), default=None,
-                        help=f"learning rate (default, or empty: the model's: {per_model(MODEL_LEARNING_RATES)})")
+                        help=f"learning rate (default, or empty: the model's: {per_model('learning_rate')})")
     parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay, help="AdamW weight decay")
     parser.add_argument("--img-size", type=or_default(int), default=None,
-                        help="size images are resized to (longest side), in training and test "
-                             "(default, or empty: the model's: 1280 for rtmdet-ins-tiny)")
+                        help="size images are resized to (longest side), in training and test (default, or "
+                             f"empty: the model's: {per_model('image_size')})")
     parser.add_argument("--crop-size", type=int, default=None,
                         help="train on square crops of this size from the resized images (default: the model's: "
-                             "448 for rtmdet-ins-tiny, or --img-size where that is smaller)")
+                             f"{per_model('train_crop_size')}; or --img-size where that is smaller)")
     parser.add_argument("--zoom-share", type=float, default=defaults.zoom_share,
-                        help="share of training crops resized so that their plate is 256-400 px wide, about the "
-                             "widest the reader reads it again at (0 to 1; default: the model's: 0.25 for "
-                             "rtmdet-ins-tiny, 0 for the others)")
+                        help=f"share of training crops resized so that their plate is {narrowest:g}-{widest:g} px "
+                             "wide, about the widest the reader reads it again at (0 to 1; default: the model's: "
+                             f"{per_model('crop_zoom_share')})")
     parser.add_argument("--widen-factor", type=float, default=None,
-                        help=f"RTMDet width multiplier (default: the model's: {per_model(MODEL_WIDEN_FACTORS)})")
+                        help=f"RTMDet width multiplier (default: the model's: {per_model('width')})")
     parser.add_argument("--drop-rate", type=float, default=defaults.drop_rate, help="Swin dropout")
     parser.add_argument("--drop-path-rate", type=float, default=defaults.drop_path_rate, help="Swin drop path")
     parser.add_argument("--window-size", type=int, default=defaults.window_size, help="Swin window size")
-    parser.add_argument("--mlp-ratio", type=float, default=defaults.mlp_ratio, help="Swin MLP ratio")
+    parser.add_argument("--mlp-ratio", type=int, default=defaults.mlp_ratio,
+                        help="Swin MLP ratio: each block's hidden layer is this many times its width")
     parser.add_argument("--warmup-iters", type=int, default=defaults.warmup_iters, help="linear warm-up iterations")
     parser.add_argument("--workers", type=int, default=defaults.num_workers, help="data loader processes")
     parser.add_argument("--device", default="auto", choices=DEVICES, help="where to train")

@@ -19,7 +19,11 @@ KATIB = re.compile(r"([\w|-]+)\s*=\s*([+-]?\d*(\.\d+)?([Ee][+-]?\d+)?)")
 def test_training_writes_every_output(smoke_workdir, smoke_training):
     train = smoke_workdir / "runs" / "r1" / "train"
     assert (train / "best.pth").is_file() and (train / "iter_4.pth").is_file()
-    assert list((train / "tensorboard").rglob("events.out.tfevents.*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = {tag for events in (train / "tensorboard").rglob("events.out.tfevents.*")
+            for tag in EventAccumulator(str(events)).Reload().Tags()["scalars"]}
+    assert {"loss", "lr", "mAP", "dv_mAP", "EIR"} <= set(tags), tags
     scalars = [json.loads(line) for line in next(train.rglob("log.json")).read_text().splitlines()]
     assert any("loss" in s for s in scalars)
     assert [s["step"] for s in scalars if "EIR" in s] == [2, 4]  # at their iterations, for TensorBoard's plots
@@ -47,6 +51,25 @@ def test_checkpoint_reloads_with_no_config_file(smoke_workdir, smoke_training, s
     plates = reader.predict(synth_dir / "000001.jpg")
     assert isinstance(plates, list)
     assert len(reader.predict_batch([synth_dir / "000001.jpg", synth_dir / "000002.jpg"])) == 2
+
+
+def test_the_swin_mask_rcnn_trains_with_its_own_flags_and_reads(smoke_workdir, synth_dir):
+    import torch
+
+    from alpr import PlateReader
+
+    swin = ["--dataset", "smoke", "--version", "1", "--model", "mask-rcnn-swin-t", "--run-id", "swin", "--iters", "1",
+            "--batch-size", "1", "--workers", "0", "--device", "cpu", "--img-size", "256", "--warmup-iters", "1",
+            "--window-size", "8", "--mlp-ratio", "2", "--drop-rate", "0.1"]
+    result = run_step_script("train", "--workdir", str(smoke_workdir), *swin)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    best = smoke_workdir / "runs" / "swin" / "train" / "best.pth"
+    checkpoint = torch.load(best, map_location="cpu", weights_only=False)
+    assert {k: checkpoint["meta"]["alpr"]["settings"][k] for k in ("model", "window_size", "mlp_ratio", "drop_rate")} \
+        == {"model": "mask-rcnn-swin-t", "window_size": 8, "mlp_ratio": 2, "drop_rate": 0.1}
+    # the flags shaped the network: an MLP ratio of 2 makes each block's hidden layer twice its width
+    assert checkpoint["state_dict"]["backbone.stages.0.blocks.0.ffn.layers.0.0.weight"].shape == (192, 96)
+    assert isinstance(PlateReader.from_checkpoint(best, device="cpu").predict(synth_dir / "000001.jpg"), list)
 
 
 def test_training_takes_crops_and_reading_takes_the_whole_resized_image(smoke_workdir):
@@ -166,16 +189,18 @@ def test_an_empty_workflow_parameter_means_the_models_own_value(value, lr, img_s
     assert (args.lr, args.img_size) == (lr, img_size)
 
 
-def test_help_names_each_models_default_learning_rate_and_width_as_the_settings_resolve_them():
+def test_help_names_each_models_defaults_as_the_settings_resolve_them():
     from alpr.model import MODELS, TrainSettings
     from steps.train import get_args_parser
 
-    help_text = "".join(get_args_parser().format_help().split())  # argparse wraps lines, even within names
-    for model in MODELS:
-        settings = TrainSettings(model=model)
-        assert f"{settings.learning_rate:g}for{model}" in help_text
-        if settings.width is not None:  # Swin has none
-            assert f"{settings.width:g}for{model}" in help_text
+    parser = get_args_parser()
+    for flag, setting in [("--lr", "learning_rate"), ("--img-size", "image_size"), ("--crop-size", "train_crop_size"),
+                          ("--zoom-share", "crop_zoom_share"), ("--widen-factor", "width")]:
+        help_text = next(action.help for action in parser._actions if flag in action.option_strings)
+        for model in MODELS:
+            value = getattr(TrainSettings(model=model), setting)
+            if value is not None:  # Swin has no widen factor
+                assert f"{value:g} for {model}" in help_text, (flag, model)
 
 
 @pytest.mark.parametrize("has_bfloat16, wrapper", [(True, "CpuBFloat16OptimWrapper"), (False, "OptimWrapper")])
@@ -225,6 +250,19 @@ def test_a_resumed_run_compares_the_values_its_settings_resolve_to():
     assert as_trained({"alpr": {"settings": stored}, "cfg": cfg}) == {**explicit.to_dict(), "schedule": "iters"}
     with pytest.raises(UsageError, match="--lr must be more than 0, got 0"):
         TrainSettings(lr=0)
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--log-interval", "0", "at least 1"), ("--window-size", "0", "at least 1"), ("--warmup-iters", "-1", "at least 0"),
+    ("--workers", "-1", "at least 0"), ("--mlp-ratio", "0", "at least 1"), ("--drop-path-rate", "1.5", "from 0 to 1"),
+    ("--zoom-share", "-0.1", "from 0 to 1")])
+def test_a_training_flag_out_of_its_range_is_a_usage_error_naming_it(flag, value, message):
+    from alpr.errors import UsageError
+    from steps.train import get_args_parser, settings_from_args
+
+    args = get_args_parser().parse_args(["--dataset", "d", "--version", "1", "--run-id", "r", flag, value])
+    with pytest.raises(UsageError, match=f"{flag} must be {message}, got {value}"):
+        settings_from_args(args)
 
 
 def test_a_resumed_iteration_loop_skips_its_trained_batches_without_loading_them():
@@ -299,7 +337,7 @@ def test_evaluate_scores_each_saved_weight_set_once(tmp_path):
 
 def test_the_test_step_uses_the_checkpoint_evaluate_picked(tmp_path):
     from alpr.errors import UsageError
-    from alpr.visualize import best_checkpoint, picture_name
+    from alpr.visualize import TestOptions, best_checkpoint, test_run
 
     train = tmp_path / "runs" / "r" / "train"
     train.mkdir(parents=True)
@@ -312,9 +350,10 @@ def test_the_test_step_uses_the_checkpoint_evaluate_picked(tmp_path):
     (train / "iter_2.pth").unlink()  # pruned by later training: best.pth is another model
     with pytest.raises(UsageError, match="iter_2.pth: the checkpoint `alpr evaluate` picked .* is gone"):
         best_checkpoint(tmp_path, "r")
-    assert picture_name(Path("in/a.png"), Path("in")) != picture_name(Path("in/sub/a.png"), Path("in")) == \
-        "sub__a.png.jpg"
-    assert picture_name(Path("in/a.jpg"), Path("in")) == "a.jpg" != picture_name(Path("in/a.png"), Path("in"))
+    with pytest.raises(UsageError, match="typo.pth: --checkpoint not found"):
+        test_run(TestOptions(tmp_path, "r", checkpoint=tmp_path / "typo.pth"))
+    with pytest.raises(UsageError, match="run id"):
+        test_run(TestOptions(tmp_path, "../r"))  # would write beside runs/
 
 
 
@@ -382,12 +421,16 @@ def test_evaluate_writes_metrics_plots_and_database_rows(smoke_workdir, smoke_tr
     assert (smoke_workdir / "bucket" / "runs" / "r1" / "best.pth").is_file()
     assert (eval_dir / "model-uri").read_text().strip() == (smoke_workdir / "bucket/runs/r1/best.pth").as_uri()
     from alpr import db
+    from alpr.model import TrainSettings
 
     engine = db.connect(f"sqlite:///{smoke_workdir / 'alpr.db'}")
     with engine.connect() as conn:
         rows = conn.execute(sa.select(sa.func.count()).select_from(db.run_metrics)).scalar()
         run = conn.execute(sa.select(db.runs)).one()
     assert run.run_id == "r1" and run.model == "smoke" and rows > 10
+    params = json.loads(run.params)  # the settings as trained, the model's own values resolved
+    assert (params["model"], params["batch_size"], params["img_size"]) == ("smoke", 2, 256)
+    assert params["lr"] == TrainSettings(model="smoke").learning_rate
     again = run_step_script("evaluate", "--workdir", str(smoke_workdir), "--run-id", "r1", "--device", "cpu")
     assert again.returncode == 0
     with engine.connect() as conn:
@@ -423,9 +466,14 @@ def test_test_step_writes_predictions_and_pictures(smoke_workdir, smoke_training
 
 def test_test_step_reads_past_an_image_it_cannot_read_and_replaces_its_outputs_whole(smoke_workdir, smoke_training,
                                                                                       synth_dir, tmp_path):
+    import cv2
+
     folder = tmp_path / "photos"
-    folder.mkdir()
-    shutil.copy(synth_dir / "000001.jpg", folder / "a.jpg")
+    (folder / "sub").mkdir(parents=True)
+    # three images whose names differ only by their format or folder: three pictures
+    for name in ("a.jpg", "sub/a.jpg"):
+        shutil.copy(synth_dir / "000001.jpg", folder / name)
+    cv2.imwrite(str(folder / "a.png"), cv2.imread(str(synth_dir / "000002.jpg")))
     (folder / "b.jpg").write_bytes(b"not an image")
     test = ["--workdir", str(smoke_workdir), "--run-id", "r1", "--device", "cpu", "--images", str(folder)]
     out = smoke_workdir / "runs" / "r1" / "test"
@@ -433,12 +481,14 @@ def test_test_step_reads_past_an_image_it_cannot_read_and_replaces_its_outputs_w
     (out / "images" / "old.jpg").write_bytes(b"an earlier test's picture")
     result = run_step_script("test", *test)
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert "1 of 2 images could not be read" in result.stderr and "b.jpg: not a readable image" in result.stderr
+    assert "1 of 4 images could not be read" in result.stderr and "b.jpg: not a readable image" in result.stderr
     lines = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
-    assert [(Path(line["image"]).name, sorted(line)) for line in lines] == [("a.jpg", ["image", "plates"]),
-                                                                            ("b.jpg", ["error", "image"])]
-    assert sorted(p.name for p in (out / "images").iterdir()) == ["a.jpg"]
-    assert "test: 2/2" in result.stdout  # progress as a log line: the output is no terminal
+    assert [(Path(line["image"]).relative_to(folder).as_posix(), sorted(line)) for line in lines] == [
+        ("a.jpg", ["image", "plates"]), ("a.png", ["image", "plates"]), ("b.jpg", ["error", "image"]),
+        ("sub/a.jpg", ["image", "plates"])]
+    pictures = sorted(p.relative_to(out / "images").as_posix() for p in (out / "images").rglob("*") if p.is_file())
+    assert pictures == ["a.jpg", "a.png", "sub/a.jpg"]  # the earlier test's old.jpg is gone
+    assert "test: 4/4" in result.stdout  # progress as a log line: the output is no terminal
 
 
 @pytest.mark.parametrize("precision", [[], ["--amp"]], ids=["float32", "mixed"])
@@ -536,6 +586,29 @@ def test_empty_validation_split_fails_before_training(smoke_workdir, tmp_path):
     assert result.returncode == 1 and "the val split has no images" in result.stderr
 
 
+def test_an_edited_split_or_manifest_is_an_error_naming_the_file(smoke_workdir, tmp_path):
+    import shutil
+
+    from alpr.errors import UsageError
+    from alpr.train import check_dataset
+
+    folder = tmp_path / "dataset"
+    shutil.copytree(smoke_workdir / "datasets" / "smoke" / "1", folder)
+    val, manifest = folder / "val.json", folder / "manifest.json"
+    good_val, good_manifest = val.read_text(), manifest.read_text()
+    for path, content, problem in [
+        (val, "[]", "val.json: not a COCO file"),
+        (val, json.dumps({**json.loads(good_val), "categories": [{"name": "0"}]}), "val.json: a category without an id"),
+        (manifest, json.dumps({"name": "smoke"}), "manifest.json: not a manifest `alpr record` wrote"),
+    ]:
+        path.write_text(content)
+        with pytest.raises(UsageError, match=problem):
+            check_dataset(folder)
+        val.write_text(good_val)
+        manifest.write_text(good_manifest)
+    assert check_dataset(folder)["content_sha256"]
+
+
 def test_a_moved_run_folder_resumes_from_its_own_checkpoint(tmp_path):
     from alpr.train import relocated_last_checkpoint
 
@@ -571,6 +644,21 @@ def test_a_file_that_is_no_checkpoint_is_named_without_a_traceback(smoke_workdir
                              *SMOKE_TRAIN[8:], "--load-from", str(tmp_path / "half.pth"))
     assert result.returncode == 1 and "half.pth: not a readable checkpoint" in result.stderr
     assert not (smoke_workdir / "runs" / "load-bad").exists()
+
+
+def test_training_starts_from_the_load_from_checkpoints_weights(smoke_workdir, smoke_training):
+    import torch
+
+    best = smoke_workdir / "runs" / "r1" / "train" / "best.pth"
+    result = run_step_script("train", "--workdir", str(smoke_workdir), *SMOKE_TRAIN[:7], "loaded", *SMOKE_TRAIN[8:],
+                             "--iters", "1", "--val-interval", "1", "--lr", "1e-12", "--load-from", str(best))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    start = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
+    after = torch.load(smoke_workdir / "runs" / "loaded" / "train" / "iter_1.pth", map_location="cpu",
+                       weights_only=False)["state_dict"]
+    # a step at a learning rate of 1e-12 leaves the weights as loaded (batch norm statistics move regardless)
+    weights = [key for key in start if key.endswith((".weight", ".bias"))]
+    assert len(weights) > 20 and all(torch.allclose(start[key], after[key], atol=1e-6) for key in weights)
 
 
 def test_no_warm_up_is_a_schedule_of_its_own():

@@ -8,8 +8,8 @@ import pytest
 
 from alpr.postprocess import Detection, Plate, ReadOptions
 from alpr.errors import UsageError
-from alpr.reader import (ZOOM_MARGIN, agreed_reading, best_reading, from_window, read_enough, sure_enough,
-                         window_image, zoom_window)
+from alpr.reader import (ZOOM_MARGIN, agreed_reading, best_reading, from_window, read_enough, resolve_device,
+                         sure_enough, window_image, zoom_window)
 from handmade import plate_detections
 
 
@@ -107,6 +107,19 @@ def test_zoom_widths_must_be_positive_and_the_sure_score_a_score():
     for score in (0, 1.5):
         with pytest.raises(UsageError, match=f"sure score {score}"):
             ReadOptions(sure_score=score)
+
+
+def test_a_device_that_is_no_device_or_not_there_is_a_usage_error():
+    import torch
+
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    assert resolve_device("cpu") == "cpu"
+    assert resolve_device("auto") == ("cuda:0" if visible else "cpu")
+    for typo in ("gpu", "CPU", "cuda:", "cuda:x"):
+        with pytest.raises(UsageError, match="expected auto, cpu, cuda or cuda:N"):
+            resolve_device(typo)
+    with pytest.raises(UsageError, match=f"{visible} CUDA device"):
+        resolve_device(f"cuda:{visible}")
 
 
 def test_each_board_is_read_again_at_each_zoom_width(smoke_workdir, smoke_training, synth_dir):

@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from alpr.errors import UsageError
-from alpr.files import write_atomic
-from alpr.metrics import KEY_METRICS, check_metric, evaluate, layout_suffix, plate_pr_curve, scalar_metrics
+from alpr.files import write_atomic, written_whole
+from alpr.metrics import (KEY_METRICS, check_metric, evaluate, layout_suffix, load_ground_truth, plate_pr_curve,
+                          scalar_metrics)
 from alpr.plates import CHARACTER_CLASSES, Layout
 from alpr.postprocess import Detection, Plate
 from alpr.progress import show_progress
-
-BATCH = 4
+from alpr.reader import READ_BATCH
 
 
 @dataclass(frozen=True)
@@ -28,10 +26,6 @@ class EvaluateOptions:
     device: str = "auto"
     db_url: str | None = None
     store: str | None = None
-
-
-def run_dir(workdir: Path, run_id: str) -> Path:
-    return workdir / "runs" / run_id
 
 
 SAVED_NAME = re.compile(r"(?:iter|epoch)_(\d+)\.pth$")  # what mmengine's CheckpointHook names a checkpoint
@@ -52,19 +46,16 @@ def checkpoints(train: Path) -> list[Path]:
 def predict_split(reader, dataset: Path, split: str, progress: bool = True
                   ) -> tuple[object, dict[int, list[Detection]], dict[int, list[Plate]]]:
     """Runs the reader over a split; returns the ground truth, detections (RLE masks) and plates."""
-    from pycocotools.coco import COCO
-
     ann_file = dataset / f"{split}.json"
     if not ann_file.is_file():
         raise UsageError(f"{ann_file}: split not found")
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO(str(ann_file))
+    gt = load_ground_truth(ann_file)
     image_ids = sorted(gt.getImgIds())
     detections: dict[int, list[Detection]] = {}
     plates: dict[int, list[Plate]] = {}
     with show_progress(f"predict {split}", len(image_ids), progress) as advance:
-        for start in range(0, len(image_ids), BATCH):
-            ids = image_ids[start:start + BATCH]
+        for start in range(0, len(image_ids), READ_BATCH):
+            ids = image_ids[start:start + READ_BATCH]
             paths = [dataset / "images" / gt.imgs[i]["file_name"] for i in ids]
             for image_id, (dets, found) in zip(ids, reader.read(paths, masks=True)):
                 detections[image_id], plates[image_id] = dets, found
@@ -116,7 +107,8 @@ def _save(fig, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with written_whole(path) as partial:
+        fig.savefig(partial, dpi=100, format="png")
     plt.close(fig)
     return path
 
@@ -132,6 +124,8 @@ SELECTION_SPLIT = "val"
 
 
 def eval_dir(workdir: Path, run_id: str, split: str = SELECTION_SPLIT) -> Path:
+    from alpr.train import run_dir
+
     return run_dir(workdir, run_id) / ("eval" if split == SELECTION_SPLIT else f"eval-{split}")
 
 
@@ -141,7 +135,7 @@ def evaluate_run(options: EvaluateOptions, progress: bool = True) -> dict:
     from alpr import db, storage
     from alpr.reader import PlateReader
     from alpr.record import check_name
-    from alpr.train import alpr_meta, train_dir
+    from alpr.train import alpr_meta, dataset_dir, train_dir
     from alpr.visualize import best_checkpoint
 
     check_name("run id", options.run_id)
@@ -154,7 +148,7 @@ def evaluate_run(options: EvaluateOptions, progress: bool = True) -> dict:
     picks = options.split == SELECTION_SPLIT
     candidates = checkpoints(train) if picks else [best_checkpoint(workdir, options.run_id)]
     meta = alpr_meta(candidates[-1])["alpr"]
-    dataset = workdir / "datasets" / meta["dataset"]["name"] / meta["dataset"]["version"]
+    dataset = dataset_dir(workdir, meta["dataset"]["name"], meta["dataset"]["version"])
     scored, gts = {}, {}
     for checkpoint in candidates:
         reader = PlateReader.from_checkpoint(checkpoint, options.device)
@@ -177,7 +171,7 @@ def evaluate_run(options: EvaluateOptions, progress: bool = True) -> dict:
     }
     write_json(out / "metrics.json", report)
     for key in KEY_METRICS:  # one file each: Argo output parameters read them
-        (out / key).write_text(f"{best_metrics[key]:.6f}\n")
+        write_atomic(out / key, f"{best_metrics[key]:.6f}\n")
     if options.store:  # uploaded before the run is recorded: a recorded run's model is in the store
         base = storage.join(options.store, "runs", options.run_id)
         if picks:
@@ -185,7 +179,7 @@ def evaluate_run(options: EvaluateOptions, progress: bool = True) -> dict:
             report["uploaded"] = storage.join(base, "best.pth")
         storage.upload_file(out / "metrics.json", storage.join(base, "metrics.json" if picks else
                                                                f"metrics-{options.split}.json"))
-    (out / "model-uri").write_text(report.get("uploaded", "") + "\n")  # the deploy step serves it (empty: none)
+    write_atomic(out / "model-uri", report.get("uploaded", "") + "\n")  # the deploy step serves it (empty: none)
     settings = meta.get("settings", {})
     db.record_run(engine, options.run_id, settings.get("model", "?"), meta["dataset"]["name"],
                   meta["dataset"]["version"], settings, str(train / best) if picks else None, options.split,

@@ -158,6 +158,12 @@ class DvCOCOeval(COCOeval):
 # ---------------------------------------------------------------- COCO AP
 
 
+def load_ground_truth(path) -> COCO:
+    """A split's COCO file, without pycocotools' chatter on stdout (where the metric lines go)."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        return COCO(str(path))
+
+
 def mask_rle(mask) -> dict:
     """A mask as COCO RLE with text counts; an RLE dict is returned as it is. A column-major uint8
     mask (what :func:`alpr.mmdet_ext.to_detections` gives) is encoded without a copy."""

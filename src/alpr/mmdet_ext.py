@@ -37,12 +37,11 @@ from mmengine.optim import OptimWrapper
 from mmengine.registry import FUNCTIONS
 from mmengine.runner import IterBasedTrainLoop
 from pycocotools import mask as mask_utils
-from pycocotools.coco import COCO
 from torch.nn.utils.rnn import pad_sequence
 
 from alpr.errors import AlprError
 from alpr.files import copy_atomic, write_atomic
-from alpr.metrics import KEY_METRICS, evaluate, mask_rle, metric_lines, scalar_metrics
+from alpr.metrics import KEY_METRICS, evaluate, load_ground_truth, mask_rle, metric_lines, scalar_metrics
 from alpr.plates import BOARD_LABELS, CLASSES
 from alpr.postprocess import Detection, read_plates
 
@@ -598,11 +597,7 @@ class PlateMetric(BaseMetric):
             self.results.append((sample["img_id"], detections))
 
     def compute_metrics(self, results: list) -> dict:
-        import contextlib
-        import io
-
-        with contextlib.redirect_stdout(io.StringIO()):
-            gt = COCO(self.ann_file)
+        gt = load_ground_truth(self.ann_file)
         detections = dict(results)
         plates = {image_id: read_plates(dets) for image_id, dets in detections.items()}
         metrics = evaluate(gt, detections, plates)

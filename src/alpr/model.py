@@ -10,7 +10,7 @@ All start from random weights unless ``load_from`` names a local checkpoint.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from alpr.errors import UsageError
@@ -24,6 +24,7 @@ UNTIL_TIME_IS_UP = 2**31 - 1  # the iteration limit of a run trained by --minute
 # px: the plates of the --zoom-share crops are 0.8 to 1.25 times this wide, the widest of those
 # PlateReader reads each plate again at (ReadOptions.zoom_widths).
 ZOOM_BOARD_WIDTH = 320
+ZOOM_BOARD_WIDTHS = (0.8 * ZOOM_BOARD_WIDTH, 1.25 * ZOOM_BOARD_WIDTH)
 # Each model's image size and training crop. rtmdet-ins-tiny reads full-HD detail but trains on
 # 448 px crops: trained so for 30 CPU minutes, it read 16 % of fresh plates, and none when trained
 # on whole images padded to 640 px squares (benchmarks/RESULTS.md).
@@ -59,30 +60,30 @@ class TrainSettings:
     drop_rate: float = 0.0  # swin
     drop_path_rate: float = 0.2  # swin
     window_size: int = 7  # swin
-    mlp_ratio: float = 4.0  # swin
+    mlp_ratio: int = 4  # swin; mmdet's Swin takes a whole ratio (its hidden width is ratio x width)
     warmup_iters: int = 100
     num_workers: int = 2
     amp: bool = False
     seed: int = 0
     best_metric: str = "EIR"
     log_interval: int = 10
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.model not in MODELS:
             raise UsageError(f"--model {self.model!r}: expected one of {', '.join(MODELS)}")
-        for name in ("epochs", "batch_size", "val_interval"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.iters is not None and self.iters < 1:
-            raise UsageError(f"--iters must be at least 1, got {self.iters}")
-        if self.minutes is not None and not self.minutes > 0:
-            raise UsageError(f"--minutes must be more than 0, got {self.minutes}")
-        for name in ("lr", "img_size", "crop_size", "widen_factor"):  # None is the model's own; 0 is no value
-            if getattr(self, name) is not None and not getattr(self, name) > 0:
-                raise UsageError(f"--{name.replace('_', '-')} must be more than 0, got {getattr(self, name)}")
-        if self.zoom_share is not None and not 0 <= self.zoom_share <= 1:
-            raise UsageError(f"--zoom-share must be from 0 to 1, got {self.zoom_share}")
+        # None is "not given" (or the model's own); a flag's name is its field's, but --workers
+        for names, valid, expected in [
+            (("epochs", "iters", "batch_size", "val_interval", "window_size", "mlp_ratio", "log_interval"),
+             lambda v: v >= 1, "at least 1"),
+            (("warmup_iters", "num_workers", "weight_decay"), lambda v: v >= 0, "at least 0"),
+            (("minutes", "lr", "img_size", "crop_size", "widen_factor"), lambda v: v > 0, "more than 0"),
+            (("zoom_share", "drop_rate", "drop_path_rate"), lambda v: 0 <= v <= 1, "from 0 to 1"),
+        ]:
+            for name in names:
+                value = getattr(self, name)
+                if value is not None and not valid(value):
+                    flag = "workers" if name == "num_workers" else name.replace("_", "-")
+                    raise UsageError(f"--{flag} must be {expected}, got {value}")
 
     @property
     def by_epoch(self) -> bool:
@@ -219,15 +220,15 @@ def train_pipeline(size: int, crop: int, zoom_share: float) -> list[dict]:
     a crop smaller than the size trains at full detail (small plates stay readable) for the cost
     of a small image. A ``zoom_share`` of the pieces are resized instead so that their plate is
     about ZOOM_BOARD_WIDTH px wide, as ``PlateReader`` reads each plate again."""
-    zoom = ZOOM_BOARD_WIDTH
-    widest = min(1.25 * zoom, crop)  # a board wider than the crop would be cut
+    narrowest, widest = ZOOM_BOARD_WIDTHS
+    widest = min(widest, crop)  # a board wider than the crop would be cut
     # No flips: a mirrored character is another character (or none).
     return [
         dict(type="LoadImageFromFile"),
         dict(type="LoadAnnotations", with_bbox=True, with_mask=True, poly2mask=False),
         # resized at random to about size, cut before resizing (only the crop is resized)
         dict(type="PlateCrop", crop_size=(crop, crop), scale=(size, size), ratio_range=(0.8, 1.25),
-             board_width=(min(0.8 * zoom, widest), widest), board_share=zoom_share, recompute_bbox=True,
+             board_width=(min(narrowest, widest), widest), board_share=zoom_share, recompute_bbox=True,
              allow_negative_crop=True),
         dict(type="YOLOXHSVRandomAug"),
         dict(type="Pad", size=(crop, crop), pad_val=dict(img=PAD_VALUE)),

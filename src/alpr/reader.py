@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -29,6 +30,7 @@ Image = Union[str, Path, np.ndarray]
 Window = tuple[int, int, int, int]  # x1, y1, x2, y2 in the image's pixels
 ZOOM_MARGIN = 0.25  # context around a board read again, as a fraction of its width on each side
 ZOOM_BATCH = 16  # windows run through the model together
+READ_BATCH = 4  # images the evaluate and test steps read together
 SAME_PLATE_IOU = 0.5  # the second reading's board overlaps the first's this much
 MIN_BOARD = 16  # px: no smaller box is enlarged further (an untrained model's boxes can be specks)
 
@@ -62,12 +64,20 @@ def check_image_size(image: np.ndarray, size: int, name: str = "image") -> None:
 
 
 def resolve_device(device: str) -> str:
+    """--device auto, cpu, cuda or cuda:N as the torch device to read on; a typo or a GPU that is not
+    there is a usage error, not torch's traceback."""
     import torch
 
     if device == "auto":
         return "cuda:0" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"device {device!r}: no CUDA device is visible")
+    if device == "cpu":
+        return device
+    cuda = re.fullmatch(r"cuda(?::(\d+))?", device)
+    if not cuda:
+        raise UsageError(f"--device {device!r}: expected auto, cpu, cuda or cuda:N")
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if int(cuda.group(1) or 0) >= visible:
+        raise UsageError(f"--device {device}: {visible} CUDA device(s) visible")
     return device
 
 

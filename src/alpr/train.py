@@ -29,8 +29,12 @@ def dataset_dir(workdir: Path, name: str, version: str) -> Path:
     return workdir / "datasets" / name / version
 
 
+def run_dir(workdir: Path, run_id: str) -> Path:
+    return workdir / "runs" / run_id
+
+
 def train_dir(workdir: Path, run_id: str) -> Path:
-    return workdir / "runs" / run_id / "train"
+    return run_dir(workdir, run_id) / "train"
 
 
 def check_dataset(folder: Path) -> dict:
@@ -42,14 +46,22 @@ def check_dataset(folder: Path) -> dict:
         if not path.is_file():
             raise UsageError(f"{path}: split file missing")
         document = read_json(path)
+        if not isinstance(document, dict):
+            raise UsageError(f"{path}: not a COCO file (a JSON object of images, annotations and categories)")
         if split in ("train", "val") and not document.get("images"):
             raise UsageError(f"{path}: the {split} split has no images; record more images or change --split")
-        categories = sorted(document.get("categories", []), key=lambda c: c["id"])
-        found = [(c["id"], c["name"]) for c in categories]
+        try:
+            found = sorted((c["id"], c["name"]) for c in document.get("categories", []))
+        except (KeyError, TypeError):
+            raise UsageError(f"{path}: a category without an id or a name") from None
         if found != list(enumerate(CLASSES, start=1)):  # the metrics take category id N for CLASSES[N - 1]
             raise UsageError(f"{path}: categories {found} are not alpr's classes with ids 1 to {len(CLASSES)} "
                              f"{list(CLASSES)}; re-record the dataset with this alpr version")
-    return read_json(folder / "manifest.json")
+    manifest = read_json(folder / "manifest.json")
+    if not isinstance(manifest, dict) or not {"counts", "content_sha256"} <= manifest.keys():
+        raise UsageError(f"{folder / 'manifest.json'}: not a manifest `alpr record` wrote (no counts or "
+                         "content_sha256); re-record the dataset")
+    return manifest
 
 
 def checkpoint_meta(path: Path) -> dict:
@@ -91,7 +103,11 @@ def relocated_last_checkpoint(work: Path) -> Path:
     when the workdir moves (another mount point, a copied volume); then it is the file of that name in
     this run folder, and ``last_checkpoint`` is rewritten to say so before mmengine reads it."""
     marker = work / "last_checkpoint"
-    last = Path(marker.read_text().strip())
+    named = marker.read_text().strip()
+    if not named:  # a crash while mmengine wrote it
+        raise UsageError(f"{marker}: empty; delete it to start the run over, or write into it the path of "
+                         f"the last iter_N.pth or epoch_N.pth in {work}")
+    last = Path(named)
     if last.parent != work and (work / last.name).is_file():
         last = work / last.name
         marker.write_text(str(last))

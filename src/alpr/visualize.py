@@ -17,8 +17,6 @@ from alpr.plates import BOARD_LABELS, CHARACTER_CLASSES
 from alpr.postprocess import Detection, Plate
 from alpr.progress import show_progress
 
-BATCH = 4
-
 
 @dataclass(frozen=True)
 class TestOptions:
@@ -75,10 +73,13 @@ def draw(image: np.ndarray, detections: list[Detection], plates: list[Plate]) ->
     return canvas
 
 
-def default_images(workdir: Path, dataset: dict) -> list[Path]:
-    folder = workdir / "datasets" / dataset["name"] / dataset["version"]
+def default_images(workdir: Path, dataset: dict) -> tuple[Path, list[Path]]:
+    """The images folder of the dataset version and its test split's images."""
+    from alpr.train import dataset_dir
+
+    folder = dataset_dir(workdir, dataset["name"], dataset["version"])
     split = read_json(folder / "test.json")
-    return [folder / "images" / image["file_name"] for image in split["images"]]
+    return folder / "images", [folder / "images" / image["file_name"] for image in split["images"]]
 
 
 def best_checkpoint(workdir: Path, run_id: str) -> Path:
@@ -90,19 +91,21 @@ def best_checkpoint(workdir: Path, run_id: str) -> Path:
     train, report = train_dir(workdir, run_id), eval_dir(workdir, run_id) / "metrics.json"
     if not report.is_file():
         return train / "best.pth"
-    picked = train / Path(read_json(report)["best_checkpoint"]).name
+    named = read_json(report)
+    if not isinstance(named, dict) or not named.get("best_checkpoint"):
+        raise UsageError(f"{report}: names no best_checkpoint; run `alpr evaluate` again")
+    picked = train / Path(named["best_checkpoint"]).name
     if not picked.is_file():  # another model would be tested in its place
         raise UsageError(f"{picked}: the checkpoint `alpr evaluate` picked ({report}) is gone, deleted by "
                          "later training; run `alpr evaluate` again")
     return picked
 
 
-def picture_name(image: Path, root: Path | None) -> str:
-    """One picture per image, named after its path under the folder: a.jpg, sub/a.jpg and a.png stay apart
-    (a.jpg, sub__a.jpg, a.png.jpg)."""
-    relative = image.relative_to(root) if root else Path(image.name)
-    name = "__".join(relative.parts)
-    return name if relative.suffix.lower() == ".jpg" else f"{name}.jpg"
+def write_picture(path: Path, picture: np.ndarray) -> None:
+    """Writes one picture; its path and format are its image's, so no two images share a picture."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), picture):
+        raise AlprError(f"{path}: could not write the picture")
 
 
 def _load(reader, paths: list[Path]) -> tuple[dict[Path, np.ndarray], dict[Path, AlprError]]:
@@ -120,32 +123,36 @@ def test_run(options: TestOptions, progress: bool = True) -> Path:
     """Writes runs/RUN/test/predictions.jsonl and one annotated picture per image; returns the folder. An
     image that cannot be read gets an ``{"image", "error"}`` line, the others are read, and then the step
     fails naming it. Both outputs replace an earlier test's only when this one is written whole."""
-    from alpr.reader import PlateReader
-    from alpr.train import alpr_meta
+    from alpr.reader import READ_BATCH, PlateReader
+    from alpr.record import check_name
+    from alpr.train import alpr_meta, run_dir
 
+    check_name("run id", options.run_id)
     workdir = options.workdir.resolve()
+    if options.checkpoint and not options.checkpoint.is_file():
+        raise UsageError(f"{options.checkpoint}: --checkpoint not found")
     checkpoint = options.checkpoint or best_checkpoint(workdir, options.run_id)
     if not checkpoint.is_file():
         raise UsageError(f"{checkpoint}: no best checkpoint; train (and evaluate) run {options.run_id} first")
     if options.images is not None:
         if not options.images.is_dir():
             raise UsageError(f"{options.images}: image folder not found")
-        images = list_images(options.images)
+        root, images = options.images, list_images(options.images)
     else:
-        images = default_images(workdir, alpr_meta(checkpoint)["alpr"]["dataset"])
+        root, images = default_images(workdir, alpr_meta(checkpoint)["alpr"]["dataset"])
     if not images:
         where = options.images or f"the test split of the dataset {checkpoint} was trained on"
         raise UsageError(f"{where}: no images ({', '.join(IMAGE_SUFFIXES)}) to test on; pass --images DIR")
     reader = PlateReader.from_checkpoint(checkpoint, options.device)
-    out = workdir / "runs" / options.run_id / "test"
+    out = run_dir(workdir, options.run_id) / "test"
     pictures = out / ".images.partial"
     shutil.rmtree(pictures, ignore_errors=True)
     pictures.mkdir(parents=True)
     partial = out / ".predictions.jsonl.partial"
     failed = []
     with partial.open("w") as lines, show_progress("test", len(images), progress) as advance:
-        for start in range(0, len(images), BATCH):
-            batch = images[start:start + BATCH]
+        for start in range(0, len(images), READ_BATCH):
+            batch = images[start:start + READ_BATCH]
             arrays, errors = _load(reader, batch)
             read = dict(zip(arrays, reader.read(list(arrays.values()), masks=True) if arrays else []))
             for path in batch:  # in the images' order, each image's line or error
@@ -155,7 +162,7 @@ def test_run(options: TestOptions, progress: bool = True) -> Path:
                     continue
                 dets, plates = read[path]
                 lines.write(prediction_line(str(path), plates) + "\n")
-                cv2.imwrite(str(pictures / picture_name(path, options.images)), draw(arrays[path], dets, plates))
+                write_picture(pictures / path.relative_to(root), draw(arrays[path], dets, plates))
             advance(len(batch))
     shutil.rmtree(out / "images", ignore_errors=True)  # an earlier test's pictures, maybe of other images
     pictures.replace(out / "images")
