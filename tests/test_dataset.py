@@ -118,6 +118,19 @@ def test_each_bad_input_is_reported_and_nothing_is_written(case, labelme_copy, t
     assert not workdir.exists() or not any(workdir.rglob("*.json"))
 
 
+def test_a_labelme_rectangle_is_its_four_corners(labelme_copy):
+    from alpr.dataset import load_labelme
+
+    json_path = _first_with_plate(labelme_copy)
+    shape = json.loads(json_path.read_text())["shapes"][0]
+    xs, ys = [x for x, _ in shape["points"]], [y for _, y in shape["points"]]
+    corners = [[min(xs), min(ys)], [max(xs), max(ys)]]  # as labelme saves a rectangle: two opposite corners
+    _edit(json_path, lambda d: d["shapes"][0].update(shape_type="rectangle", points=corners))
+    polygon = load_labelme(json_path, labelme_copy).polygons[0]
+    assert polygon.label == shape["label"]
+    assert polygon.points == (min(xs), min(ys), max(xs), min(ys), max(xs), max(ys), min(xs), max(ys))
+
+
 def test_record_step_exits_nonzero_with_a_report(labelme_copy, tmp_path):
     _break_label(_first_with_plate(labelme_copy))
     _break_missing(sorted(labelme_copy.glob("*.json"))[-1])

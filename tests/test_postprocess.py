@@ -29,6 +29,12 @@ def test_extra_character_is_reported():
     assert plate.text is None and "'34756'" in plate.reason
 
 
+def test_a_character_on_the_board_but_in_neither_text_region_is_reported():
+    stray = Detection("7", 0.9, (84, 8, 96, 32))  # centred at x 90: between the sub text (5-85) and the main (95-195)
+    [plate] = read_plates(_plate("12A3456", extra=stray))
+    assert plate.text is None and plate.reason == "1 character(s) outside both text regions"
+
+
 def test_duplicate_detection_of_one_character_is_merged():
     dup = Detection("4", 0.5, (128, 9, 143, 31))  # overlaps the '4' box heavily
     [plate] = read_plates(_plate("12A3456", extra=dup))

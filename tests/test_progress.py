@@ -20,3 +20,22 @@ def test_progress_is_log_lines_where_the_output_is_no_terminal(capsys):
     with show_progress("validate", 2, enabled=False) as advance:
         advance(2)
     assert capsys.readouterr().out == ""
+
+
+def test_progress_is_a_bar_on_a_terminal():
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    script = ("from alpr.progress import show_progress\n"
+              "with show_progress('synthesize', 4, transient=False) as advance:\n"
+              "    advance(4)\n")
+    leader, follower = pty.openpty()
+    done = subprocess.run([sys.executable, "-c", script], stdout=follower, stderr=subprocess.PIPE, timeout=60,
+                          env={**os.environ, "COLUMNS": "100"})
+    os.close(follower)
+    shown = os.read(leader, 65536).decode(errors="replace")
+    os.close(leader)
+    assert done.returncode == 0, done.stderr
+    assert "synthesize" in shown and "100%" in shown and "synthesize: 4/4" not in shown  # a bar, not log lines

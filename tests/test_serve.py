@@ -331,6 +331,27 @@ def test_image_budget_makes_requests_wait_in_line_while_their_images_would_not_f
     asyncio.run(scenario())
 
 
+def test_the_model_is_a_checkpoint_a_folder_holding_one_or_a_store_url(tmp_path):
+    from alpr.errors import UsageError
+    from alpr.serve import resolve_checkpoint
+
+    models, cache = tmp_path / "models", tmp_path / "cache"  # KServe's storage initializer fills /mnt/models
+    (models / "run").mkdir(parents=True)
+    for name in ("run/iter_8.pth", "run/best.pth", "a.pth"):
+        (models / name).write_bytes(name.encode())
+    assert resolve_checkpoint(str(models), cache) == models / "run" / "best.pth"  # best.pth before any other
+    (models / "run" / "best.pth").unlink()
+    assert resolve_checkpoint(str(models), cache) == models / "a.pth"
+    assert resolve_checkpoint(str(models / "a.pth"), cache) == models / "a.pth"
+    downloaded = resolve_checkpoint((models / "run" / "iter_8.pth").as_uri(), cache)
+    assert downloaded.parent == cache and downloaded.read_bytes() == b"run/iter_8.pth"
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UsageError, match="empty: no .pth checkpoint in this folder"):
+        resolve_checkpoint(str(tmp_path / "empty"), cache)
+    with pytest.raises(UsageError, match="missing.pth: checkpoint not found"):
+        resolve_checkpoint(str(tmp_path / "missing.pth"), cache)
+
+
 def test_a_request_limit_over_the_held_images_is_refused(tmp_path):
     result = subprocess.run([sys.executable, "steps/serve.py", "--model", str(tmp_path / "none.pth"),
                              "--max-images", "20", "--max-held-images", "16"],

@@ -113,6 +113,15 @@ def test_each_trial_runs_its_values_and_the_best_is_reported(tmp_path, capsys):
     assert "trial 0: lr=" in out and "[train] epoch 1: mAP=" in out  # progress: values and metric lines
 
 
+def test_the_study_stops_once_a_trial_reaches_the_objectives_goal(tmp_path, capsys):
+    experiment = toy_experiment()
+    experiment["spec"]["objective"]["goal"] = -10.0  # every trial's EIR is above -3
+    cli.main([*write(tmp_path, experiment), "--max-trials", "5"])
+    out = capsys.readouterr().out
+    assert "goal EIR=-10.0 reached" in out
+    assert len([line for line in out.splitlines() if "COMPLETE" in line]) == 1
+
+
 def test_a_failed_trial_is_reported_and_the_study_goes_on(tmp_path, capsys):
     args = write(tmp_path, toy_experiment())
     (tmp_path / "work").mkdir()
