@@ -661,6 +661,19 @@ def test_training_starts_from_the_load_from_checkpoints_weights(smoke_workdir, s
     assert len(weights) > 20 and all(torch.allclose(start[key], after[key], atol=1e-6) for key in weights)
 
 
+def test_a_load_from_checkpoint_of_another_network_is_refused_before_training(smoke_workdir, smoke_training):
+    from alpr.errors import UsageError
+    from alpr.model import TrainSettings
+    from alpr.train import check_start_checkpoint
+
+    best = smoke_workdir / "runs" / "r1" / "train" / "best.pth"  # smoke, at its widen factor
+    check_start_checkpoint(best, TrainSettings(model="smoke", lr=1e-4, window_size=12))  # the same network
+    with pytest.raises(UsageError, match=r"best.pth: trained as another network .*model 'smoke' -> 'rtmdet-ins-tiny'"):
+        check_start_checkpoint(best, TrainSettings(model="rtmdet-ins-tiny"))
+    with pytest.raises(UsageError, match=r"widen_factor 0.125 -> 0.25"):
+        check_start_checkpoint(best, TrainSettings(model="smoke", widen_factor=0.25))
+
+
 def test_no_warm_up_is_a_schedule_of_its_own():
     from alpr.model import TrainSettings, _schedule
 

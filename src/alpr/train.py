@@ -89,8 +89,24 @@ def alpr_meta(path: Path) -> dict:
     return meta
 
 
-def check_start_checkpoint(path: Path) -> None:
-    check_classes(path, checkpoint_meta(path).get("alpr", {}).get("classes", CLASSES))
+# Settings that shape every weight of the network: a --load-from checkpoint trained otherwise would load none
+# (mmengine skips each mismatched tensor with a warning, and the run trains from scratch). Swin's window and
+# MLP ratio shape only some of its weights: the rest load, as when fine-tuning at another window.
+WEIGHT_SHAPING = ("model", "widen_factor")
+
+
+def check_start_checkpoint(path: Path, settings: TrainSettings) -> None:
+    """A --load-from checkpoint: alpr's classes, and, if alpr trained it, the network this run trains (a
+    foreign checkpoint, such as COCO weights, loads what fits)."""
+    meta = checkpoint_meta(path)
+    check_classes(path, meta.get("alpr", {}).get("classes", CLASSES))
+    if "settings" not in meta.get("alpr", {}):
+        return
+    before, now = as_trained(meta), settings.to_dict()
+    changed = [f"{key} {before.get(key)!r} -> {now[key]!r}" for key in WEIGHT_SHAPING if before.get(key) != now[key]]
+    if changed:
+        raise UsageError(f"{path}: trained as another network than this run's ({'; '.join(changed)}), so none of "
+                         "its weights would load; train with its settings, or without --load-from")
 
 
 # What a resumed run may change: how long it trains (in the unit it started with: its schedule is restored
@@ -180,7 +196,7 @@ def train(options: TrainOptions) -> Path:
     if resume:
         check_resumable(work, settings, dataset)
     elif options.load_from:
-        check_start_checkpoint(options.load_from)
+        check_start_checkpoint(options.load_from, settings)
     work.mkdir(parents=True, exist_ok=True)
     from mmengine.config import Config
     from mmengine.runner import Runner
