@@ -598,7 +598,7 @@ def test_an_edited_split_or_manifest_is_an_error_naming_the_file(smoke_workdir, 
     good_val, good_manifest = val.read_text(), manifest.read_text()
     for path, content, problem in [
         (val, "[]", "val.json: not a COCO file"),
-        (val, json.dumps({**json.loads(good_val), "categories": [{"name": "0"}]}), "val.json: a category without an id"),
+        (val, json.dumps({**json.loads(good_val), "categories": [{"name": "0"}]}), "val.json: each category needs an id"),
         (manifest, json.dumps({"name": "smoke"}), "manifest.json: not a manifest `alpr record` wrote"),
     ]:
         path.write_text(content)
@@ -666,12 +666,15 @@ def test_a_load_from_checkpoint_of_another_network_is_refused_before_training(sm
     from alpr.model import TrainSettings
     from alpr.train import check_start_checkpoint
 
-    best = smoke_workdir / "runs" / "r1" / "train" / "best.pth"  # smoke, at its widen factor
+    best = smoke_workdir / "runs" / "r1" / "train" / "best.pth"  # smoke: rtmdet-ins-tiny's network, narrower
+    width = TrainSettings(model="smoke").width
     check_start_checkpoint(best, TrainSettings(model="smoke", lr=1e-4, window_size=12))  # the same network
-    with pytest.raises(UsageError, match=r"best.pth: trained as another network .*model 'smoke' -> 'rtmdet-ins-tiny'"):
+    check_start_checkpoint(best, TrainSettings(model="rtmdet-ins-tiny", widen_factor=width))  # the same too
+    with pytest.raises(UsageError, match=f"best.pth: its weights are of an RTMDet-Ins at widen factor {width}, this "
+                                         f"run trains an RTMDet-Ins at widen factor {TrainSettings().width}"):
         check_start_checkpoint(best, TrainSettings(model="rtmdet-ins-tiny"))
-    with pytest.raises(UsageError, match=r"widen_factor 0.125 -> 0.25"):
-        check_start_checkpoint(best, TrainSettings(model="smoke", widen_factor=0.25))
+    with pytest.raises(UsageError, match="this run trains a Swin-T Mask R-CNN"):
+        check_start_checkpoint(best, TrainSettings(model="mask-rcnn-swin-t"))
 
 
 def test_no_warm_up_is_a_schedule_of_its_own():

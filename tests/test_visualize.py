@@ -33,3 +33,16 @@ def test_a_picture_tints_masks_outlines_boxes_and_writes_each_plates_text_above_
     assert green.sum() > 50 and red.sum() > 50  # the text in green, the reason in red, on black
     assert (above_read == 0).all(axis=-1).sum() > 100
     assert (picture[150:, :200] == 100).all()  # nothing drawn where nothing was found
+
+
+def test_a_picture_keeps_its_images_path_and_format_or_is_a_jpeg_beside_it(tmp_path):
+    import cv2
+
+    from alpr.visualize import write_picture
+
+    picture = np.full((20, 30, 3), (10, 120, 240), np.uint8)
+    for name in ("sub/a.png", "a.gif", "frame_0001", "grey.pgm"):  # OpenCV writes no colour GIF, bare name or PGM
+        write_picture(tmp_path / name, picture)
+    written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
+    assert written == ["a.gif.jpg", "frame_0001.jpg", "grey.pgm.jpg", "sub/a.png"]
+    assert (cv2.imread(str(tmp_path / "sub" / "a.png")) == picture).all()  # PNG: lossless

@@ -53,7 +53,7 @@ def check_dataset(folder: Path) -> dict:
         try:
             found = sorted((c["id"], c["name"]) for c in document.get("categories", []))
         except (KeyError, TypeError):
-            raise UsageError(f"{path}: a category without an id or a name") from None
+            raise UsageError(f"{path}: each category needs an id (a whole number) and a name") from None
         if found != list(enumerate(CLASSES, start=1)):  # the metrics take category id N for CLASSES[N - 1]
             raise UsageError(f"{path}: categories {found} are not alpr's classes with ids 1 to {len(CLASSES)} "
                              f"{list(CLASSES)}; re-record the dataset with this alpr version")
@@ -89,12 +89,6 @@ def alpr_meta(path: Path) -> dict:
     return meta
 
 
-# Settings that shape every weight of the network: a --load-from checkpoint trained otherwise would load none
-# (mmengine skips each mismatched tensor with a warning, and the run trains from scratch). Swin's window and
-# MLP ratio shape only some of its weights: the rest load, as when fine-tuning at another window.
-WEIGHT_SHAPING = ("model", "widen_factor")
-
-
 def check_start_checkpoint(path: Path, settings: TrainSettings) -> None:
     """A --load-from checkpoint: alpr's classes, and, if alpr trained it, the network this run trains (a
     foreign checkpoint, such as COCO weights, loads what fits)."""
@@ -102,11 +96,19 @@ def check_start_checkpoint(path: Path, settings: TrainSettings) -> None:
     check_classes(path, meta.get("alpr", {}).get("classes", CLASSES))
     if "settings" not in meta.get("alpr", {}):
         return
-    before, now = as_trained(meta), settings.to_dict()
-    changed = [f"{key} {before.get(key)!r} -> {now[key]!r}" for key in WEIGHT_SHAPING if before.get(key) != now[key]]
-    if changed:
-        raise UsageError(f"{path}: trained as another network than this run's ({'; '.join(changed)}), so none of "
-                         "its weights would load; train with its settings, or without --load-from")
+    before, now = network(as_trained(meta)), network(settings.to_dict())
+    if before != now:  # mmengine would skip each mismatched tensor with a warning and train from scratch
+        raise UsageError(f"{path}: its weights are of {before}, this run trains {now}: none would fit; train "
+                         "that network (--model, --widen-factor), or without --load-from")
+
+
+def network(settings: dict) -> str:
+    """The network a run's resolved settings build, as far as it shapes every weight: smoke and rtmdet-ins-tiny
+    are one network at two widths; Swin's window and MLP ratio shape only some of its weights (the rest load,
+    as when fine-tuning at another window)."""
+    if settings.get("model") == "mask-rcnn-swin-t":
+        return "a Swin-T Mask R-CNN"
+    return f"an RTMDet-Ins at widen factor {settings.get('widen_factor')}"
 
 
 # What a resumed run may change: how long it trains (in the unit it started with: its schedule is restored

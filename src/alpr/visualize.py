@@ -102,10 +102,15 @@ def best_checkpoint(workdir: Path, run_id: str) -> Path:
 
 
 def write_picture(path: Path, picture: np.ndarray) -> None:
-    """Writes one picture; its path and format are its image's, so no two images share a picture."""
+    """Writes one picture at its image's path and in its format, so no two images share a picture; as
+    NAME.jpg where OpenCV writes no colour picture in that format (a GIF, a PGM, a name without suffix)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), picture):
-        raise AlprError(f"{path}: could not write the picture")
+    try:
+        written = cv2.imwrite(str(path), picture)
+    except cv2.error:  # no writer for the suffix
+        written = False
+    if not written and not cv2.imwrite(str(path.with_name(f"{path.name}.jpg")), picture):
+        raise AlprError(f"{path}.jpg: could not write the picture")
 
 
 def _load(reader, paths: list[Path]) -> tuple[dict[Path, np.ndarray], dict[Path, AlprError]]:
@@ -129,11 +134,10 @@ def test_run(options: TestOptions, progress: bool = True) -> Path:
 
     check_name("run id", options.run_id)
     workdir = options.workdir.resolve()
-    if options.checkpoint and not options.checkpoint.is_file():
-        raise UsageError(f"{options.checkpoint}: --checkpoint not found")
     checkpoint = options.checkpoint or best_checkpoint(workdir, options.run_id)
     if not checkpoint.is_file():
-        raise UsageError(f"{checkpoint}: no best checkpoint; train (and evaluate) run {options.run_id} first")
+        raise UsageError(f"{checkpoint}: --checkpoint not found" if options.checkpoint else
+                         f"{checkpoint}: no best checkpoint; train (and evaluate) run {options.run_id} first")
     if options.images is not None:
         if not options.images.is_dir():
             raise UsageError(f"{options.images}: image folder not found")
