@@ -15,6 +15,7 @@ from alpr.plates import CHARACTER_CLASSES, Layout
 from alpr.postprocess import Detection, Plate
 from alpr.progress import show_progress
 from alpr.reader import READ_BATCH
+from alpr.workdir import dataset_dir, run_dir, train_dir
 
 
 @dataclass(frozen=True)
@@ -124,8 +125,6 @@ SELECTION_SPLIT = "val"
 
 
 def eval_dir(workdir: Path, run_id: str, split: str = SELECTION_SPLIT) -> Path:
-    from alpr.train import run_dir
-
     return run_dir(workdir, run_id) / ("eval" if split == SELECTION_SPLIT else f"eval-{split}")
 
 
@@ -135,7 +134,7 @@ def evaluate_run(options: EvaluateOptions, progress: bool = True) -> dict:
     from alpr import db, storage
     from alpr.reader import PlateReader
     from alpr.record import check_name
-    from alpr.train import alpr_meta, dataset_dir, train_dir
+    from alpr.train import alpr_meta
     from alpr.visualize import best_checkpoint
 
     check_name("run id", options.run_id)

@@ -34,6 +34,7 @@ from alpr.dataset import (
 from alpr.errors import UsageError, read_json
 from alpr.plates import CLASSES
 from alpr.versioning import DataRepo, annotation_tag, dataset_tag
+from alpr.workdir import annotations_dir, dataset_dir
 
 # Names make folders and git tags: no "..", and no "." or ".lock" at the end, which git refuses in a tag.
 NAME_RE = re.compile(r"^(?!.*\.\.)(?!.*\.lock$)[A-Za-z0-9][A-Za-z0-9._-]{0,63}(?<!\.)$")
@@ -209,8 +210,7 @@ def record(options: RecordOptions) -> RecordResult:
     engine = db.connect(options.db_url or db.default_db_url(workdir))
     db.check_version(engine, name, version, digest)  # refuse a conflict before writing anything
 
-    folder = workdir / "datasets" / name / version
-    annotations = workdir / "annotations" / name / version
+    folder, annotations = dataset_dir(workdir, name, version), annotations_dir(workdir, name, version)
     created = not folder.exists()
     if folder.exists():
         recorded = read_json(folder / "manifest.json")

@@ -10,6 +10,7 @@ from alpr.errors import AlprError, UsageError, read_json
 from alpr.model import TrainSettings, build_config, with_val_interval
 from alpr.plates import CLASSES, check_classes
 from alpr.record import check_name
+from alpr.workdir import dataset_dir, train_dir
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -23,18 +24,6 @@ class TrainOptions:
     settings: TrainSettings = TrainSettings()
     device: str = "auto"
     load_from: Path | None = None
-
-
-def dataset_dir(workdir: Path, name: str, version: str) -> Path:
-    return workdir / "datasets" / name / version
-
-
-def run_dir(workdir: Path, run_id: str) -> Path:
-    return workdir / "runs" / run_id
-
-
-def train_dir(workdir: Path, run_id: str) -> Path:
-    return run_dir(workdir, run_id) / "train"
 
 
 def check_dataset(folder: Path) -> dict:

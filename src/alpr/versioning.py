@@ -14,6 +14,7 @@ from pathlib import Path
 
 from alpr.errors import AlprError
 from alpr.storage import drop_missing_key_file
+from alpr.workdir import dataset_dir
 
 REMOTE_NAME = "storage"
 GIT_IDENTITY = ["-c", "user.name=alpr", "-c", "user.email=alpr@localhost", "-c", "commit.gpgsign=false"]
@@ -128,7 +129,7 @@ class DataRepo:
 def pull_dataset(repo: str, name: str, version: str, workdir: Path) -> Path:
     """Restores datasets/NAME/VERSION exactly as tagged, from the repo's DVC remote, into workdir."""
     workdir = workdir.resolve()  # dvc runs in workdir: a relative path would be taken from there
-    target = workdir / "datasets" / name / version
+    target = dataset_dir(workdir, name, version)
     if target.exists():
         raise VersioningError(f"{target} already exists; pull into a fresh workdir or remove it first")
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ from alpr.errors import AlprError, UsageError, read_json
 from alpr.plates import BOARD_LABELS, CHARACTER_CLASSES
 from alpr.postprocess import Detection, Plate
 from alpr.progress import show_progress
+from alpr.workdir import dataset_dir, run_dir, train_dir
 
 
 @dataclass(frozen=True)
@@ -75,8 +76,6 @@ def draw(image: np.ndarray, detections: list[Detection], plates: list[Plate]) ->
 
 def default_images(workdir: Path, dataset: dict) -> tuple[Path, list[Path]]:
     """The images folder of the dataset version and its test split's images."""
-    from alpr.train import dataset_dir
-
     folder = dataset_dir(workdir, dataset["name"], dataset["version"])
     split = read_json(folder / "test.json")
     return folder / "images", [folder / "images" / image["file_name"] for image in split["images"]]
@@ -84,8 +83,6 @@ def default_images(workdir: Path, dataset: dict) -> tuple[Path, list[Path]]:
 
 def best_checkpoint(workdir: Path, run_id: str) -> Path:
     """The checkpoint the evaluate step picked, where it has run, else the training's best.pth."""
-    from alpr.train import train_dir
-
     from alpr.evaluate import eval_dir
 
     train, report = train_dir(workdir, run_id), eval_dir(workdir, run_id) / "metrics.json"
@@ -130,7 +127,7 @@ def test_run(options: TestOptions, progress: bool = True) -> Path:
     fails naming it. Both outputs replace an earlier test's only when this one is written whole."""
     from alpr.reader import READ_BATCH, PlateReader
     from alpr.record import check_name
-    from alpr.train import alpr_meta, run_dir
+    from alpr.train import alpr_meta
 
     check_name("run id", options.run_id)
     workdir = options.workdir.resolve()
