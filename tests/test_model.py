@@ -48,6 +48,8 @@ def test_checkpoint_reloads_with_no_config_file(smoke_workdir, smoke_training, s
     assert meta["alpr"]["settings"]["model"] == "smoke" and "cfg" in meta
     reader = PlateReader.from_checkpoint(best, device="cpu")
     assert reader.classes == CLASSES
+    convolutions = [p for p in reader.model.parameters() if p.dim() == 4]
+    assert convolutions and all(p.is_contiguous(memory_format=torch.channels_last) for p in convolutions)
     plates = reader.predict(synth_dir / "000001.jpg")
     assert isinstance(plates, list)
     assert len(reader.predict_batch([synth_dir / "000001.jpg", synth_dir / "000002.jpg"])) == 2
