@@ -612,6 +612,7 @@ def test_an_edited_split_or_manifest_is_an_error_naming_the_file(smoke_workdir, 
 
 
 def test_a_moved_run_folder_resumes_from_its_own_checkpoint(tmp_path):
+    from alpr.errors import UsageError
     from alpr.train import relocated_last_checkpoint
 
     old, moved = tmp_path / "old" / "train", tmp_path / "new" / "train"
@@ -621,6 +622,9 @@ def test_a_moved_run_folder_resumes_from_its_own_checkpoint(tmp_path):
     (moved / "last_checkpoint").write_text(str(old / "iter_4.pth"))  # as mmengine wrote it before the move
     assert relocated_last_checkpoint(moved) == moved / "iter_4.pth"
     assert (moved / "last_checkpoint").read_text() == str(moved / "iter_4.pth")
+    (moved / "last_checkpoint").write_text("")  # killed while mmengine wrote it
+    with pytest.raises(UsageError, match="last_checkpoint: empty; delete it to start the run over"):
+        relocated_last_checkpoint(moved)
 
 
 def test_a_file_that_is_no_checkpoint_is_named_without_a_traceback(smoke_workdir, smoke_training, synth_dir,
