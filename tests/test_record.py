@@ -135,6 +135,7 @@ def test_dvc_push_then_a_fresh_workdir_pulls_the_same_bytes(synth_dir, tmp_path)
     assert _tree(fresh / "datasets" / "plates" / "1") == _tree(result.path)
     manifest = json.loads((fresh / "datasets" / "plates" / "1" / "manifest.json").read_text())
     assert manifest["annotations"]["tag"] == "plates-ann-v1"
+    assert manifest["annotations"]["path"] == "annotations/plates/1"  # relative to the workdir, which moves
 
     failed = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
     assert failed.returncode == 1 and "already exists" in failed.stderr

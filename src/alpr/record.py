@@ -230,7 +230,7 @@ def record(options: RecordOptions) -> RecordResult:
             "counts": _counts(splits),
             "skipped_invalid": len(skipped),
             "source": str(options.source.resolve()),
-            "annotations": {"path": f"annotations/{name}/{version}", "tag": annotation_tag(name, version),
+            "annotations": {"path": annotations.relative_to(workdir).as_posix(), "tag": annotation_tag(name, version),
                             "files": len(items)},
             "dataset_tag": dataset_tag(name, version),
         }

@@ -137,7 +137,7 @@ def pull_dataset(repo: str, name: str, version: str, workdir: Path) -> Path:
     partial = target.with_name(f".{version}.pull")
     try:
         _run([sys.executable, "-m", "dvc", "get", "--rev", dataset_tag(name, version), source,
-              f"datasets/{name}/{version}", "-o", str(partial)], workdir)
+              target.relative_to(workdir).as_posix(), "-o", str(partial)], workdir)
         os.replace(partial, target)
     finally:
         if partial.exists():
