@@ -1,7 +1,8 @@
 """EIR on a freshly synthesized test set (a seed never trained on) after a fixed training time or length.
 
     python benchmarks/accuracy.py [--minutes 30 | --iters N] [--model rtmdet-ins-tiny] [--train-images 1000]
-        [--test-images 300] [--img-size N] [--crop-size N] [--zoom-share S] [--batch-size 8] [--checkpoint-iters N]
+        [--test-images 300] [--img-size N] [--crop-size N] [--zoom-share S] [--widen-factor W] [--batch-size 8]
+        [--checkpoint-iters N]
         [--device auto] [--workers 2] [--amp] [--lr LR] [--warmup-iters N] [--seed N] [--train-log FILE]
         [--save-checkpoint PATH] [--load-from PATH]
     python benchmarks/accuracy.py --checkpoint PATH [--test-images 300] [--device auto] [--zoom-widths W ...]
@@ -71,6 +72,7 @@ def train_for(work: Path, args: argparse.Namespace) -> tuple[Path, float]:
     command += ["--img-size", str(args.img_size)] if args.img_size else []
     command += ["--crop-size", str(args.crop_size)] if args.crop_size else []
     command += ["--zoom-share", str(args.zoom_share)] if args.zoom_share is not None else []
+    command += ["--widen-factor", str(args.widen_factor)] if args.widen_factor else []
     command += ["--iters", str(args.iters)] if args.iters else []
     command += ["--warmup-iters", str(args.warmup_iters)] if args.warmup_iters is not None else []
     command += ["--load-from", str(args.load_from)] if args.load_from else []
@@ -113,6 +115,7 @@ def main() -> None:
     parser.add_argument("--crop-size", type=int, default=None, help="training crops (default: the model's)")
     parser.add_argument("--zoom-share", type=float, default=None,
                         help="share of crops with their plate at the second reading's width (default: the model's)")
+    parser.add_argument("--widen-factor", type=float, default=None, help="RTMDet width multiplier (default: the model's)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--checkpoint-iters", type=int, default=None,
                         help="validate and checkpoint every N iterations too (default: at the end only)")
@@ -149,9 +152,11 @@ def main() -> None:
             checkpoint, trained = args.checkpoint, f"given {args.checkpoint}"
         else:
             checkpoint, spent = train_for(work, args)
-            sizes = TrainSettings(model=args.model, img_size=args.img_size, crop_size=args.crop_size)
+            sizes = TrainSettings(model=args.model, img_size=args.img_size, crop_size=args.crop_size,
+                                  widen_factor=args.widen_factor)
             trained = (f"{args.model}: trained {spent / 60:.1f} min on {args.train_images} images "
                        f"at {sizes.image_size} px ({sizes.train_crop_size} px crops)"
+                       + (f", width {sizes.width}" if sizes.width else "")
                        + (", mixed precision" if args.amp else "")
                        + (f", starting from {args.load_from}" if args.load_from else ""))
         if args.save_checkpoint:
