@@ -30,6 +30,7 @@ from pathlib import Path
 from model_speed import add_reading_arguments, second_reading
 
 from alpr.cli import reading_options
+from alpr.errors import UsageError
 from alpr.model import TrainSettings
 from alpr.record import RecordOptions, record
 from alpr.synth import generate
@@ -137,6 +138,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.minutes is None and args.iters is None:
         args.minutes = 30
+    try:  # before minutes of synthesis and training: a 0 would be passed on as "the model's own"
+        sizes = TrainSettings(model=args.model, img_size=args.img_size, crop_size=args.crop_size,
+                              zoom_share=args.zoom_share, widen_factor=args.widen_factor, lr=args.lr)
+    except UsageError as error:
+        parser.error(str(error))
 
     from alpr import PlateReader
     from alpr.evaluate import predict_split
@@ -152,8 +158,6 @@ def main() -> None:
             checkpoint, trained = args.checkpoint, f"given {args.checkpoint}"
         else:
             checkpoint, spent = train_for(work, args)
-            sizes = TrainSettings(model=args.model, img_size=args.img_size, crop_size=args.crop_size,
-                                  widen_factor=args.widen_factor)
             trained = (f"{args.model}: trained {spent / 60:.1f} min on {args.train_images} images "
                        f"at {sizes.image_size} px ({sizes.train_crop_size} px crops)"
                        + (f", width {sizes.width}" if sizes.width else "")
