@@ -6,7 +6,7 @@
         [--device auto] [--workers 2] [--amp] [--lr LR] [--warmup-iters N] [--seed N] [--train-log FILE]
         [--save-checkpoint PATH] [--load-from PATH]
     python benchmarks/accuracy.py --checkpoint PATH [--test-images 300] [--device auto] [--zoom-widths W ...]
-        [--sure-score S] [--read-amp]
+        [--sure-score S] [--read-amp] [--plots DIR]
 
 Synthesizes and records a training set (seed 0) and a test set (seed 1000, every image in the
 test split), trains for --minutes (the training step's own time budget: its cosine learning-rate
@@ -14,7 +14,8 @@ schedule follows the time, and its last iteration is checkpointed), or for --ite
 (the schedule follows them: runs on machines or days of different speeds compare), and scores the
 last checkpoint on the test set. With --checkpoint, scores that checkpoint (one trained elsewhere,
 say) and trains nothing. --read-amp reads in mixed precision, as ``alpr predict --amp`` does. Prints
-the figures as name=value lines; the target is EIR >= 0.99 on >= 500 plates.
+the figures as name=value lines; the target is EIR >= 0.99 on >= 500 plates. --plots writes the
+evaluate step's plots of the test set there, the plates it missed among them (misses.png).
 """
 
 import argparse
@@ -134,6 +135,8 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path, default=None, help="score this checkpoint; train nothing")
     parser.add_argument("--load-from", type=Path, default=None,
                         help="start training from this checkpoint's weights (one trained earlier, say)")
+    parser.add_argument("--plots", type=Path, default=None,
+                        help="write the evaluate step's plots of the test set in this folder")
     add_reading_arguments(parser)
     args = parser.parse_args()
     if args.minutes is None and args.iters is None:
@@ -145,8 +148,8 @@ def main() -> None:
         parser.error(str(error))
 
     from alpr import PlateReader
-    from alpr.evaluate import predict_split
-    from alpr.metrics import evaluate, misread_summary
+    from alpr.evaluate import plot, predict_split
+    from alpr.metrics import evaluate, misread_summary, width_summary
 
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder) / "work"
@@ -180,6 +183,10 @@ def main() -> None:
         for outcome, count in metrics["outcomes"].items():  # where the plates not read exactly went
             print(f"  {count:5d} {outcome}")
         print(f"misread characters (true->read): {misread_summary(metrics)}")
+        print(f"EIR by plate width: {width_summary(metrics)}")
+        if args.plots:
+            args.plots.mkdir(parents=True, exist_ok=True)
+            print("plots: " + ", ".join(str(p) for p in plot(args.plots, gt, plates, metrics, fresh / "images")))
 
 
 if __name__ == "__main__":

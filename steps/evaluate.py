@@ -13,7 +13,7 @@ from alpr import db
 from alpr.cli import HelpWithDefaults, true_or_false
 from alpr.errors import UsageError
 from alpr.evaluate import SELECTION_SPLIT, EvaluateOptions, eval_dir, evaluate_run
-from alpr.metrics import metric_lines, misread_summary
+from alpr.metrics import metric_lines, misread_summary, width_summary
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -46,6 +46,7 @@ def main(args: argparse.Namespace) -> dict:
     print(f"{picked}: {report['best_checkpoint']} ({args.metric}={report['best'][args.metric]:.4f})")
     print("plates: " + ", ".join(f"{n} {outcome}" for outcome, n in report["best"]["outcomes"].items()))
     print(f"misread characters (true->read): {misread_summary(report['best'])}")
+    print(f"EIR by plate width: {width_summary(report['best'])}")
     print(f"metrics and plots: {eval_dir(Path(args.workdir), args.run_id, args.split)}")
     if "uploaded" in report:
         print(f"uploaded: {report['uploaded']}")

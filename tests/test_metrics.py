@@ -5,7 +5,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from alpr.metrics import (coco_aps, dv_iou, evaluate, mask_rle, metric_lines, metric_names, misread_summary,
-                          plate_metrics, rle_counts, third_boxes)
+                          plate_metrics, rle_counts, third_boxes, width_bin, width_summary)
 from alpr.plates import CLASSES
 from alpr.postprocess import Detection, Plate
 
@@ -147,6 +147,25 @@ def test_eir_counts_only_exact_reads_and_reports_layouts():
     assert metrics["misread_characters"] == {"8->9": 1}  # the misread plate's one wrong character
     assert misread_summary(metrics) == "8->9 1"
     assert misread_summary(plate_metrics(gt, {1: plates[1][:1]}, chars)) == "none"
+
+
+def test_plates_not_read_exactly_are_listed_and_counted_by_width():
+    gt = _gt([_ann("l_board", [(0, 0), (90, 0), (90, 30), (0, 30)], text="12A3456"),  # 91 px wide
+              _ann("r_board", [(60, 40), (190, 40), (190, 90), (60, 90)], text="34B5678"),  # 131 px
+              _ann("l_board", [(100, 0), (190, 0), (190, 30), (100, 30)], text="56C7890")])  # 91 px, not found
+    plates = {1: [Plate("12A3456", "12", "A", "3456", "one-row", (0, 0, 91, 31), 0.9, (0.9,) * 7),
+                  Plate("34B5679", "34", "B", "5679", "two-row", (60, 40, 191, 91), 0.8, (0.9,) * 7)]}
+    metrics = plate_metrics(gt, plates, {})
+    assert metrics["EIR_by_width"] == {"<96 px": {"plates": 2, "EIR": 0.5}, "128-192 px": {"plates": 1, "EIR": 0.0}}
+    assert width_summary(metrics) == "<96 px 0.500 of 2, 128-192 px 0.000 of 1"
+    assert metrics["misses"] == [
+        {"image": "a.jpg", "bbox": [60.0, 40.0, 191.0, 91.0], "layout": "two-row", "true": "34B5678",
+         "read": "34B5679", "outcome": "misread"},
+        {"image": "a.jpg", "bbox": [100.0, 0.0, 191.0, 31.0], "layout": "one-row", "true": "56C7890",
+         "read": None, "outcome": "not found"}]
+    assert [width_bin(w) for w in (95.9, 96, 127, 128, 255.5, 256, 1000)] == [
+        "<96 px", "96-128 px", "96-128 px", "128-192 px", "192-256 px", ">=256 px", ">=256 px"]
+    assert width_summary(plate_metrics(_gt([]), {}, {})) == "no plates"
 
 
 def test_aps_per_layout_ignore_the_other_layouts_plates_but_not_stray_detections():

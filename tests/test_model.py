@@ -418,8 +418,13 @@ def test_evaluate_writes_metrics_plots_and_database_rows(smoke_workdir, smoke_tr
     assert "plates: " in result.stdout and "misread characters (true->read): " in result.stdout
     ranked = {name: (m["EIR"], m["mAP"]) for name, m in report["checkpoints"].items()}
     assert ranked[Path(report["best_checkpoint"]).name] == max(ranked.values())  # ties on EIR go to mAP
-    for plot in ("precision_recall.png", "confusion.png", "layouts.png"):
+    for plot in ("precision_recall.png", "confusion.png", "layouts.png", "widths.png"):
         assert (eval_dir / plot).stat().st_size > 1000
+    misses = report["best"]["misses"]  # the smoke model reads few plates exactly
+    assert len(misses) == report["best"]["plates"] - round(report["best"]["EIR"] * report["best"]["plates"]) > 0
+    assert (eval_dir / "misses.png").stat().st_size > 1000 and "misses.png" in report["plots"]
+    assert sum(b["plates"] for b in report["best"]["EIR_by_width"].values()) == report["best"]["plates"]
+    assert "EIR by plate width: " in result.stdout
     assert (smoke_workdir / "bucket" / "runs" / "r1" / "best.pth").is_file()
     assert (eval_dir / "model-uri").read_text().strip() == (smoke_workdir / "bucket/runs/r1/best.pth").as_uri()
     from alpr import db

@@ -64,8 +64,9 @@ def predict_split(reader, dataset: Path, split: str, progress: bool = True
     return gt, detections, plates
 
 
-def plot(folder: Path, gt, plates: dict[int, list[Plate]], metrics: dict) -> list[Path]:
-    """precision_recall.png, confusion.png and layouts.png."""
+def plot(folder: Path, gt, plates: dict[int, list[Plate]], metrics: dict, images: Path) -> list[Path]:
+    """precision_recall.png, confusion.png, layouts.png, widths.png and, where a plate was not read exactly,
+    misses.png (the images' folder holds the pictures it cuts them from)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -101,7 +102,44 @@ def plot(folder: Path, gt, plates: dict[int, list[Plate]], metrics: dict) -> lis
     ax.set(ylim=(0, 1.05), title="per layout")
     ax.legend()
     written.append(_save(fig, folder / "layouts.png"))
+
+    by_width = metrics["EIR_by_width"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    bars = ax.bar(list(by_width), [b["EIR"] for b in by_width.values()])
+    ax.bar_label(bars, [f"{b['plates']} plates" for b in by_width.values()], fontsize=8)
+    ax.set(xlabel="plate width in the image", ylabel="EIR", ylim=(0, 1.1), title="exact reads by plate width")
+    written.append(_save(fig, folder / "widths.png"))
+    if metrics["misses"]:
+        written.append(miss_sheet(folder / "misses.png", images, metrics["misses"]))
     return written
+
+
+MISS_SHEET = 40  # plates drawn in misses.png
+
+
+def miss_sheet(path: Path, images: Path, misses: list[dict]) -> Path:
+    """The first MISS_SHEET plates not read exactly, each cut from its image with a margin and titled with
+    its true text and what was read: the pictures behind the misread counts."""
+    import matplotlib.pyplot as plt
+
+    from alpr.reader import load_image
+
+    shown = misses[:MISS_SHEET]
+    columns = min(len(shown), 5)
+    rows = -(-len(shown) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(2.4 * columns, 1.7 * rows + 0.4), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, miss in zip(axes.flat, shown):
+        image = load_image(images / miss["image"])
+        x1, y1, x2, y2 = miss["bbox"]
+        mx, my = (x2 - x1) * 0.25, (y2 - y1) * 0.25
+        crop = image[max(int(y1 - my), 0):int(y2 + my) + 1, max(int(x1 - mx), 0):int(x2 + mx) + 1]
+        ax.imshow(crop[..., ::-1])
+        read = miss["read"] or miss["outcome"].split(":")[0]  # "not found", "unread"
+        ax.set_title(f"{miss['true']} -> {read}\n{int(x2 - x1)} px wide", fontsize=8)
+    fig.suptitle(f"plates not read exactly: {len(shown)} of {len(misses)}", fontsize=10)
+    return _save(fig, path)
 
 
 def _save(fig, path: Path) -> Path:
@@ -161,7 +199,7 @@ def evaluate_run(options: EvaluateOptions, progress: bool = True) -> dict:
     best_metrics, best_plates = scored[best]
     out = eval_dir(workdir, options.run_id, options.split)
     out.mkdir(parents=True, exist_ok=True)
-    plots = plot(out, gts[best], best_plates, best_metrics)
+    plots = plot(out, gts[best], best_plates, best_metrics, dataset / "images")
     report = {
         "run_id": options.run_id, "split": options.split, "key_metric": options.key_metric,
         "dataset": meta["dataset"], "best_checkpoint": str(train / best), "best": best_metrics,

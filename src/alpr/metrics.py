@@ -13,6 +13,10 @@
   unread and why.
 - ``misread_characters``: in the misread plates, each wrong character as ``"true->read"`` and
   how often (``"8->B": 3``), most frequent first.
+- ``EIR_by_width``: the EIR of the ground-truth plates by their width in the image (``"96-128 px":
+  {"plates": 40, "EIR": 0.95}``), bins of :data:`WIDTH_BINS` that hold plates, narrowest first.
+- ``misses``: each ground-truth plate not read exactly: its image, box, layout, true text, the
+  text read (None where none was) and its outcome, in the images' order.
 Each is also reported per layout (``EIR_one_row``, ``dv_mAP_two_row``, ...): ground-truth plates
 and their characters by their own layout, predicted plates (for precision) by the layout they
 were read as; a layout's APs ignore the other layout's plates (see :func:`_layout_aps`).
@@ -304,6 +308,17 @@ def _match(predicted: list, truth: list, box_of_pred, box_of_true) -> list[tuple
     return pairs
 
 
+# A plate's width in its image, in px: the fewer pixels a character has, the harder it is to read.
+WIDTH_EDGES = (96, 128, 192, 256)
+WIDTH_BINS = (f"<{WIDTH_EDGES[0]} px", *(f"{a}-{b} px" for a, b in zip(WIDTH_EDGES, WIDTH_EDGES[1:])),
+              f">={WIDTH_EDGES[-1]} px")
+
+
+def width_bin(width: float) -> str:
+    """The name of the WIDTH_BINS bin a plate of this width falls in."""
+    return WIDTH_BINS[int(np.searchsorted(WIDTH_EDGES, width, side="right"))]
+
+
 def _ratio(a: int, b: int) -> float:
     return a / b if b else 0.0
 
@@ -339,6 +354,8 @@ def plate_metrics(gt: COCO, plates: dict[int, list[Plate]], detections: dict[int
 
     outcomes: Counter[str] = Counter()
     misread: Counter[str] = Counter()
+    widths = {name: Counter() for name in WIDTH_BINS}  # per bin: exact (True) and not
+    misses = []
     confusion = np.zeros((len(CHARACTER_CLASSES), len(CHARACTER_CLASSES) + 1), dtype=np.int64)  # last: missed
     for image_id in gt.getImgIds():
         truth = true_plates(gt, image_id)
@@ -347,15 +364,23 @@ def plate_metrics(gt: COCO, plates: dict[int, list[Plate]], detections: dict[int
             tally(plate.layout, "true")
         for plate in predicted:
             tally(Layout(plate.layout), "predicted")
-        matches = _match(predicted, truth, lambda p: p.bbox, lambda t: t.bbox)
-        outcomes["not found"] += len(truth) - len(matches)
-        for i, j in matches:
-            exact = predicted[i].text is not None and predicted[i].text == truth[j].text
-            outcomes[_outcome(predicted[i], exact)] += 1
-            misread.update(_wrong_characters(truth[j].text, predicted[i].text))
-            tally(truth[j].layout, "found")  # recall: by the true layout
-            tally(truth[j].layout, "exact", exact)
-            tally(Layout(predicted[i].layout), "found_as_read")  # precision: by the layout read
+        found = {j: predicted[i] for i, j in _match(predicted, truth, lambda p: p.bbox, lambda t: t.bbox)}
+        for j, true in enumerate(truth):
+            read = found.get(j)
+            exact = read is not None and read.text is not None and read.text == true.text
+            outcome = "not found" if read is None else _outcome(read, exact)
+            outcomes[outcome] += 1
+            widths[width_bin(true.bbox[2] - true.bbox[0])][exact] += 1
+            if not exact:
+                misses.append({"image": gt.imgs[image_id]["file_name"], "bbox": [round(v, 1) for v in true.bbox],
+                               "layout": true.layout.value, "true": true.text, "read": read and read.text,
+                               "outcome": outcome})
+            if read is None:
+                continue
+            misread.update(_wrong_characters(true.text, read.text))
+            tally(true.layout, "found")  # recall: by the true layout
+            tally(true.layout, "exact", exact)
+            tally(Layout(read.layout), "found_as_read")  # precision: by the layout read
         true_chars = [a for a in gt.imgToAnns.get(image_id, []) if CLASSES[a["category_id"] - 1] in CHARACTER_CLASSES]
         pred_chars = sorted((d for d in detections.get(image_id, []) if d.label in CHARACTER_CLASSES),
                             key=lambda d: -d.score)
@@ -379,12 +404,21 @@ def plate_metrics(gt: COCO, plates: dict[int, list[Plate]], detections: dict[int
     metrics["confusion"] = confusion.tolist()
     metrics["outcomes"] = {outcome: n for outcome, n in outcomes.most_common() if n}
     metrics["misread_characters"] = dict(misread.most_common())
+    metrics["EIR_by_width"] = {name: {"plates": c.total(), "EIR": _ratio(c[True], c.total())}
+                               for name, c in widths.items() if c.total()}
+    metrics["misses"] = misses
     return metrics
 
 
 def misread_summary(metrics: dict, top: int = 12) -> str:
     """The most frequent wrong characters of the misread plates: ``8->B 3, 0->D 2`` (or ``none``)."""
     return ", ".join(f"{pair} {n}" for pair, n in list(metrics["misread_characters"].items())[:top]) or "none"
+
+
+def width_summary(metrics: dict) -> str:
+    """EIR by plate width: ``<96 px 0.850 of 40, 96-128 px 0.962 of 52, ...``."""
+    return ", ".join(f"{name} {b['EIR']:.3f} of {b['plates']}"
+                     for name, b in metrics["EIR_by_width"].items()) or "no plates"
 
 
 def _wrong_characters(true: str | None, read: str | None) -> list[str]:
@@ -413,7 +447,7 @@ def evaluate(gt: COCO, detections: dict[int, list[Detection]], plates: dict[int,
 
 
 def scalar_metrics(metrics: dict) -> dict[str, float]:
-    """The numbers of :func:`evaluate`'s result, without its tables (confusion, outcomes, misreads)."""
+    """The numbers of :func:`evaluate`'s result, without its tables (confusion, outcomes, misreads, widths, misses)."""
     return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
 
 
