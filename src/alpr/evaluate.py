@@ -127,7 +127,7 @@ def miss_sheet(path: Path, images: Path, misses: list[dict]) -> Path:
     shown = misses[:MISS_SHEET]
     columns = min(len(shown), 5)
     rows = -(-len(shown) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(2.4 * columns, 1.7 * rows + 0.4), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(2.4 * columns, 2.0 * rows + 0.4), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, miss in zip(axes.flat, shown):

@@ -373,7 +373,7 @@ def plate_metrics(gt: COCO, plates: dict[int, list[Plate]], detections: dict[int
             widths[width_bin(true.bbox[2] - true.bbox[0])][exact] += 1
             if not exact:
                 misses.append({"image": gt.imgs[image_id]["file_name"], "bbox": [round(v, 1) for v in true.bbox],
-                               "layout": true.layout.value, "true": true.text, "read": read and read.text,
+                               "layout": true.layout.value, "true": true.text, "read": read.text if read else None,
                                "outcome": outcome})
             if read is None:
                 continue
