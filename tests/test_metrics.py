@@ -168,6 +168,17 @@ def test_plates_not_read_exactly_are_listed_and_counted_by_width():
     assert width_summary(plate_metrics(_gt([]), {}, {})) == "no plates"
 
 
+def test_plots_leave_no_picture_of_misses_where_every_plate_was_read(tmp_path):
+    from alpr.evaluate import plot
+
+    gt = _gt([_ann("r_board", RECT, text="12A3456")])
+    read = {1: [Plate("12A3456", "12", "A", "3456", "two-row", (20, 20, 121, 61), 0.9, (0.9,) * 7)]}
+    (tmp_path / "misses.png").write_bytes(b"an earlier evaluation's")
+    written = plot(tmp_path, gt, read, evaluate(gt, {1: []}, read), tmp_path)
+    assert [p.name for p in written] == ["precision_recall.png", "confusion.png", "layouts.png", "widths.png"]
+    assert not (tmp_path / "misses.png").exists()
+
+
 def test_aps_per_layout_ignore_the_other_layouts_plates_but_not_stray_detections():
     one_row, char = [(0, 0), (90, 0), (90, 30), (0, 30)], [(5, 5), (15, 5), (15, 25), (5, 25)]
     two_row, stray = [(100, 0), (190, 0), (190, 60), (100, 60)], [(105, 5), (115, 5), (115, 25), (105, 25)]

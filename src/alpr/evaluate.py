@@ -111,6 +111,8 @@ def plot(folder: Path, gt, plates: dict[int, list[Plate]], metrics: dict, images
     written.append(_save(fig, folder / "widths.png"))
     if metrics["misses"]:
         written.append(miss_sheet(folder / "misses.png", images, metrics["misses"]))
+    else:  # an earlier evaluation's would show misses this model does not make
+        (folder / "misses.png").unlink(missing_ok=True)
     return written
 
 
