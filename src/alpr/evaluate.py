@@ -120,11 +120,11 @@ MISS_SHEET = 40  # plates drawn in misses.png
 
 
 def miss_sheet(path: Path, images: Path, misses: list[dict]) -> Path:
-    """The first MISS_SHEET plates not read exactly, each cut from its image with a margin and titled with
-    its true text and what was read: the pictures behind the misread counts."""
+    """The first MISS_SHEET plates not read exactly, each cut from its image in the window the reader reads it
+    again in, and titled with its true text and what was read: the pictures behind the misread counts."""
     import matplotlib.pyplot as plt
 
-    from alpr.reader import load_image
+    from alpr.reader import load_image, zoom_window
 
     shown = misses[:MISS_SHEET]
     columns = min(len(shown), 5)
@@ -134,12 +134,11 @@ def miss_sheet(path: Path, images: Path, misses: list[dict]) -> Path:
         ax.axis("off")
     for ax, miss in zip(axes.flat, shown):
         image = load_image(images / miss["image"])
-        x1, y1, x2, y2 = miss["bbox"]
-        mx, my = (x2 - x1) * 0.25, (y2 - y1) * 0.25
-        crop = image[max(int(y1 - my), 0):int(y2 + my) + 1, max(int(x1 - mx), 0):int(x2 + mx) + 1]
-        ax.imshow(crop[..., ::-1])
+        # the window the reader reads the board again in (its scale, for the model, is not wanted here)
+        (x1, y1, x2, y2), _ = zoom_window(miss["bbox"], (image.shape[1], image.shape[0]), width=1)
+        ax.imshow(image[y1:y2, x1:x2, ::-1])
         read = miss["read"] or miss["outcome"].split(":")[0]  # "not found", "unread"
-        ax.set_title(f"{miss['true']} -> {read}\n{int(x2 - x1)} px wide", fontsize=8)
+        ax.set_title(f"{miss['true']} -> {read}\n{int(miss['bbox'][2] - miss['bbox'][0])} px wide", fontsize=8)
     fig.suptitle(f"plates not read exactly: {len(shown)} of {len(misses)}", fontsize=10)
     return _save(fig, path)
 

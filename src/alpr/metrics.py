@@ -319,6 +319,11 @@ def width_bin(width: float) -> str:
     return WIDTH_BINS[int(np.searchsorted(WIDTH_EDGES, width, side="right"))]
 
 
+def _read_exactly(read: Plate, true: TruePlate) -> bool:
+    """What EIR counts: a plate read, every character as the truth (a truth that breaks the format matches none)."""
+    return read.text is not None and read.text == true.text
+
+
 def _ratio(a: int, b: int) -> float:
     return a / b if b else 0.0
 
@@ -367,7 +372,7 @@ def plate_metrics(gt: COCO, plates: dict[int, list[Plate]], detections: dict[int
         found = {j: predicted[i] for i, j in _match(predicted, truth, lambda p: p.bbox, lambda t: t.bbox)}
         for j, true in enumerate(truth):
             read = found.get(j)
-            exact = read is not None and read.text is not None and read.text == true.text
+            exact = read is not None and _read_exactly(read, true)
             outcome = "not found" if read is None else _outcome(read, exact)
             outcomes[outcome] += 1
             widths[width_bin(true.bbox[2] - true.bbox[0])][exact] += 1
@@ -467,7 +472,7 @@ def plate_pr_curve(gt: COCO, plates: dict[int, list[Plate]]) -> tuple[np.ndarray
         total += len(truth)
         predicted = sorted(plates.get(image_id, []), key=lambda p: -p.score)
         exact = {i for i, j in _match(predicted, truth, lambda p: p.bbox, lambda t: t.bbox)
-                 if predicted[i].text is not None and predicted[i].text == truth[j].text}
+                 if _read_exactly(predicted[i], truth[j])}
         outcomes.extend((p.score, i in exact) for i, p in enumerate(predicted))
     outcomes.sort(key=lambda o: -o[0])
     hits = np.cumsum([hit for _, hit in outcomes]) if outcomes else np.zeros(0)
