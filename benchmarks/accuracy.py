@@ -1,8 +1,8 @@
 """EIR on a freshly synthesized test set (a seed never trained on) after a fixed training time or length.
 
     python benchmarks/accuracy.py [--minutes 30 | --iters N] [--model rtmdet-ins-tiny] [--train-images 1000]
-        [--test-images 300] [--img-size N] [--crop-size N] [--zoom-share S] [--widen-factor W] [--batch-size 8]
-        [--checkpoint-iters N]
+        [--test-images 300] [--img-size N] [--crop-size N] [--zoom-share S] [--widen-factor W] [--glyph-epochs N]
+        [--batch-size 8] [--checkpoint-iters N]
         [--device auto] [--workers 2] [--amp] [--lr LR] [--warmup-iters N] [--seed N] [--train-log FILE]
         [--save-checkpoint PATH] [--load-from PATH]
     python benchmarks/accuracy.py --checkpoint PATH [--test-images 300] [--device auto] [--zoom-widths W ...]
@@ -75,6 +75,7 @@ def train_for(work: Path, args: argparse.Namespace) -> tuple[Path, float]:
     command += ["--crop-size", str(args.crop_size)] if args.crop_size else []
     command += ["--zoom-share", str(args.zoom_share)] if args.zoom_share is not None else []
     command += ["--widen-factor", str(args.widen_factor)] if args.widen_factor else []
+    command += ["--glyph-epochs", str(args.glyph_epochs)] if args.glyph_epochs is not None else []
     command += ["--iters", str(args.iters)] if args.iters else []
     command += ["--warmup-iters", str(args.warmup_iters)] if args.warmup_iters is not None else []
     command += ["--load-from", str(args.load_from)] if args.load_from else []
@@ -118,6 +119,8 @@ def main() -> None:
     parser.add_argument("--zoom-share", type=float, default=None,
                         help="share of crops with their plate at the second reading's width (default: the model's)")
     parser.add_argument("--widen-factor", type=float, default=None, help="RTMDet width multiplier (default: the model's)")
+    parser.add_argument("--glyph-epochs", type=int, default=None,
+                        help="the glyph classifier's epochs (default: the training step's; 0: none)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--checkpoint-iters", type=int, default=None,
                         help="validate and checkpoint every N iterations too (default: at the end only)")
@@ -165,6 +168,7 @@ def main() -> None:
                        f"at {sizes.image_size} px ({sizes.train_crop_size} px crops)"
                        + (f", width {sizes.width}" if sizes.width else "")
                        + (", mixed precision" if args.amp else "")
+                       + (f", glyph classifier {args.glyph_epochs} epochs" if args.glyph_epochs is not None else "")
                        + (f", starting from {args.load_from}" if args.load_from else ""))
         if args.save_checkpoint:
             save_for_reading(checkpoint, args.save_checkpoint)

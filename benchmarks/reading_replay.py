@@ -1,7 +1,7 @@
 """Plate-reading rules compared on one checkpoint's detections, made once.
 
     python benchmarks/reading_replay.py CHECKPOINT [--test-images 300] [--seed 1000] [--widths 320 256 224 192]
-        [--sure-scores 0.3 0.5] [--device auto] [--cache FILE]
+        [--sure-scores 0.3 0.5] [--device auto] [--cache FILE] [--glyphs checkpoint|none | --glyph-net FILE]
 
 Runs the model over accuracy.py's fresh test set (seed 1000; another seed checks a rule picked on
 it against images it was not picked on): each whole image, then each board
@@ -18,7 +18,8 @@ character"); and as PlateReader reads (``best_reading`` over the windows read in
 until two agree, ``read_enough``), also with "by character" in place of the surest reading where no
 two agree, and stopping where one window reads the board with every character scoring at least S
 (``ReadOptions.sure_score``), for each S of --sure-scores. The "windows" column is the windows read
-per board.
+per board. Each character is read again by the checkpoint's glyph classifier where it has one
+(``--glyphs none``: the model's classes stand; ``--glyph-net``: a run's ``glyph_net.pth`` instead).
 """
 
 import argparse
@@ -30,9 +31,11 @@ from pathlib import Path
 
 from accuracy import TEST_SEED, synthesize
 
+from alpr.glyphs import glyph_reader, restored
 from alpr.plates import parse_plate
 from alpr.postprocess import Plate, ReadOptions, read_plates
 from alpr.reader import agreed_reading, best_reading, load_image, read_enough, surest, surest_reading, window_readings
+from alpr.train import alpr_meta
 
 BATCH = 4
 OPTIONS = ReadOptions()  # the reading's defaults
@@ -126,18 +129,36 @@ def rules(widths: list[int], sure_scores: list[float]) -> dict:
     return named
 
 
-def read_by(rule, cached: dict) -> tuple[dict[int, list[Plate]], float]:
-    """Each image's plates read by the rule, and the windows it read per board."""
+def read_by(rule, cached: dict, glyphs: dict) -> tuple[dict[int, list[Plate]], float]:
+    """Each image's plates read by the rule (each character read again by ``glyphs[image id]``
+    where given), and the windows it read per board."""
     rule_widths, pick = rule
     plates, windows, boards = {}, 0, 0
     for image_id, detections in cached["first"].items():
-        found = read_plates(detections, OPTIONS)
-        again = [[read_plates(window, OPTIONS) for window in cached[w][image_id]] for w in rule_widths]
+        found = read_plates(detections, OPTIONS, glyphs.get(image_id))
+        again = [[read_plates(window, OPTIONS, glyphs.get(image_id)) for window in cached[w][image_id]]
+                 for w in rule_widths]
         picked = [pick(first, [readings[j] for readings in again]) for j, first in enumerate(found)]
         plates[image_id] = [plate for plate, _ in picked]
         windows += sum(read for _, read in picked)
         boards += len(picked)
     return plates, windows / max(boards, 1)
+
+
+def glyph_readers(args: argparse.Namespace, gt, dataset: Path) -> dict:
+    """{image id: its glyph reader} for the glyph classifier asked for; {} for none."""
+    import torch
+
+    if args.glyph_net:
+        net = restored(torch.load(args.glyph_net, map_location="cpu", weights_only=True))
+    elif args.glyphs == "checkpoint":
+        kept = alpr_meta(args.checkpoint)["alpr"].get("glyph_net")
+        net = kept and restored(kept)
+    else:
+        net = None
+    if not net:
+        return {}
+    return {i: glyph_reader(net, load_image(dataset / "images" / gt.imgs[i]["file_name"])) for i in gt.getImgIds()}
 
 
 def main() -> None:
@@ -149,6 +170,10 @@ def main() -> None:
     parser.add_argument("--sure-scores", type=float, nargs="*", default=[0.3, 0.5])
     parser.add_argument("--device", default="auto")
     parser.add_argument("--cache", type=Path, default=None, help="keep the detections in this file")
+    parser.add_argument("--glyphs", choices=("checkpoint", "none"), default="checkpoint",
+                        help="read each character again with the checkpoint's glyph classifier, or not")
+    parser.add_argument("--glyph-net", type=Path, default=None,
+                        help="read each character again with this glyph classifier (a run's glyph_net.pth)")
     args = parser.parse_args()
 
     import contextlib
@@ -173,11 +198,13 @@ def main() -> None:
             cached = detect(reader, gt, dataset, args.widths, cached)
         if args.cache:
             args.cache.write_bytes(pickle.dumps({"key": key, "detections": cached}))
-        print(f"{args.checkpoint}: {args.test_images} fresh images (seed {args.seed}), boards as first read")
+        glyphs = glyph_readers(args, gt, dataset)
+        print(f"{args.checkpoint}: {args.test_images} fresh images (seed {args.seed}), boards as first read, "
+              f"{'characters read again by a glyph classifier' if glyphs else 'the model' + chr(39) + 's classes'}")
         print(f"{'rule':62s} {'EIR':>6s} {'1-row':>6s} {'2-row':>6s} {'exact':>6s} {'misread':>8s} {'unread':>7s}"
               f" {'windows':>8s}")
         for name, rule in rules(args.widths, args.sure_scores).items():
-            plates, windows = read_by(rule, cached)
+            plates, windows = read_by(rule, cached, glyphs)
             metrics = plate_metrics(gt, plates, cached["first"])
             outcomes = metrics["outcomes"]
             unread = sum(n for outcome, n in outcomes.items() if outcome.startswith("unread"))

@@ -60,6 +60,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--mlp-ratio", type=int, default=defaults.mlp_ratio,
                         help="Swin MLP ratio: each block's hidden layer is this many times its width")
     parser.add_argument("--warmup-iters", type=int, default=defaults.warmup_iters, help="linear warm-up iterations")
+    parser.add_argument("--glyph-epochs", type=int, default=defaults.glyph_epochs,
+                        help="epochs of the glyph classifier that reads each character again (0: none)")
     parser.add_argument("--workers", type=int, default=defaults.num_workers, help="data loader processes")
     parser.add_argument("--device", default="auto", choices=DEVICES, help="where to train")
     parser.add_argument("--amp", nargs="?", const=True, default=False, type=true_or_false, metavar="true|false",
@@ -80,7 +82,8 @@ def settings_from_args(args: argparse.Namespace) -> TrainSettings:
         widen_factor=args.widen_factor,
         drop_rate=args.drop_rate, drop_path_rate=args.drop_path_rate, window_size=args.window_size,
         mlp_ratio=args.mlp_ratio,
-        warmup_iters=args.warmup_iters, num_workers=args.workers, amp=args.amp, seed=args.seed,
+        warmup_iters=args.warmup_iters, glyph_epochs=args.glyph_epochs, num_workers=args.workers, amp=args.amp,
+        seed=args.seed,
         best_metric=args.best_metric, log_interval=args.log_interval)
 
 

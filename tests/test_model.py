@@ -27,6 +27,8 @@ def test_training_writes_every_output(smoke_workdir, smoke_training):
     scalars = [json.loads(line) for line in next(train.rglob("log.json")).read_text().splitlines()]
     assert any("loss" in s for s in scalars)
     assert [s["step"] for s in scalars if "EIR" in s] == [2, 4]  # at their iterations, for TensorBoard's plots
+    assert (train / "glyph_net.pth").is_file()
+    assert re.search(r"glyph net: trained on \d+ crops, read \d+ of \d+ val characters", smoke_training.stdout)
 
 
 def test_metric_lines_parse_with_katibs_regex(smoke_training):
@@ -46,8 +48,9 @@ def test_checkpoint_reloads_with_no_config_file(smoke_workdir, smoke_training, s
     meta = torch.load(best, map_location="cpu", weights_only=False)["meta"]
     assert meta["alpr"]["classes"] == list(CLASSES) and meta["alpr"]["dataset"]["name"] == "smoke"
     assert meta["alpr"]["settings"]["model"] == "smoke" and "cfg" in meta
+    assert set(meta["alpr"]["glyph_net"]) == {"channels", "weights"}  # reading needs no other file
     reader = PlateReader.from_checkpoint(best, device="cpu")
-    assert reader.classes == CLASSES
+    assert reader.classes == CLASSES and reader.glyph_net is not None
     convolutions = [p for p in reader.model.parameters() if p.dim() == 4]
     assert convolutions and all(p.is_contiguous(memory_format=torch.channels_last) for p in convolutions)
     plates = reader.predict(synth_dir / "000001.jpg")
@@ -132,6 +135,7 @@ def test_training_resumes_from_its_last_checkpoint(smoke_workdir, smoke_training
     assert result.returncode == 0, result.stderr[-3000:]
     log = result.stdout + result.stderr
     assert "resumed" in log.lower() and "Iter(train) [1/6]" not in log
+    assert "glyph net: trained" not in log  # it was, before the first iteration
     assert (smoke_workdir / "runs" / "r1" / "train" / "iter_6.pth").is_file()
 
 
@@ -377,6 +381,7 @@ def test_time_budget_schedule_warms_up_then_anneals_over_the_time():
 
 def test_training_by_minutes_ends_by_itself_annealed_and_a_finished_run_stays_finished(smoke_workdir):
     timed = [{"r1": "timed"}.get(a, a) for a in SMOKE_TRAIN if a not in ("--iters", "4")] + ["--minutes", "0.25"]
+    timed += ["--glyph-epochs", "1"]  # its seconds count in the 15: the detector's must be most of them
     timed[timed.index("--val-interval") + 1] = "1000"  # validated at the end only
     result = run_step_script("train", "--workdir", str(smoke_workdir), *timed)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]  # no --iters: the time ended it

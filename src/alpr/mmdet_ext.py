@@ -43,6 +43,7 @@ from alpr.errors import AlprError
 from alpr.files import copy_atomic, write_atomic
 from alpr.metrics import KEY_METRICS, evaluate, load_ground_truth, mask_rle, metric_lines, scalar_metrics
 from alpr.plates import BOARD_LABELS, CLASSES
+from alpr.glyphs import GLYPH_NET
 from alpr.postprocess import Detection, read_plates
 
 # mmengine 0.10 calls torch.load without weights_only, and torch >= 2.6 then refuses the
@@ -613,6 +614,14 @@ class AlprRunHook(Hook):
     def __init__(self, run_meta: dict):
         self.run_meta = json.loads(json.dumps(run_meta))  # plain dicts, not ConfigDicts, in checkpoints
         self.validated = False
+        self.glyph_net = None
+
+    def before_run(self, runner) -> None:
+        # trained before the detector (alpr.train), kept in every checkpoint so that reading needs nothing else
+        import torch
+
+        path = Path(runner.work_dir) / GLYPH_NET
+        self.glyph_net = torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
 
     def before_train(self, runner) -> None:
         # the dataset's classes are checked before the runner is built (alpr.train.check_dataset)
@@ -653,7 +662,8 @@ class AlprRunHook(Hook):
         runner.message_hub.update_scalar("train/host_memory_mb", psutil.Process().memory_info().rss / 2**20)
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
-        checkpoint.setdefault("meta", {})["alpr"] = {**self.run_meta, "classes": list(CLASSES)}
+        glyphs = {"glyph_net": self.glyph_net} if self.glyph_net else {}
+        checkpoint.setdefault("meta", {})["alpr"] = {**self.run_meta, "classes": list(CLASSES), **glyphs}
 
     def after_val_epoch(self, runner, metrics: dict | None = None) -> None:
         if not metrics:
@@ -732,16 +742,18 @@ class TimeBudgetHook(Hook):
 
     priority = "HIGHEST"  # the learning rate is set before RuntimeInfoHook logs it
 
-    def __init__(self, minutes: float, warmup_iters: int, start_factor: float, min_lr_ratio: float):
+    def __init__(self, minutes: float, warmup_iters: int, start_factor: float, min_lr_ratio: float,
+                 spent_seconds: float = 0.0):
         self.seconds = minutes * 60
         self.warmup_iters, self.start_factor, self.min_lr_ratio = warmup_iters, start_factor, min_lr_ratio
+        self.spent_seconds = spent_seconds  # by the training step before the runner (the glyph classifier's)
 
     def before_train(self, runner) -> None:
-        self.started = time.monotonic() - runner.message_hub.get_info("train_seconds", 0.0)
+        self.started = time.monotonic() - runner.message_hub.get_info("train_seconds", self.spent_seconds)
         self.iteration_cap = runner.train_loop.max_iters  # --iters, if given
         for group in runner.optim_wrapper.param_groups:
             group.setdefault("initial_lr", group["lr"])  # restored from the optimizer's state on resume
-        if self._spent() >= self.seconds:  # a finished run, resumed: nothing left to do
+        if runner.iter and self._spent() >= self.seconds:  # a finished run, resumed: nothing left to do
             runner.train_loop._max_iters = runner.iter
 
     def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:

@@ -62,6 +62,7 @@ class TrainSettings:
     window_size: int = 7  # swin
     mlp_ratio: int = 4  # swin; mmdet's Swin takes a whole ratio (its hidden width is ratio x width)
     warmup_iters: int = 100
+    glyph_epochs: int = 6  # the glyph classifier's training (alpr.glyphs); 0: none, the detector's classes stand
     num_workers: int = 2
     amp: bool = False
     seed: int = 0
@@ -75,7 +76,7 @@ class TrainSettings:
         for names, valid, expected in [
             (("epochs", "iters", "batch_size", "val_interval", "window_size", "mlp_ratio", "log_interval"),
              lambda v: v >= 1, "at least 1"),
-            (("warmup_iters", "num_workers", "weight_decay"), lambda v: v >= 0, "at least 0"),
+            (("warmup_iters", "glyph_epochs", "num_workers", "weight_decay"), lambda v: v >= 0, "at least 0"),
             (("minutes", "lr", "img_size", "crop_size", "widen_factor"), lambda v: v > 0, "more than 0"),
             (("zoom_share", "drop_rate", "drop_path_rate"), lambda v: 0 <= v <= 1, "from 0 to 1"),
         ]:
@@ -291,9 +292,10 @@ def _optim_wrapper_type(amp: bool, device: str) -> str:
 
 def build_config(settings: TrainSettings, dataset_dir: Path, work_dir: Path, dataset: dict,
                  load_from: str | None = None, resume: bool = False, device: str = "cpu",
-                 amp: bool = False) -> dict:
+                 amp: bool = False, spent_seconds: float = 0.0) -> dict:
     """The complete mmengine config of a training run. ``amp``: whether it trains in mixed precision, which
-    ``settings.amp`` asks for and the device may not pay for (``mmdet_ext.mixed_precision_pays``)."""
+    ``settings.amp`` asks for and the device may not pay for (``mmdet_ext.mixed_precision_pays``);
+    ``spent_seconds``: of ``settings.minutes``, spent before the runner starts."""
     size, crop = settings.image_size, settings.train_crop_size
     by_epoch = settings.by_epoch
     if settings.val_interval is None:
@@ -336,7 +338,8 @@ def build_config(settings: TrainSettings, dataset_dir: Path, work_dir: Path, dat
         custom_hooks=[dict(type="AlprRunHook", run_meta=dict(settings=settings.to_dict(), dataset=dataset),
                            priority="LOWEST")]
         + ([dict(type="TimeBudgetHook", minutes=settings.minutes, warmup_iters=settings.warmup_iters,
-                 start_factor=WARMUP_START, min_lr_ratio=MIN_LR_RATIO)] if settings.minutes else []),
+                 start_factor=WARMUP_START, min_lr_ratio=MIN_LR_RATIO, spent_seconds=spent_seconds)]
+           if settings.minutes else []),
         # training crops all have one size, so cuDNN's search for the fastest kernels runs once (and
         # once more for each shape of validation image: one for a camera's images)
         env_cfg=dict(cudnn_benchmark=True, mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0),

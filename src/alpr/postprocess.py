@@ -12,7 +12,7 @@ text four digits; otherwise it carries the reason and no text.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
@@ -30,6 +30,8 @@ from alpr.plates import (
 
 BOX = tuple[float, float, float, float]
 TEXT_KINDS = ("DDL", "DDDD")  # the format, position by position: sub text, main text (D digit, L letter)
+DIGIT_IDS = range(10)  # CHARACTER_CLASSES: the digits, then the letters
+LETTER_IDS = range(10, 15)
 
 
 @dataclass(frozen=True)
@@ -157,7 +159,26 @@ def _unread(layout: Layout, board: Detection, reason: str, scores: list[float] =
     return Plate(None, None, None, None, layout.value, board.bbox, board.score, tuple(scores), reason)
 
 
-def read_board(board: Detection, detections: list[Detection], options: ReadOptions = ReadOptions()) -> Plate:
+Glyphs = Callable[[list[BOX]], np.ndarray]  # boxes in the image -> class probabilities (N x 15), alpr.glyphs
+
+
+def _reread(rows: list[list[Detection]], glyphs: Glyphs) -> list[list[Detection]]:
+    """Each character read again by the glyph classifier: its likeliest class of the kind the
+    format puts at its place, scored by the classifier's probability of it."""
+    probabilities = iter(glyphs([c.bbox for row in rows for c in row]))
+    reread = []
+    for row, kinds in zip(rows, TEXT_KINDS):
+        reread.append([])
+        for char, kind in zip(row, kinds):
+            allowed = DIGIT_IDS if kind == "D" else LETTER_IDS
+            p = next(probabilities)
+            best = max(allowed, key=lambda i: p[i])
+            reread[-1].append(replace(char, label=CHARACTER_CLASSES[best], score=float(p[best])))
+    return reread
+
+
+def read_board(board: Detection, detections: list[Detection], options: ReadOptions = ReadOptions(),
+               glyphs: Glyphs | None = None) -> Plate:
     layout = BOARD_LABELS[board.label]
     regions = [d for d in detections if d.score >= options.region_threshold]
     sub = _best(regions, SUB_LABELS, board.bbox, layout)
@@ -174,8 +195,9 @@ def read_board(board: Detection, detections: list[Detection], options: ReadOptio
     main_chars = [c for c in chars if _inside(c.centre, main.bbox) and c not in sub_chars]
     rows = [_left_to_right(_suppress(row, _same_glyph)) for row in (sub_chars, main_chars)]
     if [len(row) for row in rows] == [len(kinds) for kinds in TEXT_KINDS]:
-        rows = [[_of_kind(c, confident, kind, options.duplicate_iou) for c, kind in zip(row, kinds)]
-                for row, kinds in zip(rows, TEXT_KINDS)]
+        rows = _reread(rows, glyphs) if glyphs else [
+            [_of_kind(c, confident, kind, options.duplicate_iou) for c, kind in zip(row, kinds)]
+            for row, kinds in zip(rows, TEXT_KINDS)]
     sub_text, main_text = ("".join(label_char(c.label) for c in row) for row in rows)
     scores = [c.score for row in rows for c in row]
     stray = len(chars) - len(sub_chars) - len(main_chars)
@@ -192,9 +214,11 @@ def read_board(board: Detection, detections: list[Detection], options: ReadOptio
                  board.score, tuple(scores))
 
 
-def read_plates(detections: list[Detection], options: ReadOptions = ReadOptions()) -> list[Plate]:
-    """Every board above the threshold becomes a plate, read or with the reason it was not."""
+def read_plates(detections: list[Detection], options: ReadOptions = ReadOptions(), glyphs: Glyphs | None = None
+                ) -> list[Plate]:
+    """Every board above the threshold becomes a plate, read or with the reason it was not; its
+    characters read again by ``glyphs`` where given."""
     boards = _suppress([d for d in detections if d.label in BOARD_LABELS and d.score >= options.board_threshold],
                        _overlapping(options.duplicate_iou))
-    plates = [read_board(board, detections, options) for board in boards]
+    plates = [read_board(board, detections, options, glyphs) for board in boards]
     return sorted(plates, key=lambda p: (p.bbox[1], p.bbox[0]))

@@ -23,6 +23,7 @@ from typing import Sequence, Union
 import numpy as np
 
 from alpr.errors import UsageError
+from alpr.glyphs import glyph_reader, restored
 from alpr.plates import check_classes
 from alpr.postprocess import BOX, Detection, Plate, ReadOptions, box_iou, read_plates
 
@@ -161,7 +162,7 @@ class PlateReader:
     """Reads plates with a trained model: ``PlateReader.from_checkpoint(path).predict(image)``."""
 
     def __init__(self, model, options: ReadOptions = ReadOptions(), score_threshold: float = 0.05,
-                 amp: bool = False):
+                 amp: bool = False, glyph_net=None):
         from mmcv.transforms import Compose
 
         from alpr.mmdet_ext import set_score_threshold
@@ -169,6 +170,7 @@ class PlateReader:
         self.model = model
         self.options = options
         self.amp = amp  # the model runs in bfloat16 on the CPU, float16 on CUDA (mmdet_ext.reduced_precision)
+        self.glyph_net = glyph_net  # reads each character again (alpr.glyphs); None: the model's classes stand
         # Detections under the reading thresholds are never used; lower ones also serve COCO mAP.
         self.score_threshold = min(score_threshold, options.board_threshold, options.char_threshold,
                                    options.region_threshold)
@@ -203,7 +205,8 @@ class PlateReader:
             import torch
 
             model.to(memory_format=torch.channels_last)
-        return cls(model, options, amp=amp)
+        glyphs = meta["alpr"].get("glyph_net")
+        return cls(model, options, amp=amp, glyph_net=glyphs and restored(glyphs))
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -239,10 +242,11 @@ class PlateReader:
         plates, each read again from a scaled window (the module's docstring)."""
         arrays = [self.load(image) for image in images]
         detections = self.detect(arrays, masks)
-        plates = [read_plates(dets, self.options) for dets in detections]
-        return list(zip(detections, self._read_again(arrays, plates)))
+        glyphs = [self.glyphs(array) for array in arrays]
+        plates = [read_plates(dets, self.options, image_glyphs) for dets, image_glyphs in zip(detections, glyphs)]
+        return list(zip(detections, self._read_again(arrays, glyphs, plates)))
 
-    def _read_again(self, arrays: list[np.ndarray], plates: list[list[Plate]]) -> list[list[Plate]]:
+    def _read_again(self, arrays: list[np.ndarray], glyphs: list, plates: list[list[Plate]]) -> list[list[Plate]]:
         firsts = [(i, plate) for i, found in enumerate(plates) for plate in found]
         seen = [[] for _ in firsts]  # each board's readings, one list a window
         todo = list(range(len(firsts)))
@@ -250,7 +254,7 @@ class PlateReader:
             # one pass a width: its windows are about the same size, so a batch pads little
             found = self.detect_windows(arrays, [(firsts[k][0], firsts[k][1].bbox) for k in todo], width)
             for k, detections in zip(todo, found):
-                seen[k].append(read_plates(detections, self.options))
+                seen[k].append(read_plates(detections, self.options, glyphs[firsts[k][0]]))
             todo = [k for k in todo if not read_enough(firsts[k][1], seen[k], self.options.sure_score)]
         best = iter(best_reading(first, windows) for (_, first), windows in zip(firsts, seen))
         return [[next(best) for _ in found] for found in plates]
@@ -268,6 +272,11 @@ class PlateReader:
             found += [[from_window(d, window, scale) for d in dets]
                       for (_, window, scale), dets in zip(chunk, self._detect(data, masks=False))]
         return found
+
+    def glyphs(self, image: np.ndarray):
+        """The glyph classifier reading characters of ``image`` (``postprocess.Glyphs``), if the
+        checkpoint has one."""
+        return self.glyph_net and glyph_reader(self.glyph_net, image)
 
     def predict_batch(self, images: list[Image]) -> list[list[Plate]]:
         return [plates for _, plates in self.read(images)]

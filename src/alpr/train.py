@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 from alpr.errors import AlprError, UsageError, read_json
+from alpr.glyphs import GLYPH_NET, train_glyphs
 from alpr.model import TrainSettings, build_config, with_val_interval
 from alpr.plates import CLASSES, check_classes
 from alpr.record import check_name
@@ -189,6 +191,9 @@ def train(options: TrainOptions) -> Path:
     elif options.load_from:
         check_start_checkpoint(options.load_from, settings)
     work.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    if settings.glyph_epochs and not (work / GLYPH_NET).is_file():  # a resumed run has it
+        train_glyphs(data, work / GLYPH_NET, settings.glyph_epochs, settings.seed, device)
     from mmengine.config import Config
     from mmengine.runner import Runner
 
@@ -196,7 +201,7 @@ def train(options: TrainOptions) -> Path:
 
     config = build_config(settings, data, work, dataset,
                           load_from=None if resume else (str(options.load_from) if options.load_from else None),
-                          resume=resume, device=device, amp=amp)
+                          resume=resume, device=device, amp=amp, spent_seconds=time.monotonic() - started)
     config["alpr"] = {"device": device, "run_id": options.run_id}
     runner = Runner.from_cfg(Config(config))
     runner.train()

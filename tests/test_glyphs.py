@@ -1,0 +1,121 @@
+"""The glyph classifier: crops, its training data, learning, keeping, and reading plates with it."""
+
+import json
+
+import numpy as np
+import pytest
+
+from alpr.errors import AlprError
+from alpr.glyphs import (
+    GLYPH_SIZE,
+    character_boxes,
+    classify,
+    glyph_crops,
+    glyph_set,
+    grey,
+    restored,
+    stored,
+    train_glyph_net,
+)
+from alpr.plates import CHARACTER_CLASSES
+from alpr.postprocess import read_plates
+from handmade import plate_detections
+
+
+def _drawn(char: str, rng: np.random.Generator) -> tuple[np.ndarray, tuple[float, float, float, float]]:
+    """A grey image with one character drawn at a random place and size, and its box."""
+    import cv2
+
+    image = np.full((120, 160), rng.integers(150, 255), np.uint8)
+    scale, x, y = rng.uniform(1.2, 2.2), rng.integers(10, 90), rng.integers(60, 100)
+    cv2.putText(image, char, (int(x), int(y)), cv2.FONT_HERSHEY_SIMPLEX, scale, int(rng.integers(0, 80)), 3)
+    (w, h), _ = cv2.getTextSize(char, cv2.FONT_HERSHEY_SIMPLEX, scale, 3)
+    return image, (x, y - h, x + w, y)
+
+
+def test_a_crop_is_the_glyph_size_normalized_and_defined_past_the_image_edge():
+    rng = np.random.default_rng(0)
+    image, box = _drawn("8", rng)
+    crops = glyph_crops(grey(image), [box, (-30, -30, 10, 40), (0, 0, 20, 20)])
+    assert crops.shape == (3, GLYPH_SIZE[1], GLYPH_SIZE[0]) and crops.dtype == np.float32
+    assert abs(crops[0].mean()) < 1e-4 and crops[0].std() == pytest.approx(1, abs=1e-3)
+    assert np.isfinite(crops).all()
+    assert np.abs(crops[2]).max() == 0  # a flat patch stays flat, not noise blown up to deviation 1
+
+
+def test_character_boxes_are_the_characters_of_a_coco_document_as_corners_and_class_ids():
+    coco = {"images": [{"id": 1, "file_name": "a.jpg"}, {"id": 2, "file_name": "b.jpg"}],
+            "categories": [{"id": 1, "name": "0"}, {"id": 11, "name": "a"}, {"id": 16, "name": "l_board"}],
+            "annotations": [{"image_id": 1, "category_id": 11, "bbox": [10, 20, 5, 8]},
+                            {"image_id": 1, "category_id": 16, "bbox": [0, 0, 50, 20]},
+                            {"image_id": 2, "category_id": 1, "bbox": [1, 2, 3, 4]}]}
+    assert character_boxes(coco) == {"a.jpg": [((10, 20, 15, 28), CHARACTER_CLASSES.index("a"))],
+                                     "b.jpg": [((1, 2, 4, 6), 0)]}
+
+
+def test_a_glyph_set_names_an_image_it_cannot_read(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "train.json").write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "gone.jpg"}], "categories": [{"id": 1, "name": "0"}],
+        "annotations": [{"image_id": 1, "category_id": 1, "bbox": [1, 2, 3, 4]}]}))
+    with pytest.raises(AlprError, match=r"images/gone\.jpg: not a readable image"):
+        glyph_set(tmp_path, "train", 1, 0)
+
+
+def test_the_glyph_net_learns_look_alike_glyphs_and_is_kept_whole():
+    import torch
+
+    rng = np.random.default_rng(1)
+    samples = [(_drawn(char, rng), CHARACTER_CLASSES.index(char)) for _ in range(150) for char in "08"]
+    crops = np.stack([glyph_crops(grey(image), [box])[0] for (image, box), _ in samples])
+    labels = np.array([label for _, label in samples])
+    train = type("Set", (), {"crops": crops[:240], "labels": labels[:240]})
+    net = train_glyph_net(train, epochs=6, batch_size=32, channels=(8, 16, 16))
+    read = classify(net, crops[240:]).argmax(1)
+    assert (read == labels[240:]).mean() >= 0.9
+    again = restored(torch.load(_saved(stored(net)), weights_only=True))  # as a checkpoint's meta keeps it
+    assert np.allclose(classify(again, crops[240:]), classify(net, crops[240:]), atol=1e-6)
+    assert classify(net, crops[:0]).shape == (0, len(CHARACTER_CLASSES))
+
+
+def _saved(kept: dict):
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(kept, buffer)
+    buffer.seek(0)
+    return buffer
+
+
+def _glyphs(reads: str, score: float = 0.9, second: str = "7", second_score: float = 0.05):
+    """A glyph reader that reads ``reads`` position by position, each character scoring ``score``,
+    its second choice everywhere ``second``."""
+    def glyphs(boxes):
+        assert len(boxes) == len(reads)
+        probabilities = np.full((len(boxes), len(CHARACTER_CLASSES)), 0.001, np.float32)
+        for row, char in zip(probabilities, reads):
+            row[CHARACTER_CLASSES.index(second)] = second_score
+            row[CHARACTER_CLASSES.index(char.lower())] = score
+        return probabilities
+    return glyphs
+
+
+def test_each_character_is_read_again_by_the_glyph_classifier_within_the_format():
+    detections = plate_detections("12A3456")
+    [plate] = read_plates(detections, glyphs=_glyphs("12A8456"))
+    assert plate.text == "12A8456" and plate.char_scores == pytest.approx((0.9,) * 7)
+    # a first choice of the wrong kind gives way to the best choice of the format's kind there
+    [plate] = read_plates(detections, glyphs=_glyphs("1DA3456", second="7", second_score=0.2))
+    assert plate.text == "17A3456" and plate.char_scores[1] == pytest.approx(0.2)
+    [plate] = read_plates(detections, glyphs=_glyphs("12A3456", second="e", second_score=0.2))
+    assert plate.text == "12A3456"
+
+
+def test_without_all_seven_characters_the_glyph_classifier_is_not_asked():
+    def never(boxes):
+        raise AssertionError("asked")
+
+    [plate] = read_plates(plate_detections("12A3456", drop=4), glyphs=never)
+    assert plate.text is None
