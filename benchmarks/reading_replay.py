@@ -153,10 +153,10 @@ def glyph_readers(args: argparse.Namespace, gt, dataset: Path) -> dict:
         net = restored(torch.load(args.glyph_net, map_location="cpu", weights_only=True))
     elif args.glyphs == "checkpoint":
         kept = alpr_meta(args.checkpoint)["alpr"].get("glyph_net")
-        net = kept and restored(kept)
+        net = restored(kept) if kept else None
     else:
         net = None
-    if not net:
+    if net is None:
         return {}
     return {i: glyph_reader(net, load_image(dataset / "images" / gt.imgs[i]["file_name"])) for i in gt.getImgIds()}
 

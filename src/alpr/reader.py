@@ -8,6 +8,8 @@ whole in one. The widths are read in their order, and a board at no more of them
 readings agree (the first reading and a window's, or two windows'), or one window reads it surely
 (``ReadOptions.sure_score``): ``read_enough``. The surer of two readings that agree is kept, else
 the surest window reading (``best_reading``); where no window reads it, the first reading stays.
+Every reading's characters are read again by the checkpoint's glyph classifier, where it has one
+(``alpr.glyphs``, ``postprocess.read_plates``).
 """
 
 from __future__ import annotations
@@ -206,7 +208,7 @@ class PlateReader:
 
             model.to(memory_format=torch.channels_last)
         glyphs = meta["alpr"].get("glyph_net")
-        return cls(model, options, amp=amp, glyph_net=glyphs and restored(glyphs))
+        return cls(model, options, amp=amp, glyph_net=restored(glyphs) if glyphs else None)
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -276,7 +278,7 @@ class PlateReader:
     def glyphs(self, image: np.ndarray):
         """The glyph classifier reading characters of ``image`` (``postprocess.Glyphs``), if the
         checkpoint has one."""
-        return self.glyph_net and glyph_reader(self.glyph_net, image)
+        return None if self.glyph_net is None else glyph_reader(self.glyph_net, image)
 
     def predict_batch(self, images: list[Image]) -> list[list[Plate]]:
         return [plates for _, plates in self.read(images)]
