@@ -143,7 +143,7 @@ def test_each_board_is_read_again_at_each_zoom_width(smoke_workdir, smoke_traini
     image = load_image(synth_dir / "000001.jpg")
     boards = [(100.0, 100.0, 160.0, 113.0), (300.0, 200.0, 364.0, 240.0), (0.0, 0.0, 40.0, 20.0)]
     first = [_plate(None, board) for board in boards]
-    plates, = reader._read_again([image], [first])
+    plates, = reader._read_again([image], [reader.glyphs(image)], [first])
     assert len(plates) == len(first)
     expected = []
     for width, board in itertools.product((96, 128), boards):  # one pass a width
@@ -195,7 +195,8 @@ def test_a_board_is_read_at_no_more_widths_once_two_windows_agree_or_one_is_sure
                 for _, box in boards]
 
     reader.detect_windows = scripted
-    plates, = reader._read_again([load_image(synth_dir / "000001.jpg")], [[_plate(None, box) for box in texts]])
+    # read with the scripted classes: a 4-iteration model's glyph classifier reads noise
+    plates, = reader._read_again([load_image(synth_dir / "000001.jpg")], [None], [[_plate(None, box) for box in texts]])
     assert asked == [(96, [sure, alike, doubtful]), (128, [alike, doubtful]), (160, [doubtful])]
     assert [plate.text for plate in plates] == ["12A3456", "56C7890", "34B5670"]
     assert min(plates[1].char_scores) == pytest.approx(0.6 + 0.128 - 0.06)  # the surer of the two alike
@@ -227,3 +228,25 @@ def test_reading_in_mixed_precision_runs_the_network_in_bfloat16_and_leaves_the_
     mixed.amp = False
     mixed.detect([image])
     assert computed == [torch.bfloat16, torch.float32]  # the model is float32 again outside the reading
+
+
+def test_the_reader_reads_each_image_s_characters_again_with_its_glyph_classifier(smoke_workdir, smoke_training,
+                                                                                 synth_dir):
+    """The model's detections and the glyph classifier's readings are scripted (a 4-iteration model
+    reads nothing): each image's characters are read again from that image."""
+    from alpr.reader import PlateReader, load_image
+
+    best = smoke_workdir / "runs" / "r1" / "train" / "best.pth"
+    reader = PlateReader.from_checkpoint(best, device="cpu", options=ReadOptions(zoom_widths=()))
+    reader.detect = lambda arrays, masks=False: [plate_detections("12A3456") for _ in arrays]
+    images = [synth_dir / "000001.jpg", synth_dir / "000002.jpg"]
+    read_by = []
+
+    def glyphs(image):
+        read_by.append(image.shape)
+        return lambda boxes: np.eye(15, dtype=np.float32)[[8, 8, 11, 8, 8, 8, 8]]  # every character an 8 or a B
+
+    reader.glyphs = glyphs
+    assert [[plate.text for plate in plates] for plates in reader.predict_batch(images)] == [["88B8888"]] * 2
+    assert read_by == [load_image(image).shape for image in images]
+    assert reader.glyph_net is not None  # and the real one is there to read with
