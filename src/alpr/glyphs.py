@@ -2,9 +2,11 @@
 
 The detector classifies a character from features shared with boards, regions and masks; the
 look-alike glyphs it confuses (0/8, 6/0, B/E) are what is left of its errors once it finds the
-plates. ``GlyphNet`` sees only one character, cut from the image at its box (a margin around it)
-and scaled to GLYPH_SIZE, in grey, its contrast normalized. It trains in minutes on the CPU from
-the dataset's character boxes, shifted and scaled at random as a detector's boxes are.
+plates. This network (``glyph_net``) sees only one character, cut from the image at its box (a
+margin around it) and scaled to GLYPH_SIZE, in grey, its contrast normalized. The training step
+trains it first, from the dataset's character boxes, shifted and scaled at random as a detector's
+boxes are (``train_glyphs``), and keeps it in every checkpoint; ``postprocess.read_plates`` reads
+with it (benchmarks/RESULTS.md, "A glyph classifier reads each character again").
 """
 
 from __future__ import annotations
@@ -128,7 +130,7 @@ def glyph_set(dataset: Path, split: str, copies: int, seed: int, advance: Callab
                     np.array(labels, np.int64))
 
 
-def train_glyph_net(glyphs: GlyphSet, epochs: int = 8, batch_size: int = 256, lr: float = 3e-3, seed: int = 0,
+def train_glyph_net(glyphs: GlyphSet, epochs: int, batch_size: int = 256, lr: float = 3e-3, seed: int = 0,
                     advance: Callable[[int], None] = lambda n: None, channels: Sequence[int] = CHANNELS,
                     device: str = "cpu"):
     """A GlyphNet trained on ``glyphs`` (AdamW, one-cycle schedule) on ``device``, returned on the CPU;

@@ -41,9 +41,9 @@ from torch.nn.utils.rnn import pad_sequence
 
 from alpr.errors import AlprError
 from alpr.files import copy_atomic, write_atomic
+from alpr.glyphs import GLYPH_NET
 from alpr.metrics import KEY_METRICS, evaluate, load_ground_truth, mask_rle, metric_lines, scalar_metrics
 from alpr.plates import BOARD_LABELS, CLASSES
-from alpr.glyphs import GLYPH_NET
 from alpr.postprocess import Detection, read_plates
 
 # mmengine 0.10 calls torch.load without weights_only, and torch >= 2.6 then refuses the

@@ -3,8 +3,10 @@
 A board owns the sub-text and main-text regions and the characters whose centres
 fall inside it. Each character goes to the region that holds its centre and is read
 left to right, one per glyph: two detections that share most of their width in one row
-are one character. Where the model's first choice at a position is a letter where the
-format puts a digit (or the reverse), its best choice of the right kind there is read. A
+are one character. Given a glyph classifier (``alpr.glyphs``), each of a board's seven
+characters is read again by it, as the likeliest character of the kind the format puts there.
+Without one, where the model's first choice at a position is a letter where the format puts
+a digit (or the reverse), its best choice of the right kind there is read. A
 plate is returned read only when the sub text is two digits and a letter A-E and the main
 text four digits; otherwise it carries the reason and no text.
 """
