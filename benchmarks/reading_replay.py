@@ -129,15 +129,23 @@ def rules(widths: list[int], sure_scores: list[float]) -> dict:
     return named
 
 
-def read_by(rule, cached: dict, glyphs: dict) -> tuple[dict[int, list[Plate]], float]:
-    """Each image's plates read by the rule (each character read again by ``glyphs[image id]``
-    where given), and the windows it read per board."""
+def read_all(cached: dict, glyphs: dict) -> dict:
+    """The plates of every cached detection, in its shape (``detect``), each character read again
+    by ``glyphs[image id]`` where given: read once, as every rule picks from the same readings."""
+    read = {"first": {i: read_plates(dets, OPTIONS, glyphs.get(i)) for i, dets in cached["first"].items()}}
+    for width in (w for w in cached if w != "first"):
+        read[width] = {i: [read_plates(window, OPTIONS, glyphs.get(i)) for window in windows]
+                       for i, windows in cached[width].items()}
+    return read
+
+
+def read_by(rule, read: dict) -> tuple[dict[int, list[Plate]], float]:
+    """Each image's plates picked by the rule from the readings (``read_all``), and the windows it
+    read per board."""
     rule_widths, pick = rule
     plates, windows, boards = {}, 0, 0
-    for image_id, detections in cached["first"].items():
-        found = read_plates(detections, OPTIONS, glyphs.get(image_id))
-        again = [[read_plates(window, OPTIONS, glyphs.get(image_id)) for window in cached[w][image_id]]
-                 for w in rule_widths]
+    for image_id, found in read["first"].items():
+        again = [read[w][image_id] for w in rule_widths]
         picked = [pick(first, [readings[j] for readings in again]) for j, first in enumerate(found)]
         plates[image_id] = [plate for plate, _ in picked]
         windows += sum(read for _, read in picked)
@@ -203,8 +211,9 @@ def main() -> None:
               f"{'characters read again by a glyph classifier' if glyphs else 'the model' + chr(39) + 's classes'}")
         print(f"{'rule':62s} {'EIR':>6s} {'1-row':>6s} {'2-row':>6s} {'exact':>6s} {'misread':>8s} {'unread':>7s}"
               f" {'windows':>8s}")
+        read = read_all(cached, glyphs)
         for name, rule in rules(args.widths, args.sure_scores).items():
-            plates, windows = read_by(rule, cached, glyphs)
+            plates, windows = read_by(rule, read)
             metrics = plate_metrics(gt, plates, cached["first"])
             outcomes = metrics["outcomes"]
             unread = sum(n for outcome, n in outcomes.items() if outcome.startswith("unread"))

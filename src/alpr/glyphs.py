@@ -107,12 +107,13 @@ def image_glyphs(path: Path, chars: list, copies: int, rng: np.random.Generator)
                            for _ in range(max(copies, 1))])
 
 
-def glyph_set(dataset: Path, split: str, copies: int, seed: int, advance: Callable[[int], None] = lambda n: None
-              ) -> GlyphSet:
+def glyph_set(dataset: Path, split: str, copies: int, seed: int, progress: bool = False) -> GlyphSet:
     """The crops of every character of a recorded dataset's split (``image_glyphs``), cut on
     every core (OpenCV lets go of Python's lock)."""
     import os
     from concurrent.futures import ThreadPoolExecutor
+
+    from alpr.progress import show_progress
 
     images = list(character_boxes(read_json(dataset / f"{split}.json")).items())
 
@@ -123,7 +124,8 @@ def glyph_set(dataset: Path, split: str, copies: int, seed: int, advance: Callab
         finally:
             advance(1)
 
-    with ThreadPoolExecutor(os.cpu_count()) as pool:
+    with show_progress(f"glyph crops ({split})", len(images), progress) as advance, \
+            ThreadPoolExecutor(os.cpu_count()) as pool:
         crops = [c for c in pool.map(cut, range(len(images))) if len(c)]
     labels = [label for _, chars in images for _ in range(max(copies, 1)) for _, label in chars]
     return GlyphSet(np.concatenate(crops) if crops else np.empty((0, *GLYPH_SIZE[::-1]), np.float32),
@@ -195,9 +197,7 @@ def train_glyphs(dataset: Path, path: Path, epochs: int, seed: int = 0, device: 
     from alpr.files import written_whole
     from alpr.progress import show_progress
 
-    images = len(read_json(dataset / "train.json")["images"])
-    with show_progress("glyph crops", images) as advance:
-        train_set = glyph_set(dataset, "train", COPIES, seed, advance)
+    train_set = glyph_set(dataset, "train", COPIES, seed, progress=True)
     with show_progress("glyph net epochs", epochs) as advance:
         net = train_glyph_net(train_set, epochs, seed=seed, advance=advance, device=device)
     val = glyph_set(dataset, "val", 0, seed)
