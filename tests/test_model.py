@@ -38,6 +38,42 @@ def test_metric_lines_parse_with_katibs_regex(smoke_training):
     assert re.search(r"Iter\(train\) \[\s*4/4\].*eta.*memory.*loss", smoke_training.stdout + smoke_training.stderr)
 
 
+def _reading_eights(path: Path) -> None:
+    """Saves a glyph classifier, as the training step would, that reads every character as an 8 (and,
+    where the format wants a letter, as its first letter)."""
+    import torch
+
+    from alpr.glyphs import glyph_net, stored
+    from alpr.plates import CHARACTER_CLASSES
+
+    net = glyph_net((4, 4, 4))
+    head = net[-1]
+    torch.nn.init.zeros_(head.weight)
+    with torch.no_grad():
+        head.bias.copy_(torch.eye(len(CHARACTER_CLASSES))[CHARACTER_CLASSES.index("8")] * 10)
+    torch.save(stored(net), path)
+
+
+def test_validation_reads_with_the_runs_glyph_classifier_where_it_has_one(smoke_workdir, tmp_path):
+    import alpr.mmdet_ext as ext
+    from alpr.metrics import load_ground_truth, true_plates
+    from alpr.postprocess import Detection
+
+    val = smoke_workdir / "datasets/smoke/1"
+    gt = load_ground_truth(val / "val.json")
+    truth = [(image_id, str(val / "images" / gt.imgs[image_id]["file_name"]),
+              [Detection(ext.CLASSES[a["category_id"] - 1], 1.0, (x, y, x + w, y + h))
+               for a in gt.imgToAnns[image_id] for x, y, w, h in [a["bbox"]]]) for image_id in gt.getImgIds()]
+    assert sum(len(true_plates(gt, image_id)) for image_id, _, _ in truth) > 0
+    glyphs = tmp_path / "glyph_net.pth"
+    assert ext.PlateMetric(str(val / "val.json"), str(glyphs)).compute_metrics(truth)["EIR"] == 1.0  # none yet
+    _reading_eights(glyphs)
+    assert ext.PlateMetric(str(val / "val.json"), str(glyphs)).compute_metrics(truth)["EIR"] == 0.0
+    gone = [(image_id, path + ".gone", dets) for image_id, path, dets in truth]
+    with pytest.raises(ext.AlprError, match=r"\.jpg\.gone: not a readable image"):
+        ext.PlateMetric(str(val / "val.json"), str(glyphs)).compute_metrics(gone)
+
+
 def test_checkpoint_reloads_with_no_config_file(smoke_workdir, smoke_training, synth_dir):
     import torch
 

@@ -94,15 +94,20 @@ def character_boxes(coco: dict) -> dict[str, list[tuple[tuple[float, ...], int]]
     return boxes
 
 
-def image_glyphs(path: Path, chars: list, copies: int, rng: np.random.Generator) -> np.ndarray:
-    """``copies`` crops of each character of one image (``character_boxes``), each box jittered
-    (none jittered where ``copies`` is 0: one crop each at its true box)."""
+def read_grey(path: Path) -> np.ndarray:
+    """The image at ``path`` in grey; an error naming the file where it cannot be read."""
     import cv2
 
     image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
     if image is None:
         raise AlprError(f"{path}: not a readable image")
-    image, boxes = grey(image), [box for box, _ in chars]
+    return image
+
+
+def image_glyphs(path: Path, chars: list, copies: int, rng: np.random.Generator) -> np.ndarray:
+    """``copies`` crops of each character of one image (``character_boxes``), each box jittered
+    (none jittered where ``copies`` is 0: one crop each at its true box)."""
+    image, boxes = grey(read_grey(path)), [box for box, _ in chars]
     return np.concatenate([glyph_crops(image, [jittered(box, rng) for box in boxes] if copies else boxes)
                            for _ in range(max(copies, 1))])
 
@@ -187,6 +192,13 @@ def restored(kept: dict):
     net = glyph_net(kept["channels"])
     net.load_state_dict(kept["weights"])
     return net.eval()
+
+
+def saved_glyph_net(path: Path):
+    """The glyph classifier ``train_glyphs`` saved at ``path``; None where there is none."""
+    import torch
+
+    return restored(torch.load(path, map_location="cpu", weights_only=True)) if path.is_file() else None
 
 
 def train_glyphs(dataset: Path, path: Path, epochs: int, seed: int = 0, device: str = "cpu") -> None:

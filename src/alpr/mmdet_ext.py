@@ -41,7 +41,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from alpr.errors import AlprError
 from alpr.files import copy_atomic, write_atomic
-from alpr.glyphs import GLYPH_NET
+from alpr.glyphs import GLYPH_NET, glyph_reader, read_grey, saved_glyph_net
 from alpr.metrics import KEY_METRICS, evaluate, load_ground_truth, mask_rle, metric_lines, scalar_metrics
 from alpr.plates import BOARD_LABELS, CLASSES
 from alpr.postprocess import Detection, read_plates
@@ -582,25 +582,30 @@ def reduced_precision(model):
 class PlateMetric(BaseMetric):
     """COCO mAP, dv_mAP, EIR and the plate metrics of :mod:`alpr.metrics`, during validation.
 
-    Plates are read where the model found them in the whole image. The evaluate step's reader
-    also reads each plate again at the size it reads best (:mod:`alpr.reader`), so its EIR is
-    the higher."""
+    Plates are read where the model found them in the whole image, each character read again by the
+    run's glyph classifier where it has one (``glyph_net``: the file the training step saves it to).
+    The evaluate step's reader also reads each plate again at the size it reads best
+    (:mod:`alpr.reader`), so its EIR is the higher."""
 
     default_prefix = None  # keys are plain: "EIR", "mAP", ... (what --best-metric and Katib name)
 
-    def __init__(self, ann_file: str, collect_device: str = "cpu", prefix: str | None = None):
+    def __init__(self, ann_file: str, glyph_net: str | None = None, collect_device: str = "cpu",
+                 prefix: str | None = None):
         super().__init__(collect_device=collect_device, prefix=prefix)
         self.ann_file = ann_file
+        self.glyph_net = glyph_net
 
     def process(self, data_batch, data_samples) -> None:
         for sample in data_samples:
-            detections = to_detections(sample["pred_instances"])
-            self.results.append((sample["img_id"], detections))
+            self.results.append((sample["img_id"], sample["img_path"], to_detections(sample["pred_instances"])))
 
     def compute_metrics(self, results: list) -> dict:
         gt = load_ground_truth(self.ann_file)
-        detections = dict(results)
-        plates = {image_id: read_plates(dets) for image_id, dets in detections.items()}
+        # loaded at each validation: the training step writes the file before the runner starts
+        net = saved_glyph_net(Path(self.glyph_net)) if self.glyph_net else None
+        detections = {image_id: dets for image_id, _, dets in results}
+        plates = {image_id: read_plates(dets, glyphs=glyph_reader(net, read_grey(path)) if net is not None else None)
+                  for image_id, path, dets in results}
         metrics = evaluate(gt, detections, plates)
         return scalar_metrics(metrics)  # mmengine logs numbers only
 

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from alpr.errors import UsageError
+from alpr.glyphs import GLYPH_NET
 from alpr.plates import CLASSES
 
 MODELS = ("rtmdet-ins-tiny", "mask-rcnn-swin-t", "smoke")
@@ -306,6 +307,7 @@ def build_config(settings: TrainSettings, dataset_dir: Path, work_dir: Path, dat
                        val_interval=settings.val_interval))
     optimizer = dict(type="AdamW", lr=settings.learning_rate, weight_decay=settings.weight_decay)
     val_file = str(dataset_dir / "val.json")
+    glyph_net = str(work_dir / GLYPH_NET)  # where the training step saves the glyph classifier, if it trains one
     return dict(
         default_scope="mmdet",
         custom_imports=dict(imports=["alpr.mmdet_ext"], allow_failed_imports=False),
@@ -317,8 +319,8 @@ def build_config(settings: TrainSettings, dataset_dir: Path, work_dir: Path, dat
                                False),
         test_dataloader=_loader(_dataset(dataset_dir, "test", test_pipeline(size), False), 1,
                                 settings.num_workers, False),
-        val_evaluator=dict(type="PlateMetric", ann_file=val_file),
-        test_evaluator=dict(type="PlateMetric", ann_file=str(dataset_dir / "test.json")),
+        val_evaluator=dict(type="PlateMetric", ann_file=val_file, glyph_net=glyph_net),
+        test_evaluator=dict(type="PlateMetric", ann_file=str(dataset_dir / "test.json"), glyph_net=glyph_net),
         train_cfg=train_loop,
         val_cfg=dict(type="ValLoop"),
         test_cfg=dict(type="TestLoop"),
