@@ -2,6 +2,7 @@
 
     python benchmarks/reading_replay.py CHECKPOINT [--test-images 300] [--seed 1000] [--widths 320 256 224 192]
         [--sure-scores 0.3 0.5] [--device auto] [--cache FILE] [--glyphs checkpoint|none | --glyph-net FILE]
+        [--char-threshold 0.3]
 
 Runs the model over accuracy.py's fresh test set (seed 1000; another seed checks a rule picked on
 it against images it was not picked on): each whole image, then each board
@@ -20,6 +21,9 @@ two agree, and stopping where one window reads the board with every character sc
 (``ReadOptions.sure_score``), for each S of --sure-scores. The "windows" column is the windows read
 per board. Each character is read again by the checkpoint's glyph classifier where it has one
 (``--glyphs none``: the model's classes stand; ``--glyph-net``: a run's ``glyph_net.pth`` instead).
+Under each rule, what became of the plates it did not read exactly: misread characters, the reasons
+plates were left unread, and plates not found. ``--char-threshold``: the least score of a character
+the reading keeps (``ReadOptions.char_threshold``).
 """
 
 import argparse
@@ -129,12 +133,12 @@ def rules(widths: list[int], sure_scores: list[float]) -> dict:
     return named
 
 
-def read_all(cached: dict, glyphs: dict) -> dict:
+def read_all(cached: dict, glyphs: dict, options: ReadOptions) -> dict:
     """The plates of every cached detection, in its shape (``detect``), each character read again
     by ``glyphs[image id]`` where given: read once, as every rule picks from the same readings."""
-    read = {"first": {i: read_plates(dets, OPTIONS, glyphs.get(i)) for i, dets in cached["first"].items()}}
+    read = {"first": {i: read_plates(dets, options, glyphs.get(i)) for i, dets in cached["first"].items()}}
     for width in (w for w in cached if w != "first"):
-        read[width] = {i: [read_plates(window, OPTIONS, glyphs.get(i)) for window in windows]
+        read[width] = {i: [read_plates(window, options, glyphs.get(i)) for window in windows]
                        for i, windows in cached[width].items()}
     return read
 
@@ -182,6 +186,8 @@ def main() -> None:
                         help="read each character again with the checkpoint's glyph classifier, or not")
     parser.add_argument("--glyph-net", type=Path, default=None,
                         help="read each character again with this glyph classifier (a run's glyph_net.pth)")
+    parser.add_argument("--char-threshold", type=float, default=OPTIONS.char_threshold,
+                        help="the least score of a character the reading keeps")
     args = parser.parse_args()
 
     import contextlib
@@ -211,7 +217,7 @@ def main() -> None:
               f"{'characters read again by a glyph classifier' if glyphs else 'the model' + chr(39) + 's classes'}")
         print(f"{'rule':62s} {'EIR':>6s} {'1-row':>6s} {'2-row':>6s} {'exact':>6s} {'misread':>8s} {'unread':>7s}"
               f" {'windows':>8s}")
-        read = read_all(cached, glyphs)
+        read = read_all(cached, glyphs, replace(OPTIONS, char_threshold=args.char_threshold))
         for name, rule in rules(args.widths, args.sure_scores).items():
             plates, windows = read_by(rule, read)
             metrics = plate_metrics(gt, plates, cached["first"])
@@ -220,6 +226,8 @@ def main() -> None:
             print(f"{name:62s} {metrics['EIR']:6.4f} {metrics['EIR_one_row']:6.4f} {metrics['EIR_two_row']:6.4f} "
                   f"{outcomes.get('read exactly', 0):6d} {outcomes.get('misread', 0):8d} {unread:7d} {windows:8.2f}")
             print(f"    misread characters: {misread_summary(metrics, top=8)}")
+            missed = {outcome: n for outcome, n in outcomes.items() if outcome not in ("read exactly", "misread")}
+            print(f"    not read: {', '.join(f'{n} {outcome}' for outcome, n in missed.items()) or 'none'}")
 
 
 if __name__ == "__main__":
