@@ -35,7 +35,7 @@ from pathlib import Path
 
 from accuracy import TEST_SEED, synthesize
 
-from alpr.glyphs import glyph_reader, restored
+from alpr.glyphs import glyph_reader, restored, saved_glyph_net
 from alpr.plates import parse_plate
 from alpr.postprocess import Plate, ReadOptions, read_plates
 from alpr.reader import agreed_reading, best_reading, load_image, read_enough, surest, surest_reading, window_readings
@@ -133,13 +133,16 @@ def rules(widths: list[int], sure_scores: list[float]) -> dict:
     return named
 
 
-def read_all(cached: dict, glyphs: dict, options: ReadOptions) -> dict:
+def read_all(cached: dict, glyphs_of, options: ReadOptions) -> dict:
     """The plates of every cached detection, in its shape (``detect``), each character read again
-    by ``glyphs[image id]`` where given: read once, as every rule picks from the same readings."""
-    read = {"first": {i: read_plates(dets, options, glyphs.get(i)) for i, dets in cached["first"].items()}}
-    for width in (w for w in cached if w != "first"):
-        read[width] = {i: [read_plates(window, options, glyphs.get(i)) for window in windows]
-                       for i, windows in cached[width].items()}
+    by ``glyphs_of(image id)`` (None: the model's classes): read once, as every rule picks from the
+    same readings; one image's glyph reader (its image) held at a time."""
+    read = {key: {} for key in cached}
+    for i, detections in cached["first"].items():
+        glyphs = glyphs_of(i)
+        read["first"][i] = read_plates(detections, options, glyphs)
+        for width in (w for w in cached if w != "first"):
+            read[width][i] = [read_plates(window, options, glyphs) for window in cached[width][i]]
     return read
 
 
@@ -157,20 +160,15 @@ def read_by(rule, read: dict) -> tuple[dict[int, list[Plate]], float]:
     return plates, windows / max(boards, 1)
 
 
-def glyph_readers(args: argparse.Namespace, gt, dataset: Path) -> dict:
-    """{image id: its glyph reader} for the glyph classifier asked for; {} for none."""
-    import torch
-
+def glyph_classifier(args: argparse.Namespace, parser: argparse.ArgumentParser):
+    """The glyph classifier asked for (--glyph-net, else the checkpoint's unless --glyphs none); None for none."""
     if args.glyph_net:
-        net = restored(torch.load(args.glyph_net, map_location="cpu", weights_only=True))
-    elif args.glyphs == "checkpoint":
-        kept = alpr_meta(args.checkpoint)["alpr"].get("glyph_net")
-        net = restored(kept) if kept else None
-    else:
-        net = None
-    if net is None:
-        return {}
-    return {i: glyph_reader(net, load_image(dataset / "images" / gt.imgs[i]["file_name"])) for i in gt.getImgIds()}
+        net = saved_glyph_net(args.glyph_net)
+        if net is None:
+            parser.error(f"--glyph-net {args.glyph_net}: no such file")
+        return net
+    kept = alpr_meta(args.checkpoint)["alpr"].get("glyph_net") if args.glyphs == "checkpoint" else None
+    return restored(kept) if kept else None
 
 
 def main() -> None:
@@ -198,6 +196,7 @@ def main() -> None:
     from alpr import PlateReader
     from alpr.metrics import misread_summary, plate_metrics
 
+    net = glyph_classifier(args, parser)  # before minutes of synthesis and detection
     key = (str(args.checkpoint.resolve()), args.checkpoint.stat().st_mtime, args.test_images, args.seed)
     cached = {}
     if args.cache and args.cache.is_file():
@@ -212,12 +211,16 @@ def main() -> None:
             cached = detect(reader, gt, dataset, args.widths, cached)
         if args.cache:
             args.cache.write_bytes(pickle.dumps({"key": key, "detections": cached}))
-        glyphs = glyph_readers(args, gt, dataset)
-        print(f"{args.checkpoint}: {args.test_images} fresh images (seed {args.seed}), boards as first read, "
-              f"{'characters read again by a glyph classifier' if glyphs else 'the model' + chr(39) + 's classes'}")
+        reading = "the model's classes" if net is None else "characters read again by a glyph classifier"
+        print(f"{args.checkpoint}: {args.test_images} fresh images (seed {args.seed}), boards as first read, {reading}")
         print(f"{'rule':62s} {'EIR':>6s} {'1-row':>6s} {'2-row':>6s} {'exact':>6s} {'misread':>8s} {'unread':>7s}"
               f" {'windows':>8s}")
-        read = read_all(cached, glyphs, replace(OPTIONS, char_threshold=args.char_threshold))
+
+        def glyphs_of(image_id: int):
+            image = dataset / "images" / gt.imgs[image_id]["file_name"]
+            return None if net is None else glyph_reader(net, load_image(image))
+
+        read = read_all(cached, glyphs_of, replace(OPTIONS, char_threshold=args.char_threshold))
         for name, rule in rules(args.widths, args.sure_scores).items():
             plates, windows = read_by(rule, read)
             metrics = plate_metrics(gt, plates, cached["first"])
