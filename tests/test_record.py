@@ -186,6 +186,16 @@ def test_a_data_repository_above_the_workdir_versions_only_the_datasets(synth_di
     assert "work/datasets/plates/1.dvc" in tracked and "work/annotations/plates/1.dvc" in tracked
 
 
+def test_a_version_recorded_in_a_repository_above_the_workdir_pulls_back(synth_dir, tmp_path):
+    repo = tmp_path / "repo"
+    result = record(RecordOptions(synth_dir, repo / "work", "plates", "1", data_repo=repo,
+                                  dvc_remote=str(tmp_path / "remote")))
+    shutil.rmtree(repo / ".dvc" / "cache")  # the bytes must come from the remote
+    pulled = pull_dataset(str(repo), "plates", "1", tmp_path / "fresh")
+    assert pulled == tmp_path / "fresh" / "datasets" / "plates" / "1"
+    assert _tree(pulled) == _tree(result.path)
+
+
 def test_record_commits_only_its_own_files_in_a_shared_repository(synth_dir, tmp_path):
     project = tmp_path / "project"
     project.mkdir()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from alpr.errors import AlprError
@@ -92,7 +93,9 @@ class DataRepo:
         lines, folder = ["/*", "!/.gitignore", "!/.dvcignore", "!/.dvc"], ""
         for part in self.workdir.relative_to(self.root).parts:  # down to the workdir, where it is deeper
             folder += f"/{part}"
-            lines += [f"!{folder}", f"{folder}/*"]
+            # ?* where git would take *: DVC's matcher lets * match the empty name, so it took
+            # "/work/*" to ignore work/ itself and never found the pointers below it
+            lines += [f"!{folder}", f"{folder}/?*"]
         return "\n".join(lines + [f"!{folder}/datasets", f"!{folder}/annotations"]) + "\n"
 
     def commit(self, message: str, paths: list[str]) -> bool:
@@ -126,6 +129,20 @@ class DataRepo:
         dvc(self.root, "push", *(str(f.resolve().relative_to(self.root)) for f in folders))
 
 
+def path_in_repo(source: str, tag: str, folder: str, cwd: Path) -> str:
+    """Where the tagged commit keeps ``folder`` (datasets/NAME/VERSION): below the workdir, which is
+    the data repository's root or a folder in it. Clones the tag's tree alone, without file contents."""
+    pointer = f"{folder}.dvc"
+    with tempfile.TemporaryDirectory() as clone:
+        git(cwd, "clone", "-q", "--bare", "--depth", "1", "--filter=blob:none", "--branch", tag, source, clone)
+        names = git(Path(clone), "ls-tree", "-r", "--name-only", "HEAD").splitlines()
+    found = [name.removesuffix(".dvc") for name in names if name == pointer or name.endswith(f"/{pointer}")]
+    if len(found) != 1:
+        raise VersioningError(f"{source}: tag {tag} holds {len(found) or 'no'} {pointer} pointer(s)"
+                              f"{': ' + ', '.join(found) if found else ''}; cannot tell which to pull")
+    return found[0]
+
+
 def pull_dataset(repo: str, name: str, version: str, workdir: Path) -> Path:
     """Restores datasets/NAME/VERSION exactly as tagged, from the repo's DVC remote, into workdir."""
     workdir = workdir.resolve()  # dvc runs in workdir: a relative path would be taken from there
@@ -134,10 +151,11 @@ def pull_dataset(repo: str, name: str, version: str, workdir: Path) -> Path:
         raise VersioningError(f"{target} already exists; pull into a fresh workdir or remove it first")
     target.parent.mkdir(parents=True, exist_ok=True)
     source = repo if "://" in repo else str(Path(repo).resolve())
+    tag = dataset_tag(name, version)
+    inside = path_in_repo(source, tag, target.relative_to(workdir).as_posix(), workdir)
     partial = target.with_name(f".{version}.pull")
     try:
-        _run([sys.executable, "-m", "dvc", "get", "--rev", dataset_tag(name, version), source,
-              target.relative_to(workdir).as_posix(), "-o", str(partial)], workdir)
+        _run([sys.executable, "-m", "dvc", "get", "--rev", tag, source, inside, "-o", str(partial)], workdir)
         os.replace(partial, target)
     finally:
         if partial.exists():
