@@ -52,8 +52,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help=f"share of training crops resized so that their plate is {narrowest:g}-{widest:g} px "
                              "wide, about the widest the reader reads it again at (0 to 1; default: the model's: "
                              f"{per_model('crop_zoom_share')})")
-    parser.add_argument("--widen-factor", type=float, default=None,
-                        help=f"RTMDet width multiplier (default: the model's: {per_model('width')})")
+    parser.add_argument("--widen-factor", type=or_default(float), default=None,
+                        help=f"RTMDet width multiplier (default, or empty: the model's: {per_model('width')})")
     parser.add_argument("--drop-rate", type=float, default=defaults.drop_rate, help="Swin dropout")
     parser.add_argument("--drop-path-rate", type=float, default=defaults.drop_path_rate, help="Swin drop path")
     parser.add_argument("--window-size", type=int, default=defaults.window_size, help="Swin window size")

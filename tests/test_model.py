@@ -227,8 +227,8 @@ def test_an_empty_workflow_parameter_means_the_models_own_value(value, lr, img_s
     from steps.train import get_args_parser
 
     args = get_args_parser().parse_args(["--dataset", "d", "--version", "1", "--run-id", "r", "--lr", value,
-                                         "--img-size", ""])
-    assert (args.lr, args.img_size) == (lr, img_size)
+                                         "--img-size", "", "--widen-factor", ""])
+    assert (args.lr, args.img_size, args.widen_factor) == (lr, img_size, None)
 
 
 def test_help_names_each_models_defaults_as_the_settings_resolve_them():

@@ -25,7 +25,7 @@ with WorkflowTemplate(
                   description="true: mixed precision (float16 on GPUs, bfloat16 on CPUs with AVX512-BF16 or AMX)"),
         Parameter(name="lr", value="", description="learning rate; empty: the model's own"),
         Parameter(name="weight-decay", value="0.05", description="AdamW weight decay"),
-        Parameter(name="widen-factor", value="0.375", description="RTMDet width multiplier"),
+        Parameter(name="widen-factor", value="", description="RTMDet width multiplier; empty: the model's own"),
         Parameter(name="drop-rate", value="0", description="Swin dropout rate"),
         Parameter(name="drop-path-rate", value="0.2", description="Swin drop path rate"),
         Parameter(name="window-size", value="7", description="Swin window size"),

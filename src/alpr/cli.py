@@ -1,4 +1,5 @@
-"""The ``alpr`` command: one subcommand per pipeline step, plus data management.
+"""The ``alpr`` command: one subcommand per pipeline step, plus reading (predict), running the
+workflow here (run, tune) or on Argo (submit), and data management.
 
 ``alpr <step>`` reuses the step script's own parser and ``main(args)``, so
 ``alpr record ...`` and ``python steps/record.py ...`` are the same program.

@@ -84,10 +84,6 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def sha256_file(path: Path) -> str:
-    return sha256_bytes(path.read_bytes())
-
-
 def _image_size(json_path: Path, image_path: Path, data: bytes) -> tuple[int, int]:
     from io import BytesIO
 

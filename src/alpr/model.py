@@ -27,7 +27,7 @@ UNTIL_TIME_IS_UP = 2**31 - 1  # the iteration limit of a run trained by --minute
 ZOOM_BOARD_WIDTH = 320
 ZOOM_BOARD_WIDTHS = (0.8 * ZOOM_BOARD_WIDTH, 1.25 * ZOOM_BOARD_WIDTH)
 # Each model's image size and training crop. rtmdet-ins-tiny reads full-HD detail but trains on
-# 448 px crops: trained so for 30 CPU minutes, it read 16 % of fresh plates, and none when trained
+# 448 px crops: trained so for 30 CPU minutes, it read 7-21 % of fresh plates, and none when trained
 # on whole images padded to 640 px squares (benchmarks/RESULTS.md).
 MODEL_SIZES = {"smoke": (320, 320), "rtmdet-ins-tiny": (1280, 448), "mask-rcnn-swin-t": (800, 800)}
 # Each model's share of training crops zoomed so that their plate is about as wide as PlateReader reads

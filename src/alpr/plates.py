@@ -24,7 +24,6 @@ CLASSES: tuple[str, ...] = (
     "l_board", "l_m_n", "l_s_n",
 )
 CHARACTER_CLASSES = CLASSES[:15]
-REGION_CLASSES = CLASSES[15:]
 
 
 class Layout(str, Enum):

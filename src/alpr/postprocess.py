@@ -85,7 +85,7 @@ class ReadOptions:
     # many px wide, in this order, until two of its readings agree, the first one's included
     # (PlateReader); () reads each board only where it was found. The best single width moves with the
     # model (320 for short-trained ones, 224-256 for better ones); reading until two agree read better
-    # than a vote of all four, in 1.8 windows a board (benchmarks/RESULTS.md, "Reading until two agree").
+    # than a vote of all four, in under half its windows (benchmarks/RESULTS.md, "Reading until two agree").
     zoom_widths: tuple[int, ...] = (320, 256, 224, 192)
     # or until one window reads it with every character scoring at least this (None: only agreement
     # stops). Off by default: faster, but the order then decides (RESULTS.md, "Reading until sure").

@@ -45,12 +45,6 @@ def join(url: str, *parts: str) -> str:
     return "/".join([url.rstrip("/"), *(p.strip("/") for p in parts)])
 
 
-def as_url(location: str | Path) -> str:
-    """A local path becomes a file:// URL; URLs pass through."""
-    text = str(location)
-    return text if "://" in text else Path(text).resolve().as_uri()
-
-
 @lru_cache(maxsize=1)
 def _gcs_client():
     from google.cloud import storage
