@@ -216,7 +216,8 @@ def test_a_password_in_a_parameter_is_neither_echoed_nor_saved(tmp_path):
     from alpr.local_run import redact
 
     assert redact("redis://:pw@cache:6379") == "redis://:***@cache:6379"
-    assert redact("http://host:8080/a?x=a@b") == "http://host:8080/a?x=a@b"  # a port, then a path: no password
+    assert redact("--db-url mysql+pymysql://alpr:ab/cd@db/alpr -v") == "--db-url mysql+pymysql://alpr:***@db/alpr -v"
+    assert redact("http://host:8080/a?x=1 b@c") == "http://host:8080/a?x=1 b@c"  # a port, then a path: no password
 
 
 @pytest.mark.parametrize("text, message", [

@@ -224,6 +224,10 @@ def test_a_database_that_is_no_url_or_not_there_is_a_clear_error_without_its_pas
     with pytest.raises(db.DatabaseError, match=r"database mysql\+pymysql://root:\*\*\*@127.0.0.1:1/test: .*") as caught:
         db.connect("mysql+pymysql://root:s3cret@127.0.0.1:1/test")  # nothing listens on port 1
     assert "s3cret" not in str(caught.value)
+    with pytest.raises(db.DatabaseError, match=r"mysql://root:\*\*\*@127.0.0.1/test: its driver \(MySQLdb\) is not "
+                                               r"installed; .* mysql\+pymysql://") as caught:
+        db.connect("mysql://root:s3cret@127.0.0.1/test")  # the usual spelling asks for a driver not installed
+    assert "s3cret" not in str(caught.value)
 
 
 def test_what_would_fail_late_is_refused_before_anything_is_written(synth_dir, tmp_path):

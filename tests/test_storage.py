@@ -66,3 +66,23 @@ def test_a_key_file_the_secret_did_not_provide_is_not_insisted_on(tmp_path, monk
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "gcs-key.json"))
     storage.drop_missing_key_file()
     assert os.environ["GOOGLE_APPLICATION_CREDENTIALS"] == str(tmp_path / "gcs-key.json")
+
+
+def test_a_missing_bucket_is_an_error_that_names_the_url(emulator_env, tmp_path):
+    (tmp_path / "m.bin").write_bytes(b"weights")
+    with pytest.raises(storage.StorageError, match=r"^gs://no-such-bucket/m.bin: no bucket 'no-such-bucket'$"):
+        storage.upload_file(tmp_path / "m.bin", "gs://no-such-bucket/m.bin")
+    assert not storage.exists("gs://no-such-bucket/m.bin")
+
+
+def test_gs_without_credentials_fails_at_the_check_before_any_work(tmp_path, monkeypatch):
+    for name in ("STORAGE_EMULATOR_HOST", "GOOGLE_APPLICATION_CREDENTIALS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NO_GCE_CHECK", "True")  # no metadata server to ask, as off a cloud machine
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path))  # nor gcloud's own credentials
+    storage._gcs_client.cache_clear()
+    try:
+        with pytest.raises(storage.StorageError, match="^gs://alpr/models: .*credentials were not found"):
+            storage.check_url("gs://alpr/models")
+    finally:
+        storage._gcs_client.cache_clear()

@@ -112,6 +112,10 @@ def connect(url: str) -> Engine:
         metadata.create_all(engine)
     except (sa.exc.ArgumentError, sa.exc.DBAPIError) as error:
         raise DatabaseError(f"database {safe_url(url)}: {getattr(error, 'orig', None) or error}") from None
+    except ImportError as error:  # mysql:// asks for MySQLdb, postgresql:// for psycopg2
+        raise DatabaseError(f"database {safe_url(url)}: its driver ({error.name}) is not installed; the one "
+                            "installed for MySQL and MariaDB is PyMySQL: mysql+pymysql://USER:PASSWORD@HOST:3306/DB"
+                            ) from None
     return engine
 
 

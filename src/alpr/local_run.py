@@ -38,7 +38,9 @@ DEPENDENCY = re.compile(r"([\w-]+)(?:\.(Succeeded))?")
 # Whether a step that exits non-zero is retried: locally every failure is the step's own, never
 # an Argo error (a pod that could not start), so OnError and OnTransientError never retry here.
 RETRIED_ON_EXIT = {"Always": True, "OnFailure": True, "OnError": False, "OnTransientError": False}
-PASSWORD_IN_URL = re.compile(r"(://[^/:@\s]*:)[^@\s/]+@")  # user (maybe none), then the password
+# user (maybe none), then the password: anything up to an @, / included (as SQLAlchemy reads it, and as
+# generated passwords hold it); an @ later in a URL's path is masked too, rather than a password shown
+PASSWORD_IN_URL = re.compile(r"(://[^/:@\s]*:)[^@\s]+@")
 
 
 def redact(text: str) -> str:

@@ -10,6 +10,7 @@ import os
 import shutil
 import tempfile
 import uuid
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -37,8 +38,12 @@ def _split(url: str) -> tuple[str, str, str]:
 
 
 def check_url(url: str) -> None:
-    """An error now, for a URL that no upload to it could succeed with."""
-    _split(url)
+    """An error now, for a URL that no upload to it could succeed with: one of another kind, or gs://
+    without credentials."""
+    scheme, _, _ = _split(url)
+    if scheme == "gs":
+        with _gcs_errors(url, missing="not found"):
+            _gcs_client()
 
 
 def join(url: str, *parts: str) -> str:
@@ -70,6 +75,22 @@ def _blob(bucket: str, key: str):
     return _gcs_client().bucket(bucket).blob(key)
 
 
+@contextmanager
+def _gcs_errors(url: str, missing: str):
+    """Google Cloud Storage's failures (no credentials, ``missing`` for a 404, a refusal, no connection)
+    as one error that names the URL, not a traceback after the work that came before."""
+    from google.api_core.exceptions import GoogleAPIError, NotFound
+    from google.auth.exceptions import GoogleAuthError
+    from requests.exceptions import RequestException
+
+    try:
+        yield
+    except NotFound:
+        raise StorageError(f"{url}: {missing}") from None
+    except (GoogleAPIError, GoogleAuthError, RequestException) as error:
+        raise StorageError(f"{url}: {error}") from None
+
+
 def upload_file(path: Path, url: str) -> None:
     scheme, bucket, key = _split(url)
     if scheme == "file":
@@ -81,7 +102,8 @@ def upload_file(path: Path, url: str) -> None:
             shutil.copyfileobj(src, out)
         os.replace(tmp, target)
     else:
-        _blob(bucket, key).upload_from_filename(str(path))
+        with _gcs_errors(url, missing=f"no bucket {bucket!r}"):
+            _blob(bucket, key).upload_from_filename(str(path))
 
 
 def write_bytes(url: str, data: bytes) -> None:
@@ -101,12 +123,8 @@ def download_file(url: str, path: Path) -> None:
                 raise StorageError(f"{url}: no such object")
             shutil.copyfile(key, tmp)
         else:
-            from google.api_core.exceptions import NotFound
-
-            try:
+            with _gcs_errors(url, missing="no such object"):
                 _blob(bucket, key).download_to_filename(str(tmp))
-            except NotFound:
-                raise StorageError(f"{url}: no such object") from None
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -121,4 +139,7 @@ def read_bytes(url: str) -> bytes:
 
 def exists(url: str) -> bool:
     scheme, bucket, key = _split(url)
-    return Path(key).is_file() if scheme == "file" else _blob(bucket, key).exists()
+    if scheme == "file":
+        return Path(key).is_file()
+    with _gcs_errors(url, missing="not found"):
+        return _blob(bucket, key).exists()
