@@ -19,6 +19,9 @@ with WorkflowTemplate(
         Parameter(name="dataset-version", value="1", description="dataset version to record"),
         Parameter(name="source", value=f"{WORK_MOUNT}/synth/plates",
                   description="labelme folder on the volume: synth writes here, or, with synth-count 0, yours"),
+        Parameter(name="dvc-remote", value="",
+                  description="DVC remote for the dataset versions, e.g. gs://bucket/dvc; empty: /work/dvc-remote, "
+                              "on the volume beside DVC's cache"),
         Parameter(name="synth-count", value="1000", description="synthetic images to draw (0: none, synth skipped)"),
         Parameter(name="synth-seed", value="0", description="synthesis seed"),
         Parameter(name="model", value="rtmdet-ins-tiny", description="rtmdet-ins-tiny, mask-rcnn-swin-t or smoke"),
@@ -41,7 +44,7 @@ with WorkflowTemplate(
     synth = step("synth", ["--out", param("source"), "--count", param("synth-count"),
                            "--seed", param("synth-seed"), "--no-progress"])
     record = step("record", ["--source", param("source"), *workdir, *DATASET, "--db-url", param("db-url"),
-                             "--store", param("store")])
+                             "--dvc-remote", param("dvc-remote"), "--store", param("store")])
     train = step("train", [*workdir, *DATASET, "--model", param("model"), "--run-id", RUN_ID,
                            "--epochs", param("epochs"), "--batch-size", param("batch-size"), "--lr", param("lr"),
                            "--img-size", param("img-size"), "--amp", param("amp")], gpu=True, retries=3, memory="8Gi")

@@ -27,7 +27,8 @@ BUILTIN_KINDS = {"Deployment", "Service", "PersistentVolumeClaim", "Secret", "Se
 CRDS = {"InferenceService": "kserve/serving.kserve.io_inferenceservices.yaml",
         "WorkflowTemplate": "argo/argoproj.io_workflowtemplates.yaml"}
 # Parameters whose defaults the chart points at its own objects and values; nothing else in a template changes.
-ADJUSTED_PARAMETERS = {"work-pvc", "secret-name", "image", "image-tag", "gpus", "store", "inference-service"}
+ADJUSTED_PARAMETERS = {"work-pvc", "secret-name", "image", "image-tag", "gpus", "store", "dvc-remote",
+                       "inference-service"}
 ARGO_EXPRESSION = re.compile(r"\{\{.*?\}\}")
 TEMPLATES = len(list((ROOT / "workflows").glob("alpr-*.yaml")))
 # The objects each scenario must render, and no others.
@@ -186,7 +187,8 @@ def test_argo_expressions_survive_helm(chart):
 
 
 def test_templates_point_at_the_release(chart):
-    docs = render(chart, {"workflows": {"gpus": 2, "store": "gs://bucket/alpr"}}, name="team")
+    docs = render(chart, {"workflows": {"gpus": 2, "store": "gs://bucket/alpr", "dvcRemote": "gs://bucket/dvc"}},
+                  name="team")
     pvc = one(docs, "PersistentVolumeClaim")["metadata"]["name"]
     account = one(docs, "ServiceAccount")["metadata"]["name"]
     assert (pvc, account) == ("team-alpr-work", "team-alpr-workflow")
@@ -195,8 +197,9 @@ def test_templates_point_at_the_release(chart):
     for template in of_kind(docs, "WorkflowTemplate"):
         assert {name: parameters(template)[name] for name in expected} == expected
         assert template["spec"]["serviceAccountName"] == account
-        if "inference-service" in parameters(template):  # the pipeline's deploy step
+        if template["metadata"]["name"] == "alpr-pipeline":  # its record and deploy steps
             assert parameters(template)["inference-service"] == "team-alpr"
+            assert parameters(template)["dvc-remote"] == "gs://bucket/dvc"
 
 
 def test_release_alpr_uses_the_names_the_templates_default_to(chart):
@@ -357,6 +360,7 @@ def test_inference_service_runs_the_serve_step(chart):
     {"workflows": {"gpus": -1}},
     {"workflows": {"gpus": "two"}},
     {"workflows": {"store": "s3://bucket"}},
+    {"workflows": {"dvcRemote": "s3://bucket/dvc"}},
     {"persistence": {"size": "lots"}},
     {"persistence": {"accessModes": ["ReadWriteSometimes"]}},
     {"secrets": {"existingSecret": "Not_A_Name"}},

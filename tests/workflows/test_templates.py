@@ -56,6 +56,9 @@ def test_pipeline_dag_and_step_contract():
         env = {e["name"]: e for e in container["env"]}
         assert env["ALPR_DB_URL"]["valueFrom"]["secretKeyRef"]["key"] == "db-url"
         assert env["GOOGLE_APPLICATION_CREDENTIALS"]["value"].startswith("/var/secrets/")
+    record_args = templates["record"]["container"]["args"]
+    for flag in ("--dvc-remote", "--store"):  # a cluster's datasets and models off the volume, when given
+        assert record_args[record_args.index(flag) + 1] == f"{{{{workflow.parameters.{flag[2:]}}}}}"
     assert templates["train"]["retryStrategy"]["limit"] == "3"
     for name in ("train", "evaluate"):
         patch = json.loads(templates[name]["podSpecPatch"])
