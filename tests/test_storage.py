@@ -1,11 +1,14 @@
 import io
 import os
+import shutil
 import tarfile
+from pathlib import Path
 
 import pytest
 
 from alpr import storage
 from alpr.record import RecordOptions, record
+from alpr.versioning import pull_dataset
 
 
 @pytest.fixture
@@ -55,6 +58,16 @@ def test_record_uploads_manifest_and_splits_to_gcs(emulator_env, synth_dir, tmp_
     with tarfile.open(fileobj=io.BytesIO(storage.read_bytes(result.uploaded[1]))) as tar:
         assert sorted(tar.getnames()) == ["manifest.json", "test.json", "train.json", "val.json"]
         assert tar.extractfile("train.json").read() == (result.path / "train.json").read_bytes()
+
+
+def test_dvc_pushes_to_a_gs_remote_and_a_fresh_workdir_pulls_the_same_bytes(emulator_env, synth_dir, tmp_path):
+    """A cluster's dataset versions: DVC's gs:// remote (dvc-gs) through the emulator."""
+    result = record(RecordOptions(synth_dir, tmp_path / "work", "plates", "1", dvc_remote="gs://alpr-test/dvc"))
+    shutil.rmtree(tmp_path / "work" / ".dvc" / "cache")  # the bytes must come from the bucket
+    pulled = pull_dataset(str(tmp_path / "work"), "plates", "1", tmp_path / "fresh")
+    files = {p.relative_to(pulled): p.read_bytes() for p in pulled.rglob("*") if p.is_file()}
+    assert files == {p.relative_to(result.path): p.read_bytes() for p in result.path.rglob("*") if p.is_file()}
+    assert Path("images") in {f.parent for f in files}
 
 
 def test_a_key_file_the_secret_did_not_provide_is_not_insisted_on(tmp_path, monkeypatch):
