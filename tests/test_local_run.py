@@ -202,6 +202,19 @@ def test_paths_in_flags_and_working_dirs_map_to_the_workdir(tmp_path):
         LocalRun(workflow, tmp_path, {}, echo=lambda _: None).run()
 
 
+def test_urls_of_files_on_the_volume_map_to_the_workdir(tmp_path):
+    """A cluster's parameters as they are: file:///work/... and sqlite:////work/... name the workdir here."""
+    code = "import sys; open(sys.argv[1], 'w').write(' '.join(sys.argv[2:]))"
+    template = _python("show", code, ["/work/args.txt", "{{workflow.parameters.store}}", "--db-url",
+                                      "{{workflow.parameters.db}}", "file:///elsewhere/x"])
+    workflow = _template(tasks=[{"name": "a", "template": "show"}], templates=[template],
+                         parameters=[{"name": "store", "value": "file:///work/bucket"},
+                                     {"name": "db", "value": "sqlite:////work/alpr.db"}])
+    LocalRun(workflow, tmp_path, {}, echo=lambda _: None).run()
+    assert (tmp_path / "args.txt").read_text() == \
+        f"file://{tmp_path}/bucket --db-url sqlite:///{tmp_path}/alpr.db file:///elsewhere/x"
+
+
 def test_a_password_in_a_parameter_is_neither_echoed_nor_saved(tmp_path):
     url = "mysql+pymysql://alpr:hunter2@db:3306/alpr"
     workflow = _template(tasks=[{"name": "a", "template": "echo"}],

@@ -38,6 +38,7 @@ DEPENDENCY = re.compile(r"([\w-]+)(?:\.(Succeeded))?")
 # Whether a step that exits non-zero is retried: locally every failure is the step's own, never
 # an Argo error (a pod that could not start), so OnError and OnTransientError never retry here.
 RETRIED_ON_EXIT = {"Always": True, "OnFailure": True, "OnError": False, "OnTransientError": False}
+LOCAL_FILE_URLS = ("file://", "sqlite:///")  # then an absolute path: file:///work/x, sqlite:////work/x.db
 # user (maybe none), then the password: anything up to an @, / included (as SQLAlchemy reads it, and as
 # generated passwords hold it); an @ later in a URL's path is masked too, rather than a password shown
 PASSWORD_IN_URL = re.compile(r"(://[^/:@\s]*:)[^@\s]+@")
@@ -374,10 +375,14 @@ class LocalRun:
                          "to continue from this step")
 
     def _local(self, value: str, container: dict) -> str:
-        """Maps a path under a volume mount to its local folder, alone or as a flag's value (--out=/work/x)."""
+        """Maps a path under a volume mount to its local folder, alone, as a flag's value (--out=/work/x)
+        or as the path of a URL to a local file (file:///work/x, sqlite:////work/x.db)."""
         flag, sep, rest = value.partition("=")
         if sep and flag.startswith("-"):
             return f"{flag}={self._local(rest, container)}"
+        for scheme in LOCAL_FILE_URLS:
+            if value.startswith(scheme):
+                return scheme + self._local(value[len(scheme):], container)
         for mount in container.get("volumeMounts", []):
             local = self.mounts.get(mount["name"])
             path = mount["mountPath"].rstrip("/")
