@@ -102,6 +102,19 @@ def test_bad_backgrounds_folder_is_a_clear_error(tmp_path):
     assert f"{empty}: no images" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("name, content, problem", [
+    ("tiny.png", cv2.imencode(".png", np.zeros((5, 5, 3), np.uint8))[1].tobytes(), "5x5 px, too small for a background"),
+    ("broken.jpg", b"not a jpeg", "not a readable image"),
+])
+def test_a_background_that_cannot_be_used_is_named(tmp_path, name, content, problem):
+    backgrounds = tmp_path / "bg"
+    backgrounds.mkdir()
+    (backgrounds / name).write_bytes(content)
+    result = run_step_script("synth", "--out", str(tmp_path / "o"), "--count", "1", "--backgrounds", str(backgrounds))
+    assert result.returncode == 1
+    assert f"{backgrounds / name}: {problem}" in result.stderr and "Traceback" not in result.stderr
+
+
 @pytest.mark.parametrize("options, message", [
     (dict(width=0), "at least 8 px a side"), (dict(max_plates=0), "--max-plates 0: at least 1"),
     (dict(empty_fraction=2), "--empty-fraction 2: a share"),
@@ -130,18 +143,20 @@ def test_synth_writes_only_into_an_empty_folder_or_one_of_its_own(tmp_path):
     mine.mkdir()
     (mine / "car.jpg").write_bytes(b"my photo")
     (mine / "000000.json").write_text("{}")
-    with pytest.raises(UsageError, match=r"mine holds files synth did not write \(car.jpg, 1 in all\)"):
+    with pytest.raises(UsageError, match=r"mine holds files synth did not write \(000000.json, 2 in all\)"):
         generate(mine, 2, seed=1, options=SMALL, workers=1, progress=False)
     assert sorted(p.name for p in mine.iterdir()) == ["000000.json", "car.jpg"]
     assert (mine / "000000.json").read_text() == "{}"
+    frames = tmp_path / "frames"  # the user's labelme frames, named as synth names its files
+    frames.mkdir()
+    (frames / "000001.jpg").write_bytes(b"a frame")
+    (frames / "000001.json").write_text('{"shapes": []}')
+    with pytest.raises(UsageError, match="frames holds files synth did not write"):
+        generate(frames, 2, seed=1, options=SMALL, workers=1, progress=False)
+    assert (frames / "000001.jpg").read_bytes() == b"a frame" and not (frames / ".alpr-synth").exists()
 
     ours = tmp_path / "ours"
     generate(ours, 1, seed=1, options=SMALL, workers=1, progress=False)
     (ours / "notes.txt").write_text("the user's, in a folder synth wrote")
     generate(ours, 2, seed=1, options=SMALL, workers=1, progress=False)
     assert (ours / "000001.json").is_file()
-    older = tmp_path / "older"  # written before synth marked its folders: synth's names alone
-    generate(older, 1, seed=1, options=SMALL, workers=1, progress=False)
-    (older / ".alpr-synth").unlink()
-    generate(older, 2, seed=1, options=SMALL, workers=1, progress=False)
-    assert (older / ".alpr-synth").is_file()

@@ -16,6 +16,7 @@ import numpy as np
 from alpr.errors import UsageError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+MIN_CROP = 8  # px a side of the crop a background is cut from
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -38,9 +39,13 @@ def _read_photo(path: str) -> np.ndarray:
 
     try:
         with Image.open(path) as image:
-            return np.ascontiguousarray(np.asarray(image.convert("RGB"))[..., ::-1])
+            photo = np.ascontiguousarray(np.asarray(image.convert("RGB"))[..., ::-1])
     except (OSError, UnidentifiedImageError) as error:
         raise UsageError(f"{path}: not a readable image ({error})") from None
+    if min(photo.shape[:2]) < MIN_CROP:
+        raise UsageError(f"{path}: {photo.shape[1]}x{photo.shape[0]} px, too small for a background "
+                         f"(at least {MIN_CROP} px a side)")
+    return photo
 
 
 class Backgrounds:
@@ -70,7 +75,7 @@ def random_crop(rng: np.random.Generator, photo: np.ndarray, width: int, height:
     """A random crop with the output's aspect ratio, resized to width x height."""
     ph, pw = photo.shape[:2]
     scale = min(pw / width, ph / height) * rng.uniform(0.5, 1.0)
-    cw, ch = max(8, int(width * scale)), max(8, int(height * scale))
+    cw, ch = min(pw, max(MIN_CROP, int(width * scale))), min(ph, max(MIN_CROP, int(height * scale)))
     x0, y0 = rng.integers(0, pw - cw + 1), rng.integers(0, ph - ch + 1)
     crop = photo[y0:y0 + ch, x0:x0 + cw]
     if rng.random() < 0.5:

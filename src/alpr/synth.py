@@ -364,10 +364,12 @@ def claim_folder(out: Path) -> None:
     """Makes out a folder synth writes, or refuses one that holds files of someone else's: synth would
     overwrite them, and record would take its images and theirs as one dataset."""
     if out.is_dir() and not (out / MARK).exists():
-        foreign = sorted(p.name for p in out.iterdir() if not is_synth_name(p))
-        if foreign:
-            raise UsageError(f"{out} holds files synth did not write ({foreign[0]}, {len(foreign)} in all); "
-                             "synth writes only into an empty folder or one it wrote before: choose another --out")
+        # unmarked files are not taken for synth's by their names: labelme frames are often 000001.jpg too
+        files = sorted(p.name for p in out.iterdir())
+        if files:
+            raise UsageError(f"{out} holds files synth did not write ({files[0]}, {len(files)} in all); synth "
+                             f"writes only into an empty folder or one it wrote before (marked {MARK}): choose "
+                             "another --out")
     out.mkdir(parents=True, exist_ok=True)
     (out / MARK).write_text("alpr synth writes here\n")
 
