@@ -122,6 +122,41 @@ def test_a_device_that_is_no_device_or_not_there_is_a_usage_error():
         resolve_device(f"cuda:{visible}")
 
 
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that claims width x height pixels and holds none."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)) + \
+        chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("image, message", [
+    (np.zeros((4, 4, 3), np.float64), "dtype float64: expected uint8"),
+    (np.zeros((4, 4), np.uint16), "dtype uint16: expected uint8"),
+    (np.zeros((4, 4, 3), bool), "dtype bool: expected uint8"),
+    (np.zeros((4, 4, 2), np.uint8), r"shape \(4, 4, 2\): expected H x W x 3"),
+])
+def test_an_array_the_model_cannot_take_is_a_usage_error(image, message):
+    from alpr.reader import load_image
+
+    with pytest.raises(UsageError, match=message):
+        load_image(image)
+
+
+def test_an_image_file_that_claims_too_many_pixels_or_holds_none_is_a_usage_error(tmp_path):
+    from alpr.reader import check_image_size, load_image
+
+    (tmp_path / "huge.png").write_bytes(_png_header(40_000, 40_000))
+    with pytest.raises(UsageError, match="huge.png: not a readable image"):
+        load_image(tmp_path / "huge.png")
+    with pytest.raises(UsageError, match="crop: 0x0 px, an empty image"):
+        check_image_size(np.zeros((0, 0, 3), np.uint8), 1280, "crop")
+
+
 def test_each_board_is_read_again_at_each_zoom_width(smoke_workdir, smoke_training, synth_dir):
     """Each plate found first is run through the model again, in windows scaled so that its board
     is each of the zoom widths wide (the plates here are given: a 4-iteration model's boards are chance)."""

@@ -337,12 +337,15 @@ def test_the_model_is_a_checkpoint_a_folder_holding_one_or_a_store_url(tmp_path)
 
     models, cache = tmp_path / "models", tmp_path / "cache"  # KServe's storage initializer fills /mnt/models
     (models / "run").mkdir(parents=True)
-    for name in ("run/iter_8.pth", "run/best.pth", "a.pth"):
+    for name in ("run/iter_8.pth", "run/best.pth", "run/glyph_net.pth", "a.pth"):
         (models / name).write_bytes(name.encode())
     assert resolve_checkpoint(str(models), cache) == models / "run" / "best.pth"  # best.pth before any other
     (models / "run" / "best.pth").unlink()
-    assert resolve_checkpoint(str(models), cache) == models / "a.pth"
+    with pytest.raises(UsageError, match=r"models: 2 checkpoints \(a.pth, run/iter_8.pth\) and no single best.pth"):
+        resolve_checkpoint(str(models), cache)  # the glyph classifier is not one of them
     assert resolve_checkpoint(str(models / "a.pth"), cache) == models / "a.pth"
+    (models / "a.pth").unlink()
+    assert resolve_checkpoint(str(models), cache) == models / "run" / "iter_8.pth"
     downloaded = resolve_checkpoint((models / "run" / "iter_8.pth").as_uri(), cache)
     assert downloaded.parent == cache and downloaded.read_bytes() == b"run/iter_8.pth"
     (tmp_path / "empty").mkdir()

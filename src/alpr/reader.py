@@ -43,6 +43,8 @@ def load_image(image: Image) -> np.ndarray:
     import cv2
 
     if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8:  # the model takes 0-255: floats in 0-1 or 16-bit values read as nothing
+            raise UsageError(f"image array of dtype {image.dtype}: expected uint8 (BGR, 0-255)")
         if image.ndim == 2:
             return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
         if image.ndim != 3 or image.shape[2] not in (3, 4):
@@ -51,7 +53,10 @@ def load_image(image: Image) -> np.ndarray:
     path = Path(image)
     if not path.is_file():
         raise UsageError(f"{path}: image not found")
-    array = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    try:
+        array = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    except cv2.error as error:  # OpenCV raises, rather than returning None, for a header of over 2**30 pixels
+        raise UsageError(f"{path}: not a readable image ({error.err})") from None
     if array is None:
         raise UsageError(f"{path}: not a readable image")
     return array
@@ -61,6 +66,8 @@ def check_image_size(image: np.ndarray, size: int, name: str = "image") -> None:
     """An error for an image too thin to read: scaled to ``size`` px on its long side (as the model
     takes it), its short side would be under a pixel."""
     height, width = image.shape[:2]
+    if min(height, width) == 0:
+        raise UsageError(f"{name}: {width}x{height} px, an empty image")
     if min(height, width) * size < max(height, width):
         raise UsageError(f"{name}: {width}x{height} px is too thin to read: scaled to {size} px on its long "
                          "side, its short side would be under 1 px")

@@ -69,10 +69,15 @@ def resolve_checkpoint(model: str, cache: Path) -> Path:
         return target
     path = Path(model)
     if path.is_dir():
-        found = sorted(path.rglob("*.pth"), key=lambda p: (p.name != "best.pth", str(p)))
-        if not found:
-            raise UsageError(f"{path}: no .pth checkpoint in this folder")
-        return found[0]
+        from alpr.glyphs import GLYPH_NET
+
+        found = sorted(p for p in path.rglob("*.pth") if p.name != GLYPH_NET)  # that one reads glyphs alone
+        chosen = [p for p in found if p.name == "best.pth"] or found
+        if len(chosen) != 1:
+            names = ", ".join(str(p.relative_to(path)) for p in chosen)
+            raise UsageError(f"{path}: no .pth checkpoint in this folder" if not chosen else
+                             f"{path}: {len(chosen)} checkpoints ({names}) and no single best.pth; name the one to serve")
+        return chosen[0]
     if not path.is_file():
         raise UsageError(f"{path}: checkpoint not found")
     return path
