@@ -88,6 +88,11 @@ def _break_rectangle(json_path):
     _edit(json_path, lambda d: d["shapes"][0].update(shape_type="rectangle", points=d["shapes"][0]["points"][:3]))
 
 
+def _break_folder(json_path):
+    json_path.unlink()
+    json_path.mkdir()  # a folder named as a labelme file
+
+
 BAD_INPUTS = {
     "unreadable image": (_break_unreadable, "unreadable image"),
     "truncated jpeg": (_break_truncated, "truncated JPEG"),
@@ -102,6 +107,7 @@ BAD_INPUTS = {
     "outside image": (_break_outside, "polygon lies outside the 320x240 image"),
     "char outside board": (_break_char_outside, "character lies outside every board"),
     "rectangle of 3 points": (_break_rectangle, "a rectangle has 2 points (two corners), this one 3"),
+    "folder named .json": (_break_folder, "cannot be read: Is a directory"),
 }
 
 

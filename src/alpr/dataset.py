@@ -233,6 +233,8 @@ def _try_load(json_path: Path, source: Path) -> AnnotatedImage | AnnotationError
         return load_labelme(json_path, source)
     except AnnotationError as error:
         return error
+    except OSError as error:  # a file it may not read, a folder named *.json: reported with the others
+        return AnnotationError(json_path, f"cannot be read: {error.strerror} ({error.filename})")
 
 
 @contextmanager
