@@ -230,6 +230,7 @@ def test_a_password_in_a_parameter_is_neither_echoed_nor_saved(tmp_path):
 
     assert redact("redis://:pw@cache:6379") == "redis://:***@cache:6379"
     assert redact("--db-url mysql+pymysql://alpr:ab/cd@db/alpr -v") == "--db-url mysql+pymysql://alpr:***@db/alpr -v"
+    assert redact("mysql+pymysql://root:p@ss@db/alpr") == "mysql+pymysql://root:***@db/alpr"
     assert redact("http://host:8080/a?x=1 b@c") == "http://host:8080/a?x=1 b@c"  # a port, then a path: no password
 
 

@@ -228,6 +228,9 @@ def test_a_database_that_is_no_url_or_not_there_is_a_clear_error_without_its_pas
                                                r"installed; .* mysql\+pymysql://") as caught:
         db.connect("mysql://root:s3cret@127.0.0.1/test")  # the usual spelling asks for a driver not installed
     assert "s3cret" not in str(caught.value)
+    with pytest.raises(db.DatabaseError, match="write an @ in the user name or password as %40") as caught:
+        db.connect("mysql+pymysql://root:s3c@ret@127.0.0.1/test")
+    assert "s3c" not in str(caught.value) and "ret@" not in str(caught.value)
 
 
 def test_what_would_fail_late_is_refused_before_anything_is_written(synth_dir, tmp_path):

@@ -105,6 +105,9 @@ def connect(url: str) -> Engine:
     except sa.exc.ArgumentError:  # the text may hold a password: not repeated here
         raise DatabaseError("the database URL (--db-url or ALPR_DB_URL) is not a SQLAlchemy URL, e.g. "
                             "sqlite:////work/alpr.db or mysql+pymysql://USER:PASSWORD@HOST:3306/DB") from None
+    if "@" in (parsed.host or ""):  # the password held an @ not written %40: the host shown would hold its end
+        raise DatabaseError("the database URL (--db-url or ALPR_DB_URL) has an @ after the one before its host: "
+                            "write an @ in the user name or password as %40")
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     try:

@@ -39,9 +39,9 @@ DEPENDENCY = re.compile(r"([\w-]+)(?:\.(Succeeded))?")
 # an Argo error (a pod that could not start), so OnError and OnTransientError never retry here.
 RETRIED_ON_EXIT = {"Always": True, "OnFailure": True, "OnError": False, "OnTransientError": False}
 LOCAL_FILE_URLS = ("file://", "sqlite:///")  # then an absolute path: file:///work/x, sqlite:////work/x.db
-# user (maybe none), then the password: anything up to an @, / included (as SQLAlchemy reads it, and as
-# generated passwords hold it); an @ later in a URL's path is masked too, rather than a password shown
-PASSWORD_IN_URL = re.compile(r"(://[^/:@\s]*:)[^@\s]+@")
+# user (maybe none), then the password: anything up to the last @ before a space, / and @ included (a
+# generated password may hold them); an @ later in a URL's path is masked too, rather than a password shown
+PASSWORD_IN_URL = re.compile(r"(://[^/:@\s]*:)\S+@")
 
 
 def redact(text: str) -> str:
