@@ -75,7 +75,7 @@ def random_crop(rng: np.random.Generator, photo: np.ndarray, width: int, height:
     """A random crop with the output's aspect ratio, resized to width x height."""
     ph, pw = photo.shape[:2]
     scale = min(pw / width, ph / height) * rng.uniform(0.5, 1.0)
-    cw, ch = min(pw, max(MIN_CROP, int(width * scale))), min(ph, max(MIN_CROP, int(height * scale)))
+    cw, ch = max(MIN_CROP, int(width * scale)), max(MIN_CROP, int(height * scale))
     x0, y0 = rng.integers(0, pw - cw + 1), rng.integers(0, ph - ch + 1)
     crop = photo[y0:y0 + ch, x0:x0 + cw]
     if rng.random() < 0.5:

@@ -137,9 +137,11 @@ def path_in_repo(source: str, tag: str, folder: str, cwd: Path) -> str:
         git(cwd, "clone", "-q", "--bare", "--depth", "1", "--filter=blob:none", "--branch", tag, source, clone)
         names = git(Path(clone), "ls-tree", "-r", "--name-only", "HEAD").splitlines()
     found = [name.removesuffix(".dvc") for name in names if name == pointer or name.endswith(f"/{pointer}")]
-    if len(found) != 1:
-        raise VersioningError(f"{source}: tag {tag} holds {len(found) or 'no'} {pointer} pointer(s)"
-                              f"{': ' + ', '.join(found) if found else ''}; cannot tell which to pull")
+    if not found:
+        raise VersioningError(f"{source}: tag {tag} holds no {pointer}")
+    if len(found) > 1:
+        raise VersioningError(f"{source}: tag {tag} holds {len(found)} of them ({', '.join(found)}); "
+                              "cannot tell which to pull")
     return found[0]
 
 
