@@ -12,7 +12,7 @@ WORK ?= work
 setup: $(STAMP)
 
 # Idempotent: reruns only when the requirements change; pip's cache holds the mmcv wheel after the first build.
-$(STAMP): requirements.txt requirements-test.txt requirements-build.txt pyproject.toml
+$(STAMP): requirements.txt requirements-test.txt requirements-build.txt requirements-headless.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -U pip
 	$(PIP) install -q -r requirements.txt -r requirements-test.txt
@@ -20,6 +20,9 @@ $(STAMP): requirements.txt requirements-test.txt requirements-build.txt pyprojec
 	$(PIP) install -q -r requirements-build.txt
 	$(PIP) install -q --no-build-isolation mmcv==2.1.0
 	$(PIP) install -q --no-deps --no-build-isolation -e .
+	# mmengine and mmcv require opencv-python, whose Qt build needs libGL: keep the headless one alone (as the images do).
+	$(PIP) uninstall -y opencv-python
+	$(PIP) install -q --no-deps --force-reinstall -r requirements-headless.txt
 	touch $(STAMP)
 
 # The whole pipeline (synth -> record -> train -> evaluate -> test) from the very WorkflowTemplate a

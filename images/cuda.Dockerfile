@@ -16,17 +16,23 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 MMCV_WITH_OPS=1 FORCE_CUD
 RUN python3.11 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
-COPY requirements.txt requirements-build.txt ./
+COPY requirements.txt requirements-build.txt requirements-headless.txt ./
+# mmengine and mmcv require opencv-python, whose Qt build needs libGL, which the runtime stage has not:
+# keep the headless one alone.
 RUN pip install torch==2.13.0 \
     && pip install -r requirements.txt \
     && pip install -r requirements-build.txt \
-    && pip install --no-build-isolation mmcv==2.1.0
+    && pip install --no-build-isolation mmcv==2.1.0 \
+    && pip uninstall -y opencv-python \
+    && pip install --no-deps --force-reinstall -r requirements-headless.txt
 COPY pyproject.toml README.md ./
 COPY src ./src
 COPY steps ./steps
 RUN pip install --no-deps --no-build-isolation .
 
 FROM nvidia/cuda:13.0.0-cudnn-runtime-ubuntu22.04
+# git: DVC versions datasets in a git repository, on a volume whose root is root's (the step runs as 1000):
+# git refuses a repository there as of "dubious ownership" unless told that every directory is safe.
 ARG DEBIAN_FRONTEND=noninteractive
 # hadolint ignore=DL3008
 RUN apt-get update \
@@ -34,7 +40,8 @@ RUN apt-get update \
     && add-apt-repository -y ppa:deadsnakes/ppa \
     && apt-get install -y --no-install-recommends python3.11 \
     && rm -rf /var/lib/apt/lists/* \
-    && useradd --create-home --uid 1000 alpr
+    && useradd --create-home --uid 1000 alpr \
+    && git config --system --add safe.directory '*'
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
 COPY --chown=alpr:alpr steps ./steps

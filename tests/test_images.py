@@ -39,6 +39,22 @@ def test_base_images_are_pinned_and_the_step_runs_as_a_user(dockerfile):
     assert re.search(r"^USER\s+(?!0\b|root\b)\S+", final_stage, flags=re.M)
     for needed in ("COPY src ./src", "COPY steps ./steps", "mmcv==2.1.0", "-r requirements.txt"):
         assert needed in text
+    # the work volume's root is root's: git must take a repository there for one of user 1000's
+    assert "git config --system --add safe.directory '*'" in final_stage
+
+
+@pytest.mark.parametrize("recipe", [*DOCKERFILES, ROOT / "Makefile"], ids=lambda p: p.name)
+def test_the_headless_opencv_is_the_only_one_installed(recipe):
+    """mmengine and mmcv require opencv-python, whose cv2 needs libGL, which the images have not."""
+    text = recipe.read_text()
+    swap = [text.index("uninstall -y opencv-python"), text.index("--force-reinstall -r requirements-headless.txt")]
+    assert text.index("mmcv==2.1.0") < swap[0] < swap[1]
+
+
+def test_this_environment_has_the_headless_opencv():
+    import cv2.version
+
+    assert cv2.version.headless, "opencv-python is installed over the headless build: run the Makefile's setup"
 
 
 def test_hadolint_would_catch_an_unpinned_image(tmp_path):

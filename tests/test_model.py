@@ -74,6 +74,20 @@ def test_validation_reads_with_the_runs_glyph_classifier_where_it_has_one(smoke_
         ext.PlateMetric(str(val / "val.json"), str(glyphs)).compute_metrics(gone)
 
 
+def test_a_fresh_start_does_not_keep_a_glyph_classifier_left_by_one_cut_short(smoke_workdir):
+    import torch
+
+    train = smoke_workdir / "runs" / "cut-short" / "train"
+    train.mkdir(parents=True)
+    _reading_eights(train / "glyph_net.pth")  # written, then the run stopped before its first checkpoint
+    flags = [*SMOKE_TRAIN[:SMOKE_TRAIN.index("--run-id")], "--run-id", "cut-short",
+             *SMOKE_TRAIN[SMOKE_TRAIN.index("--run-id") + 2:], "--glyph-epochs", "0"]
+    result = run_step_script("train", "--workdir", str(smoke_workdir), *flags)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not (train / "glyph_net.pth").exists()
+    assert "glyph_net" not in torch.load(train / "best.pth", map_location="cpu", weights_only=False)["meta"]["alpr"]
+
+
 def test_checkpoint_reloads_with_no_config_file(smoke_workdir, smoke_training, synth_dir):
     import torch
 
@@ -444,6 +458,15 @@ def test_training_by_minutes_ends_by_itself_annealed_and_a_finished_run_stays_fi
     assert len(metric_lines(again.stdout)) == 3 and metric_lines(again.stdout) == metric_lines(result.stdout)[-3:]
     validations = [line for line in next(train.rglob("log.json")).read_text().splitlines() if '"EIR"' in line]
     assert len(validations) == len([s for s in scalars if "EIR" in s])  # the finished run was not validated again
+
+    # given more minutes, it trains on at its schedule's floor rather than warming up again
+    before = len(next(train.rglob("log.json")).read_text().splitlines())
+    timed[timed.index("--minutes") + 1] = "0.4"
+    longer = run_step_script("train", "--workdir", str(smoke_workdir), *timed)
+    assert longer.returncode == 0, longer.stderr[-3000:]
+    added = [json.loads(line) for line in next(train.rglob("log.json")).read_text().splitlines()[before:]]
+    rates = [s["lr"] for s in added if "lr" in s]
+    assert len(rates) >= 2 and rates == pytest.approx([2e-3 * 0.05] * len(rates))
 
 def test_evaluate_writes_metrics_plots_and_database_rows(smoke_workdir, smoke_training):
     result = run_step_script("evaluate", "--workdir", str(smoke_workdir), "--run-id", "r1", "--device", "cpu",

@@ -741,7 +741,9 @@ class TimeBudgetHook(Hook):
 
     The cosine schedule follows the time spent, not the iterations, so it ends annealed when the time
     is up; the iteration then running is the last: it is checkpointed and validated. A run resumed
-    carries on from the time its checkpoint had spent (kept in the message hub, which checkpoints hold).
+    carries on from the time its checkpoint had spent (kept in the message hub, which checkpoints hold),
+    on the schedule it started with: given more minutes, it trains the added ones at the schedule's floor,
+    as a resumed run given more epochs or iterations does, rather than warming the rate up again.
     The iteration count shown, and with it the ETA, is the one projected from the pace so far.
     """
 
@@ -755,6 +757,7 @@ class TimeBudgetHook(Hook):
 
     def before_train(self, runner) -> None:
         self.started = time.monotonic() - runner.message_hub.get_info("train_seconds", self.spent_seconds)
+        self.schedule_seconds = runner.message_hub.get_info("schedule_seconds", self.seconds)
         self.iteration_cap = runner.train_loop.max_iters  # --iters, if given
         for group in runner.optim_wrapper.param_groups:
             group.setdefault("initial_lr", group["lr"])  # restored from the optimizer's state on resume
@@ -764,9 +767,10 @@ class TimeBudgetHook(Hook):
     def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
         spent = self._spent()
         runner.message_hub.update_info("train_seconds", spent)
+        runner.message_hub.update_info("schedule_seconds", self.schedule_seconds)
+        factor = time_budget_lr_factor(spent / self.schedule_seconds, runner.iter, self.warmup_iters,
+                                       self.start_factor, self.min_lr_ratio)
         fraction = spent / self.seconds
-        factor = time_budget_lr_factor(fraction, runner.iter, self.warmup_iters, self.start_factor,
-                                       self.min_lr_ratio)
         for group in runner.optim_wrapper.param_groups:
             group["lr"] = group["initial_lr"] * factor
         # mmengine's loop has no other way to end early and still checkpoint and validate its last iteration

@@ -192,6 +192,8 @@ def train(options: TrainOptions) -> Path:
         check_start_checkpoint(options.load_from, settings)
     work.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
+    if not resume:  # one from a start cut short before its first checkpoint may be of other settings or data
+        (work / GLYPH_NET).unlink(missing_ok=True)
     if settings.glyph_epochs and not (work / GLYPH_NET).is_file():  # a resumed run has it
         train_glyphs(data, work / GLYPH_NET, settings.glyph_epochs, settings.seed, device)
     from mmengine.config import Config
