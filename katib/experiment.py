@@ -130,7 +130,9 @@ def experiment(objective: str = OBJECTIVE, algorithm: str = ALGORITHM, model: st
                 "primaryContainerName": "main",  # Argo runs a template's container as `main`
                 "primaryPodLabels": PRIMARY_POD_LABELS,
                 "successCondition": 'status.[@this].#(phase=="Succeeded")#',
-                "failureCondition": 'status.[@this].#(phase=="Failed")#',
+                # An Argo Workflow ends Failed, or Error (a pod deleted, the template missing): any
+                # phase but Succeeded that is not still Pending or Running.
+                "failureCondition": 'status.[@this].#(phase!="Succeeded")#|#(phase!%"*ing")#',
                 "trialParameters": [{"name": trial_name, "reference": name} for name, trial_name, _, _ in space],
                 "trialSpec": trial_spec(model),
             },

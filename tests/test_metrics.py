@@ -181,14 +181,14 @@ def test_plots_leave_no_picture_of_misses_where_every_plate_was_read(tmp_path):
 
 def test_aps_per_layout_ignore_the_other_layouts_plates_but_not_stray_detections():
     one_row, char = [(0, 0), (90, 0), (90, 30), (0, 30)], [(5, 5), (15, 5), (15, 25), (5, 25)]
-    two_row, stray = [(100, 0), (190, 0), (190, 60), (100, 60)], [(105, 5), (115, 5), (115, 25), (105, 25)]
+    two_row, stray = [(100, 0), (190, 0), (190, 60), (100, 60)], [(50, 60), (60, 60), (60, 80), (50, 80)]
     gt = _gt([_ann("l_board", one_row, text="12A3456"), _ann("1", char), _ann("r_board", two_row, text="34B5678")])
 
     def detection(label, polygon, score):
         x, y, w, h = _ann(label, polygon)["bbox"]
         return Detection(label, score, (x, y, x + w, y + h), _mask(polygon))
 
-    # the two-row board is missed, and a "1" that is no character outscores the true one
+    # the two-row board is missed, and a "1" on no plate outscores the true one
     found = {1: [detection("l_board", one_row, 0.9), detection("1", char, 0.9), detection("1", stray, 0.95)]}
     aps = coco_aps(gt, found)
     for kind in ("bbox_mAP", "segm_mAP", "dv_mAP"):
@@ -196,6 +196,34 @@ def test_aps_per_layout_ignore_the_other_layouts_plates_but_not_stray_detections
         assert aps[kind] == pytest.approx(0.5, abs=1e-6), kind
         assert aps[kind + "_one_row"] == pytest.approx(0.75, abs=1e-6), kind
         assert aps[kind + "_two_row"] == pytest.approx(0.0), kind
+
+
+def test_a_layouts_aps_ignore_detections_on_the_other_layouts_plates_at_every_threshold():
+    one_row, char = [(0, 0), (90, 0), (90, 30), (0, 30)], [(5, 5), (15, 5), (15, 25), (5, 25)]
+    two_row, other_char = [(100, 0), (190, 0), (190, 60), (100, 60)], [(105, 5), (115, 5), (115, 25), (105, 25)]
+    sloppy = [(x, y + 3) for x, y in other_char]  # box IoU 0.75: a match at IoU 0.5-0.75 only
+    gt = _gt([_ann("l_board", one_row, text="12A3456"), _ann("1", char),
+              _ann("r_board", two_row, text="34B5678"), _ann("1", other_char)])
+
+    def detection(label, polygon, score):
+        x, y, w, h = _ann(label, polygon)["bbox"]
+        return Detection(label, score, (x, y, x + w, y + h), _mask(polygon))
+
+    found = {1: [detection("l_board", one_row, 0.9), detection("1", char, 0.9),
+                 detection("r_board", two_row, 0.9), detection("1", sloppy, 0.95)]}
+    aps = coco_aps(gt, found)
+    for kind in ("bbox_mAP", "segm_mAP", "dv_mAP"):
+        assert aps[kind + "_one_row"] == pytest.approx(1.0), kind  # the one-row plate's detections are exact
+    # two-row: r_board 1, its "1" matched at 6 of the 10 IoU thresholds
+    assert aps["bbox_mAP_two_row"] == pytest.approx(0.8, abs=1e-6)
+
+
+def test_segm_and_dv_map_are_not_scored_on_detections_without_masks():
+    gt = _gt([_ann("l_board", RECT, text="12A3456")])
+    x, y, w, h = gt.anns[1]["bbox"]
+    aps = coco_aps(gt, {1: [Detection("l_board", 0.9, (x, y, x + w, y + h))]})
+    assert aps["bbox_mAP"] == pytest.approx(1.0)
+    assert aps["segm_mAP"] == aps["dv_mAP"] == 0.0
 
 
 def test_per_layout_precision_counts_plates_by_the_layout_read_and_characters_by_their_plate():

@@ -1,6 +1,6 @@
 import pytest
 
-from alpr.postprocess import Detection, read_plates
+from alpr.postprocess import Detection, ReadOptions, read_plates, usable
 from handmade import plate_detections as _plate
 
 
@@ -70,6 +70,14 @@ def test_low_scores_are_ignored_and_missing_region_reported():
     dets = [d for d in _plate("12A3456") if d.label != "l_s_n"]
     [plate] = read_plates(dets)
     assert plate.reason == "sub-text (DDL) region not found"
+
+
+def test_usable_keeps_each_kind_above_its_own_threshold():
+    options = ReadOptions(board_threshold=0.5, char_threshold=0.4, region_threshold=0.3)
+    kept = {(d.label, d.score) for d in usable([Detection(label, score, (0, 0, 10, 10))
+                                                for label in ("l_board", "7", "l_s_n") for score in (0.35, 0.45)],
+                                               options)}
+    assert kept == {("7", 0.45), ("l_s_n", 0.35), ("l_s_n", 0.45)}
 
 
 def test_plate_json_shape():

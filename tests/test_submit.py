@@ -18,17 +18,23 @@ ROOT = Path(__file__).parents[1]
 class Recorder(BaseHTTPRequestHandler):
     requests: list = []
     status = 200
+    page = None  # what answers instead of the API, e.g. a proxy's login page
+
+    def _answer(self, status: int, reply: bytes, content_type: str):
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(reply)))
+        self.end_headers()
+        self.wfile.write(reply)
 
     def do_POST(self):  # noqa: N802
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         Recorder.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
         workflow = {**body["workflow"], "metadata": {**body["workflow"]["metadata"], "name": "alpr-pipeline-abc12"}}
+        if Recorder.page is not None:
+            return self._answer(200, Recorder.page.encode(), "text/html")
         reply = json.dumps(workflow if Recorder.status == 200 else {"code": 3, "message": "bad things"}).encode()
-        self.send_response(Recorder.status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(reply)))
-        self.end_headers()
-        self.wfile.write(reply)
+        self._answer(Recorder.status, reply, "application/json")
 
     def log_message(self, *args):
         pass
@@ -36,7 +42,7 @@ class Recorder(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def argo_server():
-    Recorder.requests, Recorder.status = [], 200
+    Recorder.requests, Recorder.status, Recorder.page = [], 200, None
     server = HTTPServer(("127.0.0.1", 0), Recorder)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -103,3 +109,11 @@ def test_a_server_given_as_host_and_port_is_tls_unless_argo_secure_is_false(monk
     if secure is not None:
         monkeypatch.setenv("ARGO_SECURE", secure)
     assert ArgoServer.from_env("argo.example:2746").host == f"{scheme}://argo.example:2746/"
+
+
+@pytest.mark.parametrize("page", ["<html><body>Sign in</body></html>", '{"kind": "Status"}'])
+def test_a_page_that_is_not_the_api_is_named_as_such(argo_server, page):
+    Recorder.page = page
+    result = _submit(argo_server)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"Argo server {argo_server}/ answered, but not as the Argo API does" in result.stderr

@@ -9,6 +9,9 @@ from hera.workflows import DAG, Parameter, WorkflowTemplate
 from alpr.argo import RUN_ID, WORK_MOUNT, common_parameters, evaluate_outputs, param, step, volumes, workflow_metadata
 
 KATIB_LABEL = {"katib.kubeflow.org/model-training": "true"}
+# Workflow parameters passed to the train step as the flag of the same name.
+TRAIN_SETTINGS = ("model", "epochs", "batch-size", "img-size", "lr", "weight-decay", "widen-factor", "drop-rate",
+                  "drop-path-rate", "window-size", "mlp-ratio", "amp")
 
 with WorkflowTemplate(
     name="alpr-train-trial",
@@ -35,16 +38,13 @@ with WorkflowTemplate(
     volumes=volumes(),
     **workflow_metadata(),
 ) as trial:
-    workdir = ["--workdir", WORK_MOUNT]
-    train = step("train", [*workdir, "--dataset", param("dataset-name"), "--version", param("dataset-version"),
-                           "--model", param("model"), "--run-id", RUN_ID, "--epochs", param("epochs"),
-                           "--batch-size", param("batch-size"), "--img-size", param("img-size"), "--lr", param("lr"),
-                           "--weight-decay", param("weight-decay"), "--widen-factor", param("widen-factor"),
-                           "--drop-rate", param("drop-rate"), "--drop-path-rate", param("drop-path-rate"),
-                           "--window-size", param("window-size"), "--mlp-ratio", param("mlp-ratio"),
-                           "--amp", param("amp")],
+    # Katib's StdOut collector reruns the train container as `sh -c` with its args joined by spaces,
+    # where an empty value given as a word of its own would vanish: each flag and value is one word.
+    train = step("train", [f"--workdir={WORK_MOUNT}", f"--dataset={param('dataset-name')}",
+                           f"--version={param('dataset-version')}", f"--run-id={RUN_ID}",
+                           *(f"--{name}={param(name)}" for name in TRAIN_SETTINGS)],
                  gpu=True, retries=3, memory="8Gi", labels=KATIB_LABEL)
-    evaluate = step("evaluate", [*workdir, "--run-id", RUN_ID, "--db-url", param("db-url"),
+    evaluate = step("evaluate", ["--workdir", WORK_MOUNT, "--run-id", RUN_ID, "--db-url", param("db-url"),
                                  "--store", param("store")], gpu=True, outputs=evaluate_outputs())
     with DAG(name="trial"):
         train() >> evaluate()

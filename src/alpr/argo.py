@@ -50,6 +50,9 @@ def volumes() -> list[m.Volume]:
             claim_name=param("work-pvc"))),
         m.Volume(name="secrets", secret=m.SecretVolumeSource(secret_name=SECRET_PARAM, optional=True, items=[
             m.KeyToPath(key=GCS_KEY_FILE, path=GCS_KEY_FILE)])),
+        # DataLoader workers hand batches over in shared memory, and a pod's own /dev/shm is 64 MiB:
+        # a few batches of 32 training crops. It counts against the step's memory limit.
+        m.Volume(name="dshm", empty_dir=m.EmptyDirVolumeSource(medium="Memory", size_limit="2Gi")),
     ]
 
 
@@ -74,7 +77,8 @@ def step(name: str, args: list[str], gpu: bool = False, retries: int = 0, output
         args=args,
         env=_env(),
         volume_mounts=[m.VolumeMount(name="work", mount_path=WORK_MOUNT),
-                       m.VolumeMount(name="secrets", mount_path=SECRET_MOUNT, read_only=True)],
+                       m.VolumeMount(name="secrets", mount_path=SECRET_MOUNT, read_only=True),
+                       m.VolumeMount(name="dshm", mount_path="/dev/shm")],
         resources=m.ResourceRequirements(requests={"cpu": cpu, "memory": memory}, limits={"memory": memory}),
         pod_spec_patch=patch if gpu else None,
         labels=labels,

@@ -17,9 +17,10 @@
   {"plates": 40, "EIR": 0.95}``), bins of :data:`WIDTH_BINS` that hold plates, narrowest first.
 - ``misses``: each ground-truth plate not read exactly: its image, box, layout, true text, the
   text read (None where none was) and its outcome, in the images' order.
-Each is also reported per layout (``EIR_one_row``, ``dv_mAP_two_row``, ...): ground-truth plates
-and their characters by their own layout, predicted plates (for precision) by the layout they
-were read as; a layout's APs ignore the other layout's plates (see :func:`_layout_aps`).
+The APs, EIR, character accuracy and plate precision and recall are also reported per layout
+(``EIR_one_row``, ``dv_mAP_two_row``, ...): ground-truth plates and their characters by their own
+layout, predicted plates (for precision) by the layout they were read as; a layout's APs ignore
+the other layout's plates (see :func:`_layout_aps`).
 :func:`metric_names` lists them all.
 """
 
@@ -199,32 +200,44 @@ def _ap(evaluator: COCOeval) -> float:
     return max(float(evaluator.stats[0]), 0.0)
 
 
-def _layout_aps(evaluator: COCOeval, layout_of: dict[int, Layout]) -> dict[Layout, float]:
-    """AP per layout from one evaluation: the same matches, with the ground truth of other plates,
-    and the detections matched to it, ignored, as COCO ignores crowd regions. A detection that
-    matches nothing counts against both layouts."""
+def _layout_aps(evaluator: COCOeval, gt_layout: dict[int, Layout | None]) -> dict[Layout, float]:
+    """AP per layout from one evaluation. Other layouts' plates are ignored as COCO ignores crowd
+    regions: their ground truth, and the detections matched to it or, unmatched, lying on such a plate
+    (:func:`annotation_layouts`). A detection on no plate counts against both layouts."""
+    dt_layout = annotation_layouts(evaluator.cocoGt, evaluator.cocoDt)
     evaluated, aps = evaluator.evalImgs, {}
     for layout in Layout:
-        other = np.zeros(max(layout_of, default=0) + 1, bool)  # by annotation id; id 0 is "no match"
-        other[[ann_id for ann_id, of in layout_of.items() if of != layout]] = True
-        evaluator.evalImgs = [e and {**e, "gtIgnore": np.logical_or(e["gtIgnore"], other[e["gtIds"]]),
-                                     "dtIgnore": np.logical_or(e["dtIgnore"], other[e["dtMatches"].astype(int)])}
-                              for e in evaluated]
+        other_gt = _flags(gt_layout, lambda of: of != layout)
+        other_dt = _flags(dt_layout, lambda of: of not in (None, layout))  # on no plate: against both
+
+        def ignored(e: dict) -> np.ndarray:
+            matched = e["dtMatches"].astype(int)  # by annotation id; id 0 is "no match"
+            return e["dtIgnore"] | other_gt[matched] | ((matched == 0) & other_dt[np.asarray(e["dtIds"], int)])
+
+        evaluator.evalImgs = [e and {**e, "gtIgnore": np.logical_or(e["gtIgnore"], other_gt[e["gtIds"]]),
+                                     "dtIgnore": ignored(e)} for e in evaluated]
         aps[layout] = _ap(evaluator)
     evaluator.evalImgs = evaluated
     return aps
 
 
-def gt_layouts(gt: COCO) -> dict[int, Layout | None]:
-    """Each ground-truth annotation's layout: a region's by its class, a character's by the plate
-    that holds it (None outside every plate)."""
+def _flags(layouts: dict[int, Layout | None], flagged) -> np.ndarray:
+    """A lookup by annotation id (0: no annotation) of whether ``flagged(layout)`` holds."""
+    flags = np.zeros(max(layouts, default=0) + 1, bool)
+    flags[[i for i, of in layouts.items() if flagged(of)]] = True
+    return flags
+
+
+def annotation_layouts(gt: COCO, coco: COCO) -> dict[int, Layout | None]:
+    """The layout of each annotation in ``coco`` (the ground truth ``gt`` or detections on its images):
+    a region's by its class, a character's by the ground-truth plate that holds its centre (None
+    outside every plate)."""
+    truth = {image_id: true_plates(gt, image_id) for image_id in gt.getImgIds()}
     layouts = {}
-    for image_id in gt.getImgIds():
-        truth = true_plates(gt, image_id)
-        for ann in gt.imgToAnns.get(image_id, []):
-            label = CLASSES[ann["category_id"] - 1]
-            region = BOARD_LABELS.get(label) or SUB_LABELS.get(label) or MAIN_LABELS.get(label)
-            layouts[ann["id"]] = region or _layout_at(truth, _xyxy(ann["bbox"]))
+    for ann in coco.anns.values():
+        label = CLASSES[ann["category_id"] - 1]
+        region = BOARD_LABELS.get(label) or SUB_LABELS.get(label) or MAIN_LABELS.get(label)
+        layouts[ann["id"]] = region or _layout_at(truth[ann["image_id"]], _xyxy(ann["bbox"]))
     return layouts
 
 
@@ -244,12 +257,13 @@ def coco_aps(gt: COCO, detections: dict[int, list[Detection]]) -> dict[str, floa
     scores = {f"{key}{suffix}": 0.0 for key in AP_METRICS for suffix in SUFFIXES}
     if not results:
         return scores
+    masked = all("segmentation" in r for r in results)  # before loadRes, which gives boxes a rectangle
     with contextlib.redirect_stdout(io.StringIO()):
         dt = gt.loadRes(results)
-    layout_of = gt_layouts(gt)
+    gt_layout = annotation_layouts(gt, gt)
     for key, evaluator in (("bbox_mAP", COCOeval(gt, dt, "bbox")), ("segm_mAP", COCOeval(gt, dt, "segm")),
                            ("dv_mAP", DvCOCOeval(gt, dt))):
-        if key != "bbox_mAP" and not all("segmentation" in r for r in results):
+        if key != "bbox_mAP" and not masked:
             continue
         evaluator.params.imgIds = sorted(detections)
         # only AP over all sizes is reported: the small, medium and large ranges would cost 3 times more
@@ -257,7 +271,7 @@ def coco_aps(gt: COCO, detections: dict[int, list[Detection]]) -> dict[str, floa
         with contextlib.redirect_stdout(io.StringIO()):
             evaluator.evaluate()
         scores[key] = _ap(evaluator)
-        for layout, ap in _layout_aps(evaluator, layout_of).items():
+        for layout, ap in _layout_aps(evaluator, gt_layout).items():
             scores[key + layout_suffix(layout)] = ap
     return scores
 

@@ -179,14 +179,21 @@ def _reread(rows: list[list[Detection]], glyphs: Glyphs) -> list[list[Detection]
     return reread
 
 
+def usable(detections: list[Detection], options: ReadOptions = ReadOptions()) -> list[Detection]:
+    """The detections reading uses: boards, characters and text regions above their thresholds."""
+    def threshold(label: str) -> float:
+        return options.board_threshold if label in BOARD_LABELS else \
+            options.char_threshold if label in CHARACTER_CLASSES else options.region_threshold
+    return [d for d in detections if d.score >= threshold(d.label)]
+
+
 def read_board(board: Detection, detections: list[Detection], options: ReadOptions = ReadOptions(),
                glyphs: Glyphs | None = None) -> Plate:
     layout = BOARD_LABELS[board.label]
-    regions = [d for d in detections if d.score >= options.region_threshold]
-    sub = _best(regions, SUB_LABELS, board.bbox, layout)
-    main = _best(regions, MAIN_LABELS, board.bbox, layout)
-    confident = [d for d in detections if d.label in CHARACTER_CLASSES and d.score >= options.char_threshold
-                 and _inside(d.centre, board.bbox)]
+    kept = usable(detections, options)
+    sub = _best(kept, SUB_LABELS, board.bbox, layout)
+    main = _best(kept, MAIN_LABELS, board.bbox, layout)
+    confident = [d for d in kept if d.label in CHARACTER_CLASSES and _inside(d.centre, board.bbox)]
     chars = _suppress(confident, _overlapping(options.duplicate_iou))
     if not chars:
         return _unread(layout, board, "no characters found on the board")
@@ -220,7 +227,7 @@ def read_plates(detections: list[Detection], options: ReadOptions = ReadOptions(
                 ) -> list[Plate]:
     """Every board above the threshold becomes a plate, read or with the reason it was not; its
     characters read again by ``glyphs`` where given."""
-    boards = _suppress([d for d in detections if d.label in BOARD_LABELS and d.score >= options.board_threshold],
+    boards = _suppress([d for d in usable(detections, options) if d.label in BOARD_LABELS],
                        _overlapping(options.duplicate_iou))
     plates = [read_board(board, detections, options, glyphs) for board in boards]
     return sorted(plates, key=lambda p: (p.bbox[1], p.bbox[0]))

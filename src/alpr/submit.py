@@ -74,6 +74,10 @@ def submit(server: ArgoServer, parameters: dict[str, str], template: str = "alpr
         created = workflow.create()
     except HeraException as error:
         raise AlprError(f"Argo server {server.host} refused the workflow: {error}") from None
+    except ValueError as error:  # not JSON, or not a Workflow: a login page or proxy answered, not the API
+        reason = str(error).splitlines()[0]
+        raise AlprError(f"Argo server {server.host} answered, but not as the Argo API does ({reason}): is it "
+                        "the Argo server's address, with its base path if it has one?") from None
     except RequestException as error:
         raise AlprError(f"Argo server {server.host} could not be reached, or did not answer within "
                         f"{server.timeout:g} s: {error}") from None

@@ -14,7 +14,7 @@ from pycocotools import mask as mask_utils
 from alpr.backgrounds import IMAGE_SUFFIXES, list_images
 from alpr.errors import AlprError, UsageError, read_json
 from alpr.plates import BOARD_LABELS, CHARACTER_CLASSES
-from alpr.postprocess import Detection, Plate
+from alpr.postprocess import Detection, Plate, usable
 from alpr.progress import show_progress
 from alpr.workdir import dataset_dir, run_dir, train_dir
 
@@ -163,7 +163,8 @@ def test_run(options: TestOptions, progress: bool = True) -> Path:
                     continue
                 dets, plates = read[path]
                 lines.write(prediction_line(str(path), plates) + "\n")
-                write_picture(pictures / path.relative_to(root), draw(arrays[path], dets, plates))
+                drawn = usable(dets, reader.options)  # what reading used, not the weaker ones kept for mAP
+                write_picture(pictures / path.relative_to(root), draw(arrays[path], drawn, plates))
             advance(len(batch))
     shutil.rmtree(out / "images", ignore_errors=True)  # an earlier test's pictures, maybe of other images
     pictures.replace(out / "images")

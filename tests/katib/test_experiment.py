@@ -3,8 +3,10 @@ webhook, and wired to the alpr-train-trial WorkflowTemplate its trials run."""
 
 import copy
 import importlib.util
+import fnmatch
 import json
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +22,9 @@ EXPERIMENT = ROOT / "katib" / "experiment.yaml"
 TRIAL_TEMPLATE = ROOT / "workflows" / "alpr-train-trial.yaml"
 USES = re.compile(r"\$\{trialParameters\.([^{}]+)\}")
 ARGO_SUCCEEDED = 'status.[@this].#(phase=="Succeeded")#'
-ARGO_FAILED = 'status.[@this].#(phase=="Failed")#'
+ARGO_FAILED = 'status.[@this].#(phase!="Succeeded")#|#(phase!%"*ing")#'
+ARGO_PHASES = {"Pending": None, "Running": None, "Succeeded": "succeeded", "Failed": "failed", "Error": "failed"}
+QUERY = re.compile(r'#\((\w+)(==|!=|%|!%)"([^"]*)"\)#')
 
 
 def _generator():
@@ -198,17 +202,61 @@ def test_the_collector_reads_the_metric_lines_the_train_step_prints(experiment):
     assert {k: v for k, v in found.items() if k in wanted} == {"mAP": 0.25, "dv_mAP": 0.125, "EIR": 0.5}
 
 
-def test_search_space_values_are_accepted_by_the_train_step(experiment, trial_template):
-    """Each tuned workflow parameter feeds a train flag whose parser takes every value of the space."""
+def _matches(condition: str, status: dict) -> bool:
+    """Katib's reading of a condition `status.[@this].#(...)#|#(...)#` on a Workflow: a non-empty array
+    once each gjson query has filtered it (only the comparisons used here; `%` is a glob)."""
+    prefix = "status.[@this]."
+    assert condition.startswith(prefix)
+    kept = [status]
+    for key, op, value in QUERY.findall(condition[len(prefix):]):
+        test = {"==": str.__eq__, "!=": str.__ne__, "%": fnmatch.fnmatchcase,
+                "!%": lambda a, b: not fnmatch.fnmatchcase(a, b)}[op]
+        kept = [s for s in kept if key in s and test(s[key], value)]  # gjson: a missing key never matches
+    return bool(kept)
+
+
+def test_conditions_end_a_trial_in_each_terminal_argo_phase(experiment):
+    template = experiment["spec"]["trialTemplate"]
+    for phase, outcome in [*ARGO_PHASES.items(), (None, None)]:
+        status = {} if phase is None else {"phase": phase}  # no phase yet: just created
+        # Katib tries the failure condition first.
+        ended = "failed" if _matches(template["failureCondition"], status) else \
+            "succeeded" if _matches(template["successCondition"], status) else None
+        assert ended == outcome, phase
+
+
+def _katib_argv(container: dict, values: dict[str, str]) -> list[str]:
+    """The train step's argv in a Katib trial. Argo substitutes the parameters; Katib's StdOut collector then
+    runs the primary container as `sh -c` with command and args joined by spaces, and the shell splits them."""
+    args = [re.sub(r"\{\{workflow\.parameters\.([\w-]+)\}\}", lambda m: values[m.group(1)], a)
+            for a in container["args"]]
+    words = shlex.split(" ".join([*container["command"], *args]))
+    assert words[:2] == container["command"]
+    return words[2:]
+
+
+def test_train_flags_survive_katibs_shell_with_the_templates_defaults(trial_template):
+    """Empty defaults (img-size, lr, widen-factor: the model's own) reach the train step as values."""
     from alpr.steps.train import get_args_parser
 
-    args = _templates(trial_template)["train"]["container"]["args"]
-    flag_of = {value: args[i - 1] for i, value in enumerate(args) if value.startswith("{{workflow.parameters.")}
-    required = ["--workdir", "w", "--dataset", "d", "--version", "1", "--run-id", "r"]
+    values = {p["name"]: p["value"] for p in trial_template["spec"]["arguments"]["parameters"]}
+    values["run-id"] = "trial-1"
+    parsed = get_args_parser().parse_args(_katib_argv(_templates(trial_template)["train"]["container"], values))
+    assert (parsed.img_size, parsed.lr, parsed.widen_factor) == (None, None, None)
+    assert (parsed.dataset, parsed.version, parsed.run_id, parsed.epochs) == ("plates", "1", "trial-1", 30)
+
+
+def test_search_space_values_are_accepted_by_the_train_step(experiment, trial_template):
+    """Each tuned workflow parameter feeds a train flag whose parser takes every value of the space,
+    as the step gets it in a Katib trial."""
+    from alpr.steps.train import get_args_parser
+
+    container = _templates(trial_template)["train"]["container"]
+    defaults = {p["name"]: p["value"] for p in trial_template["spec"]["arguments"]["parameters"]}
     for parameter in experiment["spec"]["parameters"]:
-        flag = flag_of["{{workflow.parameters.%s}}" % parameter["name"]]
+        name = parameter["name"]
+        assert f"--{name}={{{{workflow.parameters.{name}}}}}" in container["args"], name
         space = parameter["feasibleSpace"]
-        values = space.get("list") or [space["min"], space["max"]]
-        for value in values:
-            parsed = get_args_parser().parse_args([*required, flag, value])
-            assert float(getattr(parsed, flag[2:].replace("-", "_"))) == float(value)
+        for value in space.get("list") or [space["min"], space["max"]]:
+            parsed = get_args_parser().parse_args(_katib_argv(container, {**defaults, name: value}))
+            assert float(getattr(parsed, name.replace("-", "_"))) == float(value)

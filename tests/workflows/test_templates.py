@@ -53,6 +53,7 @@ def test_pipeline_dag_and_step_contract():
         assert container["command"] == ["python", f"steps/{name}.py"]
         assert (ROOT / "steps" / f"{name}.py").is_file()
         assert {"name": "work", "mountPath": "/work"} in container["volumeMounts"]
+        assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]
         env = {e["name"]: e for e in container["env"]}
         assert env["ALPR_DB_URL"]["valueFrom"]["secretKeyRef"]["key"] == "db-url"
         assert env["GOOGLE_APPLICATION_CREDENTIALS"]["value"].startswith("/var/secrets/")
@@ -74,6 +75,7 @@ def test_pipeline_dag_and_step_contract():
     volumes = {v["name"]: v for v in spec["volumes"]}
     assert volumes["work"]["persistentVolumeClaim"]["claimName"] == "{{workflow.parameters.work-pvc}}"
     assert "secret" in volumes["secrets"]
+    assert volumes["dshm"]["emptyDir"]["medium"] == "Memory"  # more than the runtime's 64 MiB /dev/shm
     text = yaml_for(ROOT / "workflows" / "pipeline.py").read_text()
     assert "password" not in text.lower()
 
@@ -126,5 +128,5 @@ def test_every_step_flag_in_the_template_exists():
             step = template["container"]["command"][1].removeprefix("steps/").removesuffix(".py")
             parser = importlib.import_module(f"alpr.steps.{step}").get_args_parser()
             known = {s for action in parser._actions for s in action.option_strings}
-            used = {a for a in template["container"]["args"] if a.startswith("--")}
+            used = {a.partition("=")[0] for a in template["container"]["args"] if a.startswith("--")}
             assert used <= known, f"{path.name} {step}: unknown flags {used - known}"
