@@ -39,6 +39,11 @@ def test_the_window_of_a_box_taller_than_wide_or_a_speck_is_no_larger_than_a_pla
         assert 0 < (window[2] - window[0]) * scale <= 1.5 * 320 and 0 < (window[3] - window[1]) * scale <= 1.5 * 320
 
 
+def test_a_slivers_window_scales_to_pixels_not_to_nothing():
+    window, scale = zoom_window((0, 0, 1, 4000), (4096, 4096), 192)  # its width scales under one pixel
+    assert min(window_image(np.zeros((4096, 4096, 3), np.uint8), window, scale).shape[:2]) >= 1
+
+
 def _plate(text, bbox, score=0.9, char_scores=()) -> Plate:
     reason = None if text else "no characters found on the board"
     return Plate(text, text and text[:2], text and text[2], text and text[3:], "one_row", bbox, score,

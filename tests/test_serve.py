@@ -151,6 +151,12 @@ def _gif() -> bytes:
     return data.getvalue()
 
 
+def _corrupt_header() -> bytes:
+    png = bytearray(_encoded(np.zeros((8, 8, 3), np.uint8), ".png"))
+    png[8:12] = bytes(4)  # the IHDR chunk's length: Pillow raises ValueError, not OSError
+    return bytes(png)
+
+
 def _bad_requests(good: bytes) -> dict[str, tuple[dict, str]]:
     """name: (request kwargs for httpx.post, a phrase the error must contain)."""
     rng = np.random.default_rng(0)
@@ -175,6 +181,7 @@ def _bad_requests(good: bytes) -> dict[str, tuple[dict, str]]:
                             "7 images in one request, over the limit of 6"),
         "too thin": (instances(_encoded(np.zeros((1, 2000, 3), np.uint8), ".png")), "2000x1 px is too thin to read"),
         "GIF": (instances(_gif()), "GIF images are not read; send JPEG, PNG"),
+        "corrupt PNG header": (instances(_corrupt_header()), "not a readable image file"),
     }
 
 
@@ -327,6 +334,29 @@ def test_image_budget_makes_requests_wait_in_line_while_their_images_would_not_f
         with pytest.raises(ValueError, match="5 images can never fit a budget of 4"):
             async with budget.hold(5):
                 pass
+
+    asyncio.run(scenario())
+
+
+def test_image_budget_refuses_a_request_at_once_when_a_budgets_worth_already_waits():
+    from alpr.serve import ImageBudget, LineFull
+
+    async def scenario() -> None:
+        budget, release = ImageBudget(4), asyncio.Event()
+
+        async def request(count: int) -> None:
+            async with budget.hold(count):
+                await release.wait()
+
+        held_and_waiting = [asyncio.create_task(request(n)) for n in (4, 3)]
+        await asyncio.sleep(0.01)
+        assert (budget.held, budget.waiting) == (4, 3)
+        with pytest.raises(LineFull, match="busy: 3 images wait"):
+            async with budget.hold(2):
+                pass
+        release.set()
+        await asyncio.gather(*held_and_waiting)
+        assert (budget.held, budget.waiting) == (0, 0)
 
     asyncio.run(scenario())
 

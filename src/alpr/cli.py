@@ -91,7 +91,7 @@ def add_reading_arguments(parser: argparse.ArgumentParser) -> None:
                         help="lowest score of a character that is read")
     parser.add_argument("--zoom-widths", type=int, nargs="*", default=list(ReadOptions.zoom_widths),
                         help="each plate is read again, scaled to these widths (px) in this order, until two "
-                             "readings agree; none given: never (put it after the images, or end its list with --)")
+                             "readings agree; none given: never (before images, end its list with --)")
     parser.add_argument("--sure-score", type=float, default=ReadOptions.sure_score,
                         help="also stop once one reading has every character scoring at least this "
                              "(default: only agreement stops)")

@@ -107,7 +107,8 @@ def window_image(image: np.ndarray, window: Window, scale: float) -> np.ndarray:
     import cv2
 
     x1, y1, x2, y2 = window
-    return cv2.resize(image[y1:y2, x1:x2], None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
+    size = (max(1, round((x2 - x1) * scale)), max(1, round((y2 - y1) * scale)))  # a sliver's window: not 0 px
+    return cv2.resize(image[y1:y2, x1:x2], size, interpolation=cv2.INTER_LINEAR)
 
 
 def from_window(detection: Detection, window: Window, scale: float) -> Detection:

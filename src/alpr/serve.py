@@ -6,7 +6,8 @@
   holding base64-encoded image files returns a ``BYTES`` output ``plates``: one JSON string per image.
 
 Images from concurrent requests are batched on the device (``max_batch_size``, ``max_wait_ms``).
-A request waits while other requests hold ``max_held_images`` decoded images.
+A request waits while other requests hold ``max_held_images`` decoded images, and is answered 503
+at once when as many images already wait: a waiting request holds its body.
 Bad input raises kserve's InvalidInput, which the server answers with a 400 and a message.
 """
 
@@ -51,7 +52,7 @@ class ServeOptions:
     max_image_bytes: int = 8 * 2**20
     max_pixels: int = 4096 * 4096
     max_images: int = 16  # per request: all of them are decoded, and held, before the first is read
-    max_held_images: int = 64  # decoded and held across concurrent requests: bounds the server's memory
+    max_held_images: int = 64  # decoded and held across concurrent requests, and as many waiting for room
     read: ReadOptions = ReadOptions()
 
 
@@ -97,7 +98,7 @@ def decode_image(data: bytes, max_bytes: int, max_pixels: int) -> np.ndarray:
             width, height, kind = header.width, header.height, header.format
     except UnidentifiedImageError:
         raise InvalidImage("not an image file (no known image format)") from None
-    except (Image.DecompressionBombError, OSError) as error:
+    except (Image.DecompressionBombError, OSError, ValueError) as error:  # ValueError: some corrupt headers
         raise InvalidImage(f"not a readable image file ({error})") from None
     if width * height > max_pixels:
         raise InvalidImage(f"image of {width}x{height} pixels is over the limit of {max_pixels} pixels")
@@ -209,16 +210,22 @@ class Batcher:
             return error
 
 
+class LineFull(RuntimeError):
+    pass
+
+
 class ImageBudget:
     """At most ``limit`` images held at once across requests; a request waits, in line, for room for all
     of its own (first come, first served: a large request is not overtaken for ever by small ones).
+    Once ``limit`` images wait too, the next request is refused at once (LineFull).
 
     Each request's images stay decoded until the model has read the last of them, and a large photo is
-    tens of megabytes of pixels: without a bound, a burst of requests could take the server's memory.
+    tens of megabytes of pixels; a waiting request holds its body. Without these bounds, a burst of
+    requests could take the server's memory.
     """
 
     def __init__(self, limit: int):
-        self.limit, self.held = limit, 0
+        self.limit, self.held, self.waiting = limit, 0, 0
         self._room = asyncio.Condition()
         self._line: collections.deque = collections.deque()
 
@@ -227,13 +234,17 @@ class ImageBudget:
         if count > self.limit:
             raise ValueError(f"{count} images can never fit a budget of {self.limit}")
         async with self._room:
+            if self.waiting + count > self.limit:
+                raise LineFull(f"busy: {self.waiting} images wait for room already; retry later")
             ticket = object()
             self._line.append(ticket)
+            self.waiting += count
             try:
                 await self._room.wait_for(lambda: self._line[0] is ticket and self.held + count <= self.limit)
                 self.held += count
             finally:  # also when the request is cancelled while it waits
                 self._line.remove(ticket)
+                self.waiting -= count
                 self._room.notify_all()  # the next in line may fit too
         try:
             yield
@@ -250,8 +261,13 @@ def _plates_json(plates: list[Plate]) -> list[dict]:
 def make_model(options: ServeOptions):
     """The kserve.Model subclass is built here so that importing alpr.serve does not import kserve."""
     import kserve
-    from kserve.errors import InvalidInput
+    from kserve.errors import InvalidInput, ServerNotReady
     from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+
+    class Busy(ServerNotReady):  # kserve answers ServerNotReady with a 503
+        def __init__(self, detail: str):
+            super().__init__()
+            self.error_msg = detail
 
     class PlateModel(kserve.Model):
         def __init__(self):
@@ -290,9 +306,12 @@ def make_model(options: ServeOptions):
                         raise InvalidInput(f"{where(index)}: {error}") from None
                 return images
 
-            async with self.budget.hold(len(texts)):
-                images = await asyncio.get_running_loop().run_in_executor(None, decode_all)
-                return await self.batcher.submit(images)
+            try:
+                async with self.budget.hold(len(texts)):
+                    images = await asyncio.get_running_loop().run_in_executor(None, decode_all)
+                    return await self.batcher.submit(images)
+            except LineFull as error:
+                raise Busy(str(error)) from None
 
         async def _predict_v1(self, payload: Any) -> dict:
             if isinstance(payload, (bytes, str)):  # KServe parses JSON only if sent as application/json
