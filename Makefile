@@ -29,8 +29,9 @@ $(STAMP): requirements.txt requirements-test.txt requirements-build.txt requirem
 # cluster runs, sized to finish in about 7 minutes on 2 CPU cores (15 at most).
 DEMO_IMAGES ?= 200
 DEMO_EPOCHS ?= 3
+# Paths under /work are the steps' volume, which `alpr run` maps to --workdir.
 DEMO_PARAMS := -p synth-count=$(DEMO_IMAGES) -p epochs=$(DEMO_EPOCHS) -p img-size=320 -p batch-size=4 \
-	-p run-id=demo -p dataset-name=demo -p source=/work/synth/demo -p store=file://$(abspath $(WORK))/bucket
+	-p run-id=demo -p dataset-name=demo -p source=/work/synth/demo -p store=file:///work/bucket
 
 demo: setup
 	$(VENV)/bin/alpr run workflows/alpr-pipeline.yaml --workdir $(WORK) $(DEMO_PARAMS)

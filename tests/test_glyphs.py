@@ -16,6 +16,7 @@ from alpr.glyphs import (
     restored,
     stored,
     train_glyph_net,
+    train_glyphs,
 )
 from alpr.plates import CHARACTER_CLASSES
 from alpr.postprocess import read_plates
@@ -60,6 +61,19 @@ def test_a_glyph_set_names_an_image_it_cannot_read(tmp_path):
         "annotations": [{"image_id": 1, "category_id": 1, "bbox": [1, 2, 3, 4]}]}))
     with pytest.raises(AlprError, match=r"images/gone\.jpg: not a readable image"):
         glyph_set(tmp_path, "train", 1, 0)
+
+
+def test_a_train_split_without_characters_is_named_before_any_training(tmp_path):
+    import cv2
+
+    (tmp_path / "images").mkdir()
+    cv2.imwrite(str(tmp_path / "images" / "a.jpg"), np.zeros((32, 32, 3), np.uint8))
+    (tmp_path / "train.json").write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "a.jpg"}], "categories": [{"id": 1, "name": "l_board"}],
+        "annotations": [{"image_id": 1, "category_id": 1, "bbox": [1, 2, 20, 10]}]}))
+    with pytest.raises(AlprError, match="train split has no character boxes .* --glyph-epochs 0"):
+        train_glyphs(tmp_path, tmp_path / "glyph_net.pth", 1)
+    assert not (tmp_path / "glyph_net.pth").exists()
 
 
 def test_the_glyph_net_learns_look_alike_glyphs_and_is_kept_whole():

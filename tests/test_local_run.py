@@ -273,3 +273,51 @@ def test_alpr_run_executes_the_pipeline_template_end_to_end(tmp_path):
     assert set(state["outputs"]) == {"synth", "record", "train", "evaluate", "test", "deploy"}
     assert "[deploy] skipped: when '{{workflow.parameters.deploy}} == true' is false" in result.stdout
     assert "[deploy] $ " not in result.stdout
+
+
+def test_output_that_is_not_utf8_is_shown_not_fatal(tmp_path):
+    code = "import sys; sys.stdout.buffer.write(b'caf\\xe9 \\xff\\n'); sys.stdout.flush()"
+    workflow = _template(tasks=[{"name": "a", "template": "latin"}], templates=[_python("latin", code)])
+    lines = []
+    LocalRun(workflow, tmp_path, {}, echo=lines.append).run()
+    assert "[a] caf\ufffd \ufffd" in lines
+
+
+SLOW = """
+import sys, time
+print('started', flush=True)
+try:
+    time.sleep(60)
+except KeyboardInterrupt:
+    time.sleep(0.5)  # saving what it has
+    print('saved', flush=True)
+    sys.exit(1)
+"""
+
+
+def test_ctrl_c_lets_the_running_step_stop_and_names_it_for_resume(tmp_path):
+    import os
+    import signal
+
+    path = tmp_path / "slow.yaml"
+    path.write_text(yaml.safe_dump(_template(tasks=[{"name": "slow", "template": "slow"}],
+                                             templates=[_python("slow", SLOW)])))
+    run = subprocess.Popen([sys.executable, "-m", "alpr.cli", "run", str(path), "--workdir", str(tmp_path / "w")],
+                           cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           start_new_session=True)  # its own process group, as a terminal's Ctrl-C reaches
+    for line in run.stdout:
+        if line.strip() == "[slow] started":
+            os.killpg(run.pid, signal.SIGINT)
+            break
+    rest = run.stdout.read()
+    assert run.wait(timeout=30) == 130
+    assert "[slow] saved" in rest and "interrupted in step 'slow'; rerun with --resume" in rest
+
+
+def test_unquoted_yaml_values_and_outputs_read_as_argo_reads_them(tmp_path):
+    workflow = _template(
+        tasks=[{"name": "a", "template": "write", "when": "{{workflow.parameters.flag}} == true"}],
+        templates=[_python("write", WRITE, ["/work/word.txt", " {{workflow.parameters.n}} \n\n"], outputs=["word"])],
+        parameters=[{"name": "flag", "value": True}, {"name": "n", "value": 1.0}])
+    outputs = LocalRun(workflow, tmp_path, {}, echo=lambda _: None).run()
+    assert outputs["a"]["word"] == " 1 \n"  # YAML's true and 1.0 as JSON has them; one trailing newline cut

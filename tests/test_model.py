@@ -680,20 +680,48 @@ def test_an_edited_split_or_manifest_is_an_error_naming_the_file(smoke_workdir, 
     assert check_dataset(folder)["content_sha256"]
 
 
+def _checkpoint(path: Path, iteration: int) -> Path:
+    import torch
+
+    torch.save({"meta": {"iter": iteration}, "state_dict": {}}, path)
+    return path
+
+
 def test_a_moved_run_folder_resumes_from_its_own_checkpoint(tmp_path):
-    from alpr.errors import UsageError
-    from alpr.train import relocated_last_checkpoint
+    from alpr.train import resume_point
 
     old, moved = tmp_path / "old" / "train", tmp_path / "new" / "train"
     for folder in (old, moved):
         folder.mkdir(parents=True)
-        (folder / "iter_4.pth").write_bytes(folder.parent.name.encode())
+        _checkpoint(folder / "iter_4.pth", 4)
     (moved / "last_checkpoint").write_text(str(old / "iter_4.pth"))  # as mmengine wrote it before the move
-    assert relocated_last_checkpoint(moved) == moved / "iter_4.pth"
+    assert resume_point(moved) == (moved / "iter_4.pth", {"iter": 4})
     assert (moved / "last_checkpoint").read_text() == str(moved / "iter_4.pth")
-    (moved / "last_checkpoint").write_text("")  # killed while mmengine wrote it
-    with pytest.raises(UsageError, match="last_checkpoint: empty; delete it to start the run over"):
-        relocated_last_checkpoint(moved)
+
+
+def test_a_checkpoint_cut_short_gives_way_to_the_one_before(tmp_path, capsys):
+    from alpr.errors import UsageError
+    from alpr.train import resume_point
+
+    work = tmp_path / "train"
+    work.mkdir()
+    assert resume_point(work) is None  # a fresh start
+    for n in (2, 4, 6):
+        _checkpoint(work / f"iter_{n}.pth", n)
+    _checkpoint(work / "best_EIR_iter_8.pth", 8)  # not one to resume from
+    (work / "iter_6.pth").write_bytes((work / "iter_6.pth").read_bytes()[:100])  # killed while saved again
+    (work / "last_checkpoint").write_text(str(work / "iter_6.pth"))
+    assert resume_point(work) == (work / "iter_4.pth", {"iter": 4})
+    assert "iter_6.pth: not a readable checkpoint" in capsys.readouterr().err
+    assert (work / "last_checkpoint").read_text() == str(work / "iter_4.pth")  # what mmengine then loads
+    (work / "last_checkpoint").write_text("")  # killed while mmengine wrote it
+    assert resume_point(work)[0] == work / "iter_4.pth"
+    (work / "last_checkpoint").unlink()  # checkpoints but no marker: still a resume, not a fresh start
+    assert resume_point(work)[0] == work / "iter_4.pth"
+    for n in (2, 4):
+        (work / f"iter_{n}.pth").write_bytes(b"")
+    with pytest.raises(UsageError, match="no readable checkpoint to resume from"):
+        resume_point(work)
 
 
 def test_a_file_that_is_no_checkpoint_is_named_without_a_traceback(smoke_workdir, smoke_training, synth_dir,

@@ -199,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name in STEPS:
         module = importlib.import_module(f"alpr.steps.{name}")
         step = commands.add_parser(name, parents=[module.get_args_parser(add_help=False)],
-                                   help=(module.__doc__ or "").strip().splitlines()[0])
+                                   help=" ".join((module.__doc__ or "").strip().split("\n\n")[0].split()))
         step.set_defaults(handler=module.main)
 
     predict = commands.add_parser("predict", help="read the plates in images with a trained checkpoint")

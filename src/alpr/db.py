@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -16,11 +17,21 @@ DB_URL_ENV = "ALPR_DB_URL"
 
 metadata = sa.MetaData()
 
+
+def _name(length: int) -> sa.types.TypeEngine:
+    """A name compared as written: MySQL's and MariaDB's default collation would take `Plates` and `plates`,
+    or run `A` and `a`, for one, where SQLite keeps them apart."""
+    from sqlalchemy.dialects import mysql
+
+    return sa.String(length).with_variant(mysql.VARCHAR(length, charset="utf8mb4", collation="utf8mb4_bin"),
+                                          "mysql", "mariadb")
+
+
 dataset_versions = sa.Table(
     "dataset_versions", metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("name", sa.String(128), nullable=False),
-    sa.Column("version", sa.String(64), nullable=False),
+    sa.Column("name", _name(128), nullable=False),
+    sa.Column("version", _name(64), nullable=False),
     sa.Column("content_sha256", sa.String(64), nullable=False),
     sa.Column("dataset_tag", sa.String(256), nullable=False),
     sa.Column("path", sa.String(1024), nullable=False),
@@ -59,7 +70,7 @@ images = sa.Table(
 runs = sa.Table(
     "runs", metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("run_id", sa.String(128), nullable=False, unique=True),
+    sa.Column("run_id", _name(128), nullable=False, unique=True),
     sa.Column("model", sa.String(64), nullable=False),
     sa.Column("dataset", sa.String(128), nullable=False),
     sa.Column("dataset_version", sa.String(64), nullable=False),
@@ -71,10 +82,10 @@ runs = sa.Table(
 run_metrics = sa.Table(
     "run_metrics", metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("run_id", sa.String(128), nullable=False),
-    sa.Column("checkpoint", sa.String(256), nullable=False),
+    sa.Column("run_id", _name(128), nullable=False),
+    sa.Column("checkpoint", _name(256), nullable=False),
     sa.Column("split", sa.String(8), nullable=False),
-    sa.Column("name", sa.String(64), nullable=False),
+    sa.Column("name", _name(64), nullable=False),
     sa.Column("value", sa.Double, nullable=False),  # sa.Float is single precision on MariaDB
     sa.UniqueConstraint("run_id", "checkpoint", "split", "name", name="uq_run_metric"),
 )
@@ -112,7 +123,10 @@ def connect(url: str) -> Engine:
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     try:
         engine = sa.create_engine(parsed, pool_pre_ping=True)
-        metadata.create_all(engine)
+        try:
+            metadata.create_all(engine)
+        except sa.exc.DBAPIError:  # another step made a table between the check and the CREATE: now it is seen
+            metadata.create_all(engine)
     except (sa.exc.ArgumentError, sa.exc.DBAPIError) as error:
         raise DatabaseError(f"database {safe_url(url)}: {getattr(error, 'orig', None) or error}") from None
     except ImportError as error:  # mysql:// asks for MySQLdb, postgresql:// for psycopg2
@@ -120,6 +134,18 @@ def connect(url: str) -> Engine:
                             "installed for MySQL and MariaDB is PyMySQL: mysql+pymysql://USER:PASSWORD@HOST:3306/DB"
                             ) from None
     return engine
+
+
+def _named_errors(function):
+    """The database's errors after connecting (a lost server, a lock, a value too long) as a DatabaseError
+    that names the database, password hidden."""
+    @functools.wraps(function)
+    def named(engine: Engine, *args, **kwargs):
+        try:
+            return function(engine, *args, **kwargs)
+        except sa.exc.DBAPIError as error:
+            raise DatabaseError(f"database {engine.url.render_as_string(hide_password=True)}: {error.orig}") from None
+    return named
 
 
 @dataclass(frozen=True)
@@ -153,6 +179,7 @@ class ImageRow:
     plate_count: int
 
 
+@_named_errors
 def find_version(engine: Engine, name: str, version: str) -> sa.Row | None:
     with engine.connect() as conn:
         return conn.execute(sa.select(dataset_versions).where(
@@ -174,6 +201,7 @@ def _conflict(name: str, version: str, recorded: str, new: str) -> VersionConfli
                            f"(sha256 {recorded[:12]}…, this run {new[:12]}…); record it under a new version")
 
 
+@_named_errors
 def record_version(engine: Engine, dataset: DatasetRow, source: SourceRow, rows: list[ImageRow]) -> bool:
     """Inserts the version, its source and images in one transaction; False if it was already there."""
     try:
@@ -202,6 +230,7 @@ def _insert_version(engine: Engine, dataset: DatasetRow, source: SourceRow, rows
     return True
 
 
+@_named_errors
 def count_images(engine: Engine, name: str, version: str) -> dict[str, int]:
     """Images per split of a recorded version."""
     query = (sa.select(images.c.split, sa.func.count())
@@ -212,6 +241,7 @@ def count_images(engine: Engine, name: str, version: str) -> dict[str, int]:
         return {split: count for split, count in conn.execute(query)}
 
 
+@_named_errors
 def record_run(engine: Engine, run_id: str, model: str, dataset: str, version: str, params: dict,
                best_checkpoint: str | None, split: str, scores: dict[str, dict[str, float]]) -> None:
     """Upserts the run and replaces its metrics for this split, in one transaction (re-runs add no rows).
@@ -221,6 +251,13 @@ def record_run(engine: Engine, run_id: str, model: str, dataset: str, version: s
     now = datetime.now(timezone.utc).replace(tzinfo=None)
     row = dict(model=model, dataset=dataset, dataset_version=version, params=json.dumps(params, sort_keys=True),
                updated_at=now, **({} if best_checkpoint is None else {"best_checkpoint": best_checkpoint}))
+    try:
+        _upsert_run(engine, run_id, row, split, scores)
+    except sa.exc.IntegrityError:  # another evaluate of this run inserted it between our check and insert
+        _upsert_run(engine, run_id, row, split, scores)
+
+
+def _upsert_run(engine: Engine, run_id: str, row: dict, split: str, scores: dict[str, dict[str, float]]) -> None:
     with engine.begin() as conn:
         if conn.execute(sa.select(runs.c.id).where(runs.c.run_id == run_id)).first():
             conn.execute(runs.update().where(runs.c.run_id == run_id).values(**row))

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from alpr.errors import AlprError, read_json
+from alpr.errors import AlprError, UsageError, read_json
 from alpr.plates import CHARACTER_CLASSES
 
 GLYPH_SIZE = (32, 48)  # width, height: characters are taller than wide
@@ -210,6 +210,9 @@ def train_glyphs(dataset: Path, path: Path, epochs: int, seed: int = 0, device: 
     from alpr.progress import show_progress
 
     train_set = glyph_set(dataset, "train", COPIES, seed, progress=True)
+    if not len(train_set.labels):
+        raise UsageError(f"{dataset}: its train split has no character boxes to train the glyph classifier on; "
+                         "--glyph-epochs 0 trains none")
     with show_progress("glyph net epochs", epochs) as advance:
         net = train_glyph_net(train_set, epochs, seed=seed, advance=advance, device=device)
     val = glyph_set(dataset, "val", 0, seed)

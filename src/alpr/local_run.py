@@ -99,6 +99,15 @@ def parse_parameters(pairs: list[str]) -> dict[str, str]:
     return values
 
 
+def as_argo_string(value) -> str:
+    """A YAML value as Argo reads it (through JSON): true, not True; 1, not 1.0."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
 def substitute(text: str, scope: dict[str, str], where: str) -> str:
     def replace(match: re.Match) -> str:
         key = match.group(1)
@@ -183,7 +192,7 @@ class LocalRun:
         base = metadata.get("name") or metadata["generateName"].rstrip("-")
         self.state_file = self.workdir / ".alpr-run" / f"{base}.json"
         declared = self.spec.get("arguments", {}).get("parameters", [])
-        defaults = {p["name"]: str(p.get("value", p.get("default"))) for p in declared
+        defaults = {p["name"]: as_argo_string(p.get("value", p.get("default"))) for p in declared
                     if "value" in p or "default" in p}
         unknown = set(self.parameters) - {p["name"] for p in declared}
         if unknown:
@@ -325,7 +334,7 @@ class LocalRun:
             if value is None:
                 raise UsageError(f"task {task['name']}: input {name} of template {template['name']} is not given "
                                  "and has no default")
-            inputs[f"inputs.parameters.{name}"] = substitute(str(value), scope, task["name"])
+            inputs[f"inputs.parameters.{name}"] = substitute(as_argo_string(value), scope, task["name"])
         return inputs
 
     @staticmethod
@@ -402,7 +411,7 @@ class LocalRun:
                 if set(var["valueFrom"]) != {"secretKeyRef"}:
                     _unsupported(f"env {name}", set(var["valueFrom"]))
                 continue  # a Secret's value: locally it is whatever this environment holds
-            value = substitute(str(var.get("value", "")), scope, where)
+            value = substitute(as_argo_string(var.get("value", "")), scope, where)
             if self._under_secret(value, container):
                 continue  # a file from a Secret: locally the environment's own setting, if any
             env[name] = self._local(value, container)
@@ -411,17 +420,31 @@ class LocalRun:
     def _execute(self, name: str, step: Step) -> int:
         self.echo(redact(f"[{name}] $ {' '.join(step.command)}"))
         process = subprocess.Popen(step.command, cwd=step.cwd, env=step.env, stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, text=True, bufsize=1)
+                                   stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1)
+        try:
+            self._echo_output(name, process)
+        except KeyboardInterrupt:
+            # Ctrl-C reached the step too: its output is read on while it stops (and saves what it does),
+            # or its prints would break; a second Ctrl-C kills it.
+            try:
+                self._echo_output(name, process)
+            except KeyboardInterrupt:
+                process.kill()
+            self.echo(f"interrupted in step {name!r}; rerun with --resume to go on from it")
+            raise
+        return process.wait()
+
+    def _echo_output(self, name: str, process: subprocess.Popen) -> None:
         for line in process.stdout:
             self.echo(redact(f"[{name}] {line.rstrip()}"))
-        return process.wait()
+        process.wait()
 
     def _read_outputs(self, name: str, paths: dict[str, Path]) -> dict[str, str]:
         outputs = {}
         for output, path in paths.items():
             if not path.is_file():
                 raise StepFailed(f"step {name!r} succeeded but did not write its output {output} ({path})")
-            outputs[output] = path.read_text().strip()
+            outputs[output] = path.read_text().removesuffix("\n")  # as Argo's executor reads it
         return outputs
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import sys
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -107,20 +109,38 @@ def network(settings: dict) -> str:
 RESUMABLE_CHANGES = {"epochs", "iters", "minutes", "val_interval", "num_workers", "log_interval"}
 
 
-def relocated_last_checkpoint(work: Path) -> Path:
-    """The run's last checkpoint. mmengine keeps its absolute path in ``last_checkpoint``, which goes stale
-    when the workdir moves (another mount point, a copied volume); then it is the file of that name in
-    this run folder, and ``last_checkpoint`` is rewritten to say so before mmengine reads it."""
+SAVED_CHECKPOINT = re.compile(r"(?:iter|epoch)_(\d+)\.pth")
+
+
+def resume_point(work: Path) -> tuple[Path, dict] | None:
+    """The checkpoint a run resumes from and its meta; None for a fresh start (no checkpoint yet).
+
+    It is the one mmengine names in ``last_checkpoint``, by absolute path: where that went stale (the
+    workdir moved: another mount point, a copied volume), the file of that name in this run folder.
+    Where it cannot be read, or the name is empty, it is the newest readable iter_N.pth or epoch_N.pth
+    here: mmengine saves iter_N.pth again, in place, when N scores a new best, and a kill or a full disk
+    then leaves it cut short. ``last_checkpoint`` is rewritten to name it before mmengine reads it."""
     marker = work / "last_checkpoint"
-    named = marker.read_text().strip()
-    if not named:  # a crash while mmengine wrote it
-        raise UsageError(f"{marker}: empty; delete it to start the run over, or write into it the path of "
-                         f"the last iter_N.pth or epoch_N.pth in {work}")
-    last = Path(named)
-    if last.parent != work and (work / last.name).is_file():
-        last = work / last.name
-        marker.write_text(str(last))
-    return last
+    named = marker.read_text().strip() if marker.is_file() else ""
+    saved = sorted((p for p in work.glob("*.pth") if SAVED_CHECKPOINT.fullmatch(p.name)),
+                   key=lambda p: int(SAVED_CHECKPOINT.fullmatch(p.name)[1]), reverse=True)
+    if named:
+        last = Path(named)
+        if last.parent != work and (work / last.name).is_file():
+            last = work / last.name
+        saved = [last, *(p for p in saved if p != last)]
+    elif not saved:
+        return None
+    for path in saved:
+        try:
+            meta = checkpoint_meta(path)
+        except UsageError as error:
+            print(f"warning: {error}; resuming from the checkpoint before it", file=sys.stderr)
+            continue
+        if named != str(path):
+            marker.write_text(str(path))
+        return path, meta
+    raise UsageError(f"{work}: no readable checkpoint to resume from; train with another --run-id to start over")
 
 
 def as_trained(meta: dict) -> dict:
@@ -140,10 +160,9 @@ def as_trained(meta: dict) -> dict:
     return {**stored, **settings.to_dict(), "schedule": settings.schedule}
 
 
-def check_resumable(work: Path, settings: TrainSettings, dataset: dict) -> None:
-    """A run resumes with the model, data and optimization it was started with, or not at all: mmengine
-    would load mismatched weights leniently and train on silently."""
-    meta = checkpoint_meta(relocated_last_checkpoint(work))
+def check_resumable(work: Path, meta: dict, settings: TrainSettings, dataset: dict) -> None:
+    """A run resumes (from a checkpoint of this ``meta``) with the model, data and optimization it was
+    started with, or not at all: mmengine would load mismatched weights leniently and train on silently."""
     named = ("name", "version")
     before = {**as_trained(meta), "dataset": {k: meta.get("alpr", {}).get("dataset", {}).get(k) for k in named}}
     now = {**settings.to_dict(), "schedule": settings.schedule, "dataset": {k: dataset[k] for k in named}}
@@ -185,9 +204,10 @@ def train(options: TrainOptions) -> Path:
     work = train_dir(options.workdir.resolve(), options.run_id)
     dataset = {"name": options.dataset, "version": options.version, "content_sha256": manifest["content_sha256"],
                "tag": manifest.get("dataset_tag")}
-    resume = (work / "last_checkpoint").is_file()
+    resumed = resume_point(work)
+    resume = resumed is not None
     if resume:
-        check_resumable(work, settings, dataset)
+        check_resumable(work, resumed[1], settings, dataset)
     elif options.load_from:
         check_start_checkpoint(options.load_from, settings)
     work.mkdir(parents=True, exist_ok=True)

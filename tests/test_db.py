@@ -1,0 +1,86 @@
+"""The catalogue when several steps use one database at once, on SQLite and on the MariaDB at 127.0.0.1."""
+
+import uuid
+
+import pytest
+import sqlalchemy as sa
+
+from alpr import db
+
+
+@pytest.fixture
+def new_db_url(db_url):
+    """A database no step has used yet: its own file, or its own MariaDB database, dropped afterwards."""
+    if db_url.startswith("sqlite"):
+        yield db_url
+        return
+    name = f"alpr_{uuid.uuid4().hex[:10]}"
+    server = sa.create_engine(db_url)
+    with server.begin() as conn:
+        conn.execute(sa.text(f"CREATE DATABASE {name}"))
+    try:
+        yield sa.make_url(db_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with server.begin() as conn:
+            conn.execute(sa.text(f"DROP DATABASE {name}"))
+        server.dispose()
+
+
+def _first_time(starting: str, meanwhile) -> callable:
+    """A before_cursor_execute hook that runs ``meanwhile`` once, before the first statement that begins
+    with ``starting``: another step's work landing between this one's check and its write."""
+    done = []
+
+    def hook(conn, cursor, statement, *args):
+        if statement.lstrip().upper().startswith(starting) and not done:
+            done.append(statement)
+            meanwhile()
+
+    hook.done = done
+    return hook
+
+
+def test_tables_another_step_made_between_the_check_and_the_create_are_taken(new_db_url):
+    hook = _first_time("CREATE TABLE", lambda: db.metadata.create_all(sa.create_engine(new_db_url)))
+    sa.event.listen(sa.engine.Engine, "before_cursor_execute", hook)
+    try:
+        engine = db.connect(new_db_url)
+    finally:
+        sa.event.remove(sa.engine.Engine, "before_cursor_execute", hook)
+    assert hook.done, "the hook never ran: the database was not new"
+    assert set(db.metadata.tables) <= set(sa.inspect(engine).get_table_names())
+
+
+def _record(engine, checkpoint: str, eir: float) -> None:
+    db.record_run(engine, "run-1", "smoke", "plates", "1", {"lr": 0.002}, checkpoint, "val",
+                  {checkpoint: {"EIR": eir}})
+
+
+def test_a_run_another_evaluate_recorded_between_the_check_and_the_insert_is_updated(new_db_url):
+    engine, other = db.connect(new_db_url), db.connect(new_db_url)
+    hook = _first_time("INSERT INTO RUNS", lambda: _record(other, "other.pth", 0.5))
+    sa.event.listen(engine, "before_cursor_execute", hook)
+    _record(engine, "best.pth", 0.75)
+    assert hook.done
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(db.runs.c.best_checkpoint)).scalars().all() == ["best.pth"]
+        assert conn.execute(sa.select(db.run_metrics.c.checkpoint, db.run_metrics.c.value)).all() == \
+            [("best.pth", 0.75)]
+
+
+def test_an_error_after_connecting_names_the_database(new_db_url):
+    engine = db.connect(new_db_url)
+    with engine.begin() as conn:  # another hand dropped it
+        conn.execute(sa.text("DROP TABLE run_metrics"))
+    with pytest.raises(db.DatabaseError, match=r"^database .*run_metrics") as error:
+        _record(engine, "best.pth", 0.75)
+    assert str(error.value).startswith(f"database {db.safe_url(new_db_url)}: ")
+
+
+def test_names_that_differ_only_in_case_are_two_runs(new_db_url):
+    engine = db.connect(new_db_url)
+    for run_id in ("Run-A", "run-a"):
+        db.record_run(engine, run_id, "smoke", "plates", "1", {}, f"{run_id}.pth", "val", {})
+    with engine.connect() as conn:
+        assert sorted(conn.execute(sa.select(db.runs.c.run_id, db.runs.c.best_checkpoint)).all()) == \
+            [("Run-A", "Run-A.pth"), ("run-a", "run-a.pth")]
