@@ -140,19 +140,22 @@ def test_the_whole_dag_is_checked_before_the_first_step(tmp_path):
     assert not (tmp_path / "ran.txt").exists()
 
 
-@pytest.mark.parametrize("depends, ran", [("a", ["b"]), ("a.Succeeded", [])])
+@pytest.mark.parametrize("depends, ran", [("a", ["b", "c"]), ("a.Succeeded", [])])
 def test_depends_on_a_skipped_task_runs_only_a_bare_dependency(tmp_path, depends, ran):
-    """Argo: a bare `a` is satisfied by a skipped a, `a.Succeeded` is not."""
+    """Argo: a bare `a` is satisfied by a skipped a, `a.Succeeded` is not: b is then omitted, and an
+    omitted task satisfies no dependency, so c, after b, is omitted too."""
     workflow = _template(
         tasks=[{"name": "a", "template": "log-a", "when": "{{workflow.parameters.greeting}} == bye"},
-               {"name": "b", "template": "log-b", "depends": depends}],
-        templates=[_python("log-a", APPEND, ["/work/ran.txt", "a"]), _python("log-b", APPEND, ["/work/ran.txt", "b"])])
+               {"name": "b", "template": "log-b", "depends": depends},
+               {"name": "c", "template": "log-c", "depends": "b"}],
+        templates=[_python(f"log-{n}", APPEND, ["/work/ran.txt", n]) for n in "abc"])
     lines = []
     LocalRun(workflow, tmp_path, {}, echo=lines.append).run()
     ran_file = tmp_path / "ran.txt"
     assert (ran_file.read_text().split() if ran_file.exists() else []) == ran
     if not ran:
-        assert "[b] skipped: it depends on a.Succeeded and a was skipped" in lines
+        assert "[b] omitted: it depends on a.Succeeded and a was skipped" in lines
+        assert "[c] omitted: it depends on b and b was omitted" in lines
 
 
 def test_template_inputs_take_their_defaults_and_a_missing_one_is_named(tmp_path):

@@ -205,12 +205,14 @@ def test_a_run_stopped_while_validating_validates_first_and_a_copied_run_keeps_t
     assert (train / "validated_step").read_text() == f"{step}\n"
     (train / "validated_step").write_text(f"{before}\n")
     (train / "best.pth").unlink()
+    (train / "glyph_net.pth").unlink()  # lost too: the checkpoint carries the one its weights read with
     more = [{"r1": "cut"}.get(a, a) for a in SMOKE_TRAIN]
     more[more.index("--iters") + 1] = str(step + 2)
 
     result = run_step_script("train", "--workdir", str(smoke_workdir), *more)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert f"validating the checkpoint of step {step}" in result.stdout + result.stderr
+    assert "glyph net: trained" not in result.stdout + result.stderr and (train / "glyph_net.pth").is_file()
     assert [json.loads(line)["step"] for line in log.read_text().splitlines() if '"EIR"' in line][-2:] == \
         [step, step + 2]
     assert (train / "best.pth").is_file() and (train / "validated_step").read_text() == f"{step + 2}\n"
@@ -778,6 +780,27 @@ def test_a_load_from_checkpoint_of_another_network_is_refused_before_training(sm
         check_start_checkpoint(best, TrainSettings(model="rtmdet-ins-tiny"))
     with pytest.raises(UsageError, match="this run trains a Swin-T Mask R-CNN"):
         check_start_checkpoint(best, TrainSettings(model="mask-rcnn-swin-t"))
+
+
+def test_a_foreign_load_from_checkpoint_with_no_weight_that_fits_is_refused(smoke_workdir, smoke_training, tmp_path):
+    import torch
+
+    from alpr.errors import UsageError
+    from alpr.model import TrainSettings, build_config
+    from alpr.train import check_weights_fit
+
+    train = smoke_workdir / "runs" / "r1" / "train"
+    settings = TrainSettings(model="smoke", img_size=256, iters=4, val_interval=2)
+    config = build_config(settings, smoke_workdir / "datasets" / "smoke" / "1", tmp_path / "w", {"name": "smoke"})
+    weights = torch.load(train / "best.pth", map_location="cpu", weights_only=False)["state_dict"]
+    torch.save({"state_dict": weights}, tmp_path / "bare.pth")  # not alpr's: no meta, but this network's weights
+    check_weights_fit(tmp_path / "bare.pth", settings, config)
+    with pytest.raises(UsageError, match="glyph_net.pth: none of its .* weights fit an RTMDet-Ins"):
+        check_weights_fit(train / "glyph_net.pth", settings, config)
+    result = run_step_script("train", "--workdir", str(smoke_workdir), *SMOKE_TRAIN[:7], "foreign",
+                             *SMOKE_TRAIN[8:], "--load-from", str(train / "glyph_net.pth"))
+    assert result.returncode == 1 and "none of its" in result.stderr and "Traceback" not in result.stderr
+    assert not (smoke_workdir / "runs" / "foreign").exists()
 
 
 def test_no_warm_up_is_a_schedule_of_its_own():

@@ -205,7 +205,8 @@ class LocalRun:
         state = self._load_state() if self.resume else None
         self.name = state["name"] if state else f"{base}-{time.strftime('%Y%m%d%H%M%S')}"
         self.outputs = state["outputs"] if state else {}
-        self.skipped = set(state.get("skipped", [])) if state else set()
+        self.skipped = set(state.get("skipped", [])) if state else set()  # their `when` was false
+        self.omitted = set(state.get("omitted", [])) if state else set()  # a dependency was not as asked
         if state and _redacted(state["parameters"]) != _redacted(self.values):
             raise UsageError(f"cannot --resume {self.name}: its parameters differ from this run's "
                              f"({self.state_file})")
@@ -220,7 +221,8 @@ class LocalRun:
     def _save_state(self) -> None:
         self.state_file.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(self.state_file, json.dumps({"name": self.name, "parameters": _redacted(self.values),
-                                                  "outputs": self.outputs, "skipped": sorted(self.skipped)}, indent=1))
+                                                  "outputs": self.outputs, "skipped": sorted(self.skipped),
+                                                  "omitted": sorted(self.omitted)}, indent=1))
 
     def _mounts(self) -> dict[str, Path | None]:
         """Volume name -> local folder (None for Secrets: their values come from the environment)."""
@@ -255,13 +257,13 @@ class LocalRun:
         for task in tasks:
             name = task["name"]
             if name in self.outputs:
-                self.echo(f"[{name}] already {'skipped' if name in self.skipped else 'succeeded'}; "
-                          "not run again (--resume)")
+                done = "skipped" if name in self.skipped else "omitted" if name in self.omitted else "succeeded"
+                self.echo(f"[{name}] already {done}; not run again (--resume)")
                 continue
-            reason = self.skip_reason(task, self.scope(), self.skipped)
+            reason = self.skip_reason(task, self.scope(), self.skipped, self.omitted)
             if reason:
-                self.echo(f"[{name}] skipped: {reason}")
-                self.skipped.add(name)
+                self.echo(f"[{name}] {reason}")
+                (self.omitted if reason.startswith("omitted") else self.skipped).add(name)
                 self.outputs[name] = {}
             else:
                 self.outputs[name] = self.run_step(name, self.prepare(task, self.scope()))
@@ -277,26 +279,30 @@ class LocalRun:
                                 for t in tasks if t["name"] not in self.outputs
                                 for p in self.templates.get(t.get("template"), {}).get("outputs", {})
                                 .get("parameters", [])}
-        skipped = set(self.skipped)
+        skipped, omitted = set(self.skipped), set(self.omitted)
         for task in tasks:
             extra = set(task) - TASK_KEYS
             if extra:
                 _unsupported(f"task {task['name']}", extra)
             if task["name"] in self.outputs:
                 continue
-            if self.skip_reason(task, scope, skipped) and not TASK_OUTPUT.search(task.get("when", "")):
-                skipped.add(task["name"])
+            reason = self.skip_reason(task, scope, skipped, omitted)
+            if reason and not TASK_OUTPUT.search(task.get("when", "")):
+                (omitted if reason.startswith("omitted") else skipped).add(task["name"])
                 continue
             self.prepare(task, scope)
 
     @staticmethod
-    def skip_reason(task: dict, scope: dict[str, str], skipped: set[str]) -> str | None:
+    def skip_reason(task: dict, scope: dict[str, str], skipped: set[str], omitted: set[str]) -> str | None:
+        """Why the task does not run: "omitted: ..." where a dependency is not as it asks (Argo omits it, and
+        a task depending on it is omitted too), "skipped: ..." where its ``when`` is false; None: it runs."""
         for name, must_succeed in dependencies(task).items():
-            if must_succeed and name in skipped:
-                return f"it depends on {name}.Succeeded and {name} was skipped"
+            if name in omitted or (must_succeed and name in skipped):
+                wanted = f"{name}.Succeeded" if must_succeed else name
+                return f"omitted: it depends on {wanted} and {name} was {'omitted' if name in omitted else 'skipped'}"
         when = task.get("when")
         if when is not None and not condition_holds(substitute(when, scope, task["name"]), task["name"]):
-            return f"when {when!r} is false"
+            return f"skipped: when {when!r} is false"
         return None
 
     def prepare(self, task: dict, scope: dict[str, str]) -> Step:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
@@ -95,6 +96,27 @@ def check_start_checkpoint(path: Path, settings: TrainSettings) -> None:
                          "that network (--model, --widen-factor), or without --load-from")
 
 
+def check_weights_fit(path: Path, settings: TrainSettings, config: dict) -> None:
+    """A --load-from checkpoint alpr did not train holds weights of this run's network, some at least:
+    mmengine loads those that fit, and where none does it would train from scratch, warning only in its log."""
+    import torch
+    from mmdet.apis import init_detector
+    from mmengine.config import Config
+
+    import alpr.mmdet_ext  # noqa: F401  (registers alpr's modules)
+
+    saved = torch.load(path, map_location="cpu", weights_only=False)
+    weights = saved.get("state_dict", saved) if isinstance(saved, dict) else {}
+    with contextlib.redirect_stdout(sys.stderr):
+        wanted = init_detector(Config(config), device="cpu").state_dict()
+    fitting = [key for key, value in weights.items() if isinstance(value, torch.Tensor)
+               and getattr(wanted.get(key.removeprefix("module.")), "shape", None) == value.shape]
+    if not fitting:
+        raise UsageError(f"{path}: none of its {len(weights)} weights fit {network(settings.to_dict())} (names "
+                         "and shapes): it would train from scratch; train without --load-from, or load weights "
+                         "of this network")
+
+
 def network(settings: dict) -> str:
     """The network a run's resolved settings build, as far as it shapes every weight: smoke and rtmdet-ins-tiny
     are one network at two widths; Swin's window and MLP ratio shape only some of its weights (the rest load,
@@ -173,6 +195,15 @@ def check_resumable(work: Path, meta: dict, settings: TrainSettings, dataset: di
                          f"with its own, or start a new run with another --run-id")
 
 
+def restore_glyph_net(kept: dict, path: Path) -> None:
+    import torch
+
+    from alpr.files import written_whole
+
+    with written_whole(path) as partial:
+        torch.save(kept, partial)
+
+
 def select_device(device: str) -> str:
     """Applies --device before torch touches CUDA; returns the device used."""
     if device not in DEVICES:
@@ -210,10 +241,13 @@ def train(options: TrainOptions) -> Path:
         check_resumable(work, resumed[1], settings, dataset)
     elif options.load_from:
         check_start_checkpoint(options.load_from, settings)
+        check_weights_fit(options.load_from, settings, build_config(settings, data, work, dataset))
     work.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     if not resume:  # one from a start cut short before its first checkpoint may be of other settings or data
         (work / GLYPH_NET).unlink(missing_ok=True)
+    elif not (work / GLYPH_NET).is_file() and "glyph_net" in resumed[1].get("alpr", {}):
+        restore_glyph_net(resumed[1]["alpr"]["glyph_net"], work / GLYPH_NET)  # the one its weights read with
     if settings.glyph_epochs and not (work / GLYPH_NET).is_file():  # a resumed run has it
         train_glyphs(data, work / GLYPH_NET, settings.glyph_epochs, settings.seed, device)
     from mmengine.config import Config
