@@ -101,6 +101,10 @@ def test_retry_strategy_retries_a_failing_step(tmp_path):
     (lambda w: w["spec"].update(onExit="cleanup"), "onExit not supported"),
     (lambda w: w["spec"]["templates"][1]["container"]["args"].append("{{steps.x.outputs.result}}"),
      "cannot resolve {{steps.x.outputs.result}}"),
+    (lambda w: w["spec"]["templates"][1].update(outputs={"artifacts": [{"name": "m", "path": "/work/m"}]}),
+     "a outputs: artifacts not supported"),
+    (lambda w: w["spec"]["templates"][0]["dag"]["tasks"][0].update(arguments={"artifacts": []}),
+     "a arguments: artifacts not supported"),
 ])
 def test_features_it_cannot_run_are_errors_not_skips(tmp_path, change, message):
     workflow = _template(tasks=[{"name": "a", "template": "one"}], templates=[_python("one", "print(1)")])
@@ -109,6 +113,14 @@ def test_features_it_cannot_run_are_errors_not_skips(tmp_path, change, message):
     path.write_text(yaml.safe_dump(workflow))
     with pytest.raises(NotSupportedLocally, match=message.replace("{", r"\{").replace("}", r"\}")):
         LocalRun(load_workflow(path), tmp_path / "work", {}, echo=lambda _: None).run()
+
+
+def test_depends_and_dependencies_together_are_refused_as_argo_refuses_them(tmp_path):
+    workflow = _template(tasks=[{"name": "a", "template": "one"},
+                                {"name": "b", "template": "one", "depends": "a", "dependencies": ["a"]}],
+                         templates=[_python("one", "print(1)")])
+    with pytest.raises(UsageError, match="task b: both depends and dependencies"):
+        LocalRun(workflow, tmp_path, {}, echo=lambda _: None).run()
 
 
 def test_unknown_parameter_and_bad_pairs_are_rejected(tmp_path):
@@ -287,7 +299,10 @@ def test_output_that_is_not_utf8_is_shown_not_fatal(tmp_path):
 
 
 SLOW = """
-import sys, time
+import signal, sys, time
+def interrupted(*_):
+    raise KeyboardInterrupt
+signal.signal(signal.SIGTERM, interrupted)  # a step that stops cleanly on either
 print('started', flush=True)
 try:
     time.sleep(60)
@@ -298,7 +313,9 @@ except KeyboardInterrupt:
 """
 
 
-def test_ctrl_c_lets_the_running_step_stop_and_names_it_for_resume(tmp_path):
+@pytest.mark.parametrize("signal_name, to_group", [("SIGINT", True), ("SIGTERM", False)])
+def test_ctrl_c_or_a_kill_lets_the_running_step_stop_and_names_it_for_resume(tmp_path, signal_name, to_group):
+    """Ctrl-C reaches the runner's whole process group; a kill (SIGTERM) the runner alone, which passes it on."""
     import os
     import signal
 
@@ -310,7 +327,7 @@ def test_ctrl_c_lets_the_running_step_stop_and_names_it_for_resume(tmp_path):
                            start_new_session=True)  # its own process group, as a terminal's Ctrl-C reaches
     for line in run.stdout:
         if line.strip() == "[slow] started":
-            os.killpg(run.pid, signal.SIGINT)
+            (os.killpg if to_group else os.kill)(run.pid, getattr(signal, signal_name))
             break
     rest = run.stdout.read()
     assert run.wait(timeout=30) == 130

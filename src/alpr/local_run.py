@@ -2,19 +2,22 @@
 
 The template's own command and args run as local processes: ``python`` is this
 interpreter, the work PVC's mount path maps to the local workdir, Secret-backed env
-vars come from this environment. Images, resources, pod GC and TTL only matter in a
-cluster (as do podSpecPatch's resource limits) and are ignored here; any other feature the
+vars come from this environment. Images, resources, pod GC, TTL, deadlines and parallelism only
+matter in a cluster (as do podSpecPatch's resource limits) and are ignored here; any other feature the
 runner cannot honour stops the run with a "not supported locally" error instead of being
 skipped. As Argo does at submission, the whole DAG is checked before the first step runs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,6 +136,8 @@ def condition_holds(when: str, where: str) -> bool:
 
 def dependencies(task: dict) -> dict[str, bool]:
     """Task name -> whether it must have succeeded (``a.Succeeded``); a bare ``a`` may also have been skipped."""
+    if "depends" in task and "dependencies" in task:
+        raise UsageError(f"task {task['name']}: both depends and dependencies; Argo takes one or the other")
     if "depends" not in task:
         return dict.fromkeys(task.get("dependencies", []), False)
     found = {}
@@ -308,6 +313,9 @@ class LocalRun:
     def prepare(self, task: dict, scope: dict[str, str]) -> Step:
         where = task["name"]
         template = self._template(task)
+        for part, node in (("inputs", template), ("outputs", template), ("arguments", task)):
+            if set(node.get(part, {})) - {"parameters"}:  # artifacts
+                _unsupported(f"{where} {part}", set(node[part]) - {"parameters"})
         container = template["container"]
         scope = scope | self._inputs(task, template, scope)
         command = [self._local(substitute(str(a), scope, where), container)
@@ -428,7 +436,8 @@ class LocalRun:
         process = subprocess.Popen(step.command, cwd=step.cwd, env=step.env, stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1)
         try:
-            self._echo_output(name, process)
+            with _stopping_with_the_runner(process):
+                self._echo_output(name, process)
         except KeyboardInterrupt:
             # Ctrl-C reached the step too: its output is read on while it stops (and saves what it does),
             # or its prints would break; a second Ctrl-C kills it.
@@ -452,6 +461,25 @@ class LocalRun:
                 raise StepFailed(f"step {name!r} succeeded but did not write its output {output} ({path})")
             outputs[output] = path.read_text().removesuffix("\n")  # as Argo's executor reads it
         return outputs
+
+
+@contextlib.contextmanager
+def _stopping_with_the_runner(process: subprocess.Popen):
+    """A SIGTERM to the runner alone (a CI timeout, a kill) reaches the step too, instead of leaving it to
+    write on in the workdir, and the runner goes on as after Ctrl-C."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread takes signals
+        yield
+        return
+
+    def stop(signum, frame):
+        process.terminate()
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _redacted(values: dict[str, str]) -> dict[str, str]:
