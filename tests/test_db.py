@@ -84,3 +84,11 @@ def test_names_that_differ_only_in_case_are_two_runs(new_db_url):
     with engine.connect() as conn:
         assert sorted(conn.execute(sa.select(db.runs.c.run_id, db.runs.c.best_checkpoint)).all()) == \
             [("Run-A", "Run-A.pth"), ("run-a", "run-a.pth")]
+
+
+def test_file_names_that_differ_only_by_an_accent_are_two_images(new_db_url):
+    engine = db.connect(new_db_url)
+    rows = [db.ImageRow(name, f"{i:064x}", "train", 64, 48, 1) for i, name in enumerate(["e.jpg", "é.jpg"])]
+    assert db.record_version(engine, db.DatasetRow("plates", "1", "a" * 64, "t", "p", 2, 0, 0),
+                             db.SourceRow("s", "a", "t", "a" * 64, 2), rows)
+    assert db.count_images(engine, "plates", "1") == {"train": 2}

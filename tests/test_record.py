@@ -112,6 +112,25 @@ def test_two_records_of_one_version_at_once_record_it_once(unique_name, cleanup_
     assert _rows(MARIADB_URL, unique_name) == {"versions": 1, "images": 3000, "sources": 1, "tag": "t"}
 
 
+def test_two_records_writing_one_version_folder_at_once_leave_one_whole_folder(tmp_path):
+    from alpr.record import _atomic_folder
+
+    target = tmp_path / "datasets" / "p" / "1"
+
+    def writer(mark: str):
+        def write(folder: Path) -> None:
+            folder.mkdir(parents=True)
+            (folder / "images").write_text(mark)
+            if mark == "first":  # the other record starts and finishes meanwhile
+                _atomic_folder(target, writer("second"))
+            (folder / "manifest.json").write_text(mark)
+        return write
+
+    _atomic_folder(target, writer("first"))
+    assert {p.name: p.read_text() for p in target.iterdir()} == {"images": "second", "manifest.json": "second"}
+    assert [p.name for p in target.parent.iterdir()] == ["1"]  # no partial folder left
+
+
 def test_conflict_with_the_folder_is_refused_before_the_database(synth_dir, labelme_copy, tmp_path):
     workdir = tmp_path / "work"
     record(RecordOptions(synth_dir, workdir, "ds", "1", dvc=False))
@@ -129,6 +148,9 @@ def test_dvc_push_then_a_fresh_workdir_pulls_the_same_bytes(synth_dir, tmp_path)
     shutil.rmtree(workdir / ".dvc" / "cache")  # the bytes must come from the remote
 
     fresh = tmp_path / "fresh"
+    killed = fresh / "datasets" / "plates" / ".1.pull" / "images"  # a pull killed before its cleanup
+    killed.mkdir(parents=True)
+    (killed / "junk.txt").write_text("half")
     command = [sys.executable, "-m", "alpr.cli", "data", "pull", "--dataset", "plates", "--version", "1",
                "--workdir", "fresh", "--data-repo", "work"]  # relative, as the README gives them
     subprocess.run(command, check=True, cwd=tmp_path, capture_output=True)
@@ -139,6 +161,13 @@ def test_dvc_push_then_a_fresh_workdir_pulls_the_same_bytes(synth_dir, tmp_path)
 
     failed = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
     assert failed.returncode == 1 and "already exists" in failed.stderr
+
+
+def test_git_urls_and_ssh_addresses_are_not_local_paths():
+    from alpr.versioning import is_git_url
+
+    assert all(map(is_git_url, ["https://github.com/o/d.git", "ssh://git@host/o/d.git", "git@github.com:o/d.git"]))
+    assert not any(map(is_git_url, ["work", "/srv/data", "../data-repo", "C:/data"]))
 
 
 def test_pulling_an_unknown_version_fails_clearly(synth_dir, tmp_path):

@@ -57,7 +57,7 @@ images = sa.Table(
     "images", metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("dataset_version_id", sa.Integer, sa.ForeignKey("dataset_versions.id"), nullable=False),
-    sa.Column("file_name", sa.String(512), nullable=False),
+    sa.Column("file_name", _name(512), nullable=False),
     sa.Column("sha256", sa.String(64), nullable=False),
     sa.Column("split", sa.String(8), nullable=False),
     sa.Column("width", sa.Integer, nullable=False),

@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import tarfile
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -139,13 +140,18 @@ def _write_annotations(folder: Path, items: list[AnnotatedImage], dataset_images
 
 
 def _atomic_folder(target: Path, write) -> None:
-    """Writes a folder under a temporary name and renames it, so a failure leaves nothing behind."""
+    """Writes a folder under a temporary name of its own and renames it, so a failure leaves nothing behind
+    and two records of one version at once do not write into each other's: the first to finish stands
+    (of the same content: the database and the manifest have checked that)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.partial")
-    shutil.rmtree(partial, ignore_errors=True)
+    partial = target.with_name(f".{target.name}.partial-{uuid.uuid4().hex[:12]}")
     try:
         write(partial)
-        os.replace(partial, target)
+        try:
+            os.replace(partial, target)
+        except OSError:  # the other record's folder is in place
+            if not target.is_dir():
+                raise
     finally:
         shutil.rmtree(partial, ignore_errors=True)
 

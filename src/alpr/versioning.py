@@ -8,6 +8,8 @@ files and one tag per version; DVC holds the bytes, in its cache and on the remo
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -152,16 +154,19 @@ def pull_dataset(repo: str, name: str, version: str, workdir: Path) -> Path:
     if target.exists():
         raise VersioningError(f"{target} already exists; pull into a fresh workdir or remove it first")
     target.parent.mkdir(parents=True, exist_ok=True)
-    source = repo if "://" in repo else str(Path(repo).resolve())
+    source = repo if is_git_url(repo) else str(Path(repo).resolve())
     tag = dataset_tag(name, version)
     inside = path_in_repo(source, tag, target.relative_to(workdir).as_posix(), workdir)
     partial = target.with_name(f".{version}.pull")
+    shutil.rmtree(partial, ignore_errors=True)  # a pull killed before its cleanup: dvc get would nest into it
     try:
         _run([sys.executable, "-m", "dvc", "get", "--rev", tag, source, inside, "-o", str(partial)], workdir)
         os.replace(partial, target)
     finally:
-        if partial.exists():
-            import shutil
-
-            shutil.rmtree(partial)
+        shutil.rmtree(partial, ignore_errors=True)
     return target
+
+
+def is_git_url(repo: str) -> bool:
+    """A URL (https://, ssh://, file://) or scp-like SSH address (git@host:org/repo.git), not a local path."""
+    return "://" in repo or re.match(r"^[\w.-]+@[\w.-]+:", repo) is not None
