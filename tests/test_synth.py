@@ -160,3 +160,74 @@ def test_synth_writes_only_into_an_empty_folder_or_one_of_its_own(tmp_path):
     (ours / "notes.txt").write_text("the user's, in a folder synth wrote")
     generate(ours, 2, seed=1, options=SMALL, workers=1, progress=False)
     assert (ours / "000001.json").is_file()
+
+
+def test_backgrounds_of_16_bit_grey_and_phone_photos_are_read_as_seen(tmp_path):
+    from PIL import Image
+
+    from alpr.backgrounds import _read_photo
+
+    ramp = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (32, 1))
+    Image.fromarray(ramp).save(tmp_path / "grey16.png")  # 16-bit grey: clipped, it was almost all white
+    assert abs(float(_read_photo(str(tmp_path / "grey16.png")).mean()) - 127.5) < 3
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: turned 90 degrees, as phones save their photos
+    Image.new("RGB", (40, 20)).save(tmp_path / "phone.jpg", exif=exif)
+    assert _read_photo(str(tmp_path / "phone.jpg")).shape[:2] == (40, 20)
+
+
+def test_flags_synth_cannot_use_are_named_before_anything_is_written(tmp_path):
+    (tmp_path / "photos").mkdir()
+    cv2.imwrite(str(tmp_path / "photos" / "a.jpg"), np.zeros((64, 64, 3), np.uint8))
+    (tmp_path / "file").write_text("mine")
+    for out, kwargs, problem in [(tmp_path / "photos" / "out", {"backgrounds": tmp_path / "photos"}, "lies in"),
+                                 (tmp_path / "file", {}, "a file, not a folder"),
+                                 (tmp_path / "new", {"seed": -1}, "--seed must be >= 0")]:
+        with pytest.raises(UsageError, match=problem):
+            generate(out, 2, **{"seed": 0, **kwargs}, progress=False)
+        assert not (tmp_path / "photos" / "out").exists() and not (tmp_path / "new").exists()
+    assert (tmp_path / "file").read_text() == "mine"
+
+
+def _synth_in_background(out, count):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    return subprocess.Popen([sys.executable, "steps/synth.py", "--out", str(out), "--count", str(count),
+                             "--workers", "2", "--seed", "0"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def _wait_for_images(out, process):
+    import time
+
+    deadline = time.time() + 60
+    while time.time() < deadline and len(list(out.glob("*.jpg"))) < 8 and process.poll() is None:
+        time.sleep(0.1)
+
+
+def test_ctrl_c_stops_a_synth_of_several_workers_at_the_images_they_are_on(tmp_path):
+    import os
+    import signal
+
+    out = tmp_path / "out"
+    process = _synth_in_background(out, 5000)
+    _wait_for_images(out, process)
+    os.killpg(process.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole group
+    assert process.wait(timeout=30) != 0  # it hung, its workers going through the whole queue
+    assert len(list(out.glob("*.jpg"))) < 5000
+
+
+def test_a_synth_worker_that_dies_fails_the_run_clearly(tmp_path):
+    import os
+    import signal
+
+    out = tmp_path / "out"
+    process = _synth_in_background(out, 5000)
+    _wait_for_images(out, process)
+    worker = int(open(f"/proc/{process.pid}/task/{process.pid}/children").read().split()[0])
+    os.kill(worker, signal.SIGKILL)  # as the kernel's out-of-memory killer does
+    _, stderr = process.communicate(timeout=60)  # it hung for ever
+    assert process.returncode == 1 and "a synth worker died" in stderr and "Traceback" not in stderr

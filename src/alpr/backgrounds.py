@@ -33,19 +33,34 @@ def bundled_photos() -> list[Path]:
     return [p for p in list_images(folder) if p.stat().st_size > 20_000]
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=8)  # in each worker: a 12 MP photo is 36 MB decoded
 def _read_photo(path: str) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
-            photo = np.ascontiguousarray(np.asarray(image.convert("RGB"))[..., ::-1])
-    except (OSError, UnidentifiedImageError) as error:
+            upright = ImageOps.exif_transpose(_eight_bit(image))  # a phone's photo as it is seen
+            photo = np.ascontiguousarray(np.asarray(upright.convert("RGB"))[..., ::-1])
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as error:
         raise UsageError(f"{path}: not a readable image ({error})") from None
     if min(photo.shape[:2]) < MIN_CROP:
         raise UsageError(f"{path}: {photo.shape[1]}x{photo.shape[0]} px, too small for a background "
                          f"(at least {MIN_CROP} px a side)")
     return photo
+
+
+def _eight_bit(image):
+    """16-bit and floating-point grey images scaled to 8 bits: Pillow's convert("RGB") would clip them
+    (a 16-bit photo comes out almost white, one of floats from 0 to 1 almost black)."""
+    from PIL import Image
+
+    if image.mode.startswith("I"):
+        values = np.asarray(image, np.float32)
+        return Image.fromarray((values / (257 if values.max() > 255 else 1)).clip(0, 255).astype(np.uint8))
+    if image.mode == "F":
+        values = np.asarray(image, np.float32)
+        return Image.fromarray((values * (255 if values.max() <= 1 else 1)).clip(0, 255).astype(np.uint8))
+    return image
 
 
 class Backgrounds:
@@ -55,7 +70,8 @@ class Backgrounds:
         if folder is not None:
             folder = Path(folder)
             if not folder.is_dir():
-                raise FileNotFoundError(f"{folder}: backgrounds folder does not exist")
+                raise FileNotFoundError(f"{folder}: backgrounds folder does not exist" if not folder.exists()
+                                        else f"{folder}: not a folder; --backgrounds takes a folder of photos")
             self.photos = list_images(folder)
             if not self.photos:
                 raise UsageError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) found for backgrounds")

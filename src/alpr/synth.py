@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from functools import lru_cache
 from multiprocessing import get_context
@@ -19,7 +22,7 @@ import cv2
 import numpy as np
 
 from alpr.backgrounds import Backgrounds
-from alpr.errors import UsageError
+from alpr.errors import AlprError, UsageError
 from alpr.files import write_atomic
 from alpr.plates import DIGITS, VEHICLE_TYPES, Layout, PlateText, char_label
 from alpr.progress import show_progress
@@ -331,6 +334,11 @@ def labelme_document(shapes: list[Shape], image_name: str, width: int, height: i
 _worker_state: dict = {}
 
 
+def _init_pool_worker(*args) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it stops handing out images
+    _init_worker(*args)
+
+
 def _init_worker(out: str, backgrounds: str | None, options: SynthOptions, seed: int) -> None:
     # One process per core already. 0, not 1: in a forked worker, 1 reconfigures the OpenCV thread
     # pool inherited from the parent, which hung once the parent had resized images (under pytest).
@@ -363,6 +371,8 @@ def is_synth_name(path: Path) -> bool:
 def claim_folder(out: Path) -> None:
     """Makes out a folder synth writes, or refuses one that holds files of someone else's: synth would
     overwrite them, and record would take its images and theirs as one dataset."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out}: a file, not a folder; --out takes a folder to write images into")
     if out.is_dir() and not (out / MARK).exists():
         # unmarked files are not taken for synth's by their names: labelme frames are often 000001.jpg too
         files = sorted(p.name for p in out.iterdir())
@@ -387,25 +397,45 @@ def generate(out: Path, count: int, seed: int, backgrounds: Path | None = None,
         raise UsageError(f"--count must be >= 0, got {count}")
     if workers is not None and workers < 0:
         raise UsageError(f"--workers must be >= 0 (0: one per core), got {workers}")
+    if seed < 0:
+        raise UsageError(f"--seed must be >= 0, got {seed}")
     if backgrounds is not None:
         Backgrounds(backgrounds)  # fail early, in this process, on a bad folder
+        if out.resolve().is_relative_to(Path(backgrounds).resolve()):
+            raise UsageError(f"--out {out} lies in --backgrounds {backgrounds}: its images, plates and all, "
+                             "would become backgrounds; write them elsewhere")
     claim_folder(out)
-    workers = workers or min(os.cpu_count() or 1, max(count, 1))
+    workers = workers or min(available_cpus(), max(count, 1))
     args = (str(out), str(backgrounds) if backgrounds else None, options, seed)
     with show_progress(f"synth → {out}", count, progress, transient=False) as advance:
-        plates = 0
         if workers == 1:
             _init_worker(*args)
-            results = map(_make_one, range(count))
-        else:
-            pool = get_context("fork").Pool(workers, _init_worker, args)
-            results = pool.imap(_make_one, range(count), chunksize=4)
-        try:
-            for n in results:
-                plates += n
-                advance()
-        finally:
-            if workers > 1:
-                pool.close()
-                pool.join()
+            return _tally(map(_make_one, range(count)), advance)
+        with ProcessPoolExecutor(workers, mp_context=get_context("fork"), initializer=_init_pool_worker,
+                                 initargs=args) as pool:
+            try:
+                return _tally(pool.map(_make_one, range(count), chunksize=4), advance)
+            except BrokenProcessPool:
+                raise AlprError("a synth worker died (out of memory?); fewer --workers need less") from None
+            except BaseException:  # Ctrl-C: the workers finish the image each is on, not the whole queue
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+
+
+def _tally(plates_per_image, advance) -> int:
+    plates = 0
+    for n in plates_per_image:
+        plates += n
+        advance()
     return plates
+
+
+def available_cpus() -> int:
+    """The cores this process may use: its affinity, within a container's CPU quota (cgroup v2), not
+    the node's count."""
+    cores = len(os.sched_getaffinity(0))
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        return max(1, min(cores, int(quota) // int(period))) if quota != "max" else cores
+    except (OSError, ValueError):
+        return cores
