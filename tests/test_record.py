@@ -163,6 +163,26 @@ def test_dvc_push_then_a_fresh_workdir_pulls_the_same_bytes(synth_dir, tmp_path)
     assert failed.returncode == 1 and "already exists" in failed.stderr
 
 
+def test_a_version_whose_folder_was_removed_records_again_to_the_bytes_tagged(synth_dir, tmp_path):
+    workdir = tmp_path / "work"
+    options = RecordOptions(synth_dir, workdir, "plates", "1", dvc_remote=str(tmp_path / "remote"))
+    record(options)
+    head = lambda: subprocess.run(["git", "rev-parse", "HEAD"], cwd=workdir, capture_output=True,  # noqa: E731
+                                  text=True).stdout
+    before = head()
+    shutil.rmtree(workdir / "datasets" / "plates" / "1")
+    record(options)  # the same manifest, so the same pointer as its tag's
+    assert head() == before
+    moved = tmp_path / "moved"  # the same images elsewhere: the manifest names its source, so other bytes
+    shutil.copytree(synth_dir, moved)
+    shutil.rmtree(workdir / "datasets" / "plates" / "1")
+    with pytest.raises(Exception, match="tag plates-v1 already names other content"):
+        record(RecordOptions(moved, workdir, "plates", "1", dvc_remote=str(tmp_path / "remote")))
+    assert head() == before  # nothing committed of the refused version
+    assert subprocess.run(["git", "status", "--porcelain", "--", "datasets/plates/1.dvc"], cwd=workdir,
+                          capture_output=True, text=True).stdout == ""
+
+
 def test_git_urls_and_ssh_addresses_are_not_local_paths():
     from alpr.versioning import is_git_url
 

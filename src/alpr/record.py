@@ -16,7 +16,6 @@ import shutil
 import tarfile
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 from alpr import db, storage
@@ -230,7 +229,6 @@ def record(options: RecordOptions) -> RecordResult:
             "name": name,
             "version": version,
             "content_sha256": digest,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "classes": list(CLASSES),
             "split": dict(zip(SPLITS, options.fractions)),
             "counts": _counts(splits),

@@ -118,13 +118,13 @@ class DataRepo:
         relative = folder.resolve().relative_to(self.root)
         pointer = f"{relative}.dvc"
         dvc(self.root, "add", str(relative))  # not -q: that would hide DVC's reason when it fails
-        gitignore = str(relative.parent / ".gitignore")
-        self.commit(message, [pointer, gitignore])
         tagged = self.tag_commit(tag)
+        if tagged is not None and git(self.root, "show", f"{tag}:{pointer}") != (self.root / pointer).read_text():
+            git(self.root, "checkout", tag, "--", pointer)  # the branch keeps the tagged pointer, uncommitted
+            raise VersioningError(f"tag {tag} already names other content of {relative}; use a new version")
+        self.commit(message, [pointer, str(relative.parent / ".gitignore")])
         if tagged is None:
             git(self.root, "tag", tag)
-        elif git(self.root, "show", f"{tag}:{pointer}") != (self.root / pointer).read_text():
-            raise VersioningError(f"tag {tag} already names other content of {relative}; use a new version")
         return tag
 
     def push(self, *folders: Path) -> None:
