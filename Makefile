@@ -19,6 +19,9 @@ $(STAMP): requirements.txt requirements-test.txt requirements-build.txt requirem
 	# mmcv 2.1.0 has no wheel for this torch: build it (~12 min once) against the installed torch.
 	$(PIP) install -q -r requirements-build.txt
 	$(PIP) install -q --no-build-isolation mmcv==2.1.0
+	# pip's cached wheel was built against the torch of its day: rebuilt when its ops no longer load.
+	$(PY) -c "import mmcv.ops" 2>/dev/null || $(PIP) install -q --no-build-isolation --no-deps --no-cache-dir \
+		--force-reinstall mmcv==2.1.0
 	$(PIP) install -q --no-deps --no-build-isolation -e .
 	# mmengine and mmcv require opencv-python, whose Qt build needs libGL: keep the headless one alone (as the images do).
 	$(PIP) uninstall -y opencv-python

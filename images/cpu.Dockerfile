@@ -28,9 +28,10 @@ RUN pip install --no-deps --no-build-isolation .
 FROM python:3.11.11-slim-bookworm
 # git: DVC versions datasets in a git repository, on a volume whose root is root's (the step runs as 1000):
 # git refuses a repository there as of "dubious ownership" unless told that every directory is safe.
+# The DejaVu fonts: synth draws with the system's fonts, so a seed gives the same images as on a dev machine.
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends git \
+    && apt-get install -y --no-install-recommends git fonts-dejavu-core fonts-dejavu-extra \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --create-home --uid 1000 alpr \
     && git config --system --add safe.directory '*'

@@ -12,7 +12,7 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 MMCV_WITH_OPS=1 FORCE_CUDA=1 \
-    TORCH_CUDA_ARCH_LIST="8.0;8.6;8.9;9.0"
+    TORCH_CUDA_ARCH_LIST="7.5;8.0;8.6;8.9;9.0+PTX"
 RUN python3.11 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
@@ -33,10 +33,11 @@ RUN pip install --no-deps --no-build-isolation .
 FROM nvidia/cuda:13.0.0-cudnn-runtime-ubuntu22.04
 # git: DVC versions datasets in a git repository, on a volume whose root is root's (the step runs as 1000):
 # git refuses a repository there as of "dubious ownership" unless told that every directory is safe.
+# The DejaVu fonts: synth draws with the system's fonts, so a seed gives the same images as on a dev machine.
 ARG DEBIAN_FRONTEND=noninteractive
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends software-properties-common git \
+    && apt-get install -y --no-install-recommends software-properties-common git fonts-dejavu-core fonts-dejavu-extra \
     && add-apt-repository -y ppa:deadsnakes/ppa \
     && apt-get install -y --no-install-recommends python3.11 \
     && rm -rf /var/lib/apt/lists/* \

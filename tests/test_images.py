@@ -41,6 +41,8 @@ def test_base_images_are_pinned_and_the_step_runs_as_a_user(dockerfile):
         assert needed in text
     # the work volume's root is root's: git must take a repository there for one of user 1000's
     assert "git config --system --add safe.directory '*'" in final_stage
+    # synth's fonts are the system's: the images hold the ones a Debian or Ubuntu dev machine has
+    assert "fonts-dejavu-core fonts-dejavu-extra" in final_stage
 
 
 @pytest.mark.parametrize("recipe", [*DOCKERFILES, ROOT / "Makefile"], ids=lambda p: p.name)
