@@ -183,6 +183,23 @@ def test_a_version_whose_folder_was_removed_records_again_to_the_bytes_tagged(sy
                           capture_output=True, text=True).stdout == ""
 
 
+def test_records_of_several_versions_at_once_into_one_repository_all_land(synth_dir, tmp_path):
+    """They share the git index and DVC's lock: each waits for the other's instead of failing."""
+    workdir = tmp_path / "work"
+    record(RecordOptions(synth_dir, workdir, "plates", "0", dvc_remote=str(tmp_path / "remote")))  # the repo
+    runs = [subprocess.Popen([sys.executable, "-m", "alpr.cli", "record", "--source", str(synth_dir), "--workdir",
+                              str(workdir), "--dataset", "plates", "--version", str(v), "--dvc-remote",
+                              str(tmp_path / "remote")], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True) for v in range(1, 5)]
+    for run in runs:
+        _, stderr = run.communicate(timeout=300)
+        assert run.returncode == 0, stderr[-2000:]
+    tags = subprocess.run(["git", "tag"], cwd=workdir, capture_output=True, text=True).stdout.split()
+    assert {f"plates-v{v}" for v in range(5)} <= set(tags)
+    untracked = subprocess.run(["git", "status", "--porcelain"], cwd=workdir, capture_output=True, text=True).stdout
+    assert "datasets/plates" not in untracked, untracked
+
+
 def test_git_urls_and_ssh_addresses_are_not_local_paths():
     from alpr.versioning import is_git_url
 

@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from alpr.errors import AlprError
@@ -49,11 +50,19 @@ def _run(args: list[str], cwd: Path) -> str:
 
 
 def git(repo: Path, *args: str) -> str:
-    return _run(["git", *GIT_IDENTITY, *args], repo)
+    """Runs git; waits out another record's git command that holds the index (index.lock)."""
+    for wait in (*[0.2] * 50, None):  # 10 s at most: a git command holds it for milliseconds
+        try:
+            return _run(["git", *GIT_IDENTITY, *args], repo)
+        except VersioningError as error:
+            if wait is None or "index.lock': File exists" not in str(error):
+                raise
+            time.sleep(wait)
 
 
 def dvc(repo: Path, *args: str) -> str:
-    return _run([sys.executable, "-m", "dvc", *args], repo)
+    """Runs DVC, waiting for another record's DVC command rather than failing on its lock."""
+    return _run([sys.executable, "-m", "dvc", "--wait-for-lock", *args], repo)
 
 
 def remote_url(location: str) -> str:
