@@ -50,6 +50,7 @@ def summary(result: RecordResult, tracked: bool = True) -> str:
     if result.skipped:
         lines.append(f"  skipped {len(result.skipped)} invalid file(s): see {result.path / 'invalid.json'}")
     lines.extend(f"  uploaded {url}" for url in result.uploaded)
+    lines.extend(f"  warning: {warning}" for warning in result.warnings)
     return "\n".join(lines)
 
 

@@ -200,6 +200,21 @@ def test_records_of_several_versions_at_once_into_one_repository_all_land(synth_
     assert "datasets/plates" not in untracked, untracked
 
 
+def test_copies_of_an_image_and_empty_splits_are_recorded_with_a_warning(synth_dir, tmp_path):
+    source = tmp_path / "copies"
+    source.mkdir()
+    document = json.loads((synth_dir / "000000.json").read_text())
+    for name in ("a", "b", "c"):
+        shutil.copyfile(synth_dir / "000000.jpg", source / f"{name}.jpg")
+        (source / f"{name}.json").write_text(json.dumps({**document, "imagePath": f"{name}.jpg"}))
+    result = record(RecordOptions(source, tmp_path / "work", "copies", "1", dvc=False))
+    counts = result.manifest["counts"]
+    assert [w for w in result.warnings if "empty" in w] == \
+        [f"the {s} split is empty: more images, or other --split fractions" for s in counts if not counts[s]["images"]]
+    assert "2 image(s) are copies of another under another name (e.g. a.jpg = b.jpg = c.jpg)" in result.warnings
+    assert record(RecordOptions(synth_dir, tmp_path / "work", "plates", "1", dvc=False)).warnings == []
+
+
 def test_git_urls_and_ssh_addresses_are_not_local_paths():
     from alpr.versioning import is_git_url
 

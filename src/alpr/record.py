@@ -65,6 +65,7 @@ class RecordResult:
     skipped: list[str] = field(default_factory=list)
     db_rows: dict[str, int] = field(default_factory=dict)
     uploaded: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # recorded all the same: what training may trip on
 
 
 def check_name(kind: str, value: str) -> str:
@@ -265,4 +266,19 @@ def record(options: RecordOptions) -> RecordResult:
     )
     uploaded = upload(folder, options.store, name, version) if options.store else []
     return RecordResult(folder, manifest, created, [s["file"] for s in skipped],
-                        db.count_images(engine, name, version), uploaded)
+                        db.count_images(engine, name, version), uploaded, data_warnings(items, manifest))
+
+
+def data_warnings(items: list[AnnotatedImage], manifest: dict) -> list[str]:
+    """An empty split that was asked for (training refuses an empty train or val split), and one image
+    under several names (a copy in another split scores a model on what it trained on)."""
+    warnings = [f"the {split} split is empty: more images, or other --split fractions"
+                for split, share in manifest["split"].items() if share > 0 and not manifest["counts"][split]["images"]]
+    names: dict[str, list[str]] = {}
+    for item in items:
+        names.setdefault(item.image_sha256, []).append(item.name)
+    copies = [sorted(group) for group in names.values() if len(group) > 1]
+    if copies:
+        warnings.append(f"{sum(map(len, copies)) - len(copies)} image(s) are copies of another under another name "
+                        f"(e.g. {' = '.join(copies[0][:3])})")
+    return warnings
