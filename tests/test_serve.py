@@ -219,6 +219,18 @@ def test_what_clients_commonly_send_is_read(server, images, expected):
     assert response.status_code == 200 and "plates" in response.json()["predictions"][0], response.text
 
 
+def test_base64_as_browsers_and_url_safe_encoders_send_it_is_read():
+    from alpr.serve import InvalidImage, decode_base64_image
+
+    png = _encoded(np.full((16, 24, 3), 200, np.uint8), ".png")
+    plain = b64(png)
+    urlsafe = base64.urlsafe_b64encode(png).decode().rstrip("=")
+    for text in (plain, f"data:image/png;base64,{plain}", urlsafe, f"{plain[:40]}\n{plain[40:]}"):
+        assert decode_base64_image(text, 2**20, 10**6).shape == (16, 24, 3), text[:30]
+    with pytest.raises(InvalidImage, match="not valid base64"):
+        decode_base64_image("@@not base64@@", 2**20, 10**6)
+
+
 def _mpo(image: np.ndarray) -> bytes:
     """A JPEG with a second picture in its multi-picture extension, which Pillow names MPO."""
     from PIL import Image

@@ -115,8 +115,13 @@ def decode_image(data: bytes, max_bytes: int, max_pixels: int) -> np.ndarray:
 def decode_base64_image(text: Any, max_bytes: int, max_pixels: int) -> np.ndarray:
     if not isinstance(text, str):
         raise InvalidImage(f"expected a base64 string, got {type(text).__name__}")
+    if text.startswith("data:") and ";base64," in text[:80]:  # a browser's data URL
+        text = text.split(",", 1)[1]
+    compact = "".join(text.split())  # `base64` wraps its lines at 76
+    urlsafe = "-" in compact or "_" in compact  # the URL-safe alphabet, often sent unpadded
     try:
-        data = base64.b64decode("".join(text.split()), validate=True)  # `base64` wraps its lines at 76
+        data = base64.b64decode(compact + "=" * (-len(compact) % 4), altchars=b"-_" if urlsafe else None,
+                                validate=True)
     except (binascii.Error, ValueError) as error:
         raise InvalidImage(f"not valid base64 ({error})") from None
     return decode_image(data, max_bytes, max_pixels)
