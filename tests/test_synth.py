@@ -231,3 +231,21 @@ def test_a_synth_worker_that_dies_fails_the_run_clearly(tmp_path):
     os.kill(worker, signal.SIGKILL)  # as the kernel's out-of-memory killer does
     _, stderr = process.communicate(timeout=60)  # it hung for ever
     assert process.returncode == 1 and "a synth worker died" in stderr and "Traceback" not in stderr
+
+
+def test_a_font_that_lacks_a_plate_character_is_not_drawn_with(tmp_path):
+    from fontTools import subset
+    from fontTools.ttLib import TTFont
+
+    from alpr.synth import _draws_plate_characters, system_truetype_fonts
+
+    dejavu = next(f for f in system_truetype_fonts() if f.endswith("/DejaVuSans.ttf"))
+    options = subset.Options()
+    options.notdef_outline = True  # the missing-glyph box is drawn, with ink, for A-E
+    subsetter = subset.Subsetter(options)
+    subsetter.populate(text="0123456789")
+    font = TTFont(dejavu)
+    subsetter.subset(font)
+    font.save(tmp_path / "digits.ttf")
+    assert _draws_plate_characters(f"ttf:{dejavu}")
+    assert not _draws_plate_characters(f"ttf:{tmp_path / 'digits.ttf'}")

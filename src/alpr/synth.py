@@ -94,9 +94,15 @@ def system_truetype_fonts() -> tuple[str, ...]:
 
 
 def _draws_plate_characters(font: str) -> bool:
+    """Every plate character is in the font's character map and draws ink: a character it lacks would
+    draw as its missing-glyph box, ink all the same, and be labelled as the character."""
+    from fontTools.ttLib import TTFont, TTLibError
+
     try:
-        return all(glyph_ink(font, char).size > 0 for char in PLATE_CHARACTERS)
-    except (OSError, ValueError):
+        with TTFont(font.removeprefix("ttf:"), lazy=True) as face:
+            mapped = face.getBestCmap() or {}
+        return all(ord(char) in mapped and glyph_ink(font, char).size > 0 for char in PLATE_CHARACTERS)
+    except (OSError, ValueError, TTLibError):
         return False
 
 
