@@ -87,8 +87,8 @@ def test_synth_count_0_skips_synth_and_records_the_source_as_it_is(count, skippe
     document = yaml.safe_load((ROOT / "workflows" / "alpr-pipeline.yaml").read_text())
     tasks = {t["name"]: t for t in _templates(document)["pipeline"]["dag"]["tasks"]}
     scope = {"workflow.parameters.synth-count": count}
-    assert bool(LocalRun.skip_reason(tasks["synth"], scope, set())) is skipped
-    assert LocalRun.skip_reason(tasks["record"], scope, {"synth"} if skipped else set()) is None
+    assert bool(LocalRun.skip_reason(tasks["synth"], scope, set(), set())) is skipped
+    assert LocalRun.skip_reason(tasks["record"], scope, {"synth"} if skipped else set(), set()) is None
 
 
 def test_the_defaults_are_one_setup_a_cpu_cluster_runs():
