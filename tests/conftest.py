@@ -57,6 +57,15 @@ def db_url(request, tmp_path) -> str:
     return MARIADB_URL
 
 
+def interruptible() -> None:
+    """A Popen preexec_fn: SIGINT back to its default. Under a shell's background job (CI, nohup ... &) the
+    tests start with SIGINT ignored, which their children inherit; Python would then never raise
+    KeyboardInterrupt. Started so, a process takes Ctrl-C as from a terminal."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -319,12 +319,15 @@ def test_ctrl_c_or_a_kill_lets_the_running_step_stop_and_names_it_for_resume(tmp
     import os
     import signal
 
+    from conftest import interruptible
+
     path = tmp_path / "slow.yaml"
     path.write_text(yaml.safe_dump(_template(tasks=[{"name": "slow", "template": "slow"}],
                                              templates=[_python("slow", SLOW)])))
     run = subprocess.Popen([sys.executable, "-m", "alpr.cli", "run", str(path), "--workdir", str(tmp_path / "w")],
                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                           start_new_session=True)  # its own process group, as a terminal's Ctrl-C reaches
+                           start_new_session=True,  # its own process group, as a terminal's Ctrl-C reaches
+                           preexec_fn=interruptible)
     for line in run.stdout:
         if line.strip() == "[slow] started":
             (os.killpg if to_group else os.kill)(run.pid, getattr(signal, signal_name))

@@ -193,11 +193,11 @@ def _synth_in_background(out, count):
     import subprocess
     import sys
 
-    from conftest import ROOT
+    from conftest import ROOT, interruptible
 
     return subprocess.Popen([sys.executable, "steps/synth.py", "--out", str(out), "--count", str(count),
                              "--workers", "2", "--seed", "0"], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=interruptible)
 
 
 def _wait_for_images(out, process):
