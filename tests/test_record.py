@@ -328,4 +328,6 @@ def test_what_would_fail_late_is_refused_before_anything_is_written(synth_dir, t
     with pytest.raises(UsageError,
                        match=r"share its git tags with the annotations of dataset 'plates' \(plates-ann-v1\)"):
         record(RecordOptions(synth_dir, workdir, "plates-ann", "1"))
+    with pytest.raises(UsageError, match=r"version '1-v2': '-v' in a version would make its git tag \(a-v1-v2\)"):
+        record(RecordOptions(synth_dir, workdir, "a", "1-v2"))  # dataset a-v1's version 2 has that tag
     assert not workdir.exists()

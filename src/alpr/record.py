@@ -202,6 +202,9 @@ def record(options: RecordOptions) -> RecordResult:
     if name.endswith("-ann"):
         raise UsageError(f"dataset {name!r}: a name ending in '-ann' would share its git tags with the annotations "
                          f"of dataset {name[:-4]!r} ({annotation_tag(name[:-4], version)})")
+    if "-v" in version:  # tags are NAME-vVERSION: dataset a version 1-v2 and dataset a-v1 version 2 would share one
+        raise UsageError(f"version {version!r}: '-v' in a version would make its git tag "
+                         f"({dataset_tag(name, version)}) one another dataset's version could have")
     workdir = options.workdir.resolve()
     if options.store:
         storage.check_url(options.store)  # now, not after the version is written
