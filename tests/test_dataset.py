@@ -212,6 +212,16 @@ def _annotate(folder: Path, synth_dir: Path, image_name: str, json_name: str) ->
     (folder / json_name).write_text(json.dumps({**document, "imagePath": image_name}))
 
 
+def test_an_image_path_labelme_wrote_on_windows_is_found(tmp_path, synth_dir):
+    (tmp_path / "src" / "images").mkdir(parents=True)
+    (tmp_path / "src" / "labels").mkdir()
+    shutil.copy(synth_dir / "000001.jpg", tmp_path / "src" / "images" / "a.jpg")
+    document = json.loads((synth_dir / "000001.json").read_text())
+    (tmp_path / "src" / "labels" / "a.json").write_text(json.dumps({**document, "imagePath": "..\\images\\a.jpg"}))
+    valid, errors = scan(tmp_path / "src")
+    assert errors == [] and [item.image_path for item in valid] == [tmp_path / "src" / "images" / "a.jpg"]
+
+
 def test_names_that_would_collide_in_the_database_or_the_annotations_are_refused(tmp_path, synth_dir):
     """MySQL's default collation takes A.jpg for a.jpg; a.jpg and a.png would both be recorded as a.json."""
     folder = tmp_path / "src"

@@ -200,7 +200,8 @@ def load_labelme(json_path: Path, source: Path) -> AnnotatedImage:
     for key, kind in required.items():
         if not isinstance(document.get(key), kind):
             raise AnnotationError(json_path, f"not a labelme file: field {key!r} must be a {kind.__name__}")
-    image_path = (json_path.parent / document["imagePath"]).resolve()
+    # labelme on Windows writes ..\images\a.jpg: its separators are ours
+    image_path = (json_path.parent / document["imagePath"].replace("\\", "/")).resolve()
     if not image_path.is_file():
         raise AnnotationError(json_path, f"imagePath {document['imagePath']!r}: image not found at {image_path}")
     data = image_path.read_bytes()
