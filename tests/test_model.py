@@ -759,6 +759,7 @@ def test_training_starts_from_the_load_from_checkpoints_weights(smoke_workdir, s
                              "--iters", "1", "--val-interval", "1", "--lr", "1e-12", "--load-from", str(best))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     start = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
+    assert f"--load-from {best}: {len(start)} of this network's {len(start)} weights" in result.stdout
     after = torch.load(smoke_workdir / "runs" / "loaded" / "train" / "iter_1.pth", map_location="cpu",
                        weights_only=False)["state_dict"]
     # a step at a learning rate of 1e-12 leaves the weights as loaded (batch norm statistics move regardless)

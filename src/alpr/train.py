@@ -115,6 +115,7 @@ def check_weights_fit(path: Path, settings: TrainSettings, config: dict) -> None
         raise UsageError(f"{path}: none of its {len(weights)} weights fit {network(settings.to_dict())} (names "
                          "and shapes): it would train from scratch; train without --load-from, or load weights "
                          "of this network")
+    print(f"--load-from {path}: {len(fitting)} of this network's {len(wanted)} weights", flush=True)
 
 
 def network(settings: dict) -> str:
