@@ -103,7 +103,7 @@ def default_db_url(workdir: Path) -> str:
     return os.environ.get(DB_URL_ENV) or f"sqlite:///{(workdir / 'alpr.db').resolve()}"
 
 
-def safe_url(url: str) -> str:
+def safe_url(url: str | sa.URL) -> str:
     """The URL with any password masked, for logs."""
     return make_url(url).render_as_string(hide_password=True)
 
@@ -144,7 +144,7 @@ def _named_errors(function):
         try:
             return function(engine, *args, **kwargs)
         except sa.exc.DBAPIError as error:
-            raise DatabaseError(f"database {engine.url.render_as_string(hide_password=True)}: {error.orig}") from None
+            raise DatabaseError(f"database {safe_url(engine.url)}: {error.orig}") from None
     return named
 
 

@@ -200,11 +200,11 @@ def _ap(evaluator: COCOeval) -> float:
     return max(float(evaluator.stats[0]), 0.0)
 
 
-def _layout_aps(evaluator: COCOeval, gt_layout: dict[int, Layout | None]) -> dict[Layout, float]:
+def _layout_aps(evaluator: COCOeval, gt_layout: dict[int, Layout | None],
+                dt_layout: dict[int, Layout | None]) -> dict[Layout, float]:
     """AP per layout from one evaluation. Other layouts' plates are ignored as COCO ignores crowd
     regions: their ground truth, and the detections matched to it or, unmatched, lying on such a plate
     (:func:`annotation_layouts`). A detection on no plate counts against both layouts."""
-    dt_layout = annotation_layouts(evaluator.cocoGt, evaluator.cocoDt)
     evaluated, aps = evaluator.evalImgs, {}
     for layout in Layout:
         other_gt = _flags(gt_layout, lambda of: of != layout)
@@ -228,11 +228,10 @@ def _flags(layouts: dict[int, Layout | None], flagged) -> np.ndarray:
     return flags
 
 
-def annotation_layouts(gt: COCO, coco: COCO) -> dict[int, Layout | None]:
-    """The layout of each annotation in ``coco`` (the ground truth ``gt`` or detections on its images):
-    a region's by its class, a character's by the ground-truth plate that holds its centre (None
-    outside every plate)."""
-    truth = {image_id: true_plates(gt, image_id) for image_id in gt.getImgIds()}
+def annotation_layouts(coco: COCO, truth: dict[int, list[TruePlate]]) -> dict[int, Layout | None]:
+    """The layout of each annotation in ``coco`` (the ground truth or detections on its images, whose
+    plates are ``truth``): a region's by its class, a character's by the ground-truth plate that holds
+    its centre (None outside every plate)."""
     layouts = {}
     for ann in coco.anns.values():
         label = CLASSES[ann["category_id"] - 1]
@@ -260,7 +259,8 @@ def coco_aps(gt: COCO, detections: dict[int, list[Detection]]) -> dict[str, floa
     masked = all("segmentation" in r for r in results)  # before loadRes, which gives boxes a rectangle
     with contextlib.redirect_stdout(io.StringIO()):
         dt = gt.loadRes(results)
-    gt_layout = annotation_layouts(gt, gt)
+    truth = {image_id: true_plates(gt, image_id) for image_id in gt.getImgIds()}
+    gt_layout, dt_layout = annotation_layouts(gt, truth), annotation_layouts(dt, truth)
     for key, evaluator in (("bbox_mAP", COCOeval(gt, dt, "bbox")), ("segm_mAP", COCOeval(gt, dt, "segm")),
                            ("dv_mAP", DvCOCOeval(gt, dt))):
         if key != "bbox_mAP" and not masked:
@@ -271,7 +271,7 @@ def coco_aps(gt: COCO, detections: dict[int, list[Detection]]) -> dict[str, floa
         with contextlib.redirect_stdout(io.StringIO()):
             evaluator.evaluate()
         scores[key] = _ap(evaluator)
-        for layout, ap in _layout_aps(evaluator, gt_layout).items():
+        for layout, ap in _layout_aps(evaluator, gt_layout, dt_layout).items():
             scores[key + layout_suffix(layout)] = ap
     return scores
 
