@@ -19,7 +19,7 @@ from alpr.glyphs import (
     train_glyphs,
 )
 from alpr.plates import CHARACTER_CLASSES
-from alpr.postprocess import read_plates
+from alpr.postprocess import ReadOptions, read_plates
 from handmade import plate_detections
 
 
@@ -119,11 +119,28 @@ def _glyphs(reads: str, score: float = 0.9, second: str = "7", second_score: flo
 def test_each_character_is_read_again_by_the_glyph_classifier_within_the_format():
     detections = plate_detections("12A3456")
     [plate] = read_plates(detections, glyphs=_glyphs("12A8456"))
-    assert plate.text == "12A8456" and plate.char_scores == pytest.approx((0.9,) * 7)
+    # scored among the kind at the place: 0.9 of the 0.9 + 0.05 + 8 x 0.001 the digits hold
+    assert plate.text == "12A8456" and plate.char_scores[0] == pytest.approx(0.9 / 0.958)
     # a first choice of the wrong kind gives way to the best choice of the format's kind there
     [plate] = read_plates(detections, glyphs=_glyphs("1DA3456", second="7", second_score=0.2))
-    assert plate.text == "17A3456" and plate.char_scores[1] == pytest.approx(0.2)
+    assert plate.text == "17A3456" and plate.char_scores[1] == pytest.approx(0.2 / 0.209)
     [plate] = read_plates(detections, glyphs=_glyphs("12A3456", second="e", second_score=0.2))
+    assert plate.text == "12A3456"
+
+
+def test_a_character_the_glyph_classifier_is_unsure_of_leaves_the_plate_unread():
+    """Not guessed: a flat reading, or a letter's place where the letters are about even."""
+    detections = plate_detections("12A3456")
+
+    def flat(boxes):
+        return np.full((len(boxes), len(CHARACTER_CLASSES)), 1 / len(CHARACTER_CLASSES), np.float32)
+
+    [plate] = read_plates(detections, glyphs=flat)
+    assert plate.text is None and plate.reason.startswith("characters read again unsure: '0' at 0.10, ")
+    # at the letter's place the classifier is sure of a digit, and the letters share what is left
+    [plate] = read_plates(detections, glyphs=_glyphs("1283456", second="7", second_score=0.05))
+    assert plate.text is None and plate.reason == "characters read again unsure: 'A' at 0.20"
+    [plate] = read_plates(detections, glyphs=_glyphs("1283456"), options=ReadOptions(char_threshold=0.15))
     assert plate.text == "12A3456"
 
 

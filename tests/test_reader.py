@@ -8,7 +8,7 @@ import pytest
 
 from alpr.postprocess import Detection, Plate, ReadOptions
 from alpr.errors import UsageError
-from alpr.reader import (ZOOM_MARGIN, agreed_reading, best_reading, from_window, read_enough, resolve_device,
+from alpr.reader import (ZOOM_MARGIN, agreed_reading, best_reading, distinct_plates, from_window, read_enough, resolve_device,
                          sure_enough, window_image, zoom_window)
 from handmade import plate_detections
 
@@ -106,7 +106,22 @@ def test_a_board_is_read_surely_when_one_window_reads_it_with_every_character_at
     assert not sure_enough(first, [[sure]], None)  # None: every width is read
 
 
-def test_zoom_widths_must_be_positive_and_the_sure_score_a_score():
+def test_two_pieces_of_one_plate_that_both_take_a_windows_reading_are_one_plate():
+    """Boards found apart (IoU 0.4, both kept by suppression) each overlap a window's reading of the whole."""
+    left, right = _plate(None, (0, 0, 140, 40)), _plate(None, (60, 0, 200, 40))
+    whole = _plate("12A3456", (20, 0, 180, 40))
+    plates = [best_reading(left, [[whole]]), best_reading(right, [[whole]])]
+    assert plates == [whole, whole] and distinct_plates(plates) == [whole]
+    # an unread piece gives way to the reading that covers it; plates apart all stay, in their order
+    beside = _plate("98C7654", (300, 0, 440, 40))
+    assert distinct_plates([left, beside, whole]) == [beside, whole]
+    assert distinct_plates([left, beside]) == [left, beside]
+
+
+def test_reading_options_out_of_range_are_usage_errors():
+    for flag, value in (("char threshold", 30), ("board threshold", -0.1), ("duplicate IoU", 0)):
+        with pytest.raises(UsageError, match=f"{flag} {value}"):
+            ReadOptions(**{flag.replace(" ", "_").replace("IoU", "iou"): value})
     with pytest.raises(UsageError, match=r"\(224, 0\)"):
         ReadOptions(zoom_widths=(224, 0))
     for score in (0, 1.5):

@@ -4,7 +4,9 @@ A board owns the sub-text and main-text regions and the characters whose centres
 fall inside it. Each character goes to the region that holds its centre and is read
 left to right, one per glyph: two detections that share most of their width in one row
 are one character. Given a glyph classifier (``alpr.glyphs``), each of a board's seven
-characters is read again by it, as the likeliest character of the kind the format puts there.
+characters is read again by it, as the likeliest character of the kind the format puts there,
+scored by its probability among that kind; one scoring under the character threshold leaves the
+plate unread.
 Without one, where the model's first choice at a position is a letter where the format puts
 a digit (or the reverse), its best choice of the right kind there is read. A
 plate is returned read only when the sub text is two digits and a letter A-E and the main
@@ -92,6 +94,11 @@ class ReadOptions:
     sure_score: float | None = None
 
     def __post_init__(self):
+        for name in ("board_threshold", "char_threshold", "region_threshold"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise UsageError(f"{name.replace('_', ' ')} {getattr(self, name)}: a score, from 0 to 1")
+        if not 0 < self.duplicate_iou <= 1:
+            raise UsageError(f"duplicate IoU {self.duplicate_iou}: an overlap, above 0 and at most 1")
         if any(width <= 0 for width in self.zoom_widths):
             raise UsageError(f"zoom widths are board widths in px, above 0: not {tuple(self.zoom_widths)}")
         if self.sure_score is not None and not 0 < self.sure_score <= 1:
@@ -166,7 +173,8 @@ Glyphs = Callable[[list[BOX]], np.ndarray]  # boxes in the image -> class probab
 
 def _reread(rows: list[list[Detection]], glyphs: Glyphs) -> list[list[Detection]]:
     """Each character read again by the glyph classifier: its likeliest class of the kind the
-    format puts at its place, scored by the classifier's probability of it."""
+    format puts at its place, scored by its probability among that kind. The format is known, so a
+    glyph surely a B or an 8 is surely an 8 where a digit belongs; a flat guess still scores low."""
     probabilities = iter(glyphs([c.bbox for row in rows for c in row]))
     reread = []
     for row, kinds in zip(rows, TEXT_KINDS):
@@ -175,7 +183,9 @@ def _reread(rows: list[list[Detection]], glyphs: Glyphs) -> list[list[Detection]
             allowed = DIGIT_IDS if kind == "D" else LETTER_IDS
             p = next(probabilities)
             best = max(allowed, key=lambda i: p[i])
-            reread[-1].append(replace(char, label=CHARACTER_CLASSES[best], score=float(p[best])))
+            of_kind = float(sum(p[i] for i in allowed))
+            score = float(p[best]) / of_kind if of_kind > 0 else 0.0
+            reread[-1].append(replace(char, label=CHARACTER_CLASSES[best], score=score))
     return reread
 
 
@@ -215,6 +225,10 @@ def read_board(board: Detection, detections: list[Detection], options: ReadOptio
     if len(sub_text) != 3 or len(main_text) != 4:
         return _unread(layout, board, f"read {sub_text!r} + {main_text!r}: expected 3 sub-text and 4 main-text "
                                       "characters", scores)
+    unsure = [f"{label_char(c.label)!r} at {c.score:.2f}" for row in rows for c in row
+              if c.score < options.char_threshold]  # only a re-read character can be
+    if unsure:
+        return _unread(layout, board, f"characters read again unsure: {', '.join(unsure)}", scores)
     try:
         text = parse_plate(sub_text + main_text)
     except PlateFormatError as error:

@@ -168,6 +168,17 @@ def best_reading(first: Plate, windows: Sequence[list[Plate]]) -> Plate:
     return agreed_reading(first, windows) or surest_reading(first, windows)
 
 
+def distinct_plates(plates: list[Plate]) -> list[Plate]:
+    """One plate for each board: two pieces of one plate found apart can both take a window's
+    reading of the whole of it, or overlap the board it reads. Read plates first, surest first,
+    drop each that overlaps a kept one at SAME_PLATE_IOU; in the order of ``read_plates``."""
+    kept: list[int] = []
+    for k in sorted(range(len(plates)), key=lambda k: (not plates[k].readable, -surest(plates[k]), -plates[k].score)):
+        if not any(box_iou(plates[k].bbox, plates[other].bbox) >= SAME_PLATE_IOU for other in kept):
+            kept.append(k)
+    return [plates[k] for k in sorted(kept)]
+
+
 class PlateReader:
     """Reads plates with a trained model: ``PlateReader.from_checkpoint(path).predict(image)``."""
 
@@ -267,7 +278,7 @@ class PlateReader:
                 seen[k].append(read_plates(detections, self.options, glyphs[firsts[k][0]]))
             todo = [k for k in todo if not read_enough(firsts[k][1], seen[k], self.options.sure_score)]
         best = iter(best_reading(first, windows) for (_, first), windows in zip(firsts, seen))
-        return [[next(best) for _ in found] for found in plates]
+        return [distinct_plates([next(best) for _ in found]) for found in plates]
 
     def detect_windows(self, arrays: list[np.ndarray], boards: list[tuple[int, BOX]], width: int
                        ) -> list[list[Detection]]:
