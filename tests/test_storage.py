@@ -41,6 +41,30 @@ def test_file_urls_round_trip(tmp_path):
         storage.write_bytes("file://bucket/a.txt", b"lost")  # would have written /a.txt
 
 
+def test_a_url_with_a_query_or_fragment_or_naming_no_object_is_refused_before_anything_is_written(tmp_path):
+    """urlparse would drop '#1' or '?x' and put every object at one path, each over the one before."""
+    for url in ((tmp_path / "store").as_uri() + "#1", "gs://bucket/alpr?x"):
+        with pytest.raises(storage.StorageError, match="holds no '\\?' or '#'"):
+            storage.check_url(url)
+        with pytest.raises(storage.StorageError, match="holds no"):
+            storage.write_bytes(storage.join(url, "manifest.json"), b"{}")
+    assert not (tmp_path / "store").exists()
+    (tmp_path / "folder").mkdir()
+    for url, what in (("gs://bucket", "a bucket"), ("gs://bucket/models/", "a folder"),
+                      ((tmp_path / "folder").as_uri(), "a folder")):
+        with pytest.raises(storage.StorageError, match=f"{url}: names {what}, not an object"):
+            storage.read_bytes(url)
+
+
+def test_a_failed_file_upload_names_the_url_and_leaves_no_partial_file(tmp_path):
+    (tmp_path / "bucket").mkdir()
+    url = (tmp_path / "bucket").as_uri() + "/best.pth"
+    # a source that opens but fails mid-copy, as a full disk or a lost volume does (root or not)
+    with pytest.raises(storage.StorageError, match=f"{url}: Input/output error"):
+        storage.upload_file(Path("/proc/self/mem"), url)
+    assert list((tmp_path / "bucket").iterdir()) == []
+
+
 def test_a_file_store_writes_files_others_may_read_as_the_umask_allows(tmp_path):
     previous = os.umask(0o022)
     try:

@@ -28,13 +28,24 @@ def _split(url: str) -> tuple[str, str, str]:
     parsed = urlparse(url)
     if parsed.scheme not in SCHEMES:
         raise StorageError(f"{url!r}: unsupported storage URL; expected file:///path or gs://bucket/key")
+    if "?" in url or "#" in url:  # a query or fragment is no part of the path: every object would land on one
+        raise StorageError(f"{url!r}: a storage URL holds no '?' or '#'")
     if parsed.scheme == "gs" and not parsed.netloc:
         raise StorageError(f"{url!r}: gs:// URL needs a bucket name")
     if parsed.scheme == "file" and parsed.netloc not in ("", "localhost"):
         raise StorageError(f"{url!r}: a file:// URL names no host; expected file:///absolute/path "
                            f"(here file:///{parsed.netloc}{parsed.path}?)")
-    return parsed.scheme, parsed.netloc, unquote(parsed.path).lstrip("/") if parsed.scheme == "gs" else unquote(
-        parsed.path)
+    # gs:// object names are taken as written, as gsutil takes them; file:// paths as Path.as_uri quotes them
+    return parsed.scheme, parsed.netloc, parsed.path.lstrip("/") if parsed.scheme == "gs" else unquote(parsed.path)
+
+
+def _object(url: str) -> tuple[str, str, str]:
+    """The parts of a URL that names one object, not a bucket or a folder."""
+    scheme, bucket, key = _split(url)
+    if not key or key.endswith("/") or (scheme == "file" and Path(key).is_dir()):
+        raise StorageError(f"{url}: names a {'folder' if key else 'bucket'}, not an object; expected "
+                           f"{scheme}://{bucket}/.../NAME")
+    return scheme, bucket, key
 
 
 def check_url(url: str) -> None:
@@ -92,15 +103,20 @@ def _gcs_errors(url: str, missing: str):
 
 
 def upload_file(path: Path, url: str) -> None:
-    scheme, bucket, key = _split(url)
+    scheme, bucket, key = _object(url)
     if scheme == "file":
         target = Path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
         # a file of our own making, not mkstemp's, so that its mode is the umask's, not 0600
         tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
-        with path.open("rb") as src, tmp.open("xb") as out:
-            shutil.copyfileobj(src, out)
-        os.replace(tmp, target)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("rb") as src, tmp.open("xb") as out:
+                shutil.copyfileobj(src, out)
+            os.replace(tmp, target)
+        except OSError as error:
+            raise StorageError(f"{url}: {error.strerror or error}") from None
+        finally:
+            tmp.unlink(missing_ok=True)
     else:
         with _gcs_errors(url, missing=f"no bucket {bucket!r}"):
             _blob(bucket, key).upload_from_filename(str(path))
@@ -114,7 +130,7 @@ def write_bytes(url: str, data: bytes) -> None:
 
 
 def download_file(url: str, path: Path) -> None:
-    scheme, bucket, key = _split(url)
+    scheme, bucket, key = _object(url)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.download")
     try:
@@ -138,7 +154,7 @@ def read_bytes(url: str) -> bytes:
 
 
 def exists(url: str) -> bool:
-    scheme, bucket, key = _split(url)
+    scheme, bucket, key = _object(url)
     if scheme == "file":
         return Path(key).is_file()
     with _gcs_errors(url, missing="not found"):
