@@ -88,10 +88,14 @@ def test_user_backgrounds_are_used(tmp_path):
     backgrounds = tmp_path / "bg"
     backgrounds.mkdir()
     cv2.imwrite(str(backgrounds / "red.png"), np.full((300, 400, 3), (0, 0, 255), np.uint8))
+    (backgrounds / "._red.png").write_bytes(b"\0\5\26\7 macOS metadata")  # hidden: no image, left out
+    (backgrounds / ".trash").mkdir()
+    cv2.imwrite(str(backgrounds / ".trash" / "blue.png"), np.full((300, 400, 3), (255, 0, 0), np.uint8))
     out = tmp_path / "out"
-    generate(out, 3, seed=1, backgrounds=backgrounds, options=SynthOptions(200, 150, 1, 1.0), progress=False)
-    image = cv2.imread(str(out / "000000.jpg")).astype(float)
-    assert image[..., 2].mean() > image[..., 0].mean() + 50  # still red: the photo is the background
+    generate(out, 6, seed=1, backgrounds=backgrounds, options=SynthOptions(200, 150, 1, 1.0), progress=False)
+    for path in sorted(out.glob("*.jpg")):
+        image = cv2.imread(str(path)).astype(float)
+        assert image[..., 2].mean() > image[..., 0].mean() + 50  # still red: the photo is the background
 
 
 def test_bad_backgrounds_folder_is_a_clear_error(tmp_path):
