@@ -337,6 +337,25 @@ def test_ctrl_c_or_a_kill_lets_the_running_step_stop_and_names_it_for_resume(tmp
     assert "[slow] saved" in rest and "interrupted in step 'slow'; rerun with --resume" in rest
 
 
+def test_a_second_run_of_a_template_while_one_runs_in_the_same_workdir_is_refused(tmp_path):
+    """They would share the state file that --resume reads; once the first ends, the template runs again."""
+    workflow = _template(tasks=[{"name": "slow", "template": "slow"}], templates=[_python("slow", SLOW)])
+    path = tmp_path / "slow.yaml"
+    path.write_text(yaml.safe_dump(workflow))
+    first = subprocess.Popen([sys.executable, "-m", "alpr.cli", "run", str(path), "--workdir", str(tmp_path)],
+                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert any(line.strip() == "[slow] started" for line in first.stdout)
+        with pytest.raises(UsageError, match=r"another `alpr run` of t is running in .*; wait for it"):
+            LocalRun(workflow, tmp_path, {}, echo=lambda _: None).run()
+    finally:
+        first.terminate()
+        first.wait(timeout=30)
+    quick = _template(tasks=[{"name": "a", "template": "count"}], templates=[_python("count", APPEND, ["/work/n", "a"])])
+    LocalRun(quick, tmp_path, {}, echo=lambda _: None).run()
+    assert (tmp_path / "n").read_text() == "a\n"
+
+
 def test_unquoted_yaml_values_and_outputs_read_as_argo_reads_them(tmp_path):
     workflow = _template(
         tasks=[{"name": "a", "template": "write", "when": "{{workflow.parameters.flag}} == true"}],

@@ -11,6 +11,7 @@ skipped. As Argo does at submission, the whole DAG is checked before the first s
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import re
@@ -256,6 +257,23 @@ class LocalRun:
                                       "supported locally")
         tasks = topological(entry["dag"]["tasks"])
         self.check(tasks)
+        with self._only_run_of_this_template():
+            return self._run(tasks)
+
+    @contextlib.contextmanager
+    def _only_run_of_this_template(self):
+        """Holds a lock beside the state file while the run lasts: a second run of the same template
+        in the same workdir would share its state file and scratch folders, so it is refused."""
+        self.state_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.state_file.with_suffix(".lock"), "w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise UsageError(f"another `alpr run` of {self.state_file.stem} is running in {self.workdir}; "
+                                 "wait for it to end or give another --workdir") from None
+            yield
+
+    def _run(self, tasks: list[dict]) -> dict[str, dict[str, str]]:
         for local in filter(None, self.mounts.values()):
             local.mkdir(parents=True, exist_ok=True)
         self.echo(f"run {self.name} in {self.workdir}")
