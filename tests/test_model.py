@@ -187,6 +187,12 @@ def test_training_resumes_from_its_last_checkpoint(smoke_workdir, smoke_training
     assert "resumed" in log.lower() and "Iter(train) [1/6]" not in log
     assert "glyph net: trained" not in log  # it was, before the first iteration
     assert (smoke_workdir / "runs" / "r1" / "train" / "iter_6.pth").is_file()
+    # seeded anew at the step it resumed from (seed 0 + 4), or it would draw its first batches again,
+    # and without mmengine's warning that the checkpoint's seed differs
+    import torch
+
+    saved = torch.load(smoke_workdir / "runs" / "r1" / "train" / "iter_6.pth", map_location="cpu", weights_only=False)
+    assert saved["meta"]["seed"] == 4 and "random seed in the checkpoint" not in log
 
 
 def test_a_run_stopped_while_validating_validates_first_and_a_copied_run_keeps_to_its_own_files(smoke_workdir,
@@ -357,6 +363,51 @@ def test_zoomed_crops_default_to_the_models_own_share_and_an_explicit_zero_turns
     assert board_share(model="rtmdet-ins-tiny", zoom_share=0.0) == 0.0
     assert board_share(model="smoke", zoom_share=0.5) == 0.5
     assert TrainSettings(model="rtmdet-ins-tiny").to_dict()["zoom_share"] == 0.25  # recorded as trained
+
+
+@pytest.mark.parametrize("crop", [300, 320])
+def test_a_crop_size_off_the_largest_stride_trains_padded_to_it(tmp_path, crop):
+    """RTMDet's neck joins each feature level to the one above it scaled twice: 300 px levels (38,
+    19, 10) would not fit together, so crops are padded to 320."""
+    import torch
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+
+    import alpr.mmdet_ext  # noqa: F401  (registers the model's own parts)
+    from alpr.model import TrainSettings, build_config
+
+    register_all_modules()  # mmdet's parts by their plain names, as the training config sets
+    config = build_config(TrainSettings(model="smoke", crop_size=crop, val_interval=1), tmp_path, tmp_path, {})
+    [pad] = [step for step in config["train_dataloader"]["dataset"]["pipeline"] if step["type"] == "Pad"]
+    assert pad["size"] == (320, 320)
+    model = MODELS.build(config["model"]).eval()
+    with torch.no_grad():
+        model(torch.zeros(1, 3, *pad["size"]), mode="tensor")  # raises where the levels do not fit
+
+
+def test_training_images_without_plates_are_trained_on(smoke_workdir, tmp_path):
+    """Crops of them teach that a background's signs and text are no plates; mmdet's default drops them."""
+    import shutil
+
+    from mmdet.registry import DATASETS
+    from mmdet.utils import register_all_modules
+
+    import alpr.mmdet_ext  # noqa: F401
+    from alpr.model import TrainSettings, build_config
+
+    register_all_modules()
+
+    data = tmp_path / "dataset"
+    shutil.copytree(smoke_workdir / "datasets" / "smoke" / "1", data)
+    split = json.loads((data / "train.json").read_text())
+    bare = split["images"][0]["id"]
+    split["annotations"] = [a for a in split["annotations"] if a["image_id"] != bare]
+    (data / "train.json").write_text(json.dumps(split))
+    config = build_config(TrainSettings(model="smoke", val_interval=1), data, tmp_path / "w", {})
+    dataset = DATASETS.build(config["train_dataloader"]["dataset"])
+    assert len(dataset) == len(split["images"])
+    entries = [dataset.get_data_info(k) for k in range(len(dataset))]
+    assert any(entry["img_id"] == bare and not entry["instances"] for entry in entries)
 
 
 def test_validation_interval_defaults_to_every_epoch_or_an_epochs_worth_of_iterations():
@@ -673,6 +724,10 @@ def test_an_edited_split_or_manifest_is_an_error_naming_the_file(smoke_workdir, 
         (val, "[]", "val.json: not a COCO file"),
         (val, json.dumps({**json.loads(good_val), "categories": [{"name": "0"}]}), "val.json: each category needs an id"),
         (manifest, json.dumps({"name": "smoke"}), "manifest.json: not a manifest `alpr record` wrote"),
+        # the right ids and names in another order: mmdet would number the labels in the file's order
+        (val, json.dumps({**json.loads(good_val), "categories": json.loads(good_val)["categories"][::-1]}),
+         "val.json: categories .* are not alpr's classes"),
+        (val, json.dumps({**json.loads(good_val), "annotations": []}), "val.json: the val split has no plates"),
     ]:
         path.write_text(content)
         with pytest.raises(UsageError, match=problem):

@@ -651,6 +651,9 @@ class AlprRunHook(Hook):
         for key in ("best_ckpt", "last_ckpt"):
             if info.get(key):
                 info[key] = str(Path(runner.work_dir) / Path(info[key]).name)
+        # A resumed run is seeded anew (model.build_config), or its sampler and crops would replay the
+        # start's first iterations; mmengine would reseed with the checkpoint's seed, warning, if it differed.
+        checkpoint.setdefault("meta", {})["seed"] = runner.seed
 
     def before_train_epoch(self, runner) -> None:
         # A resumed iteration-based loop next draws and drops every batch already trained, to reach

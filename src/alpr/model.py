@@ -217,6 +217,13 @@ def model_config(settings: TrainSettings) -> dict:
     return _rtmdet(settings.width, len(CLASSES))
 
 
+LARGEST_STRIDE = 32
+
+
+def _stride_multiple(size: int) -> int:
+    return -(-size // LARGEST_STRIDE) * LARGEST_STRIDE
+
+
 def train_pipeline(size: int, crop: int, zoom_share: float) -> list[dict]:
     """Images resized to about ``size``, then ``crop`` x ``crop`` pieces, each holding a whole plate:
     a crop smaller than the size trains at full detail (small plates stay readable) for the cost
@@ -233,7 +240,9 @@ def train_pipeline(size: int, crop: int, zoom_share: float) -> list[dict]:
              board_width=(min(narrowest, widest), widest), board_share=zoom_share, recompute_bbox=True,
              allow_negative_crop=True),
         dict(type="YOLOXHSVRandomAug"),
-        dict(type="Pad", size=(crop, crop), pad_val=dict(img=PAD_VALUE)),
+        # to a multiple of the largest stride, as for reading: RTMDet's neck joins each level to the
+        # next one up, scaled twice, so a 300 px crop (levels 38, 19, 10) would not fit together
+        dict(type="Pad", size=(_stride_multiple(crop),) * 2, pad_val=dict(img=PAD_VALUE)),
         dict(type="FilterAnnotations", min_gt_bbox_wh=(1, 1)),
         dict(type="UseFilledPolygonMasks"),
         dict(type="PackDetInputs"),
@@ -245,7 +254,7 @@ def test_pipeline(size: int) -> list[dict]:
         dict(type="LoadImageFromFile"),
         dict(type="Resize", scale=(size, size), keep_ratio=True),
         # to a multiple of the largest stride only: a 16:9 image is not padded to a square
-        dict(type="Pad", size_divisor=32, pad_val=dict(img=PAD_VALUE)),
+        dict(type="Pad", size_divisor=LARGEST_STRIDE, pad_val=dict(img=PAD_VALUE)),
         dict(type="PackDetInputs", meta_keys=("img_id", "img_path", "ori_shape", "img_shape", "scale_factor")),
     ]
 
@@ -253,7 +262,8 @@ def test_pipeline(size: int) -> list[dict]:
 def _dataset(dataset_dir: Path, split: str, pipeline: list[dict], train: bool) -> dict:
     return dict(type="CocoDataset", data_root=str(dataset_dir), ann_file=f"{split}.json",
                 data_prefix=dict(img="images/"), metainfo=dict(classes=CLASSES),
-                filter_cfg=dict(filter_empty_gt=train, min_size=1), pipeline=pipeline, test_mode=not train)
+                # images without plates train too: crops of them teach that signs and text are no plates
+                filter_cfg=dict(filter_empty_gt=False, min_size=1), pipeline=pipeline, test_mode=not train)
 
 
 def _loader(dataset: dict, batch_size: int, workers: int, shuffle: bool, endless: bool = False) -> dict:
@@ -292,10 +302,11 @@ def _optim_wrapper_type(amp: bool, device: str) -> str:
 
 
 def build_config(settings: TrainSettings, dataset_dir: Path, work_dir: Path, dataset: dict,
-                 load_from: str | None = None, resume: bool = False, device: str = "cpu",
+                 load_from: str | None = None, resumed_at: int | None = None, device: str = "cpu",
                  amp: bool = False, spent_seconds: float = 0.0) -> dict:
     """The complete mmengine config of a training run. ``amp``: whether it trains in mixed precision, which
     ``settings.amp`` asks for and the device may not pay for (``mmdet_ext.mixed_precision_pays``);
+    ``resumed_at``: the training step its checkpoint resumes from (None: a fresh start);
     ``spent_seconds``: of ``settings.minutes``, spent before the runner starts."""
     size, crop = settings.image_size, settings.train_crop_size
     by_epoch = settings.by_epoch
@@ -352,7 +363,9 @@ def build_config(settings: TrainSettings, dataset_dir: Path, work_dir: Path, dat
         ]),
         log_processor=dict(type="LogProcessor", window_size=settings.log_interval, by_epoch=by_epoch),
         log_level="INFO",
-        randomness=dict(seed=settings.seed, deterministic=False),
+        # a run resumed at step N seeds its sampler, loader workers and crops with seed + N: the start's
+        # seed would draw the start's first batches again
+        randomness=dict(seed=settings.seed + (resumed_at or 0), deterministic=False),
         load_from=load_from,
-        resume=resume,
+        resume=resumed_at is not None,
     )

@@ -44,13 +44,17 @@ def check_dataset(folder: Path) -> dict:
             raise UsageError(f"{path}: not a COCO file (a JSON object of images, annotations and categories)")
         if split in ("train", "val") and not document.get("images"):
             raise UsageError(f"{path}: the {split} split has no images; record more images or change --split")
+        if split in ("train", "val") and not document.get("annotations"):  # nothing to learn or score
+            raise UsageError(f"{path}: the {split} split has no plates (no annotations); synthesize images "
+                             "with plates (--empty-fraction below 1) and record them")
         try:
-            found = sorted((c["id"], c["name"]) for c in document.get("categories", []))
+            # in this order too: mmdet numbers its labels in the file's order of categories, not by id
+            found = [(c["id"], c["name"]) for c in document.get("categories", [])]
         except (KeyError, TypeError):
             raise UsageError(f"{path}: each category needs an id (a whole number) and a name") from None
         if found != list(enumerate(CLASSES, start=1)):  # the metrics take category id N for CLASSES[N - 1]
             raise UsageError(f"{path}: categories {found} are not alpr's classes with ids 1 to {len(CLASSES)} "
-                             f"{list(CLASSES)}; re-record the dataset with this alpr version")
+                             f"in order {list(CLASSES)}; re-record the dataset with this alpr version")
     manifest = read_json(folder / "manifest.json")
     if not isinstance(manifest, dict) or not {"counts", "content_sha256"} <= manifest.keys():
         raise UsageError(f"{folder / 'manifest.json'}: not a manifest `alpr record` wrote (no counts or "
@@ -258,7 +262,7 @@ def train(options: TrainOptions) -> Path:
 
     config = build_config(settings, data, work, dataset,
                           load_from=None if resume else (str(options.load_from) if options.load_from else None),
-                          resume=resume, device=device, amp=amp, spent_seconds=time.monotonic() - started)
+                          resumed_at=resumed[1].get("iter", 0) if resume else None, device=device, amp=amp, spent_seconds=time.monotonic() - started)
     config["alpr"] = {"device": device, "run_id": options.run_id}
     runner = Runner.from_cfg(Config(config))
     runner.train()
