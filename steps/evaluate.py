@@ -31,7 +31,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--store", default=None, help="object store URL for the best checkpoint and metrics")
     parser.add_argument("--require-store", type=true_or_false, default=False, metavar="true|false",
                         help="fail before scoring unless --store is a gs:// one: the pipeline's deploy=true "
-                             "serves the model from it")
+                             "serves the model from it (default: false)")
     return parser
 
 
