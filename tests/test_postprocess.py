@@ -17,6 +17,14 @@ def test_two_row_plate_reads_sub_text_then_serial():
     assert plate.text == "98E0001" and plate.layout == "two-row"
 
 
+def test_a_character_whose_centre_both_regions_hold_goes_to_the_one_covering_more_of_it():
+    """A loose sub-text box reaching over the serial's centres: the serial still reads as the main text."""
+    loose = [Detection("r_s_n", 0.8, (5, 3, 115, 55)) if d.label == "r_s_n" else d
+             for d in _plate("34B5678", layout="two-row")]
+    [plate] = read_plates(loose)
+    assert plate.text == "34B5678" and plate.layout == "two-row"
+
+
 def test_missing_character_is_not_guessed():
     [plate] = read_plates(_plate("12A3456", drop=4))
     assert plate.text is None and not plate.readable

@@ -1,8 +1,8 @@
 """Detections to plates: group characters into boards, read them, validate the format.
 
 A board owns the sub-text and main-text regions and the characters whose centres
-fall inside it. Each character goes to the region that holds its centre and is read
-left to right, one per glyph: two detections that share most of their width in one row
+fall inside it. Each character goes to the region that holds its centre (where both do, the
+one covering more of it) and is read left to right, one per glyph: two detections that share most of their width in one row
 are one character. Given a glyph classifier (``alpr.glyphs``), each of a board's seven
 characters is read again by it, as the likeliest character of the kind the format puts there,
 scored by its probability among that kind; one scoring under the character threshold leaves the
@@ -164,6 +164,17 @@ def _of_kind(char: Detection, found: list[Detection], kind: str, iou: float) -> 
     return max(others, key=lambda c: c.score, default=char)
 
 
+def _covered(box: BOX, region: BOX) -> float:
+    return max(0.0, min(box[2], region[2]) - max(box[0], region[0])) * max(0.0, min(box[3], region[3]) - max(box[1], region[1]))
+
+
+def _row_of(char: Detection, regions: tuple[Detection, Detection]) -> int | None:
+    """The text region (0: sub, 1: main) holding the character's centre; where both do (a loose
+    region box, regions that touch), the one covering more of the character's box; None: neither."""
+    holders = [k for k, region in enumerate(regions) if _inside(char.centre, region.bbox)]
+    return max(holders, key=lambda k: _covered(char.bbox, regions[k].bbox), default=None)
+
+
 def _unread(layout: Layout, board: Detection, reason: str, scores: list[float] = ()) -> Plate:
     return Plate(None, None, None, None, layout.value, board.bbox, board.score, tuple(scores), reason)
 
@@ -210,8 +221,8 @@ def read_board(board: Detection, detections: list[Detection], options: ReadOptio
     if sub is None or main is None:
         missing = "sub-text (DDL)" if sub is None else "main-text (DDDD)"
         return _unread(layout, board, f"{missing} region not found", [c.score for c in chars])
-    sub_chars = [c for c in chars if _inside(c.centre, sub.bbox)]
-    main_chars = [c for c in chars if _inside(c.centre, main.bbox) and c not in sub_chars]
+    rows_of = [_row_of(c, (sub, main)) for c in chars]
+    sub_chars, main_chars = ([c for c, row in zip(chars, rows_of) if row == k] for k in (0, 1))
     rows = [_left_to_right(_suppress(row, _same_glyph)) for row in (sub_chars, main_chars)]
     if [len(row) for row in rows] == [len(kinds) for kinds in TEXT_KINDS]:
         rows = _reread(rows, glyphs) if glyphs else [
