@@ -35,7 +35,16 @@ def test_progress_is_a_bar_on_a_terminal():
     done = subprocess.run([sys.executable, "-c", script], stdout=follower, stderr=subprocess.PIPE, timeout=60,
                           env={**os.environ, "COLUMNS": "100"})
     os.close(follower)
-    shown = os.read(leader, 65536).decode(errors="replace")
+    chunks = []
+    while True:  # one read may return part of it; the end is EIO once the child's side is closed
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    shown = b"".join(chunks).decode(errors="replace")
     os.close(leader)
     assert done.returncode == 0, done.stderr
     assert "synthesize" in shown and "100%" in shown and "synthesize: 4/4" not in shown  # a bar, not log lines
