@@ -13,7 +13,7 @@ from pycocotools.coco import COCO
 from alpr.dataset import (AnnotationError, InvalidAnnotations, _rounded, jpeg_reaches_its_end, parse_fractions,
                            scan, split_of)
 from alpr.errors import UsageError
-from alpr.plates import CLASSES
+from alpr.plates import BOARD_LABELS, CLASSES
 from alpr.record import RecordOptions, record
 
 ROOT = Path(__file__).parents[1]
@@ -174,13 +174,32 @@ def test_coco_splits_load_with_pycocotools(synth_dir, tmp_path):
             assert coco.annToMask(ann).sum() > 0
     assert len(names) == 24
     manifest = result.manifest
+    # each labelme shape, as COCO holds it: its class's id, its points, their box, its group and text
+    for split in ("train", "val", "test"):
+        coco = COCO(str(result.path / f"{split}.json"))
+        for image in coco.loadImgs(coco.getImgIds()):
+            shapes = json.loads((synth_dir / image["file_name"]).with_suffix(".json").read_text())["shapes"]
+            anns = coco.loadAnns(coco.getAnnIds(imgIds=image["id"]))
+            assert len(anns) == len(shapes)
+            for shape, ann in zip(shapes, anns):
+                xs, ys = [x for x, _ in shape["points"]], [y for _, y in shape["points"]]
+                assert ann["category_id"] == CLASSES.index(shape["label"]) + 1
+                assert ann["segmentation"] == [[round(v, 2) for point in shape["points"] for v in point]]
+                assert ann["bbox"] == [round(v, 2) for v in (min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys))]
+                assert ann.get("group_id") == shape["group_id"]
+                if shape["label"] in BOARD_LABELS:
+                    assert ann["text"] == shape["description"].replace(" ", "")
     assert manifest["files"]["train.json"] and manifest["annotations"]["tag"] == "coco-ann-v1"
 
 
 def test_split_is_deterministic_by_file_name():
+    """The same in every process: a file's split never changes (no salted hash())."""
     names = [f"{i:06d}.jpg" for i in range(2000)]
     splits = [split_of(n) for n in names]
-    assert splits == [split_of(n) for n in names]
+    elsewhere = subprocess.run([sys.executable, "-c", "from alpr.dataset import split_of; "
+                                f"print(','.join(split_of(n) for n in {names!r}))"],
+                               capture_output=True, text=True, check=True, env={**os.environ, "PYTHONHASHSEED": "123"})
+    assert splits == elsewhere.stdout.strip().split(",")
     assert 0.75 < splits.count("train") / len(names) < 0.85
     assert split_of("a.jpg", (0, 0, 1)) == "test"
 

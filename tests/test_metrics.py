@@ -263,6 +263,35 @@ def test_unmatched_and_unread_plates():
         "unread: read ... + ...: expected N sub-text and N main-text characters": 1}
 
 
+def _rect(box):
+    return [(box[0], box[1]), (box[2], box[1]), (box[2], box[3]), (box[0], box[3])]
+
+
+def test_a_board_without_recorded_text_is_what_its_characters_spell_and_text_off_the_format_is_never_read():
+    """Hand-labelled data may name no text on its boards; a text that is no plate can never be read exactly."""
+    from handmade import plate_detections
+
+    spelled = _gt([_ann(d.label, _rect(d.bbox)) for d in plate_detections("12A3456")])
+    read = Plate("12A3456", "12", "A", "3456", "one-row", (0, 0, 200, 40), 0.9, (0.9,) * 7)
+    misread = Plate("12A3457", "12", "A", "3457", "one-row", (0, 0, 200, 40), 0.9, (0.9,) * 7)
+    assert plate_metrics(spelled, {1: [read]}, {})["EIR"] == 1.0
+    assert plate_metrics(spelled, {1: [misread]}, {})["EIR"] == 0.0
+    bogus = _gt([_ann("l_board", _rect((0, 0, 199, 40)), text="bogus")])
+    assert plate_metrics(bogus, {1: [read]}, {})["EIR"] == 0.0
+    assert plate_metrics(bogus, {1: [read]}, {})["outcomes"] == {"misread": 1}
+
+
+def test_the_precision_recall_curve_of_exact_reads_falls_with_the_board_score():
+    from alpr.metrics import plate_pr_curve
+
+    boxes = [(0, 0, 60, 20), (70, 0, 130, 20), (140, 0, 199, 20)]
+    gt = _gt([_ann("l_board", _rect(box), text="12A3456") for box in boxes])
+    plates = {1: [Plate("12A3456", "12", "A", "3456", "one-row", boxes[0], 0.9, (0.9,) * 7),  # read exactly
+                  Plate("12A3457", "12", "A", "3457", "one-row", boxes[1], 0.8, (0.9,) * 7)]}  # misread
+    precision, recall = plate_pr_curve(gt, plates)
+    assert precision.tolist() == [1.0, 0.5] and recall.tolist() == pytest.approx([1 / 3, 1 / 3])
+
+
 def test_metric_lines_parse_with_katibs_default_regex():
     import re
 

@@ -79,6 +79,7 @@ def test_server_errors_and_missing_server_are_clear(argo_server, monkeypatch):
     Recorder.status = 400
     result = _submit(argo_server)
     assert result.returncode == 1 and "refused the workflow" in result.stderr and "Traceback" not in result.stderr
+    assert "bad things" in result.stderr  # the server's own reason
     import os
 
     env = {k: v for k, v in os.environ.items() if k != "ARGO_SERVER"}
