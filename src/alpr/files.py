@@ -32,3 +32,27 @@ def copy_atomic(source: Path, path: Path) -> None:
     """Copies ``source`` to ``path`` as write_atomic writes, streaming (a checkpoint can be large)."""
     with written_whole(path) as partial:
         shutil.copyfile(source, partial)
+
+
+def read_image(path: Path, flags: int):
+    """``cv2.imread``, through Python's file reading: OpenCV's own dies (SIGSEGV) on a file name that
+    is not UTF-8, as one from a Windows archive can be. None where the bytes are no image."""
+    import cv2
+    import numpy as np
+
+    data = np.fromfile(path, np.uint8)
+    return cv2.imdecode(data, flags) if data.size else None
+
+
+def write_image(path: Path, picture) -> bool:
+    """``cv2.imwrite``, through Python's file writing (see read_image); False where OpenCV has no
+    writer for the suffix or that picture."""
+    import cv2
+
+    try:
+        encoded, data = cv2.imencode(path.suffix, picture)
+    except cv2.error:
+        return False
+    if encoded:
+        path.write_bytes(data.tobytes())
+    return encoded

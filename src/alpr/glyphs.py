@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from alpr.errors import AlprError, UsageError, read_json
+from alpr.files import read_image, written_whole
 from alpr.plates import CHARACTER_CLASSES
 
 GLYPH_SIZE = (32, 48)  # width, height: characters are taller than wide
@@ -98,7 +99,7 @@ def read_grey(path: Path) -> np.ndarray:
     """The image at ``path`` in grey; an error naming the file where it cannot be read."""
     import cv2
 
-    image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    image = read_image(path, cv2.IMREAD_GRAYSCALE)
     if image is None:
         raise AlprError(f"{path}: not a readable image")
     return image
@@ -206,7 +207,6 @@ def train_glyphs(dataset: Path, path: Path, epochs: int, seed: int = 0, device: 
     character boxes of its val split and saves it (``stored``) to ``path``."""
     import torch
 
-    from alpr.files import written_whole
     from alpr.progress import show_progress
 
     train_set = glyph_set(dataset, "train", COPIES, seed, progress=True)

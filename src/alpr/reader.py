@@ -25,6 +25,7 @@ from typing import Sequence, Union
 import numpy as np
 
 from alpr.errors import UsageError
+from alpr.files import read_image
 from alpr.glyphs import glyph_reader, restored
 from alpr.plates import check_classes
 from alpr.postprocess import BOX, Detection, Plate, ReadOptions, box_iou, read_plates
@@ -54,7 +55,7 @@ def load_image(image: Image) -> np.ndarray:
     if not path.is_file():
         raise UsageError(f"{path}: image not found")
     try:
-        array = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        array = read_image(path, cv2.IMREAD_COLOR)
     except cv2.error as error:  # OpenCV raises, rather than returning None, for a header of over 2**30 pixels
         raise UsageError(f"{path}: not a readable image ({error.err})") from None
     if array is None:

@@ -13,6 +13,7 @@ from pycocotools import mask as mask_utils
 
 from alpr.backgrounds import IMAGE_SUFFIXES, list_images
 from alpr.errors import AlprError, UsageError, read_json
+from alpr.files import write_image
 from alpr.plates import BOARD_LABELS, CHARACTER_CLASSES
 from alpr.postprocess import Detection, Plate, usable
 from alpr.progress import show_progress
@@ -102,11 +103,7 @@ def write_picture(path: Path, picture: np.ndarray) -> None:
     """Writes one picture at its image's path and in its format, so no two images share a picture; as
     NAME.jpg where OpenCV writes no colour picture in that format (a GIF, a PGM, a name without suffix)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        written = cv2.imwrite(str(path), picture)
-    except cv2.error:  # no writer for the suffix
-        written = False
-    if not written and not cv2.imwrite(str(path.with_name(f"{path.name}.jpg")), picture):
+    if not write_image(path, picture) and not write_image(path.with_name(f"{path.name}.jpg"), picture):
         raise AlprError(f"{path}.jpg: could not write the picture")
 
 
