@@ -59,6 +59,9 @@ def test_a_glyph_set_names_an_image_it_cannot_read(tmp_path):
     (tmp_path / "train.json").write_text(json.dumps({
         "images": [{"id": 1, "file_name": "gone.jpg"}], "categories": [{"id": 1, "name": "0"}],
         "annotations": [{"image_id": 1, "category_id": 1, "bbox": [1, 2, 3, 4]}]}))
+    with pytest.raises(AlprError, match=r"images/gone\.jpg: No such file or directory"):
+        glyph_set(tmp_path, "train", 1, 0)
+    (tmp_path / "images" / "gone.jpg").write_bytes(b"no jpeg")
     with pytest.raises(AlprError, match=r"images/gone\.jpg: not a readable image"):
         glyph_set(tmp_path, "train", 1, 0)
 

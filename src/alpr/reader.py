@@ -58,6 +58,8 @@ def load_image(image: Image) -> np.ndarray:
         array = read_image(path, cv2.IMREAD_COLOR)
     except cv2.error as error:  # OpenCV raises, rather than returning None, for a header of over 2**30 pixels
         raise UsageError(f"{path}: not a readable image ({error.err})") from None
+    except OSError as error:  # no permission, a lost mount
+        raise UsageError(f"{path}: {error.strerror}") from None
     if array is None:
         raise UsageError(f"{path}: not a readable image")
     return array
