@@ -542,8 +542,14 @@ def test_evaluate_writes_metrics_plots_and_database_rows(smoke_workdir, smoke_tr
     assert (eval_dir / "misses.png").stat().st_size > 1000 and "misses.png" in report["plots"]
     assert sum(b["plates"] for b in report["best"]["EIR_by_width"].values()) == report["best"]["plates"]
     assert "EIR by plate width: " in result.stdout
-    assert (smoke_workdir / "bucket" / "runs" / "r1" / "best.pth").is_file()
-    assert (eval_dir / "model-uri").read_text().strip() == (smoke_workdir / "bucket/runs/r1/best.pth").as_uri()
+    # the pick is uploaded under its own sha256: other weights get another URL, so a redeploy rolls out
+    import hashlib
+
+    picked_bytes = Path(report["best_checkpoint"]).read_bytes()
+    key = hashlib.sha256(picked_bytes).hexdigest()[:12]
+    model_uri = (smoke_workdir / "bucket" / "runs" / "r1" / key / "best.pth").as_uri()
+    assert report["uploaded"] == (eval_dir / "model-uri").read_text().strip() == model_uri
+    assert (smoke_workdir / "bucket" / "runs" / "r1" / key / "best.pth").read_bytes() == picked_bytes
     from alpr import db
     from alpr.model import TrainSettings
 
@@ -561,7 +567,7 @@ def test_evaluate_writes_metrics_plots_and_database_rows(smoke_workdir, smoke_tr
         assert conn.execute(sa.select(sa.func.count()).select_from(db.run_metrics)).scalar() == rows
     # the test split reports beside the pick, and picks nothing
     picked = json.loads((eval_dir / "metrics.json").read_text())
-    uploaded = (smoke_workdir / "bucket" / "runs" / "r1" / "best.pth").read_bytes()
+    uploaded = sorted((smoke_workdir / "bucket" / "runs" / "r1").rglob("*.pth"))
     tested = run_step_script("evaluate", "--workdir", str(smoke_workdir), "--run-id", "r1", "--device", "cpu",
                              "--split", "test", "--store", (smoke_workdir / "bucket").as_uri())
     assert tested.returncode == 0, tested.stderr[-3000:]
@@ -570,7 +576,7 @@ def test_evaluate_writes_metrics_plots_and_database_rows(smoke_workdir, smoke_tr
     assert test_report["split"] == "test" and list(test_report["checkpoints"]) == [
         Path(picked["best_checkpoint"]).name]  # only val's pick is scored on test
     assert f"metrics and plots: {eval_dir.parent / 'eval-test'}" in tested.stdout
-    assert (smoke_workdir / "bucket" / "runs" / "r1" / "best.pth").read_bytes() == uploaded
+    assert sorted((smoke_workdir / "bucket" / "runs" / "r1").rglob("*.pth")) == uploaded  # nothing new
     assert (smoke_workdir / "bucket" / "runs" / "r1" / "metrics-test.json").is_file()
     with engine.connect() as conn:
         assert conn.execute(sa.select(db.runs.c.best_checkpoint)).scalar() == run.best_checkpoint

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -167,6 +168,14 @@ def eval_dir(workdir: Path, run_id: str, split: str = SELECTION_SPLIT) -> Path:
     return run_dir(workdir, run_id) / ("eval" if split == SELECTION_SPLIT else f"eval-{split}")
 
 
+def checkpoint_key(path: Path) -> str:
+    """The first 12 hex digits of the checkpoint's sha256: a pick of other weights (training went on
+    in the same run) gets another URL, so that a redeploy changes the InferenceService's storageUri
+    and KServe rolls it out; one URL for ever would change nothing it sees."""
+    with path.open("rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()[:12]
+
+
 def evaluate_run(options: EvaluateOptions, progress: bool = True) -> dict:
     """Scores every checkpoint of the run on val, picks the best, writes eval/metrics.json and plots, records
     and uploads it; on test, scores the checkpoint val picked into eval-test/. Returns the report."""
@@ -207,14 +216,14 @@ def evaluate_run(options: EvaluateOptions, progress: bool = True) -> dict:
         "checkpoints": {name: scalar_metrics(m) for name, (m, _) in scored.items()},
         "plots": [p.name for p in plots],
     }
+    base = storage.join(options.store, "runs", options.run_id) if options.store else None
+    if base and picks:  # uploaded before the run is recorded: a recorded run's model is in the store
+        report["uploaded"] = storage.join(base, checkpoint_key(train / best), "best.pth")
+        storage.upload_file(train / best, report["uploaded"])
     write_json(out / "metrics.json", report)
     for key in KEY_METRICS:  # one file each: Argo output parameters read them
         write_atomic(out / key, f"{best_metrics[key]:.6f}\n")
-    if options.store:  # uploaded before the run is recorded: a recorded run's model is in the store
-        base = storage.join(options.store, "runs", options.run_id)
-        if picks:
-            storage.upload_file(train / best, storage.join(base, "best.pth"))
-            report["uploaded"] = storage.join(base, "best.pth")
+    if base:
         storage.upload_file(out / "metrics.json", storage.join(base, "metrics.json" if picks else
                                                                f"metrics-{options.split}.json"))
     write_atomic(out / "model-uri", report.get("uploaded", "") + "\n")  # the deploy step serves it (empty: none)
