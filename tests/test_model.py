@@ -521,6 +521,23 @@ def test_training_by_minutes_ends_by_itself_annealed_and_a_finished_run_stays_fi
     rates = [s["lr"] for s in added if "lr" in s]
     assert len(rates) >= 2 and rates == pytest.approx([2e-3 * 0.05] * len(rates))
 
+def test_evaluate_scores_the_checkpoints_it_can_read_and_names_the_others(smoke_workdir, smoke_training, tmp_path,
+                                                                           capsys):
+    """A kill while mmengine saved iter_N.pth again, in place, on a new best leaves it cut short."""
+    import shutil
+
+    from alpr.errors import UsageError
+    from alpr.evaluate import checkpoints, readable
+
+    shutil.copy(smoke_workdir / "runs" / "r1" / "train" / "iter_4.pth", tmp_path / "iter_2.pth")
+    (tmp_path / "iter_8.pth").write_bytes(b"cut short")
+    assert readable(checkpoints(tmp_path)) == [tmp_path / "iter_2.pth"]
+    assert "iter_8.pth: not a readable checkpoint" in capsys.readouterr().err
+    (tmp_path / "iter_2.pth").unlink()
+    with pytest.raises(UsageError, match="no readable checkpoint to score"):
+        readable(checkpoints(tmp_path))
+
+
 def test_evaluate_writes_metrics_plots_and_database_rows(smoke_workdir, smoke_training):
     result = run_step_script("evaluate", "--workdir", str(smoke_workdir), "--run-id", "r1", "--device", "cpu",
                    "--store", (smoke_workdir / "bucket").as_uri())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +44,23 @@ def checkpoints(train: Path) -> list[Path]:
     if not found:
         raise UsageError(f"{train}: no checkpoints; run `alpr train` for this run first")
     return sorted(found, key=lambda p: int(SAVED_NAME.search(p.name).group(1)))
+
+
+def readable(candidates: list[Path]) -> list[Path]:
+    """The checkpoints that can be read, each other one named in a warning: mmengine saves iter_N.pth
+    again in place on a new best, and a kill leaves it cut short. An error where none can be."""
+    from alpr.train import alpr_meta
+
+    kept = []
+    for path in candidates:
+        try:
+            alpr_meta(path)
+            kept.append(path)
+        except UsageError as error:
+            print(f"warning: {error}; not scored", file=sys.stderr)
+    if not kept:
+        raise UsageError(f"{candidates[0].parent}: no readable checkpoint to score")
+    return kept
 
 
 def predict_split(reader, dataset: Path, split: str, progress: bool = True
@@ -193,7 +211,7 @@ def evaluate_run(options: EvaluateOptions, progress: bool = True) -> dict:
         storage.check_url(options.store)
     train = train_dir(workdir, options.run_id)
     picks = options.split == SELECTION_SPLIT
-    candidates = checkpoints(train) if picks else [best_checkpoint(workdir, options.run_id)]
+    candidates = readable(checkpoints(train)) if picks else [best_checkpoint(workdir, options.run_id)]
     meta = alpr_meta(candidates[-1])["alpr"]
     dataset = dataset_dir(workdir, meta["dataset"]["name"], meta["dataset"]["version"])
     scored, gts = {}, {}
