@@ -672,6 +672,12 @@ def test_predict_reads_folders_and_goes_on_past_an_image_it_cannot_read(smoke_wo
     result = subprocess.run([*predict, str(folder / "a.jpg"), str(tmp_path / "missing.jpg")], cwd=ROOT,
                             capture_output=True, text=True)
     assert result.returncode == 1 and "missing.jpg: image not found" in result.stderr and result.stdout == ""
+    # `| head -1`: the reader goes once it has its line, and predict ends as a command SIGPIPE ends
+    piped = subprocess.Popen([*predict, str(folder / "a.jpg"), str(folder / "d.jpg"), str(folder / "a.jpg")],
+                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert json.loads(piped.stdout.readline())["image"].endswith("a.jpg")
+    piped.stdout.close()
+    assert piped.wait(timeout=300) == 141 and "Traceback" not in piped.stderr.read()
 
 
 def test_predict_takes_the_reading_flags_of_serve(synth_dir, tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Callable
 from functools import partial
@@ -19,7 +20,8 @@ from alpr.errors import AlprError
 STEPS = ("synth", "record", "train", "evaluate", "test", "serve")
 
 # Errors that mean "bad input or state", reported as one clear message, not a traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (AlprError, FileNotFoundError)
+USER_ERRORS: tuple[type[BaseException], ...] = (AlprError, FileNotFoundError, PermissionError, IsADirectoryError,
+                                               NotADirectoryError)
 
 
 def run_step(get_args_parser: Callable[..., argparse.ArgumentParser], main: Callable, argv=None) -> None:
@@ -36,6 +38,9 @@ def _guarded(action: Callable[[], object]) -> None:
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
+    except BrokenPipeError:  # `alpr predict --json | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error as Python flushes
+        sys.exit(141)  # as a command SIGPIPE ends
 
 
 def true_or_false(text: str) -> bool:
