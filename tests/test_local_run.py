@@ -351,7 +351,8 @@ def test_a_second_run_of_a_template_while_one_runs_in_the_same_workdir_is_refuse
     finally:
         first.terminate()
         first.wait(timeout=30)
-    quick = _template(tasks=[{"name": "a", "template": "count"}], templates=[_python("count", APPEND, ["/work/n", "a"])])
+    quick = _template(tasks=[{"name": "a", "template": "count"}],
+                      templates=[_python("count", APPEND, ["/work/n", "a"])])
     LocalRun(quick, tmp_path, {}, echo=lambda _: None).run()
     assert (tmp_path / "n").read_text() == "a\n"
 

@@ -8,8 +8,8 @@ import pytest
 
 from alpr.postprocess import Detection, Plate, ReadOptions
 from alpr.errors import UsageError
-from alpr.reader import (ZOOM_MARGIN, agreed_reading, best_reading, distinct_plates, from_window, read_enough, resolve_device,
-                         sure_enough, window_image, zoom_window)
+from alpr.reader import (ZOOM_MARGIN, agreed_reading, best_reading, distinct_plates, from_window, read_enough,
+                         resolve_device, sure_enough, window_image, zoom_window)
 from handmade import plate_detections
 
 

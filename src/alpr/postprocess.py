@@ -2,8 +2,8 @@
 
 A board owns the sub-text and main-text regions and the characters whose centres
 fall inside it. Each character goes to the region that holds its centre (where both do, the
-one covering more of it) and is read left to right, one per glyph: two detections that share most of their width in one row
-are one character. Given a glyph classifier (``alpr.glyphs``), each of a board's seven
+one covering more of it) and is read left to right, one per glyph: two detections that share
+most of their width in one row are one character. Given a glyph classifier (``alpr.glyphs``), each of a board's seven
 characters is read again by it, as the likeliest character of the kind the format puts there,
 scored by its probability among that kind; one scoring under the character threshold leaves the
 plate unread.
@@ -165,7 +165,10 @@ def _of_kind(char: Detection, found: list[Detection], kind: str, iou: float) -> 
 
 
 def _covered(box: BOX, region: BOX) -> float:
-    return max(0.0, min(box[2], region[2]) - max(box[0], region[0])) * max(0.0, min(box[3], region[3]) - max(box[1], region[1]))
+    """The area of ``box`` inside ``region``."""
+    width = min(box[2], region[2]) - max(box[0], region[0])
+    height = min(box[3], region[3]) - max(box[1], region[1])
+    return max(0.0, width) * max(0.0, height)
 
 
 def _row_of(char: Detection, regions: tuple[Detection, Detection]) -> int | None:

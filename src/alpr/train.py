@@ -262,7 +262,8 @@ def train(options: TrainOptions) -> Path:
 
     config = build_config(settings, data, work, dataset,
                           load_from=None if resume else (str(options.load_from) if options.load_from else None),
-                          resumed_at=resumed[1].get("iter", 0) if resume else None, device=device, amp=amp, spent_seconds=time.monotonic() - started)
+                          resumed_at=resumed[1].get("iter", 0) if resume else None, device=device, amp=amp,
+                          spent_seconds=time.monotonic() - started)
     config["alpr"] = {"device": device, "run_id": options.run_id}
     runner = Runner.from_cfg(Config(config))
     runner.train()
