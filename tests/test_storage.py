@@ -60,7 +60,7 @@ def test_a_failed_file_upload_names_the_url_and_leaves_no_partial_file(tmp_path)
     (tmp_path / "bucket").mkdir()
     url = (tmp_path / "bucket").as_uri() + "/best.pth"
     # a source that opens but fails mid-copy, as a full disk or a lost volume does (root or not)
-    with pytest.raises(storage.StorageError, match=f"{url}: Input/output error"):
+    with pytest.raises(storage.StorageError, match=f"{url}: uploading /proc/self/mem: Input/output error"):
         storage.upload_file(Path("/proc/self/mem"), url)
     assert list((tmp_path / "bucket").iterdir()) == []
 

@@ -114,7 +114,7 @@ def upload_file(path: Path, url: str) -> None:
                 shutil.copyfileobj(src, out)
             os.replace(tmp, target)
         except OSError as error:
-            raise StorageError(f"{url}: {error.strerror or error}") from None
+            raise StorageError(f"{url}: uploading {path}: {error.strerror or error}") from None
         finally:
             tmp.unlink(missing_ok=True)
     else:
