@@ -385,31 +385,6 @@ def test_a_crop_size_off_the_largest_stride_trains_padded_to_it(tmp_path, crop):
         model(torch.zeros(1, 3, *pad["size"]), mode="tensor")  # raises where the levels do not fit
 
 
-def test_training_images_without_plates_are_trained_on(smoke_workdir, tmp_path):
-    """Crops of them teach that a background's signs and text are no plates; mmdet's default drops them."""
-    import shutil
-
-    from mmdet.registry import DATASETS
-    from mmdet.utils import register_all_modules
-
-    import alpr.mmdet_ext  # noqa: F401
-    from alpr.model import TrainSettings, build_config
-
-    register_all_modules()
-
-    data = tmp_path / "dataset"
-    shutil.copytree(smoke_workdir / "datasets" / "smoke" / "1", data)
-    split = json.loads((data / "train.json").read_text())
-    bare = split["images"][0]["id"]
-    split["annotations"] = [a for a in split["annotations"] if a["image_id"] != bare]
-    (data / "train.json").write_text(json.dumps(split))
-    config = build_config(TrainSettings(model="smoke", val_interval=1), data, tmp_path / "w", {})
-    dataset = DATASETS.build(config["train_dataloader"]["dataset"])
-    assert len(dataset) == len(split["images"])
-    entries = [dataset.get_data_info(k) for k in range(len(dataset))]
-    assert any(entry["img_id"] == bare and not entry["instances"] for entry in entries)
-
-
 def test_validation_interval_defaults_to_every_epoch_or_an_epochs_worth_of_iterations():
     from alpr.model import TrainSettings, with_val_interval
 
