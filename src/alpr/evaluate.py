@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from alpr.dataset import sha256_bytes
 from alpr.errors import UsageError
 from alpr.files import write_atomic, written_whole
 from alpr.metrics import (KEY_METRICS, check_metric, evaluate, layout_suffix, load_ground_truth, plate_pr_curve,
@@ -190,8 +190,7 @@ def checkpoint_key(path: Path) -> str:
     """The first 12 hex digits of the checkpoint's sha256: a pick of other weights (training went on
     in the same run) gets another URL, so that a redeploy changes the InferenceService's storageUri
     and KServe rolls it out; one URL for ever would change nothing it sees."""
-    with path.open("rb") as file:
-        return hashlib.file_digest(file, "sha256").hexdigest()[:12]
+    return sha256_bytes(path.read_bytes())[:12]
 
 
 def evaluate_run(options: EvaluateOptions, progress: bool = True) -> dict:

@@ -36,11 +36,17 @@ def copy_atomic(source: Path, path: Path) -> None:
 
 def read_image(path: Path, flags: int):
     """``cv2.imread``, through Python's file reading: OpenCV's own dies (SIGSEGV) on a file name that
-    is not UTF-8, as one from a Windows archive can be. None where the bytes are no image."""
+    is not UTF-8, as one from a Windows archive can be. None where the bytes are no image; an error
+    naming the file where it cannot be read (missing, no permission, a lost mount)."""
     import cv2
     import numpy as np
 
-    data = np.fromfile(path, np.uint8)
+    from alpr.errors import UsageError
+
+    try:
+        data = np.fromfile(path, np.uint8)
+    except OSError as error:
+        raise UsageError(f"{path}: {error.strerror}") from None
     return cv2.imdecode(data, flags) if data.size else None
 
 

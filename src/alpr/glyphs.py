@@ -99,10 +99,7 @@ def read_grey(path: Path) -> np.ndarray:
     """The image at ``path`` in grey; an error naming the file where it cannot be read."""
     import cv2
 
-    try:
-        image = read_image(path, cv2.IMREAD_GRAYSCALE)
-    except OSError as error:
-        raise AlprError(f"{path}: {error.strerror}") from None
+    image = read_image(path, cv2.IMREAD_GRAYSCALE)
     if image is None:
         raise AlprError(f"{path}: not a readable image")
     return image

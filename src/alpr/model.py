@@ -19,6 +19,7 @@ from alpr.plates import CLASSES
 
 MODELS = ("rtmdet-ins-tiny", "mask-rcnn-swin-t", "smoke")
 PAD_VALUE = (114, 114, 114)
+LARGEST_STRIDE = 32  # the backbones' deepest stride: inputs are padded to a multiple of it
 WARMUP_START = 1e-3  # the warm-up's first learning rate, as a fraction of the peak
 MIN_LR_RATIO = 0.05  # where the cosine schedule ends, as a fraction of the peak
 UNTIL_TIME_IS_UP = 2**31 - 1  # the iteration limit of a run trained by --minutes alone
@@ -168,7 +169,8 @@ def _mask_rcnn_swin(settings: TrainSettings, num_classes: int) -> dict:
     return dict(
         type="MaskRCNN",
         data_preprocessor=dict(type="DetDataPreprocessor", mean=[123.675, 116.28, 103.53],
-                               std=[58.395, 57.12, 57.375], bgr_to_rgb=True, pad_mask=True, pad_size_divisor=32),
+                               std=[58.395, 57.12, 57.375], bgr_to_rgb=True, pad_mask=True,
+                               pad_size_divisor=LARGEST_STRIDE),
         backbone=dict(type="SwinTransformer", embed_dims=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24],
                       window_size=settings.window_size, mlp_ratio=settings.mlp_ratio, qkv_bias=True, qk_scale=None,
                       drop_rate=settings.drop_rate, attn_drop_rate=0.0, drop_path_rate=settings.drop_path_rate,
@@ -215,9 +217,6 @@ def model_config(settings: TrainSettings) -> dict:
     if settings.model == "mask-rcnn-swin-t":
         return _mask_rcnn_swin(settings, len(CLASSES))
     return _rtmdet(settings.width, len(CLASSES))
-
-
-LARGEST_STRIDE = 32
 
 
 def _stride_multiple(size: int) -> int:

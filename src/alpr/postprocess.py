@@ -105,10 +105,15 @@ class ReadOptions:
             raise UsageError(f"sure score {self.sure_score}: a character score, above 0 and at most 1")
 
 
+def intersection(a: BOX, b: BOX) -> float:
+    """The area the two boxes share."""
+    width = min(a[2], b[2]) - max(a[0], b[0])
+    height = min(a[3], b[3]) - max(a[1], b[1])
+    return max(0.0, width) * max(0.0, height)
+
+
 def box_iou(a: BOX, b: BOX) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
+    inter = intersection(a, b)
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
     return inter / union if union > 0 else 0.0
 
@@ -117,12 +122,13 @@ def _inside(point: tuple[float, float], box: BOX) -> bool:
     return box[0] <= point[0] <= box[2] and box[1] <= point[1] <= box[3]
 
 
-def _suppress(detections: list[Detection], same: Callable[[Detection, Detection], bool]) -> list[Detection]:
-    """Class-agnostic non-maximum suppression: keeps the best of detections that ``same`` pairs."""
-    kept: list[Detection] = []
-    for det in sorted(detections, key=lambda d: -d.score):
-        if not any(same(det, k) for k in kept):
-            kept.append(det)
+def suppress(items: list, same: Callable, rank: Callable = lambda d: d.score) -> list:
+    """Class-agnostic non-maximum suppression: keeps the best (highest ``rank``) of items that ``same``
+    pairs, best first; of equal rank, the earlier."""
+    kept = []
+    for item in sorted(items, key=rank, reverse=True):
+        if not any(same(item, k) for k in kept):
+            kept.append(item)
     return kept
 
 
@@ -164,18 +170,11 @@ def _of_kind(char: Detection, found: list[Detection], kind: str, iou: float) -> 
     return max(others, key=lambda c: c.score, default=char)
 
 
-def _covered(box: BOX, region: BOX) -> float:
-    """The area of ``box`` inside ``region``."""
-    width = min(box[2], region[2]) - max(box[0], region[0])
-    height = min(box[3], region[3]) - max(box[1], region[1])
-    return max(0.0, width) * max(0.0, height)
-
-
 def _row_of(char: Detection, regions: tuple[Detection, Detection]) -> int | None:
     """The text region (0: sub, 1: main) holding the character's centre; where both do (a loose
     region box, regions that touch), the one covering more of the character's box; None: neither."""
     holders = [k for k, region in enumerate(regions) if _inside(char.centre, region.bbox)]
-    return max(holders, key=lambda k: _covered(char.bbox, regions[k].bbox), default=None)
+    return max(holders, key=lambda k: intersection(char.bbox, regions[k].bbox), default=None)
 
 
 def _unread(layout: Layout, board: Detection, reason: str, scores: list[float] = ()) -> Plate:
@@ -218,7 +217,7 @@ def read_board(board: Detection, detections: list[Detection], options: ReadOptio
     sub = _best(kept, SUB_LABELS, board.bbox, layout)
     main = _best(kept, MAIN_LABELS, board.bbox, layout)
     confident = [d for d in kept if d.label in CHARACTER_CLASSES and _inside(d.centre, board.bbox)]
-    chars = _suppress(confident, _overlapping(options.duplicate_iou))
+    chars = suppress(confident, _overlapping(options.duplicate_iou))
     if not chars:
         return _unread(layout, board, "no characters found on the board")
     if sub is None or main is None:
@@ -226,7 +225,7 @@ def read_board(board: Detection, detections: list[Detection], options: ReadOptio
         return _unread(layout, board, f"{missing} region not found", [c.score for c in chars])
     rows_of = [_row_of(c, (sub, main)) for c in chars]
     sub_chars, main_chars = ([c for c, row in zip(chars, rows_of) if row == k] for k in (0, 1))
-    rows = [_left_to_right(_suppress(row, _same_glyph)) for row in (sub_chars, main_chars)]
+    rows = [_left_to_right(suppress(row, _same_glyph)) for row in (sub_chars, main_chars)]
     if [len(row) for row in rows] == [len(kinds) for kinds in TEXT_KINDS]:
         rows = _reread(rows, glyphs) if glyphs else [
             [_of_kind(c, confident, kind, options.duplicate_iou) for c, kind in zip(row, kinds)]
@@ -255,7 +254,7 @@ def read_plates(detections: list[Detection], options: ReadOptions = ReadOptions(
                 ) -> list[Plate]:
     """Every board above the threshold becomes a plate, read or with the reason it was not; its
     characters read again by ``glyphs`` where given."""
-    boards = _suppress([d for d in usable(detections, options) if d.label in BOARD_LABELS],
+    boards = suppress([d for d in usable(detections, options) if d.label in BOARD_LABELS],
                        _overlapping(options.duplicate_iou))
     plates = [read_board(board, detections, options, glyphs) for board in boards]
     return sorted(plates, key=lambda p: (p.bbox[1], p.bbox[0]))

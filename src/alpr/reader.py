@@ -28,7 +28,7 @@ from alpr.errors import UsageError
 from alpr.files import read_image
 from alpr.glyphs import glyph_reader, restored
 from alpr.plates import check_classes
-from alpr.postprocess import BOX, Detection, Plate, ReadOptions, box_iou, read_plates
+from alpr.postprocess import BOX, Detection, Plate, ReadOptions, box_iou, read_plates, suppress
 
 Image = Union[str, Path, np.ndarray]
 Window = tuple[int, int, int, int]  # x1, y1, x2, y2 in the image's pixels
@@ -58,8 +58,6 @@ def load_image(image: Image) -> np.ndarray:
         array = read_image(path, cv2.IMREAD_COLOR)
     except cv2.error as error:  # OpenCV raises, rather than returning None, for a header of over 2**30 pixels
         raise UsageError(f"{path}: not a readable image ({error.err})") from None
-    except OSError as error:  # no permission, a lost mount
-        raise UsageError(f"{path}: {error.strerror}") from None
     if array is None:
         raise UsageError(f"{path}: not a readable image")
     return array
@@ -175,11 +173,9 @@ def distinct_plates(plates: list[Plate]) -> list[Plate]:
     """One plate for each board: two pieces of one plate found apart can both take a window's
     reading of the whole of it, or overlap the board it reads. Read plates first, surest first,
     drop each that overlaps a kept one at SAME_PLATE_IOU; in the order of ``read_plates``."""
-    kept: list[int] = []
-    for k in sorted(range(len(plates)), key=lambda k: (not plates[k].readable, -surest(plates[k]), -plates[k].score)):
-        if not any(box_iou(plates[k].bbox, plates[other].bbox) >= SAME_PLATE_IOU for other in kept):
-            kept.append(k)
-    return [plates[k] for k in sorted(kept)]
+    kept = suppress(list(enumerate(plates)), lambda a, b: box_iou(a[1].bbox, b[1].bbox) >= SAME_PLATE_IOU,
+                    rank=lambda item: (item[1].readable, surest(item[1]), item[1].score))
+    return [plate for _, plate in sorted(kept, key=lambda item: item[0])]
 
 
 class PlateReader:
