@@ -68,6 +68,30 @@ def test_a_run_another_evaluate_recorded_between_the_check_and_the_insert_is_upd
             [("best.pth", 0.75)]
 
 
+def _version(engine, content: str) -> bool:
+    rows = [db.ImageRow(f"{i}.jpg", f"{i:064x}", "train", 64, 48, 1) for i in range(3)]
+    return db.record_version(engine, db.DatasetRow("plates", "1", content * 64, "t", "p", 3, 0, 0),
+                             db.SourceRow("s", "a", "t", content * 64, 3), rows)
+
+
+@pytest.mark.parametrize("content, outcome", [("a", False), ("b", db.VersionConflict)], ids=["same", "other"])
+def test_a_version_another_record_inserted_between_the_check_and_the_insert(new_db_url, content, outcome):
+    """The same content is then recorded (False: nothing new), other content a conflict; one set of rows."""
+    engine, other = db.connect(new_db_url), db.connect(new_db_url)
+    hook = _first_time("INSERT INTO DATASET_VERSIONS", lambda: _version(other, "a"))
+    sa.event.listen(engine, "before_cursor_execute", hook)
+    if outcome is False:
+        assert _version(engine, content) is False
+    else:
+        with pytest.raises(outcome, match="already recorded with other content"):
+            _version(engine, content)
+    assert hook.done
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(db.dataset_versions.c.content_sha256)).scalars().all() == ["a" * 64]
+        assert conn.execute(sa.select(sa.func.count()).select_from(db.images)).scalar() == 3
+        assert conn.execute(sa.select(sa.func.count()).select_from(db.annotation_sources)).scalar() == 1
+
+
 def test_an_error_after_connecting_names_the_database(new_db_url):
     engine = db.connect(new_db_url)
     with engine.begin() as conn:  # another hand dropped it

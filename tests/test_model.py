@@ -673,6 +673,11 @@ def test_help_names_the_defaults(command):
                 "serve": "HTTP port (default: 8080)", "data": "(default: work)",
                 "synth": "the same seed gives the same files (default: 0)"}[command[0]]
     assert expected in text and "(default: None)" not in text and "(default: False)" not in text
+    says = {"train": "Train a plate model; writes WORKDIR/runs/RUN/train.",
+            "predict": "read the plates in images with a trained checkpoint",
+            "serve": "Serve an alpr checkpoint as the KServe model 'alpr'.",
+            "data": "restore datasets/NAME/VERSION into a workdir", "synth": "Draw synthetic plates on photos"}
+    assert says[command[0]] in text  # what the command does, before its flags
 
 
 def test_a_checkpoint_for_other_classes_is_refused(smoke_workdir, smoke_training, tmp_path):

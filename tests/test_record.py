@@ -141,6 +141,17 @@ def test_conflict_with_the_folder_is_refused_before_the_database(synth_dir, labe
     assert db.find_version(db.connect(other_db), "ds", "1") is None
 
 
+def test_the_same_files_split_otherwise_are_other_content(synth_dir, tmp_path):
+    """A version is its files and its split: recording them again under another split is a conflict."""
+    workdir = tmp_path / "work"
+    record(RecordOptions(synth_dir, workdir, "ds", "1", dvc=False))
+    snapshot = _tree(workdir / "datasets")
+    with pytest.raises(db.VersionConflict, match="already recorded with other content"):
+        record(RecordOptions(synth_dir, workdir, "ds", "1", fractions=(0.5, 0.25, 0.25), dvc=False))
+    assert _tree(workdir / "datasets") == snapshot
+    assert record(RecordOptions(synth_dir, workdir, "ds", "2", fractions=(0.5, 0.25, 0.25), dvc=False)).created
+
+
 def test_dvc_push_then_a_fresh_workdir_pulls_the_same_bytes(synth_dir, tmp_path):
     workdir, remote = tmp_path / "work", tmp_path / "remote"
     result = record(RecordOptions(synth_dir, workdir, "plates", "1", dvc_remote=str(remote)))
@@ -242,6 +253,25 @@ def test_record_step_prints_a_summary(synth_dir, tmp_path):
                                 str(tmp_path / "u"), "--dataset", "sum", "--version", "1", "--no-dvc"],
                                capture_output=True, text=True, cwd=ROOT)
     assert untracked.returncode == 0 and "tags:" not in untracked.stdout and "--no-dvc" in untracked.stdout
+
+
+def test_the_uploaded_splits_are_the_recorded_files_and_the_same_bytes_each_time(synth_dir, tmp_path):
+    import io
+    import tarfile
+    import time
+
+    uploads = []
+    for name in ("a", "b"):
+        bucket = tmp_path / f"bucket-{name}"
+        record(RecordOptions(synth_dir, tmp_path / name, "ds", "1", dvc=False, store=bucket.as_uri()))
+        uploads.append(_tree(bucket))
+        time.sleep(1.1)  # a later second: file times differ
+    assert uploads[0] == uploads[1]
+    folder = tmp_path / "a" / "datasets" / "ds" / "1"
+    with tarfile.open(fileobj=io.BytesIO(uploads[0]["datasets/ds/1/splits.tar.gz"])) as archive:
+        assert {m.name: archive.extractfile(m).read() for m in archive.getmembers()} == \
+            {n: (folder / n).read_bytes() for n in ("train.json", "val.json", "test.json", "manifest.json")}
+    assert uploads[0]["datasets/ds/1/manifest.json"] == (folder / "manifest.json").read_bytes()
 
 
 def test_a_bad_split_is_refused_with_what_is_expected(tmp_path):

@@ -159,23 +159,68 @@ def test_bad_options_are_usage_errors(tmp_path, capsys):
 
 
 def test_search_space_maps_to_optuna():
-    study = optuna.create_study()
-    trial = study.ask()
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    trial = optuna.create_study().ask()
     spaces = [
         {"name": "a", "parameterType": "int", "feasibleSpace": {"min": "2", "max": "8", "step": "2"}},
         {"name": "b", "parameterType": "discrete", "feasibleSpace": {"list": ["4", "8"]}},
         {"name": "c", "parameterType": "categorical", "feasibleSpace": {"list": ["x", "y"]}},
         {"name": "d", "parameterType": "double", "feasibleSpace": {"min": "0.1", "max": "0.2"}},
+        {"name": "e", "parameterType": "double", "feasibleSpace": {"min": "0.1", "max": "0.5", "step": "0.1"}},
+        {"name": "f", "parameterType": "double",
+         "feasibleSpace": {"min": "1e-4", "max": "1", "distribution": "logUniform"}},
+        {"name": "g", "parameterType": "int",
+         "feasibleSpace": {"min": "1", "max": "64", "step": "1", "distribution": "logUniform"}},
     ]
-    a, b, c, d = (suggest(trial, p) for p in spaces)
-    assert a in (2, 4, 6, 8) and b in ("4", "8") and c in ("x", "y") and 0.1 <= d <= 0.2
-    assert isinstance(sampler(toy_experiment("tpe")), optuna.samplers.TPESampler)
-    assert isinstance(sampler(toy_experiment("random")), optuna.samplers.RandomSampler)
-    logarithmic = {"name": "e", "parameterType": "int",
+    for space in spaces:
+        suggest(trial, space)
+    assert trial.distributions == {
+        "a": IntDistribution(2, 8, step=2), "b": CategoricalDistribution(["4", "8"]),
+        "c": CategoricalDistribution(["x", "y"]), "d": FloatDistribution(0.1, 0.2),
+        "e": FloatDistribution(0.1, 0.5, step=0.1), "f": FloatDistribution(1e-4, 1, log=True),
+        "g": IntDistribution(1, 64, log=True)}
+    logarithmic = {"name": "h", "parameterType": "int",
                    "feasibleSpace": {"min": "1", "max": "64", "step": "2", "distribution": "logUniform"}}
-    with pytest.raises(NotSupportedLocally, match="parameter e: a step with logUniform"):
+    with pytest.raises(NotSupportedLocally, match="parameter h: a step with logUniform"):
         suggest(trial, logarithmic)
-    assert 1 <= suggest(trial, {**logarithmic, "feasibleSpace": {**logarithmic["feasibleSpace"], "step": "1"}}) <= 64
+
+
+@pytest.mark.parametrize("algorithm, kind", [("random", optuna.samplers.RandomSampler),
+                                             ("tpe", optuna.samplers.TPESampler)])
+def test_the_samplers_random_state_makes_the_draws_repeatable(algorithm, kind):
+    def draws(experiment: dict) -> list[float]:
+        study = optuna.create_study(sampler=sampler(experiment))
+        values = []
+        for _ in range(3):
+            trial = study.ask()
+            values.append(suggest(trial, experiment["spec"]["parameters"][0]))
+            study.tell(trial, values[-1])
+        return values
+
+    seeded = toy_experiment(algorithm)
+    assert isinstance(sampler(seeded), kind)
+    assert draws(seeded) == draws(seeded)
+    other = toy_experiment(algorithm)
+    other["spec"]["algorithm"]["algorithmSettings"] = [{"name": "random_state", "value": "8"}]
+    assert draws(other) != draws(seeded)
+
+
+def test_a_minimized_objective_takes_each_metric_by_its_strategy(tmp_path, capsys):
+    """The toy prints EIR=e then EIR=e-1: the max strategy takes e, minimize's default (min) takes e-1
+    for mAP; the best trial is the one with the lowest EIR."""
+    experiment = toy_experiment()
+    experiment["spec"]["objective"].update(type="minimize", metricStrategies=[{"name": "EIR", "value": "max"}])
+    cli.main([*write(tmp_path, experiment), "--max-trials", "4"])
+    out = capsys.readouterr().out
+    trials = {}
+    for row in (line for line in out.splitlines() if "COMPLETE" in line):
+        number, _, lr, eir, map_ = [cell.strip() for cell in row.strip("│ ").split("│")]
+        trials[int(number)] = float(lr)
+        assert float(eir) == pytest.approx(best_eir(float(lr)), abs=5e-3)
+        assert float(map_) == pytest.approx(best_eir(float(lr)) / 2 - 1, abs=5e-3)
+    assert len(trials) == 4
+    assert f"best trial {min(trials, key=lambda n: best_eir(trials[n]))} " in out
 
 
 def test_the_committed_experiment_runs_the_real_trial_template():

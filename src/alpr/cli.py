@@ -195,6 +195,12 @@ def _submit(args: argparse.Namespace) -> None:
     print(f"watch: argo watch -n {server.namespace} {name}   or the Argo UI at {server.host}")
 
 
+def _command(commands, name: str, help: str, **kwargs) -> argparse.ArgumentParser:
+    """A subcommand whose ``--help`` also says what it does (argparse shows ``help`` only in the list)."""
+    kwargs.setdefault("description", help)
+    return commands.add_parser(name, help=help, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from alpr import __version__
 
@@ -203,11 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_SubcommandParser)
     for name in STEPS:
         module = importlib.import_module(f"alpr.steps.{name}")
-        step = commands.add_parser(name, parents=[module.get_args_parser(add_help=False)],
-                                   help=" ".join((module.__doc__ or "").strip().split("\n\n")[0].split()))
+        arguments = module.get_args_parser(add_help=False)
+        step = _command(commands, name, " ".join((module.__doc__ or "").strip().split("\n\n")[0].split()),
+                        parents=[arguments], description=arguments.description)
         step.set_defaults(handler=module.main)
 
-    predict = commands.add_parser("predict", help="read the plates in images with a trained checkpoint")
+    predict = _command(commands, "predict", "read the plates in images with a trained checkpoint")
     predict.add_argument("images", nargs="+", type=Path, help="image files, or folders of them")
     predict.add_argument("--model", type=Path, required=True, help="checkpoint (e.g. runs/RUN/train/best.pth)")
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -218,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_reading_arguments(predict)
     predict.set_defaults(handler=_predict)
 
-    run = commands.add_parser("run", help="run an Argo WorkflowTemplate's DAG locally, step by step")
+    run = _command(commands, "run", "run an Argo WorkflowTemplate's DAG locally, step by step")
     run.add_argument("workflow", nargs="?", type=Path, default=Path("workflows/alpr-pipeline.yaml"),
                      help="WorkflowTemplate YAML (default: workflows/alpr-pipeline.yaml)")
     run.add_argument("-p", "--parameter", action="append", default=[], metavar="NAME=VALUE",
@@ -227,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true", help="skip the steps that already succeeded")
     run.set_defaults(handler=_run)
 
-    tune = commands.add_parser("tune", help="run a Katib Experiment's search locally with Optuna")
+    tune = _command(commands, "tune", "run a Katib Experiment's search locally with Optuna")
     tune.add_argument("--experiment", type=Path, default=Path("katib/experiment.yaml"),
                       help="Katib Experiment YAML (default: katib/experiment.yaml)")
     tune.add_argument("--max-trials", type=int, default=None, help="trials to run (default: its maxTrialCount)")
@@ -238,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--workdir", type=Path, default=Path("work"), help="local folder for the work volume")
     tune.set_defaults(handler=_tune)
 
-    submit = commands.add_parser("submit", help="create a Workflow from a WorkflowTemplate on an Argo server")
+    submit = _command(commands, "submit", "create a Workflow from a WorkflowTemplate on an Argo server")
     submit.add_argument("-p", "--parameter", action="append", default=[], metavar="NAME=VALUE",
                         help="workflow parameter (repeatable)")
     submit.add_argument("--template", default="alpr-pipeline", help="WorkflowTemplate name")
@@ -248,10 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--insecure-skip-verify", action="store_true", help="skip TLS verification")
     submit.set_defaults(handler=_submit)
 
-    data = commands.add_parser("data", help="dataset versions: pull an exact version from the DVC remote")
+    data = _command(commands, "data", "dataset versions: pull an exact version from the DVC remote")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION",
                                         parser_class=_SubcommandParser)
-    pull = data_commands.add_parser("pull", help="restore datasets/NAME/VERSION into a workdir")
+    pull = _command(data_commands, "pull", "restore datasets/NAME/VERSION into a workdir")
     pull.add_argument("--dataset", required=True, help="dataset name")
     pull.add_argument("--version", required=True, help="dataset version")
     pull.add_argument("--workdir", type=Path, default=Path("work"), help="workdir to restore into")
