@@ -125,9 +125,9 @@ def test_depends_and_dependencies_together_are_refused_as_argo_refuses_them(tmp_
 
 def test_unknown_parameter_and_bad_pairs_are_rejected(tmp_path):
     workflow = _template(tasks=[{"name": "a", "template": "one"}], templates=[_python("one", "print(1)")])
-    with pytest.raises(Exception, match="unknown parameter"):
+    with pytest.raises(UsageError, match="unknown parameter"):
         LocalRun(workflow, tmp_path, {"nope": "1"})
-    with pytest.raises(Exception, match="expected name=value"):
+    with pytest.raises(UsageError, match="expected name=value"):
         parse_parameters(["novalue"])
 
 

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alpr import db
 from alpr.errors import AlprError, UsageError
 from alpr.record import RecordOptions, record
-from alpr.versioning import pull_dataset
+from alpr.versioning import VersioningError, pull_dataset
 
 ROOT = Path(__file__).parents[1]
 
@@ -187,7 +187,7 @@ def test_a_version_whose_folder_was_removed_records_again_to_the_bytes_tagged(sy
     moved = tmp_path / "moved"  # the same images elsewhere: the manifest names its source, so other bytes
     shutil.copytree(synth_dir, moved)
     shutil.rmtree(workdir / "datasets" / "plates" / "1")
-    with pytest.raises(Exception, match="tag plates-v1 already names other content"):
+    with pytest.raises(VersioningError, match="tag plates-v1 already names other content"):
         record(RecordOptions(moved, workdir, "plates", "1", dvc_remote=str(tmp_path / "remote")))
     assert head() == before  # nothing committed of the refused version
     assert subprocess.run(["git", "status", "--porcelain", "--", "datasets/plates/1.dvc"], cwd=workdir,
@@ -236,7 +236,7 @@ def test_git_urls_and_ssh_addresses_are_not_local_paths():
 def test_pulling_an_unknown_version_fails_clearly(synth_dir, tmp_path):
     workdir = tmp_path / "work"
     record(RecordOptions(synth_dir, workdir, "plates", "1", dvc_remote=str(tmp_path / "remote")))
-    with pytest.raises(Exception, match="plates-v9"):
+    with pytest.raises(VersioningError, match=f"^{re.escape(str(workdir))}: no tag plates-v9; that version was not"):
         pull_dataset(str(workdir), "plates", "9", tmp_path / "fresh")
     assert not (tmp_path / "fresh" / "datasets" / "plates" / "9").exists()
 

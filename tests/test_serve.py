@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import json
+import re
 import shutil
 import subprocess
 import sys
 import textwrap
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
 import cv2
@@ -54,17 +56,15 @@ def expected(checkpoint, images) -> dict[str, list[dict]]:
     return plates
 
 
-@pytest.fixture(scope="module")
-def server(checkpoint, tmp_path_factory):
+@contextlib.contextmanager
+def running_server(checkpoint: Path, log_path: Path, *options: str):
+    """steps/serve.py on a free port of 127.0.0.1 until the block ends; yields its URL."""
     port = free_port()
-    log = (tmp_path_factory.mktemp("serve-log") / "server.log").open("w+")
+    log = log_path.open("w+")
     process = subprocess.Popen(
         [sys.executable, "steps/serve.py", "--model", checkpoint.as_uri(), "--http-port", str(port), "--device", "cpu",
-         # One image per model call: a smoke model's 100 detections per image all tie at the head's initial
-         # score, and which tied ones survive turns on float noise that differs between batch sizes, so
-         # only single-image calls can equal PlateReader's exactly. test_batcher_* covers the batching.
-         "--max-batch-size", "1", "--max-pixels", str(MAX_PIXELS), "--max-image-bytes", str(MAX_BYTES), "--max-images", "6",
-         *LOW_THRESHOLDS, *ONE_READING], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+         "--max-pixels", str(MAX_PIXELS), "--max-image-bytes", str(MAX_BYTES), *options],
+        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 180
     while time.time() < deadline and process.poll() is None:
@@ -78,10 +78,26 @@ def server(checkpoint, tmp_path_factory):
         process.kill()
         log.seek(0)
         pytest.fail(f"the server did not become ready:\n{log.read()[-3000:]}")
-    yield url
-    process.terminate()
-    process.wait(30)
-    assert process.returncode is not None
+    try:
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:  # requests still being read
+            process.kill()
+            process.wait(30)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def server(checkpoint, tmp_path_factory):
+    # One image per model call: a smoke model's 100 detections per image all tie at the head's initial
+    # score, and which tied ones survive turns on float noise that differs between batch sizes, so
+    # only single-image calls can equal PlateReader's exactly. test_batcher_* covers the batching.
+    with running_server(checkpoint, tmp_path_factory.mktemp("serve-log") / "server.log", "--max-batch-size", "1",
+                        "--max-images", "6", *LOW_THRESHOLDS, *ONE_READING) as url:
+        yield url
 
 
 def b64(data: bytes) -> str:
@@ -257,6 +273,27 @@ def test_bounded_concurrent_load_returns_what_plate_reader_reads(server, images,
         assert_same_plates(response.json()["predictions"][0]["plates"], expected[name])
 
 
+def test_a_request_past_the_waiting_room_is_answered_503_at_once(checkpoint, images, tmp_path):
+    """With room for one image held and one waiting, of three requests sent together the one that comes
+    last is refused at once, while the others wait: a smoke model reading again each of its 100 boards
+    an image at threshold 0 holds the first for minutes."""
+    body = {"instances": [{"image_b64": b64(images[0].read_bytes())}]}
+    with ThreadPoolExecutor(3) as pool:
+        with running_server(checkpoint, tmp_path / "server.log", "--max-held-images", "1", "--max-images", "1",
+                            *LOW_THRESHOLDS) as url:
+            sent = []
+            for _ in range(3):
+                sent.append(pool.submit(httpx.post, f"{url}/v1/models/alpr:predict", json=body, timeout=600))
+                time.sleep(1)
+            done, _ = wait(sent, timeout=120, return_when=FIRST_COMPLETED)
+            assert len(done) == 1, "no request was refused"
+            refused = done.pop().result()
+            assert refused.status_code == 503, refused.text
+            assert "busy: 1 image(s) already wait for room; retry later" in refused.text
+            assert httpx.get(f"{url}/v1/models/alpr", timeout=10).status_code == 200
+            assert sum(future.done() for future in sent) == 1  # the other two still wait or are being read
+
+
 def test_batcher_groups_concurrent_items_and_returns_each_its_own_result():
     import asyncio
 
@@ -363,7 +400,7 @@ def test_image_budget_refuses_a_request_at_once_when_a_budgets_worth_already_wai
         held_and_waiting = [asyncio.create_task(request(n)) for n in (4, 3)]
         await asyncio.sleep(0.01)
         assert (budget.held, budget.waiting) == (4, 3)
-        with pytest.raises(LineFull, match="busy: 3 images wait"):
+        with pytest.raises(LineFull, match=re.escape("busy: 3 image(s) already wait")):
             async with budget.hold(2):
                 pass
         release.set()

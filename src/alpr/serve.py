@@ -240,7 +240,7 @@ class ImageBudget:
             raise ValueError(f"{count} images can never fit a budget of {self.limit}")
         async with self._room:
             if self.waiting + count > self.limit:
-                raise LineFull(f"busy: {self.waiting} images wait for room already; retry later")
+                raise LineFull(f"busy: {self.waiting} image(s) already wait for room; retry later")
             ticket = object()
             self._line.append(ticket)
             self.waiting += count

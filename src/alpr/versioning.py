@@ -144,6 +144,8 @@ def path_in_repo(source: str, tag: str, folder: str, cwd: Path) -> str:
     """Where the tagged commit keeps ``folder`` (datasets/NAME/VERSION): below the workdir, which is
     the data repository's root or a folder in it. Clones the tag's tree alone, without file contents."""
     pointer = f"{folder}.dvc"
+    if not git(cwd, "ls-remote", "--tags", source, f"refs/tags/{tag}").strip():  # else git's "Remote branch"
+        raise VersioningError(f"{source}: no tag {tag}; that version was not recorded in this repository")
     with tempfile.TemporaryDirectory() as clone:
         git(cwd, "clone", "-q", "--bare", "--depth", "1", "--filter=blob:none", "--branch", tag, source, clone)
         names = git(Path(clone), "ls-tree", "-r", "--name-only", "HEAD").splitlines()
