@@ -355,21 +355,21 @@ def test_inference_service_runs_the_serve_step(chart):
 
 # --- values.yaml and values.schema.json ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("values", [
-    {"tensorbord": {"enabled": False}},
-    {"workflows": {"gpus": -1}},
-    {"workflows": {"gpus": "two"}},
-    {"workflows": {"store": "s3://bucket"}},
-    {"workflows": {"dvcRemote": "s3://bucket/dvc"}},
-    {"persistence": {"size": "lots"}},
-    {"persistence": {"accessModes": ["ReadWriteSometimes"]}},
-    {"secrets": {"existingSecret": "Not_A_Name"}},
-    {"image": {"pullPolicy": "Sometimes"}},
-    {"kserve": {"storageUri": "best.pth"}},
-    {"kserve": {"maxReplicas": 0}},
-], ids=lambda v: str(v))
-def test_schema_rejects_bad_values(chart, values):
-    with pytest.raises(helm.HelmValuesError):
+@pytest.mark.parametrize("values, where", [
+    ({"tensorbord": {"enabled": False}}, "at '': additional properties 'tensorbord' not allowed"),
+    ({"workflows": {"gpus": -1}}, "at '/workflows/gpus'"),
+    ({"workflows": {"gpus": "two"}}, "at '/workflows/gpus'"),
+    ({"workflows": {"store": "s3://bucket"}}, "at '/workflows/store'"),
+    ({"workflows": {"dvcRemote": "s3://bucket/dvc"}}, "at '/workflows/dvcRemote'"),
+    ({"persistence": {"size": "lots"}}, "at '/persistence/size'"),
+    ({"persistence": {"accessModes": ["ReadWriteSometimes"]}}, "at '/persistence/accessModes/0'"),
+    ({"secrets": {"existingSecret": "Not_A_Name"}}, "at '/secrets/existingSecret'"),
+    ({"image": {"pullPolicy": "Sometimes"}}, "at '/image/pullPolicy'"),
+    ({"kserve": {"storageUri": "best.pth"}}, "at '/kserve/storageUri'"),
+    ({"kserve": {"maxReplicas": 0}}, "at '/kserve/maxReplicas'"),
+], ids=lambda v: str(v) if isinstance(v, dict) else "")
+def test_schema_rejects_bad_values(chart, values, where):
+    with pytest.raises(helm.HelmValuesError, match=re.escape(where)):
         chart.validate_schema(values)
 
 
