@@ -1,5 +1,6 @@
 """Smoke training on a tiny synthetic dataset, on the CPU, and everything that reads its outputs."""
 
+import hashlib
 import json
 import math
 import re
@@ -434,6 +435,13 @@ def test_the_test_step_uses_the_checkpoint_evaluate_picked(tmp_path):
     (train / "iter_2.pth").unlink()  # pruned by later training: best.pth is another model
     with pytest.raises(UsageError, match="iter_2.pth: the checkpoint `alpr evaluate` picked .* is gone"):
         best_checkpoint(tmp_path, "r")
+    (train / "best.pth").write_bytes(b"scored")
+    (tmp_path / "runs" / "r" / "eval" / "metrics.json").write_text(json.dumps(
+        {"best_checkpoint": "/mnt/w/best.pth", "best_sha256": hashlib.sha256(b"scored").hexdigest()}))
+    assert best_checkpoint(tmp_path, "r") == train / "best.pth"
+    (train / "best.pth").write_bytes(b"trained on")  # training resumed after evaluate and found a better one
+    with pytest.raises(UsageError, match="best.pth: not the checkpoint `alpr evaluate` picked .* training wrote"):
+        best_checkpoint(tmp_path, "r")
     with pytest.raises(UsageError, match="typo.pth: --checkpoint not found"):
         test_run(TestOptions(tmp_path, "r", checkpoint=tmp_path / "typo.pth"))
     with pytest.raises(UsageError, match="run id"):
@@ -535,10 +543,9 @@ def test_evaluate_writes_metrics_plots_and_database_rows(smoke_workdir, smoke_tr
     assert sum(b["plates"] for b in report["best"]["EIR_by_width"].values()) == report["best"]["plates"]
     assert "EIR by plate width: " in result.stdout
     # the pick is uploaded under its own sha256: other weights get another URL, so a redeploy rolls out
-    import hashlib
-
     picked_bytes = Path(report["best_checkpoint"]).read_bytes()
-    key = hashlib.sha256(picked_bytes).hexdigest()[:12]
+    assert report["best_sha256"] == hashlib.sha256(picked_bytes).hexdigest()
+    key = report["best_sha256"][:12]
     model_uri = (smoke_workdir / "bucket" / "runs" / "r1" / key / "best.pth").as_uri()
     assert report["uploaded"] == (eval_dir / "model-uri").read_text().strip() == model_uri
     assert (smoke_workdir / "bucket" / "runs" / "r1" / key / "best.pth").read_bytes() == picked_bytes

@@ -186,13 +186,6 @@ def eval_dir(workdir: Path, run_id: str, split: str = SELECTION_SPLIT) -> Path:
     return run_dir(workdir, run_id) / ("eval" if split == SELECTION_SPLIT else f"eval-{split}")
 
 
-def checkpoint_key(path: Path) -> str:
-    """The first 12 hex digits of the checkpoint's sha256: a pick of other weights (training went on
-    in the same run) gets another URL, so that a redeploy changes the InferenceService's storageUri
-    and KServe rolls it out; one URL for ever would change nothing it sees."""
-    return sha256_bytes(path.read_bytes())[:12]
-
-
 def evaluate_run(options: EvaluateOptions, progress: bool = True) -> dict:
     """Scores every checkpoint of the run on val, picks the best, writes eval/metrics.json and plots, records
     and uploads it; on test, scores the checkpoint val picked into eval-test/. Returns the report."""
@@ -213,8 +206,9 @@ def evaluate_run(options: EvaluateOptions, progress: bool = True) -> dict:
     candidates = readable(checkpoints(train)) if picks else [best_checkpoint(workdir, options.run_id)]
     meta = alpr_meta(candidates[-1])["alpr"]
     dataset = dataset_dir(workdir, meta["dataset"]["name"], meta["dataset"]["version"])
-    scored, gts = {}, {}
+    scored, gts, digests = {}, {}, {}
     for checkpoint in candidates:
+        digests[checkpoint.name] = sha256_bytes(checkpoint.read_bytes())  # what was scored, by its bytes
         reader = PlateReader.from_checkpoint(checkpoint, options.device)
         gt, detections, plates = predict_split(reader, dataset, options.split, progress)
         scored[checkpoint.name] = (evaluate(gt, detections, plates), plates)
@@ -229,13 +223,17 @@ def evaluate_run(options: EvaluateOptions, progress: bool = True) -> dict:
     plots = plot(out, gts[best], best_plates, best_metrics, dataset / "images")
     report = {
         "run_id": options.run_id, "split": options.split, "key_metric": options.key_metric,
-        "dataset": meta["dataset"], "best_checkpoint": str(train / best), "best": best_metrics,
+        "dataset": meta["dataset"], "best_checkpoint": str(train / best), "best_sha256": digests[best],
+        "best": best_metrics,
         "checkpoints": {name: scalar_metrics(m) for name, (m, _) in scored.items()},
         "plots": [p.name for p in plots],
     }
     base = storage.join(options.store, "runs", options.run_id) if options.store else None
     if base and picks:  # uploaded before the run is recorded: a recorded run's model is in the store
-        report["uploaded"] = storage.join(base, checkpoint_key(train / best), "best.pth")
+        # Under its sha256's first 12 hex digits: a pick of other weights (training went on in the same
+        # run) gets another URL, so a redeploy changes the InferenceService's storageUri and KServe rolls
+        # it out; one URL for ever would change nothing it sees.
+        report["uploaded"] = storage.join(base, digests[best][:12], "best.pth")
         storage.upload_file(train / best, report["uploaded"])
     write_json(out / "metrics.json", report)
     for key in KEY_METRICS:  # one file each: Argo output parameters read them

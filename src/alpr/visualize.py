@@ -12,6 +12,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from alpr.backgrounds import IMAGE_SUFFIXES, list_images
+from alpr.dataset import sha256_bytes
 from alpr.errors import AlprError, UsageError, read_json
 from alpr.files import write_image
 from alpr.plates import BOARD_LABELS, CHARACTER_CLASSES
@@ -96,6 +97,9 @@ def best_checkpoint(workdir: Path, run_id: str) -> Path:
     if not picked.is_file():  # another model would be tested in its place
         raise UsageError(f"{picked}: the checkpoint `alpr evaluate` picked ({report}) is gone, deleted by "
                          "later training; run `alpr evaluate` again")
+    if named.get("best_sha256") not in (None, sha256_bytes(picked.read_bytes())):  # best.pth rewritten
+        raise UsageError(f"{picked}: not the checkpoint `alpr evaluate` picked ({report}): training wrote "
+                         "other weights there since; run `alpr evaluate` again")
     return picked
 
 
