@@ -410,14 +410,16 @@ def test_an_unknown_best_metric_fails_before_training(smoke_workdir):
 def test_evaluate_scores_each_saved_weight_set_once(tmp_path):
     import os
 
-    from alpr.evaluate import checkpoints
+    from alpr.evaluate import saved_copies
 
-    names = ["best_EIR_iter_1.pth", "iter_2.pth", "iter_4.pth", "best_dv_mAP_iter_4.pth", "best.pth"]
+    names = ["best_EIR_iter_1.pth", "iter_2.pth", "best_dv_mAP_iter_4.pth", "iter_4.pth", "best_EIR_iter_4.pth",
+             "best.pth"]
     for age, name in enumerate(reversed(names)):  # newest first: a copy's times say nothing of the order
         (tmp_path / name).write_bytes(b"")
         os.utime(tmp_path / name, (age, age))
     # iter_1.pth was deleted (max_keep_ckpts): its best_ copy is the only one left of those weights
-    assert [p.name for p in checkpoints(tmp_path)] == ["best_EIR_iter_1.pth", "iter_2.pth", "iter_4.pth"]
+    assert [[p.name for p in copies] for copies in saved_copies(tmp_path)] == \
+        [["best_EIR_iter_1.pth"], ["iter_2.pth"], ["iter_4.pth", "best_EIR_iter_4.pth", "best_dv_mAP_iter_4.pth"]]
 
 
 def test_the_test_step_uses_the_checkpoint_evaluate_picked(tmp_path):
@@ -440,7 +442,7 @@ def test_the_test_step_uses_the_checkpoint_evaluate_picked(tmp_path):
         {"best_checkpoint": "/mnt/w/best.pth", "best_sha256": hashlib.sha256(b"scored").hexdigest()}))
     assert best_checkpoint(tmp_path, "r") == train / "best.pth"
     (train / "best.pth").write_bytes(b"trained on")  # training resumed after evaluate and found a better one
-    with pytest.raises(UsageError, match="best.pth: not the checkpoint `alpr evaluate` picked .* training wrote"):
+    with pytest.raises(UsageError, match="best.pth: saved again since `alpr evaluate` picked it"):
         best_checkpoint(tmp_path, "r")
     with pytest.raises(UsageError, match="typo.pth: --checkpoint not found"):
         test_run(TestOptions(tmp_path, "r", checkpoint=tmp_path / "typo.pth"))
@@ -510,15 +512,19 @@ def test_evaluate_scores_the_checkpoints_it_can_read_and_names_the_others(smoke_
     import shutil
 
     from alpr.errors import UsageError
-    from alpr.evaluate import checkpoints, readable
+    from alpr.evaluate import checkpoints
 
-    shutil.copy(smoke_workdir / "runs" / "r1" / "train" / "iter_4.pth", tmp_path / "iter_2.pth")
+    good = smoke_workdir / "runs" / "r1" / "train" / "iter_4.pth"
+    shutil.copy(good, tmp_path / "iter_2.pth")
     (tmp_path / "iter_8.pth").write_bytes(b"cut short")
-    assert readable(checkpoints(tmp_path)) == [tmp_path / "iter_2.pth"]
+    assert checkpoints(tmp_path) == [tmp_path / "iter_2.pth"]
     assert "iter_8.pth: not a readable checkpoint" in capsys.readouterr().err
-    (tmp_path / "iter_2.pth").unlink()
+    shutil.copy(good, tmp_path / "best_EIR_iter_8.pth")  # the new best, written whole before iter_8.pth
+    assert checkpoints(tmp_path) == [tmp_path / "iter_2.pth", tmp_path / "best_EIR_iter_8.pth"]
+    for name in ("iter_2.pth", "best_EIR_iter_8.pth"):
+        (tmp_path / name).unlink()
     with pytest.raises(UsageError, match="no readable checkpoint to score"):
-        readable(checkpoints(tmp_path))
+        checkpoints(tmp_path)
 
 
 def test_evaluate_writes_metrics_plots_and_database_rows(smoke_workdir, smoke_training):
@@ -890,6 +896,7 @@ def test_evaluate_checks_the_database_and_the_store_before_scoring(smoke_workdir
 
     work = tmp_path / "work"
     shutil.copytree(smoke_workdir / "runs" / "r1" / "train", work / "runs" / "r1" / "train")
+    shutil.copytree(smoke_workdir / "datasets", work / "datasets")
     for flags, message in [(["--db-url", "nonsense"], "is not a SQLAlchemy URL"),
                            (["--store", "s3://bucket/alpr"], "unsupported storage URL"),
                            (["--require-store", "true"], "no --store, and deploy=true serves the model from it"),
@@ -898,6 +905,12 @@ def test_evaluate_checks_the_database_and_the_store_before_scoring(smoke_workdir
         result = run_step_script("evaluate", "--workdir", str(work), "--run-id", "r1", "--device", "cpu", *flags)
         assert result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr
         assert not (work / "runs" / "r1" / "eval").exists()
+    (tmp_path / "full").write_text("a file where the bucket should be: the upload fails after the scoring")
+    store = (tmp_path / "full").as_uri()
+    result = run_step_script("evaluate", "--workdir", str(work), "--run-id", "r1", "--device", "cpu", "--store", store)
+    assert result.returncode == 1 and f"{store}/runs/r1/" in result.stderr and "Traceback" not in result.stderr
+    report = json.loads((work / "runs" / "r1" / "eval" / "metrics.json").read_text())
+    assert report["best"]["plates"] > 0 and "uploaded" not in report  # the scores kept, no upload claimed
 
 
 def test_the_validated_step_comes_from_its_marker_or_for_older_runs_from_the_log(tmp_path):

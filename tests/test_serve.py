@@ -201,6 +201,27 @@ def _bad_requests(good: bytes) -> dict[str, tuple[dict, str]]:
     }
 
 
+def test_v2_binary_data_holding_base64_is_read(server, images, expected):
+    """The binary extension, as Triton-style clients send it (kserve 0.21 decodes each BYTES element
+    as UTF-8 text, so the images go as base64 there too; README says so)."""
+    from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig
+
+    async def infer():
+        client = InferenceRESTClient(RESTConfig(protocol="v2", retries=0))
+        try:
+            image = InferInput("image", [2], "BYTES")
+            image.set_data_from_numpy(np.array([b64(p.read_bytes()).encode() for p in images[:2]], dtype=object),
+                                      binary_data=True)
+            return await client.infer(server, InferRequest("alpr", [image]), model_name="alpr")
+        finally:
+            await client.close()
+
+    response = asyncio.run(infer())
+    assert len(response.outputs[0].data) == 2
+    for path, text in zip(images[:2], response.outputs[0].data):
+        assert_same_plates(json.loads(text), expected[path.name])
+
+
 def test_bad_input_gets_a_4xx_that_says_why_and_the_server_goes_on(server, images, expected):
     good = images[0].read_bytes()
     for name, (kwargs, phrase) in _bad_requests(good).items():

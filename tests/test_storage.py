@@ -65,6 +65,17 @@ def test_a_failed_file_upload_names_the_url_and_leaves_no_partial_file(tmp_path)
     assert list((tmp_path / "bucket").iterdir()) == []
 
 
+def test_a_store_whose_folder_is_a_file_is_named_with_the_url(tmp_path):
+    (tmp_path / "bucket").write_text("a file, not a folder")
+    url = (tmp_path / "bucket").as_uri() + "/runs/best.pth"
+    with pytest.raises(storage.StorageError, match=f"^{url}: uploading {tmp_path / 'm.bin'}: Not a directory$"):
+        (tmp_path / "m.bin").write_bytes(b"weights")
+        storage.upload_file(tmp_path / "m.bin", url)
+    with pytest.raises(storage.StorageError, match=f"^{url}: writing: Not a directory$"):  # no temporary file named
+        storage.write_bytes(url, b"manifest")
+    assert (tmp_path / "bucket").read_text() == "a file, not a folder"
+
+
 def test_a_file_store_writes_files_others_may_read_as_the_umask_allows(tmp_path):
     previous = os.umask(0o022)
     try:

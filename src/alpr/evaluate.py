@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from alpr.dataset import sha256_bytes
-from alpr.errors import UsageError
+from alpr.errors import AlprError, UsageError
 from alpr.files import write_atomic, written_whole
 from alpr.metrics import (KEY_METRICS, check_metric, evaluate, layout_suffix, load_ground_truth, plate_pr_curve,
                           scalar_metrics)
@@ -34,32 +34,37 @@ class EvaluateOptions:
 SAVED_NAME = re.compile(r"(?:iter|epoch)_(\d+)\.pth$")  # what mmengine's CheckpointHook names a checkpoint
 
 
-def checkpoints(train: Path) -> list[Path]:
-    """The run's saved checkpoints, oldest first (by step: a copied folder loses the files' times), each
-    weight set once: best.pth is a copy, and so is best_METRIC_iter_N.pth of iter_N.pth, unless iter_N.pth
-    has since been deleted."""
-    names = {p.name for p in train.glob("*.pth")}
-    found = [p for p in train.glob("*.pth")
-             if (saved := SAVED_NAME.search(p.name)) and (saved.group() == p.name or saved.group() not in names)]
-    if not found:
+def saved_copies(train: Path) -> list[list[Path]]:
+    """The run's saved weight sets, oldest first (by step: a copied folder loses the files' times), each as
+    the files that hold it: iter_N.pth, then its best_METRIC_iter_N.pth copies (best.pth is one more)."""
+    steps: dict[str, list[Path]] = {}
+    for path in train.glob("*.pth"):
+        if saved := SAVED_NAME.search(path.name):
+            steps.setdefault(saved.group(), []).append(path)
+    if not steps:
         raise UsageError(f"{train}: no checkpoints; run `alpr train` for this run first")
-    return sorted(found, key=lambda p: int(SAVED_NAME.search(p.name).group(1)))
+    return [sorted(files, key=lambda p: (p.name != name, p.name))
+            for name, files in sorted(steps.items(), key=lambda item: int(SAVED_NAME.search(item[0]).group(1)))]
 
 
-def readable(candidates: list[Path]) -> list[Path]:
-    """The checkpoints that can be read, each other one named in a warning: mmengine saves iter_N.pth
-    again in place on a new best, and a kill leaves it cut short. An error where none can be."""
+def checkpoints(train: Path) -> list[Path]:
+    """A readable file of each saved weight set, oldest first. mmengine writes a new best's
+    best_METRIC_iter_N.pth whole, then saves iter_N.pth again in place, and a kill leaves that cut
+    short: the copy then stands in. Unreadable files are named in a warning; an error where none can be read."""
     from alpr.train import alpr_meta
 
     kept = []
-    for path in candidates:
-        try:
-            alpr_meta(path)
+    for copies in saved_copies(train):
+        for path in copies:
+            try:
+                alpr_meta(path)
+            except UsageError as error:
+                print(f"warning: {error}; skipped", file=sys.stderr)
+                continue
             kept.append(path)
-        except UsageError as error:
-            print(f"warning: {error}; not scored", file=sys.stderr)
+            break
     if not kept:
-        raise UsageError(f"{candidates[0].parent}: no readable checkpoint to score")
+        raise UsageError(f"{train}: no readable checkpoint to score")
     return kept
 
 
@@ -203,7 +208,7 @@ def evaluate_run(options: EvaluateOptions, progress: bool = True) -> dict:
         storage.check_url(options.store)
     train = train_dir(workdir, options.run_id)
     picks = options.split == SELECTION_SPLIT
-    candidates = readable(checkpoints(train)) if picks else [best_checkpoint(workdir, options.run_id)]
+    candidates = checkpoints(train) if picks else [best_checkpoint(workdir, options.run_id)]
     meta = alpr_meta(candidates[-1])["alpr"]
     dataset = dataset_dir(workdir, meta["dataset"]["name"], meta["dataset"]["version"])
     scored, gts, digests = {}, {}, {}
@@ -228,14 +233,17 @@ def evaluate_run(options: EvaluateOptions, progress: bool = True) -> dict:
         "checkpoints": {name: scalar_metrics(m) for name, (m, _) in scored.items()},
         "plots": [p.name for p in plots],
     }
+    write_json(out / "metrics.json", report)  # the scores stand, should the upload fail
     base = storage.join(options.store, "runs", options.run_id) if options.store else None
     if base and picks:  # uploaded before the run is recorded: a recorded run's model is in the store
+        if sha256_bytes((train / best).read_bytes()) != digests[best]:
+            raise AlprError(f"{train / best}: saved again while it was scored; run `alpr evaluate` again")
         # Under its sha256's first 12 hex digits: a pick of other weights (training went on in the same
         # run) gets another URL, so a redeploy changes the InferenceService's storageUri and KServe rolls
         # it out; one URL for ever would change nothing it sees.
         report["uploaded"] = storage.join(base, digests[best][:12], "best.pth")
         storage.upload_file(train / best, report["uploaded"])
-    write_json(out / "metrics.json", report)
+        write_json(out / "metrics.json", report)
     for key in KEY_METRICS:  # one file each: Argo output parameters read them
         write_atomic(out / key, f"{best_metrics[key]:.6f}\n")
     if base:

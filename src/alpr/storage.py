@@ -10,7 +10,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from functools import lru_cache
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -105,28 +105,39 @@ def _gcs_errors(url: str, missing: str):
 def upload_file(path: Path, url: str) -> None:
     scheme, bucket, key = _object(url)
     if scheme == "file":
-        target = Path(key)
-        # a file of our own making, not mkstemp's, so that its mode is the umask's, not 0600
-        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with path.open("rb") as src, tmp.open("xb") as out:
-                shutil.copyfileobj(src, out)
-            os.replace(tmp, target)
-        except OSError as error:
-            raise StorageError(f"{url}: uploading {path}: {error.strerror or error}") from None
-        finally:
-            tmp.unlink(missing_ok=True)
+        def copy(out) -> None:
+            with path.open("rb") as source:
+                shutil.copyfileobj(source, out)
+
+        _write_local(url, Path(key), copy, f"uploading {path}")
     else:
         with _gcs_errors(url, missing=f"no bucket {bucket!r}"):
             _blob(bucket, key).upload_from_filename(str(path))
 
 
 def write_bytes(url: str, data: bytes) -> None:
-    with tempfile.NamedTemporaryFile() as tmp:
-        tmp.write(data)
-        tmp.flush()
-        upload_file(Path(tmp.name), url)
+    scheme, bucket, key = _object(url)
+    if scheme == "file":
+        _write_local(url, Path(key), lambda out: out.write(data), "writing")
+    else:
+        with _gcs_errors(url, missing=f"no bucket {bucket!r}"):
+            _blob(bucket, key).upload_from_string(data)
+
+
+def _write_local(url: str, target: Path, write, doing: str) -> None:
+    """A file:// object written whole: into a file beside it, renamed over it, none left on failure."""
+    # a file of our own making, not mkstemp's, so that its mode is the umask's, not 0600
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tmp.open("xb") as out:
+            write(out)
+        os.replace(tmp, target)
+    except OSError as error:
+        raise StorageError(f"{url}: {doing}: {error.strerror or error}") from None
+    finally:
+        with suppress(OSError):  # where the folder could not be made, there is nothing to remove
+            tmp.unlink(missing_ok=True)
 
 
 def download_file(url: str, path: Path) -> None:

@@ -97,9 +97,9 @@ def best_checkpoint(workdir: Path, run_id: str) -> Path:
     if not picked.is_file():  # another model would be tested in its place
         raise UsageError(f"{picked}: the checkpoint `alpr evaluate` picked ({report}) is gone, deleted by "
                          "later training; run `alpr evaluate` again")
-    if named.get("best_sha256") not in (None, sha256_bytes(picked.read_bytes())):  # best.pth rewritten
-        raise UsageError(f"{picked}: not the checkpoint `alpr evaluate` picked ({report}): training wrote "
-                         "other weights there since; run `alpr evaluate` again")
+    if named.get("best_sha256") not in (None, sha256_bytes(picked.read_bytes())):  # training went on
+        raise UsageError(f"{picked}: saved again since `alpr evaluate` picked it ({report}), so perhaps other "
+                         "weights; run `alpr evaluate` again")
     return picked
 
 
