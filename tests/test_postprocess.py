@@ -17,9 +17,12 @@ def test_two_row_plate_reads_sub_text_then_serial():
     assert plate.text == "98E0001" and plate.layout == "two-row"
 
 
-def test_a_character_whose_centre_both_regions_hold_goes_to_the_one_covering_more_of_it():
-    """A loose sub-text box reaching over the serial's centres: the serial still reads as the main text."""
-    loose = [Detection("r_s_n", 0.8, (5, 3, 115, 55)) if d.label == "r_s_n" else d
+@pytest.mark.parametrize("bottom", [55, 62, 67], ids=["over-centres", "over-boxes", "over-the-main-text"])
+def test_a_character_whose_centre_both_regions_hold_goes_to_the_one_covering_more_of_it(bottom):
+    """A loose sub-text box reaching over the serial's centres, over its whole boxes, or over the whole
+    main text: the serial still reads as the main text (where both cover a character, it sits nearer
+    the main text's centre)."""
+    loose = [Detection("r_s_n", 0.8, (5, 3, 115, bottom)) if d.label == "r_s_n" else d
              for d in _plate("34B5678", layout="two-row")]
     [plate] = read_plates(loose)
     assert plate.text == "34B5678" and plate.layout == "two-row"
