@@ -4,6 +4,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -240,7 +241,9 @@ def test_a_password_in_a_parameter_is_neither_echoed_nor_saved(tmp_path):
     assert any("mysql+pymysql://alpr:***@db:3306/alpr" in line for line in lines)
     assert not any("hunter2" in line for line in lines)
     assert "hunter2" not in (tmp_path / ".alpr-run" / "t.json").read_text()
-    LocalRun(workflow, tmp_path, {"db": url}, resume=True, echo=lambda _: None)  # resumable all the same
+    lines.clear()
+    LocalRun(workflow, tmp_path, {"db": url}, resume=True, echo=lines.append).run()  # resumable all the same
+    assert "[a] already succeeded; not run again (--resume)" in lines
     from alpr.local_run import redact
 
     assert redact("redis://:pw@cache:6379") == "redis://:***@cache:6379"
@@ -296,6 +299,37 @@ def test_output_that_is_not_utf8_is_shown_not_fatal(tmp_path):
     lines = []
     LocalRun(workflow, tmp_path, {}, echo=lines.append).run()
     assert "[a] caf\ufffd \ufffd" in lines
+
+
+def test_a_run_whose_output_is_closed_stops_its_step_too(tmp_path):
+    """`alpr run | head`: the runner ends (141, as SIGPIPE ends a command) and takes the step with it,
+    rather than leave it writing on in the workdir, unlocked, between its prints."""
+    import os
+
+    code = ("import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid()))\n"
+            "for i in range(3000): print('line', i)\n"
+            "time.sleep(60)")  # a silent stretch, as training's between two prints
+    path = tmp_path / "talk.yaml"
+    path.write_text(yaml.safe_dump(_template(tasks=[{"name": "talk", "template": "talk"}],
+                                             templates=[_python("talk", code, ["/work/pid.txt"])])))
+    run = subprocess.Popen([sys.executable, "-m", "alpr.cli", "run", str(path), "--workdir", str(tmp_path / "w")],
+                           cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    for line in run.stdout:
+        if line.startswith("[talk] line"):
+            break
+    run.stdout.close()  # as head does, having its line
+    assert run.wait(timeout=30) == 141
+    pid = int((tmp_path / "w" / "pid.txt").read_text())
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(pid, 9)
+        pytest.fail("the step went on after the run ended")
 
 
 SLOW = """

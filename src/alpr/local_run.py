@@ -208,21 +208,22 @@ class LocalRun:
         if missing:
             raise UsageError(f"parameter(s) {', '.join(sorted(missing))} have no default: give -p NAME=VALUE")
         self.values = {**defaults, **self.parameters}
-        state = self._load_state() if self.resume else None
-        self.name = state["name"] if state else f"{base}-{time.strftime('%Y%m%d%H%M%S')}"
-        self.outputs = state["outputs"] if state else {}
-        self.skipped = set(state.get("skipped", [])) if state else set()  # their `when` was false
-        self.omitted = set(state.get("omitted", [])) if state else set()  # a dependency was not as asked
-        if state and _redacted(state["parameters"]) != _redacted(self.values):
-            raise UsageError(f"cannot --resume {self.name}: its parameters differ from this run's "
-                             f"({self.state_file})")
+        self.name = f"{base}-{time.strftime('%Y%m%d%H%M%S')}"
+        self.skipped: set[str] = set()  # their `when` was false
+        self.omitted: set[str] = set()  # a dependency was not as asked
         self.mounts = self._mounts()
 
-    def _load_state(self) -> dict | None:
+    def _restore_state(self) -> None:
+        """--resume: the name, outputs and skipped tasks of the last run of this template in the workdir."""
         if not self.state_file.is_file():
             self.echo(f"nothing to resume in {self.state_file}; starting a new run")
-            return None
-        return read_json(self.state_file)
+            return
+        state = read_json(self.state_file)
+        if _redacted(state["parameters"]) != _redacted(self.values):
+            raise UsageError(f"cannot --resume {state['name']}: its parameters differ from this run's "
+                             f"({self.state_file})")
+        self.name, self.outputs = state["name"], state["outputs"]
+        self.skipped, self.omitted = set(state.get("skipped", [])), set(state.get("omitted", []))
 
     def _save_state(self) -> None:
         self.state_file.parent.mkdir(parents=True, exist_ok=True)
@@ -256,8 +257,10 @@ class LocalRun:
             raise NotSupportedLocally(f"entrypoint {self.spec.get('entrypoint')!r}: only a DAG entrypoint is "
                                       "supported locally")
         tasks = topological(entry["dag"]["tasks"])
-        self.check(tasks)
-        with self._only_run_of_this_template():
+        with self._only_run_of_this_template():  # before reading the state: another run may still write it
+            if self.resume:
+                self._restore_state()
+            self.check(tasks)
             return self._run(tasks)
 
     @contextlib.contextmanager
@@ -456,6 +459,10 @@ class LocalRun:
         try:
             with _stopping_with_the_runner(process):
                 self._echo_output(name, process)
+        except BrokenPipeError:  # the runner's own output closed (`alpr run | head`): the step stops too
+            process.terminate()
+            process.communicate()  # its last lines, unshown, until it ends
+            raise
         except KeyboardInterrupt:
             # Ctrl-C reached the step too: its output is read on while it stops (and saves what it does),
             # or its prints would break; a second Ctrl-C kills it.
