@@ -64,11 +64,12 @@ def test_parameters_outputs_and_dependency_order(tmp_path):
 
 def test_failure_names_the_step_and_resume_skips_what_succeeded(tmp_path):
     flag = tmp_path / "fixed"
-    check = f"import pathlib, sys; sys.exit(0 if pathlib.Path({str(flag)!r}).exists() else 3)"
+    check = (f"import pathlib, sys; fixed = pathlib.Path({str(flag)!r}).exists(); "
+             "print('working'); fixed or print('error: not fixed yet\\n'); sys.exit(0 if fixed else 3)")
     workflow = _template(
         tasks=[{"name": "a", "template": "count"}, {"name": "b", "template": "check", "dependencies": ["a"]}],
         templates=[_python("count", APPEND, ["/work/count.txt", "a"]), _python("check", check)])
-    with pytest.raises(StepFailed, match="step 'b' failed with exit code 3"):
+    with pytest.raises(StepFailed, match="^step 'b' failed with exit code 3: error: not fixed yet$"):
         LocalRun(workflow, tmp_path, {}, echo=lambda _: None).run()
     flag.touch()
     LocalRun(workflow, tmp_path, {}, resume=True, echo=lambda _: None).run()
@@ -299,6 +300,16 @@ def test_output_that_is_not_utf8_is_shown_not_fatal(tmp_path):
     lines = []
     LocalRun(workflow, tmp_path, {}, echo=lines.append).run()
     assert "[a] caf\ufffd \ufffd" in lines
+
+
+def test_alpr_run_names_a_failed_steps_error_and_how_to_go_on(tmp_path):
+    path = tmp_path / "fail.yaml"
+    path.write_text(yaml.safe_dump(_template(tasks=[{"name": "x", "template": "x"}],
+                                             templates=[_python("x", "import sys; sys.exit('boom')")])))
+    result = subprocess.run([sys.executable, "-m", "alpr.cli", "run", str(path), "--workdir", str(tmp_path / "w")],
+                            cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "error: step 'x' failed with exit code 1: boom\nfix it and rerun with --resume" in result.stderr
 
 
 def test_a_run_whose_output_is_closed_stops_its_step_too(tmp_path):

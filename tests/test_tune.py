@@ -128,7 +128,8 @@ def test_a_failed_trial_is_reported_and_the_study_goes_on(tmp_path, capsys):
     (tmp_path / "work" / "fail-first").touch()
     cli.main([*args, "--max-trials", "3"])
     out = capsys.readouterr().out
-    assert "trial 0 failed: step 'train' failed with exit code 1" in out
+    assert "trial 0 failed: step 'train' failed with exit code 1: cannot train" in out
+    assert "--resume" not in out  # alpr run's, not tune's
     assert len([line for line in out.splitlines() if "FAIL " in line]) == 1
     assert len([line for line in out.splitlines() if "COMPLETE" in line]) == 2
     assert "best trial" in out

@@ -163,12 +163,15 @@ def _predict(args: argparse.Namespace) -> None:
 
 
 def _run(args: argparse.Namespace) -> None:
-    from alpr.local_run import LocalRun, load_workflow, parse_parameters, project_root
+    from alpr.local_run import LocalRun, StepFailed, load_workflow, parse_parameters, project_root
 
     path = args.workflow
     if not path.is_file() and not path.is_absolute() and (project_root() / path).is_file():
         path = project_root() / path
-    outputs = LocalRun(load_workflow(path), args.workdir, parse_parameters(args.parameter), args.resume).run()
+    try:
+        outputs = LocalRun(load_workflow(path), args.workdir, parse_parameters(args.parameter), args.resume).run()
+    except StepFailed as error:
+        raise StepFailed(f"{error}\nfix it and rerun with --resume to continue from this step") from None
     print(f"workflow {path.name} succeeded")
     for task, values in outputs.items():
         for name, value in values.items():

@@ -209,6 +209,7 @@ class LocalRun:
             raise UsageError(f"parameter(s) {', '.join(sorted(missing))} have no default: give -p NAME=VALUE")
         self.values = {**defaults, **self.parameters}
         self.name = f"{base}-{time.strftime('%Y%m%d%H%M%S')}"
+        self.last_line: dict[str, str] = {}  # each step's last output line
         self.skipped: set[str] = set()  # their `when` was false
         self.omitted: set[str] = set()  # a dependency was not as asked
         self.mounts = self._mounts()
@@ -415,8 +416,8 @@ class LocalRun:
                 return self._read_outputs(name, step.outputs)
             if attempt < step.retries:
                 self.echo(f"[{name}] exited {code}; retry {attempt + 1}/{step.retries}")
-        raise StepFailed(f"step {name!r} failed with exit code {code}; fix it and rerun with --resume "
-                         "to continue from this step")
+        last = f": {self.last_line[name]}" if self.last_line.get(name) else ""
+        raise StepFailed(f"step {name!r} failed with exit code {code}{last}")
 
     def _local(self, value: str, container: dict) -> str:
         """Maps a path under a volume mount to its local folder, alone, as a flag's value (--out=/work/x)
@@ -476,7 +477,10 @@ class LocalRun:
 
     def _echo_output(self, name: str, process: subprocess.Popen) -> None:
         for line in process.stdout:
-            self.echo(redact(f"[{name}] {line.rstrip()}"))
+            line = redact(line.rstrip())
+            self.echo(f"[{name}] {line}")
+            if line.strip():
+                self.last_line[name] = line.strip()  # a failed step's error, as a failure's reason
         process.wait()
 
     def _read_outputs(self, name: str, paths: dict[str, Path]) -> dict[str, str]:
