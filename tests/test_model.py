@@ -506,6 +506,17 @@ def test_training_by_minutes_ends_by_itself_annealed_and_a_finished_run_stays_fi
     rates = [s["lr"] for s in added if "lr" in s]
     assert len(rates) >= 2 and rates == pytest.approx([2e-3 * 0.05] * len(rates))
 
+def test_an_empty_split_is_not_scored_as_all_zeros(tmp_path):
+    from alpr.errors import UsageError
+    from alpr.evaluate import predict_split
+    from alpr.plates import CLASSES
+
+    categories = [{"id": i + 1, "name": name} for i, name in enumerate(CLASSES)]
+    (tmp_path / "test.json").write_text(json.dumps({"images": [], "annotations": [], "categories": categories}))
+    with pytest.raises(UsageError, match="test.json: no images in the test split to score"):
+        predict_split(None, tmp_path, "test")
+
+
 def test_evaluate_scores_the_checkpoints_it_can_read_and_names_the_others(smoke_workdir, smoke_training, tmp_path,
                                                                            capsys):
     """A kill while mmengine saved iter_N.pth again, in place, on a new best leaves it cut short."""
@@ -691,6 +702,7 @@ def test_help_names_the_defaults(command):
             "serve": "Serve an alpr checkpoint as the KServe model 'alpr'.",
             "data": "restore datasets/NAME/VERSION into a workdir", "synth": "Draw synthetic plates on photos"}
     assert says[command[0]] in text  # what the command does, before its flags
+    assert ("end its list with --" in text) == (command == ["predict"])  # the one that takes images after flags
 
 
 def test_a_checkpoint_for_other_classes_is_refused(smoke_workdir, smoke_training, tmp_path):

@@ -123,3 +123,14 @@ def test_a_character_of_the_wrong_kind_with_no_alternative_there_leaves_the_plat
     # nor is a weak one in the same place: a misread is worse than a plate left unread
     [plate] = read_plates(_replace(_plate("12A3456"), {3: [("b", 0.95), ("8", 0.06)]}))
     assert plate.text is None and "serial" in plate.reason
+
+
+def test_the_reading_api_is_importable_from_alpr_without_torch():
+    """README's `from alpr import PlateReader, ReadOptions`; the package itself stays light."""
+    import subprocess
+    import sys
+
+    code = ("import sys, alpr; from alpr import Plate, ReadOptions; from alpr.postprocess import ReadOptions as R; "
+            "assert ReadOptions is R and 'torch' not in sys.modules; assert set(alpr.__all__) >= "
+            "{'Plate', 'PlateReader', 'ReadOptions'}")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,7 +1,7 @@
 """alpr: automatic license plate recognition pipeline."""
 
 __version__ = "0.1.0"
-__all__ = ["Plate", "PlateReader", "__version__"]
+__all__ = ["Plate", "PlateReader", "ReadOptions", "__version__"]
 
 
 def __getattr__(name: str):
@@ -10,8 +10,8 @@ def __getattr__(name: str):
         from alpr.reader import PlateReader
 
         return PlateReader
-    if name == "Plate":
-        from alpr.postprocess import Plate
+    if name in ("Plate", "ReadOptions"):
+        from alpr import postprocess
 
-        return Plate
+        return getattr(postprocess, name)
     raise AttributeError(f"module 'alpr' has no attribute {name!r}")

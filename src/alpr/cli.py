@@ -85,9 +85,9 @@ class HelpWithDefaults(argparse.HelpFormatter):
 _SubcommandParser = partial(argparse.ArgumentParser, formatter_class=HelpWithDefaults)
 
 
-def add_reading_arguments(parser: argparse.ArgumentParser) -> None:
+def add_reading_arguments(parser: argparse.ArgumentParser, before_images: bool = False) -> None:
     """How plates are read from detections: the same flags for ``alpr predict``, ``alpr serve`` and the
-    benchmarks (``ReadOptions``)."""
+    benchmarks (``ReadOptions``). ``before_images``: the command takes image paths after its flags."""
     from alpr.postprocess import ReadOptions
 
     parser.add_argument("--board-threshold", type=float, default=ReadOptions.board_threshold,
@@ -96,7 +96,8 @@ def add_reading_arguments(parser: argparse.ArgumentParser) -> None:
                         help="lowest score of a character that is read")
     parser.add_argument("--zoom-widths", type=int, nargs="*", default=list(ReadOptions.zoom_widths),
                         help="each plate is read again, scaled to these widths (px) in this order, until two "
-                             "readings agree; none given: never (before images, end its list with --)")
+                             "readings agree; none given: never" + (" (before images, end its list with --)"
+                                                                    if before_images else ""))
     parser.add_argument("--sure-score", type=float, default=ReadOptions.sure_score,
                         help="also stop once one reading has every character scoring at least this "
                              "(default: only agreement stops)")
@@ -225,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="run the model in bfloat16 on the CPU (float16 on CUDA): faster where the CPU has "
                          "AVX512-BF16 or AMX")
     predict.add_argument("--json", action="store_true", help="one JSON line per image")
-    add_reading_arguments(predict)
+    add_reading_arguments(predict, before_images=True)
     predict.set_defaults(handler=_predict)
 
     run = _command(commands, "run", "run an Argo WorkflowTemplate's DAG locally, step by step")

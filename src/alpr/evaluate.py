@@ -76,6 +76,8 @@ def predict_split(reader, dataset: Path, split: str, progress: bool = True
         raise UsageError(f"{ann_file}: split not found")
     gt = load_ground_truth(ann_file)
     image_ids = sorted(gt.getImgIds())
+    if not image_ids:  # every figure would read 0, as if the model had found nothing
+        raise UsageError(f"{ann_file}: no images in the {split} split to score; record the dataset with some")
     detections: dict[int, list[Detection]] = {}
     plates: dict[int, list[Plate]] = {}
     with show_progress(f"predict {split}", len(image_ids), progress) as advance:
