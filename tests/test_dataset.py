@@ -213,8 +213,10 @@ def test_fraction_parsing_errors():
 
 
 def test_scan_reports_duplicates_and_missing_folder(tmp_path, synth_dir):
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(FileNotFoundError, match="nope: not found"):
         scan(tmp_path / "nope")
+    with pytest.raises(FileNotFoundError, match=r"000001.json: a file, not a folder \(--source: the labelme folder"):
+        scan(synth_dir / "000001.json")
     folder = tmp_path / "dup"
     folder.mkdir()
     shutil.copy(synth_dir / "000001.json", folder / "a.json")

@@ -446,6 +446,10 @@ def test_the_test_step_uses_the_checkpoint_evaluate_picked(tmp_path):
         best_checkpoint(tmp_path, "r")
     with pytest.raises(UsageError, match="typo.pth: --checkpoint not found"):
         test_run(TestOptions(tmp_path, "r", checkpoint=tmp_path / "typo.pth"))
+    with pytest.raises(UsageError, match="train: --checkpoint a folder, not a file"):
+        test_run(TestOptions(tmp_path, "r", checkpoint=train))
+    with pytest.raises(UsageError, match=r"best.pth: --images a file, not a folder \(a folder of images\)"):
+        test_run(TestOptions(tmp_path, "r", images=train / "best.pth", checkpoint=train / "best.pth"))
     with pytest.raises(UsageError, match="run id"):
         test_run(TestOptions(tmp_path, "../r"))  # would write beside runs/
 

@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 
 from alpr.errors import AlprError, UsageError
+from alpr.files import missing
 from alpr.plates import BOARD_LABELS, CHARACTER_CLASSES, CLASSES, PlateFormatError, parse_plate
 from alpr.progress import show_progress
 
@@ -273,7 +274,7 @@ def _load_all(paths: list[Path], source: Path, progress: bool):
 def scan(source: Path, progress: bool = False) -> tuple[list[AnnotatedImage], list[AnnotationError]]:
     """Every labelme file under source, valid ones and problems apart, in file-name order."""
     if not source.is_dir():
-        raise FileNotFoundError(f"{source}: source folder does not exist")
+        raise FileNotFoundError(f"{source}: {missing(source, folder=True)} (--source: the labelme folder to record)")
     valid, errors = [], []
     # Names are compared lower-cased: MySQL's default collation and some filesystems take A.jpg for a.jpg.
     # The recorded annotation of an image is STEM.json, as labelme names it: a.jpg and a.png would share one.

@@ -34,6 +34,13 @@ def copy_atomic(source: Path, path: Path) -> None:
         shutil.copyfile(source, partial)
 
 
+def missing(path: Path, folder: bool) -> str:
+    """Why a path that should name a folder (or a file) does not: nothing is there, or the other kind."""
+    if not path.exists():
+        return "not found"
+    return "a file, not a folder" if folder else "a folder, not a file"
+
+
 def read_image(path: Path, flags: int):
     """``cv2.imread``, through Python's file reading: OpenCV's own dies (SIGSEGV) on a file name that
     is not UTF-8, as one from a Windows archive can be. None where the bytes are no image; an error

@@ -11,6 +11,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from alpr.errors import AlprError, UsageError, read_json
+from alpr.files import missing, written_whole
 from alpr.glyphs import GLYPH_NET, train_glyphs
 from alpr.model import TrainSettings, build_config, with_val_interval
 from alpr.plates import CLASSES, check_classes
@@ -67,7 +68,7 @@ def checkpoint_meta(path: Path) -> dict:
     import torch
 
     if not path.is_file():
-        raise UsageError(f"{path}: checkpoint not found")
+        raise UsageError(f"{path}: checkpoint {missing(path, folder=False)}")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:  # torch says "invalid load key" or "failed finding central directory"
@@ -202,8 +203,6 @@ def check_resumable(work: Path, meta: dict, settings: TrainSettings, dataset: di
 
 def restore_glyph_net(kept: dict, path: Path) -> None:
     import torch
-
-    from alpr.files import written_whole
 
     with written_whole(path) as partial:
         torch.save(kept, partial)

@@ -14,7 +14,7 @@ from pycocotools import mask as mask_utils
 from alpr.backgrounds import IMAGE_SUFFIXES, list_images
 from alpr.dataset import sha256_bytes
 from alpr.errors import AlprError, UsageError, read_json
-from alpr.files import write_image
+from alpr.files import missing, write_image
 from alpr.plates import BOARD_LABELS, CHARACTER_CLASSES
 from alpr.postprocess import Detection, Plate, usable
 from alpr.progress import show_progress
@@ -134,11 +134,11 @@ def test_run(options: TestOptions, progress: bool = True) -> Path:
     workdir = options.workdir.resolve()
     checkpoint = options.checkpoint or best_checkpoint(workdir, options.run_id)
     if not checkpoint.is_file():
-        raise UsageError(f"{checkpoint}: --checkpoint not found" if options.checkpoint else
+        raise UsageError(f"{checkpoint}: --checkpoint {missing(checkpoint, folder=False)}" if options.checkpoint else
                          f"{checkpoint}: no best checkpoint; train (and evaluate) run {options.run_id} first")
     if options.images is not None:
         if not options.images.is_dir():
-            raise UsageError(f"{options.images}: image folder not found")
+            raise UsageError(f"{options.images}: --images {missing(options.images, folder=True)} (a folder of images)")
         root, images = options.images, list_images(options.images)
     else:
         root, images = default_images(workdir, alpr_meta(checkpoint)["alpr"]["dataset"])
