@@ -773,6 +773,10 @@ def test_an_edited_split_or_manifest_is_an_error_naming_the_file(smoke_workdir, 
         val.write_text(good_val)
         manifest.write_text(good_manifest)
     assert check_dataset(folder)["content_sha256"]
+    with pytest.raises(UsageError, match="typo: no recorded dataset here .*; versions recorded: dataset$"):
+        check_dataset(tmp_path / "typo")  # a version that was never recorded: the recorded ones named
+    with pytest.raises(UsageError, match="run `alpr record` first"):
+        check_dataset(tmp_path / "none" / "1")
 
 
 def _checkpoint(path: Path, iteration: int) -> Path:

@@ -238,7 +238,9 @@ def test_pulling_an_unknown_version_fails_clearly(synth_dir, tmp_path):
     record(RecordOptions(synth_dir, workdir, "plates", "1", dvc_remote=str(tmp_path / "remote")))
     with pytest.raises(VersioningError, match=f"^{re.escape(str(workdir))}: no tag plates-v9; that version was not"):
         pull_dataset(str(workdir), "plates", "9", tmp_path / "fresh")
-    assert not (tmp_path / "fresh" / "datasets" / "plates" / "9").exists()
+    assert not (tmp_path / "fresh" / "datasets").exists()  # no empty folders left
+    with pytest.raises(VersioningError, match="^wrk: no such data repository"):
+        pull_dataset("wrk", "plates", "1", tmp_path / "fresh")
 
 
 def test_record_step_prints_a_summary(synth_dir, tmp_path):

@@ -35,7 +35,9 @@ class TrainOptions:
 def check_dataset(folder: Path) -> dict:
     """The recorded dataset's manifest, after checking its splits use alpr's classes in order."""
     if not (folder / "manifest.json").is_file():
-        raise UsageError(f"{folder}: no recorded dataset here (manifest.json missing); run `alpr record` first")
+        recorded = sorted(p.parent.name for p in folder.parent.glob("*/manifest.json"))
+        raise UsageError(f"{folder}: no recorded dataset here (manifest.json missing); " +
+                         (f"versions recorded: {', '.join(recorded)}" if recorded else "run `alpr record` first"))
     for split in ("train", "val", "test"):
         path = folder / f"{split}.json"
         if not path.is_file():

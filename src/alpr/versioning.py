@@ -164,10 +164,14 @@ def pull_dataset(repo: str, name: str, version: str, workdir: Path) -> Path:
     target = dataset_dir(workdir, name, version)
     if target.exists():
         raise VersioningError(f"{target} already exists; pull into a fresh workdir or remove it first")
-    target.parent.mkdir(parents=True, exist_ok=True)
     source = repo if is_git_url(repo) else str(Path(repo).resolve())
+    if not is_git_url(repo) and not Path(source).is_dir():
+        raise VersioningError(f"{repo}: no such data repository (--data-repo: the git + DVC repository that "
+                              "recorded the version)")
+    workdir.mkdir(parents=True, exist_ok=True)  # git and dvc run there
     tag = dataset_tag(name, version)
     inside = path_in_repo(source, tag, target.relative_to(workdir).as_posix(), workdir)
+    target.parent.mkdir(parents=True, exist_ok=True)  # only now: a refused pull leaves no empty folders
     partial = target.with_name(f".{version}.pull")
     shutil.rmtree(partial, ignore_errors=True)  # a pull killed before its cleanup: dvc get would nest into it
     try:
