@@ -131,6 +131,11 @@ def test_unknown_parameter_and_bad_pairs_are_rejected(tmp_path):
         LocalRun(workflow, tmp_path, {"nope": "1"})
     with pytest.raises(UsageError, match="expected name=value"):
         parse_parameters(["novalue"])
+    chosen = _template(tasks=[{"name": "a", "template": "one"}], templates=[_python("one", "print(1)")],
+                       parameters=[{"name": "model", "value": "small", "enum": ["small", "large"]}])
+    with pytest.raises(UsageError, match="^-p model=smal: expected one of small, large$"):
+        LocalRun(chosen, tmp_path, {"model": "smal"})
+    LocalRun(chosen, tmp_path, {"model": "large"})
 
 
 def test_the_whole_dag_is_checked_before_the_first_step(tmp_path):

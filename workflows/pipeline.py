@@ -7,7 +7,8 @@ import json
 
 from hera.workflows import DAG, Parameter, Resource, WorkflowTemplate
 
-from alpr.argo import RUN_ID, WORK_MOUNT, common_parameters, evaluate_outputs, param, step, volumes, workflow_metadata
+from alpr.argo import (RUN_ID, WORK_MOUNT, common_parameters, evaluate_outputs, param, step, switch,
+                       training_parameters, volumes, workflow_metadata)
 
 DATASET = ["--dataset", param("dataset-name"), "--version", param("dataset-version")]
 
@@ -24,16 +25,13 @@ with WorkflowTemplate(
                               "on the volume beside DVC's cache"),
         Parameter(name="synth-count", value="1000", description="synthetic images to draw (0: none, synth skipped)"),
         Parameter(name="synth-seed", value="0", description="synthesis seed"),
-        Parameter(name="model", value="rtmdet-ins-tiny", description="rtmdet-ins-tiny, mask-rcnn-swin-t or smoke"),
+        *training_parameters(),
         Parameter(name="epochs", value="30", description="training epochs"),
         Parameter(name="batch-size", value="8", description="images per batch"),
         Parameter(name="lr", value="", description="learning rate; empty: the model's own"),
         Parameter(name="img-size", value="",
                   description="image size (longest side) for training and test; empty: the model's own"),
-        Parameter(name="amp", value="false",
-                  description="true: mixed precision (float16 on GPUs, bfloat16 on CPUs with AVX512-BF16 or AMX)"),
-        Parameter(name="deploy", value="false",
-                  description="true: point the InferenceService at this run's best model in the store (a gs:// one)"),
+        switch("deploy", "true: point the InferenceService at this run's best model in the store (a gs:// one)"),
         Parameter(name="inference-service", value="alpr", description="InferenceService the deploy step updates"),
         *common_parameters(),
     ],

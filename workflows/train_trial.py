@@ -6,7 +6,8 @@ carries the label Katib's metrics collector looks for. Regenerate with `make wor
 
 from hera.workflows import DAG, Parameter, WorkflowTemplate
 
-from alpr.argo import RUN_ID, WORK_MOUNT, common_parameters, evaluate_outputs, param, step, volumes, workflow_metadata
+from alpr.argo import (RUN_ID, WORK_MOUNT, common_parameters, evaluate_outputs, param, step,
+                       training_parameters, volumes, workflow_metadata)
 
 KATIB_LABEL = {"katib.kubeflow.org/model-training": "true"}
 # Workflow parameters passed to the train step as the flag of the same name.
@@ -19,13 +20,11 @@ with WorkflowTemplate(
     arguments=[
         Parameter(name="dataset-name", value="plates", description="recorded dataset name"),
         Parameter(name="dataset-version", value="1", description="recorded dataset version"),
-        Parameter(name="model", value="rtmdet-ins-tiny", description="rtmdet-ins-tiny, mask-rcnn-swin-t or smoke"),
+        *training_parameters(),
         Parameter(name="epochs", value="30", description="training epochs"),
         Parameter(name="batch-size", value="8", description="images per batch"),
         Parameter(name="img-size", value="",
                   description="image size (longest side) for training and test; empty: the model's own"),
-        Parameter(name="amp", value="false",
-                  description="true: mixed precision (float16 on GPUs, bfloat16 on CPUs with AVX512-BF16 or AMX)"),
         Parameter(name="lr", value="", description="learning rate; empty: the model's own"),
         Parameter(name="weight-decay", value="0.05", description="AdamW weight decay"),
         Parameter(name="widen-factor", value="", description="RTMDet width multiplier; empty: the model's own"),

@@ -26,6 +26,22 @@ def param(name: str) -> str:
     return "{{workflow.parameters.%s}}" % name
 
 
+def switch(name: str, description: str) -> Parameter:
+    """A true/false parameter, false unless set: Argo refuses another value at submission, `alpr run`
+    before the first step."""
+    return Parameter(name=name, value="false", enum=["true", "false"], description=description)
+
+
+def training_parameters() -> list[Parameter]:
+    """The model and mixed precision, as the pipeline and the Katib trial both take them."""
+    from alpr.model import MODELS, TrainSettings
+
+    return [
+        Parameter(name="model", value=TrainSettings().model, enum=list(MODELS), description=", ".join(MODELS)),
+        switch("amp", "true: mixed precision (float16 on GPUs, bfloat16 on CPUs with AVX512-BF16 or AMX)"),
+    ]
+
+
 def common_parameters() -> list[Parameter]:
     """Parameters every alpr template takes: image, volume, secret, database and store."""
     return [

@@ -208,6 +208,10 @@ class LocalRun:
         if missing:
             raise UsageError(f"parameter(s) {', '.join(sorted(missing))} have no default: give -p NAME=VALUE")
         self.values = {**defaults, **self.parameters}
+        for parameter in declared:  # as Argo checks them at submission: not hours in, when a step reads it
+            if "enum" in parameter and self.values.get(parameter["name"]) not in parameter["enum"]:
+                raise UsageError(f"-p {parameter['name']}={self.values.get(parameter['name'])}: expected one of "
+                                 f"{', '.join(parameter['enum'])}")
         self.name = f"{base}-{time.strftime('%Y%m%d%H%M%S')}"
         self.last_line: dict[str, str] = {}  # each step's last output line
         self.skipped: set[str] = set()  # their `when` was false

@@ -130,3 +130,15 @@ def test_every_step_flag_in_the_template_exists():
             known = {s for action in parser._actions for s in action.option_strings}
             used = {a.partition("=")[0] for a in template["container"]["args"] if a.startswith("--")}
             assert used <= known, f"{path.name} {step}: unknown flags {used - known}"
+
+
+@pytest.mark.parametrize("name", ["alpr-pipeline", "alpr-train-trial"])
+def test_parameters_with_a_fixed_set_of_values_name_it(name):
+    """Argo refuses another value at submission, and `alpr run` before its first step."""
+    from alpr.model import MODELS
+
+    declared = {p["name"]: p for p in yaml.safe_load((ROOT / "workflows" / f"{name}.yaml").read_text())
+                ["spec"]["arguments"]["parameters"]}
+    assert declared["model"]["enum"] == list(MODELS) and declared["model"]["value"] in MODELS
+    switches = {"amp", "deploy"} & set(declared)
+    assert switches and all(declared[s]["enum"] == ["true", "false"] for s in switches)
