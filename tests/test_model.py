@@ -37,6 +37,9 @@ def test_metric_lines_parse_with_katibs_regex(smoke_training):
     found = {m.group(1) for line in lines for m in KATIB.finditer(line)}
     assert found == {"mAP", "dv_mAP", "EIR"} and len(lines) == 6  # two validations
     assert re.search(r"Iter\(train\) \[\s*4/4\].*eta.*memory.*loss", smoke_training.stdout + smoke_training.stderr)
+    # the runner's build is quiet: no environment, config or parameter-group dump to bury alpr's lines
+    output = smoke_training.stdout + smoke_training.stderr
+    assert "paramwise_options" not in output and "Config:" not in output and "System environment" not in output
 
 
 def _reading_eights(path: Path) -> None:

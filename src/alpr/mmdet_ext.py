@@ -622,8 +622,13 @@ class AlprRunHook(Hook):
         self.glyph_net = None
 
     def before_run(self, runner) -> None:
-        # trained before the detector (alpr.train), kept in every checkpoint so that reading needs nothing else
+        import logging
+
         import torch
+
+        for logger in (runner.logger, *runner.logger.handlers):  # built quietly (alpr.model): training logs
+            logger.setLevel(logging.INFO)
+        # trained before the detector (alpr.train), kept in every checkpoint so that reading needs nothing else
 
         path = Path(runner.work_dir) / GLYPH_NET
         self.glyph_net = torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None

@@ -362,7 +362,9 @@ def build_config(settings: TrainSettings, dataset_dir: Path, work_dir: Path, dat
             dict(type="TensorboardVisBackend", save_dir=str(work_dir / "tensorboard")),
         ]),
         log_processor=dict(type="LogProcessor", window_size=settings.log_interval, by_epoch=by_epoch),
-        log_level="INFO",
+        # the runner's build logs its environment, the whole config (saved in the run folder anyway) and a
+        # line per parameter group: hundreds of lines that buried alpr's; AlprRunHook.before_run logs on
+        log_level="WARNING",
         # a run resumed at step N seeds its sampler, loader workers and crops with seed + N: the start's
         # seed would draw the start's first batches again
         randomness=dict(seed=settings.seed + (resumed_at or 0), deterministic=False),
