@@ -72,6 +72,8 @@ def test_failure_names_the_step_and_resume_skips_what_succeeded(tmp_path):
     with pytest.raises(StepFailed, match="^step 'b' failed with exit code 3: error: not fixed yet$"):
         LocalRun(workflow, tmp_path, {}, echo=lambda _: None).run()
     flag.touch()
+    with pytest.raises(UsageError, match=r"cannot --resume t-\d+: its parameters differ from this run's in greeting "):
+        LocalRun(workflow, tmp_path, {"greeting": "bye"}, resume=True, echo=lambda _: None).run()
     LocalRun(workflow, tmp_path, {}, resume=True, echo=lambda _: None).run()
     assert (tmp_path / "count.txt").read_text() == "a\n"  # step a ran once
 

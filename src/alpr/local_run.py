@@ -224,9 +224,11 @@ class LocalRun:
             self.echo(f"nothing to resume in {self.state_file}; starting a new run")
             return
         state = read_json(self.state_file)
-        if _redacted(state["parameters"]) != _redacted(self.values):
-            raise UsageError(f"cannot --resume {state['name']}: its parameters differ from this run's "
-                             f"({self.state_file})")
+        before, now = _redacted(state["parameters"]), _redacted(self.values)
+        if before != now:
+            changed = sorted(name for name in {*before, *now} if before.get(name) != now.get(name))
+            raise UsageError(f"cannot --resume {state['name']}: its parameters differ from this run's in "
+                             f"{', '.join(changed)} ({self.state_file})")
         self.name, self.outputs = state["name"], state["outputs"]
         self.skipped, self.omitted = set(state.get("skipped", [])), set(state.get("omitted", []))
 
