@@ -363,3 +363,12 @@ def test_what_would_fail_late_is_refused_before_anything_is_written(synth_dir, t
     with pytest.raises(UsageError, match=r"version '1-v2': '-v' in a version would make its git tag \(a-v1-v2\)"):
         record(RecordOptions(synth_dir, workdir, "a", "1-v2"))  # dataset a-v1's version 2 has that tag
     assert not workdir.exists()
+
+
+def test_a_folder_without_labelme_files_says_so(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UsageError, match=r"empty: no labelme files \(\*\.json\) here to record"):
+        record(RecordOptions(tmp_path / "empty", tmp_path / "work", "plates", "1", dvc=False))
+    (tmp_path / "empty" / "a.json").write_text("{}")
+    with pytest.raises(UsageError, match="empty: no valid labelme files to record"):
+        record(RecordOptions(tmp_path / "empty", tmp_path / "work", "plates", "1", dvc=False, skip_invalid=True))

@@ -214,7 +214,8 @@ def record(options: RecordOptions) -> RecordResult:
     if errors and not options.skip_invalid:
         raise InvalidAnnotations(errors)
     if not items:
-        raise UsageError(f"{options.source}: no valid labelme files to record")
+        raise UsageError(f"{options.source}: " + ("no valid labelme files to record" if errors else
+                                                  "no labelme files (*.json) here to record"))
     digest = content_sha256(items, options.fractions)
     engine = db.connect(options.db_url or db.default_db_url(workdir))
     db.check_version(engine, name, version, digest)  # refuse a conflict before writing anything
