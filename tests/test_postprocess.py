@@ -17,15 +17,21 @@ def test_two_row_plate_reads_sub_text_then_serial():
     assert plate.text == "98E0001" and plate.layout == "two-row"
 
 
-@pytest.mark.parametrize("bottom", [55, 62, 67], ids=["over-centres", "over-boxes", "over-the-main-text"])
-def test_a_character_whose_centre_both_regions_hold_goes_to_the_one_covering_more_of_it(bottom):
-    """A loose sub-text box reaching over the serial's centres, over its whole boxes, or over the whole
-    main text: the serial still reads as the main text (where both cover a character, it sits nearer
-    the main text's centre)."""
-    loose = [Detection("r_s_n", 0.8, (5, 3, 115, bottom)) if d.label == "r_s_n" else d
-             for d in _plate("34B5678", layout="two-row")]
+@pytest.mark.parametrize("layout, label, box", [
+    ("two-row", "r_s_n", (5, 3, 115, 55)),  # a loose sub-text box over the serial's centres
+    ("two-row", "r_s_n", (5, 3, 115, 62)),  # ... over the serial's whole boxes
+    ("two-row", "r_s_n", (5, 3, 115, 67)),  # ... over the whole main text
+    ("two-row", "r_m_n", (5, 3, 115, 67)),  # a loose main-text box over the whole sub text
+    ("one-row", "l_m_n", (2, 5, 195, 35)),
+    ("one-row", "l_s_n", (5, 5, 195, 35)),
+])
+def test_a_character_both_regions_hold_goes_to_the_one_covering_more_of_it_else_the_smaller(layout, label, box):
+    """Where a loose region box reaches over the other region's text, each character still reads in
+    its own: the one covering more of its box, and of two covering all of it, the smaller."""
+    text = "34B5678"
+    loose = [Detection(label, 0.8, box) if d.label == label else d for d in _plate(text, layout=layout)]
     [plate] = read_plates(loose)
-    assert plate.text == "34B5678" and plate.layout == "two-row"
+    assert plate.text == text and plate.layout == layout, plate.reason
 
 
 def test_missing_character_is_not_guessed():

@@ -15,8 +15,6 @@ text four digits; otherwise it carries the reason and no text.
 
 from __future__ import annotations
 
-import math
-
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 
@@ -114,9 +112,13 @@ def intersection(a: BOX, b: BOX) -> float:
     return max(0.0, width) * max(0.0, height)
 
 
+def area(box: BOX) -> float:
+    return (box[2] - box[0]) * (box[3] - box[1])
+
+
 def box_iou(a: BOX, b: BOX) -> float:
     inter = intersection(a, b)
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    union = area(a) + area(b) - inter
     return inter / union if union > 0 else 0.0
 
 
@@ -175,16 +177,10 @@ def _of_kind(char: Detection, found: list[Detection], kind: str, iou: float) -> 
 def _row_of(char: Detection, regions: tuple[Detection, Detection]) -> int | None:
     """The text region (0: sub, 1: main) holding the character's centre; where both do (a loose
     region box, regions that touch), the one covering more of the character's box, and of two that
-    cover all of it, the one it sits nearer the middle of; None: neither."""
+    cover all of it, the smaller (the loose one reaches over the other's text); None: neither."""
     holders = [k for k, region in enumerate(regions) if _inside(char.centre, region.bbox)]
-    return max(holders, key=lambda k: (intersection(char.bbox, regions[k].bbox),
-                                       -_off_centre(char.centre, regions[k].bbox)), default=None)
-
-
-def _off_centre(point: tuple[float, float], box: BOX) -> float:
-    """How far from the box's middle the point lies, each axis in shares of the box's half-size."""
-    half_width, half_height = max((box[2] - box[0]) / 2, 1e-9), max((box[3] - box[1]) / 2, 1e-9)
-    return math.hypot((point[0] - (box[0] + box[2]) / 2) / half_width, (point[1] - (box[1] + box[3]) / 2) / half_height)
+    return max(holders, key=lambda k: (intersection(char.bbox, regions[k].bbox), -area(regions[k].bbox)),
+               default=None)
 
 
 def _unread(layout: Layout, board: Detection, reason: str, scores: list[float] = ()) -> Plate:
