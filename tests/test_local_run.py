@@ -99,6 +99,17 @@ def test_retry_strategy_retries_a_failing_step(tmp_path):
     assert (tmp_path / "tries").read_text() == "3"
 
 
+def test_a_step_that_fails_every_try_is_named_with_its_last_trys_reason(tmp_path):
+    """The first try says why; the last, killed silently (out of memory), says nothing: no reason is
+    made up from the first."""
+    noisy_then_silent = ("import pathlib, sys; p = pathlib.Path(sys.argv[1]); first = not p.exists(); p.touch(); "
+                         "first and print('error: the first try'); sys.exit(1 if first else 9)")
+    workflow = _template(tasks=[{"name": "a", "template": "f"}],
+                         templates=[_python("f", noisy_then_silent, ["/work/tried"], retries=1)])
+    with pytest.raises(StepFailed, match="^step 'a' failed with exit code 9$"):
+        LocalRun(workflow, tmp_path, {}, echo=lambda _: None).run()
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda w: w["spec"]["templates"][0]["dag"]["tasks"][0].update(when="1 < 2"), "when expressions other than"),
     (lambda w: w["spec"]["templates"][1].update(script={"source": "print(1)"}), "script not supported"),
@@ -386,7 +397,7 @@ def test_ctrl_c_or_a_kill_lets_the_running_step_stop_and_names_it_for_resume(tmp
             break
     rest = run.stdout.read()
     assert run.wait(timeout=30) == 130
-    assert "[slow] saved" in rest and "interrupted in step 'slow'; rerun with --resume" in rest
+    assert "[slow] saved" in rest and "interrupted in step 'slow'\nrerun with --resume" in rest
 
 
 def test_a_second_run_of_a_template_while_one_runs_in_the_same_workdir_is_refused(tmp_path):

@@ -173,6 +173,9 @@ def _run(args: argparse.Namespace) -> None:
         outputs = LocalRun(load_workflow(path), args.workdir, parse_parameters(args.parameter), args.resume).run()
     except StepFailed as error:
         raise StepFailed(f"{error}\nfix it and rerun with --resume to continue from this step") from None
+    except KeyboardInterrupt:
+        print("rerun with --resume to go on from the interrupted step", file=sys.stderr)
+        raise
     print(f"workflow {path.name} succeeded")
     for task, values in outputs.items():
         for name, value in values.items():

@@ -461,24 +461,22 @@ class LocalRun:
 
     def _execute(self, name: str, step: Step) -> int:
         self.echo(redact(f"[{name}] $ {' '.join(step.command)}"))
+        self.last_line.pop(name, None)  # this attempt's reason, not an earlier one's
         process = subprocess.Popen(step.command, cwd=step.cwd, env=step.env, stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1)
-        try:
-            with _stopping_with_the_runner(process):
-                self._echo_output(name, process)
-        except BrokenPipeError:  # the runner's own output closed (`alpr run | head`): the step stops too
-            process.terminate()
-            process.communicate()  # its last lines, unshown, until it ends
-            raise
-        except KeyboardInterrupt:
-            # Ctrl-C reached the step too: its output is read on while it stops (and saves what it does),
-            # or its prints would break; a second Ctrl-C kills it.
+        with _stopping_if_unheard(process):
             try:
-                self._echo_output(name, process)
+                with _stopping_with_the_runner(process):
+                    self._echo_output(name, process)
             except KeyboardInterrupt:
-                process.kill()
-            self.echo(f"interrupted in step {name!r}; rerun with --resume to go on from it")
-            raise
+                # Ctrl-C reached the step too: its output is read on while it stops (and saves what it does),
+                # or its prints would break; a second Ctrl-C kills it.
+                try:
+                    self._echo_output(name, process)
+                except KeyboardInterrupt:
+                    process.kill()
+                self.echo(f"interrupted in step {name!r}")
+                raise
         return process.wait()
 
     def _echo_output(self, name: str, process: subprocess.Popen) -> None:
@@ -496,6 +494,18 @@ class LocalRun:
                 raise StepFailed(f"step {name!r} succeeded but did not write its output {output} ({path})")
             outputs[output] = path.read_text().removesuffix("\n")  # as Argo's executor reads it
         return outputs
+
+
+@contextlib.contextmanager
+def _stopping_if_unheard(process: subprocess.Popen):
+    """The runner's own output closed (`alpr run | head`, a `tee` that Ctrl-C ended): the step stops too,
+    rather than write on in the workdir, unlocked, once the runner is gone."""
+    try:
+        yield
+    except BrokenPipeError:
+        process.terminate()
+        process.communicate()  # its last lines, unshown, until it ends
+        raise
 
 
 @contextlib.contextmanager
