@@ -40,6 +40,7 @@ def test_metric_lines_parse_with_katibs_regex(smoke_training):
     # the runner's build is quiet: no environment, config or parameter-group dump to bury alpr's lines
     output = smoke_training.stdout + smoke_training.stderr
     assert "paramwise_options" not in output and "Config:" not in output and "System environment" not in output
+    assert re.search(r"environment: Python 3\.\d+\.\d+, torch \S+ \(CUDA \S+\), mmcv 2\.1\.0, mmdet 3\.3\.0", output)
 
 
 def _reading_eights(path: Path) -> None:

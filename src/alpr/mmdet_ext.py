@@ -610,6 +610,20 @@ class PlateMetric(BaseMetric):
         return scalar_metrics(metrics)  # mmengine logs numbers only
 
 
+def environment_line() -> str:
+    """The versions and device a run trained with, in one line."""
+    import platform
+
+    import mmcv
+    import mmdet
+    import mmengine
+    import torch
+
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
+    return (f"environment: Python {platform.python_version()}, torch {torch.__version__} (CUDA {torch.version.cuda}), "
+            f"mmcv {mmcv.__version__}, mmdet {mmdet.__version__}, mmengine {mmengine.__version__}; {device}")
+
+
 @HOOKS.register_module()
 class AlprRunHook(Hook):
     """Checks the model head before training, stamps checkpoints, prints Katib lines, keeps best.pth."""
@@ -628,6 +642,7 @@ class AlprRunHook(Hook):
 
         for logger in (runner.logger, *runner.logger.handlers):  # built quietly (alpr.model): training logs
             logger.setLevel(logging.INFO)
+        runner.logger.info(environment_line())  # what the quiet build left out that a bug report needs
         # trained before the detector (alpr.train), kept in every checkpoint so that reading needs nothing else
 
         path = Path(runner.work_dir) / GLYPH_NET
