@@ -167,6 +167,26 @@ def test_an_array_the_model_cannot_take_is_a_usage_error(image, message):
         load_image(image)
 
 
+def test_a_grey_array_with_a_channel_axis_reads_as_one_without(synth_dir):
+    from alpr.reader import load_image
+
+    grey = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    assert np.array_equal(load_image(grey[..., None]), load_image(grey))
+    assert load_image(grey[..., None]).shape == (3, 4, 3)
+
+
+def test_a_truncated_jpeg_is_refused_as_the_server_refuses_it(synth_dir, tmp_path):
+    """OpenCV reads it without a word, its missing rows grey; phone trailers after the end still read."""
+    from alpr.reader import load_image
+
+    data = (synth_dir / "000001.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+    with pytest.raises(UsageError, match="cut.jpg: truncated JPEG"):
+        load_image(tmp_path / "cut.jpg")
+    (tmp_path / "trailer.jpg").write_bytes(data + b"MotionPhoto_Data")
+    assert load_image(tmp_path / "trailer.jpg").shape == load_image(synth_dir / "000001.jpg").shape
+
+
 def test_an_image_file_that_claims_too_many_pixels_or_holds_none_is_a_usage_error(tmp_path):
     from alpr.reader import check_image_size, load_image
 

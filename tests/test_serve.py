@@ -256,6 +256,19 @@ def test_what_clients_commonly_send_is_read(server, images, expected):
     assert response.status_code == 200 and "plates" in response.json()["predictions"][0], response.text
 
 
+def test_an_oversized_image_is_refused_before_it_is_decoded_and_in_the_servers_terms():
+    from alpr.serve import InvalidImage, decode_base64_image, decode_image
+    from test_reader import _png_header
+
+    png = _encoded(np.full((16, 24, 3), 200, np.uint8), ".png")
+    assert decode_base64_image(b64(png), len(png), 10**6).shape == (16, 24, 3)  # just at the limit: read
+    with pytest.raises(InvalidImage, match=f"image of about 3000 bytes is over the limit of {len(png)} bytes"):
+        decode_base64_image("A" * 4000, len(png), 10**6)  # the text alone says so
+    # a header past Pillow's own bomb limit: refused as past the server's, not as an unreadable file
+    with pytest.raises(InvalidImage, match="over the limit of 1000000 pixels"):
+        decode_image(_png_header(20_000, 20_000), 10**6, 10**6)
+
+
 def test_base64_as_browsers_and_url_safe_encoders_send_it_is_read():
     from alpr.serve import InvalidImage, decode_base64_image
 

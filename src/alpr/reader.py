@@ -18,12 +18,14 @@ import contextlib
 import math
 import re
 import sys
+import threading
 from dataclasses import replace
 from pathlib import Path
 from typing import Sequence, Union
 
 import numpy as np
 
+from alpr.dataset import jpeg_reaches_its_end
 from alpr.errors import UsageError
 from alpr.files import read_image
 from alpr.glyphs import glyph_reader, restored
@@ -46,6 +48,8 @@ def load_image(image: Image) -> np.ndarray:
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8:  # the model takes 0-255: floats in 0-1 or 16-bit values read as nothing
             raise UsageError(f"image array of dtype {image.dtype}: expected uint8 (BGR, 0-255)")
+        if image.ndim == 3 and image.shape[2] == 1:
+            image = image[..., 0]
         if image.ndim == 2:
             return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
         if image.ndim != 3 or image.shape[2] not in (3, 4):
@@ -60,6 +64,9 @@ def load_image(image: Image) -> np.ndarray:
         raise UsageError(f"{path}: not a readable image ({error.err})") from None
     if array is None:
         raise UsageError(f"{path}: not a readable image")
+    data = path.read_bytes()
+    if data[:2] == b"\xff\xd8" and not jpeg_reaches_its_end(data):  # decoders grey its missing rows silently
+        raise UsageError(f"{path}: truncated JPEG (no end-of-image marker after its image data)")
     return array
 
 
@@ -188,6 +195,7 @@ class PlateReader:
         from alpr.mmdet_ext import set_score_threshold
 
         self.model = model
+        self._model_in_use = threading.Lock()  # a call patches the model for its length (boxes_only, amp)
         self.options = options
         self.amp = amp  # the model runs in bfloat16 on the CPU, float16 on CUDA (mmdet_ext.reduced_precision)
         self.glyph_net = glyph_net  # reads each character again (alpr.glyphs); None: the model's classes stand
@@ -252,7 +260,7 @@ class PlateReader:
 
         from alpr.mmdet_ext import boxes_only, reduced_precision, to_detections
 
-        with (torch.no_grad(), contextlib.nullcontext() if masks else boxes_only(self.model),
+        with (self._model_in_use, torch.no_grad(), contextlib.nullcontext() if masks else boxes_only(self.model),
               reduced_precision(self.model) if self.amp else contextlib.nullcontext()):
             results = self.model.test_step(pseudo_collate(data))
         return [to_detections(r.pred_instances, self.score_threshold, masks) for r in results]

@@ -98,7 +98,9 @@ def decode_image(data: bytes, max_bytes: int, max_pixels: int) -> np.ndarray:
             width, height, kind = header.width, header.height, header.format
     except UnidentifiedImageError:
         raise InvalidImage("not an image file (no known image format)") from None
-    except (Image.DecompressionBombError, OSError, ValueError) as error:  # ValueError: some corrupt headers
+    except Image.DecompressionBombError:  # Pillow's own limit, far over ours
+        raise InvalidImage(f"image of more pixels than Pillow opens is over the limit of {max_pixels} pixels") from None
+    except (OSError, ValueError) as error:  # ValueError: some corrupt headers
         raise InvalidImage(f"not a readable image file ({error})") from None
     if width * height > max_pixels:
         raise InvalidImage(f"image of {width}x{height} pixels is over the limit of {max_pixels} pixels")
@@ -118,6 +120,8 @@ def decode_base64_image(text: Any, max_bytes: int, max_pixels: int) -> np.ndarra
     if text.startswith("data:") and ";base64," in text[:80]:  # a browser's data URL
         text = text.split(",", 1)[1]
     compact = "".join(text.split())  # `base64` wraps its lines at 76
+    if len(compact) > 4 * math.ceil(max_bytes / 3) + 4:  # refused before decoding it takes memory
+        raise InvalidImage(f"image of about {len(compact) * 3 // 4} bytes is over the limit of {max_bytes} bytes")
     urlsafe = "-" in compact or "_" in compact  # the URL-safe alphabet, often sent unpadded
     try:
         data = base64.b64decode(compact + "=" * (-len(compact) % 4), altchars=b"-_" if urlsafe else None,
