@@ -308,20 +308,23 @@ def test_reading_in_mixed_precision_runs_the_network_in_bfloat16_and_leaves_the_
 def test_the_reader_reads_each_image_s_characters_again_with_its_glyph_classifier(smoke_workdir, smoke_training,
                                                                                  synth_dir):
     """The model's detections and the glyph classifier's readings are scripted (a 4-iteration model
-    reads nothing): each image's characters are read again from that image."""
+    reads nothing), each image's classifier reading every digit as that image's number: each image's
+    characters, in the whole image and in its windows, are read again from that image."""
     from alpr.reader import PlateReader, load_image
 
     best = smoke_workdir / "runs" / "r1" / "train" / "best.pth"
-    reader = PlateReader.from_checkpoint(best, device="cpu", options=ReadOptions(zoom_widths=()))
+    reader = PlateReader.from_checkpoint(best, device="cpu", options=ReadOptions(zoom_widths=(320,)))
     reader.detect = lambda arrays, masks=False: [plate_detections("12A3456") for _ in arrays]
+    reader.detect_windows = lambda arrays, boards, width: [plate_detections("12A3456") for _ in boards]
     images = [synth_dir / "000001.jpg", synth_dir / "000002.jpg"]
     read_by = []
 
     def glyphs(image):
         read_by.append(image.shape)
-        return lambda boxes: np.eye(15, dtype=np.float32)[[8, 8, 11, 8, 8, 8, 8]]  # every character an 8 or a B
+        digit = len(read_by)  # 1 for the first image, 2 for the second
+        return lambda boxes: np.eye(15, dtype=np.float32)[[digit, digit, 10, digit, digit, digit, digit]]
 
     reader.glyphs = glyphs
-    assert [[plate.text for plate in plates] for plates in reader.predict_batch(images)] == [["88B8888"]] * 2
+    assert [[plate.text for plate in plates] for plates in reader.predict_batch(images)] == [["11A1111"], ["22A2222"]]
     assert read_by == [load_image(image).shape for image in images]
     assert reader.glyph_net is not None  # and the real one is there to read with
