@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 
 from alpr.cli import HelpWithDefaults, add_reading_arguments, reading_options
-from alpr.errors import UsageError
 from alpr.serve import KSERVE_MODEL_DIR, ServeOptions, serve
 
 DEFAULTS = ServeOptions()
@@ -42,12 +41,6 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> None:
-    if args.max_batch_size < 1 or args.max_wait_ms < 0:
-        raise UsageError(f"--max-batch-size {args.max_batch_size} / --max-wait-ms {args.max_wait_ms}: "
-                         "the batch size must be at least 1 and the wait at least 0")
-    if not 1 <= args.max_images <= args.max_held_images:
-        raise UsageError(f"--max-images {args.max_images} / --max-held-images {args.max_held_images}: a request "
-                         "must be allowed at least one image, and no more than the server may hold")
     serve(ServeOptions(args.model, http_port=args.http_port, device=args.device, amp=args.amp,
                        max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
                        max_image_bytes=args.max_image_bytes, max_pixels=args.max_pixels, max_images=args.max_images,

@@ -473,6 +473,13 @@ def test_a_request_limit_over_the_held_images_is_refused(tmp_path):
                              "--max-images", "20", "--max-held-images", "16"],
                             cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "--max-images 20 / --max-held-images 16" in result.stderr
+    from alpr.errors import UsageError
+    from alpr.serve import ServeOptions
+
+    for limits in ({"max_images": 20, "max_held_images": 16}, {"max_images": 0}, {"max_batch_size": 0},
+                   {"max_wait_ms": -1}):
+        with pytest.raises(UsageError, match="must be"):  # from Python too, not a 500 on the first request
+            ServeOptions(**limits)
 
 
 def test_a_sure_score_that_is_no_character_score_is_refused_before_the_model_loads(tmp_path):

@@ -55,6 +55,14 @@ class ServeOptions:
     max_held_images: int = 64  # decoded and held across concurrent requests, and as many waiting for room
     read: ReadOptions = ReadOptions()
 
+    def __post_init__(self):  # named by their flags: `alpr serve` is how most set them
+        if self.max_batch_size < 1 or self.max_wait_ms < 0:
+            raise UsageError(f"--max-batch-size {self.max_batch_size} / --max-wait-ms {self.max_wait_ms}: "
+                             "the batch size must be at least 1 and the wait at least 0")
+        if not 1 <= self.max_images <= self.max_held_images:
+            raise UsageError(f"--max-images {self.max_images} / --max-held-images {self.max_held_images}: a request "
+                             "must be allowed at least one image, and no more than the server may hold")
+
 
 class InvalidImage(ValueError):
     pass
