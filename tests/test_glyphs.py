@@ -153,3 +153,15 @@ def test_without_all_seven_characters_the_glyph_classifier_is_not_asked():
 
     [plate] = read_plates(plate_detections("12A3456", drop=4), glyphs=never)
     assert plate.text is None
+
+
+def test_the_grey_copy_is_made_only_for_an_image_with_characters_to_read():
+    """4 bytes a pixel (64 MiB for a 16 MP photo): not for every image of a batch, found plates or not."""
+    import cv2
+
+    from alpr.glyphs import glyph_reader
+
+    unusable = np.zeros((4, 4, 5), np.uint8)  # no grey copy can be made of it: making one would raise here
+    read = glyph_reader(None, unusable)
+    with pytest.raises(cv2.error):
+        read([(0, 0, 2, 2)])

@@ -176,8 +176,14 @@ def classify(net, crops: np.ndarray) -> np.ndarray:
 
 def glyph_reader(net, image: np.ndarray) -> Callable[[list], np.ndarray]:
     """Class probabilities of the characters at boxes of ``image`` (``postprocess.Glyphs``)."""
-    cut_from = grey(image)
-    return lambda boxes: classify(net, glyph_crops(cut_from, boxes))
+    cut_from = []  # the float32 grey copy, 4 bytes a pixel: made only for an image with characters to read
+
+    def read(boxes: list) -> np.ndarray:
+        if not cut_from:
+            cut_from.append(grey(image))
+        return classify(net, glyph_crops(cut_from[0], boxes))
+
+    return read
 
 
 def stored(net) -> dict:
