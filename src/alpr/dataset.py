@@ -85,6 +85,12 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def sha256_file(path: Path) -> str:
+    """A file's sha256, read in chunks: a checkpoint may be hundreds of megabytes."""
+    with path.open("rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
+
+
 def _image_size(json_path: Path, image_path: Path, data: bytes) -> tuple[int, int]:
     from io import BytesIO
 

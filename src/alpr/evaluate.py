@@ -8,7 +8,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from alpr.dataset import sha256_bytes
+from alpr.dataset import sha256_file
 from alpr.errors import AlprError, UsageError
 from alpr.files import write_atomic, written_whole
 from alpr.metrics import (KEY_METRICS, check_metric, evaluate, layout_suffix, load_ground_truth, plate_pr_curve,
@@ -215,7 +215,7 @@ def evaluate_run(options: EvaluateOptions, progress: bool = True) -> dict:
     dataset = dataset_dir(workdir, meta["dataset"]["name"], meta["dataset"]["version"])
     scored, gts, digests = {}, {}, {}
     for checkpoint in candidates:
-        digests[checkpoint.name] = sha256_bytes(checkpoint.read_bytes())  # what was scored, by its bytes
+        digests[checkpoint.name] = sha256_file(checkpoint)  # what was scored, by its bytes
         reader = PlateReader.from_checkpoint(checkpoint, options.device)
         gt, detections, plates = predict_split(reader, dataset, options.split, progress)
         scored[checkpoint.name] = (evaluate(gt, detections, plates), plates)
@@ -238,7 +238,7 @@ def evaluate_run(options: EvaluateOptions, progress: bool = True) -> dict:
     write_json(out / "metrics.json", report)  # the scores stand, should the upload fail
     base = storage.join(options.store, "runs", options.run_id) if options.store else None
     if base and picks:  # uploaded before the run is recorded: a recorded run's model is in the store
-        if sha256_bytes((train / best).read_bytes()) != digests[best]:
+        if sha256_file(train / best) != digests[best]:
             raise AlprError(f"{train / best}: saved again while it was scored; run `alpr evaluate` again")
         # Under its sha256's first 12 hex digits: a pick of other weights (training went on in the same
         # run) gets another URL, so a redeploy changes the InferenceService's storageUri and KServe rolls

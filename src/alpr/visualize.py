@@ -12,7 +12,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from alpr.backgrounds import IMAGE_SUFFIXES, list_images
-from alpr.dataset import sha256_bytes
+from alpr.dataset import sha256_file
 from alpr.errors import AlprError, UsageError, read_json
 from alpr.files import missing, write_image
 from alpr.plates import BOARD_LABELS, CHARACTER_CLASSES
@@ -97,7 +97,7 @@ def best_checkpoint(workdir: Path, run_id: str) -> Path:
     if not picked.is_file():  # another model would be tested in its place
         raise UsageError(f"{picked}: the checkpoint `alpr evaluate` picked ({report}) is gone, deleted by "
                          "later training; run `alpr evaluate` again")
-    if named.get("best_sha256") not in (None, sha256_bytes(picked.read_bytes())):  # training went on
+    if named.get("best_sha256") not in (None, sha256_file(picked)):  # training went on
         raise UsageError(f"{picked}: saved again since `alpr evaluate` picked it ({report}), so perhaps other "
                          "weights; run `alpr evaluate` again")
     return picked
