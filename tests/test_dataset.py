@@ -10,7 +10,7 @@ import cv2
 import pytest
 from pycocotools.coco import COCO
 
-from alpr.dataset import (AnnotationError, InvalidAnnotations, _rounded, jpeg_reaches_its_end, parse_fractions,
+from alpr.dataset import (AnnotationError, InvalidAnnotations, _rounded, parse_fractions,
                            scan, split_of)
 from alpr.errors import UsageError
 from alpr.plates import BOARD_LABELS, CLASSES
@@ -293,17 +293,6 @@ def test_a_photo_turned_by_its_exif_orientation_has_the_size_labelme_shows(tmp_p
     assert [item.name for item in valid] == ["turned.jpg"] and not errors
     cv2_height, cv2_width = cv2.imread(str(folder / "turned.jpg")).shape[:2]
     assert (cv2_width, cv2_height) == (height, width)  # OpenCV turns it too, as it was annotated
-
-
-def test_a_jpeg_is_complete_only_up_to_its_own_end_marker(synth_dir):
-    good = (synth_dir / "000001.jpg").read_bytes()
-    assert jpeg_reaches_its_end(good) and jpeg_reaches_its_end(good + b"trailer \xff\xd8 no end")
-    assert not jpeg_reaches_its_end(good[:len(good) // 2])
-    # an EXIF thumbnail's end marker, inside an APP1 segment, is not the image's
-    thumbnail = b"Exif\x00\x00" + b"\xff\xd8 thumbnail \xff\xd9"
-    with_thumbnail = good[:2] + b"\xff\xe1" + (len(thumbnail) + 2).to_bytes(2, "big") + thumbnail + good[2:]
-    assert jpeg_reaches_its_end(with_thumbnail)
-    assert not jpeg_reaches_its_end(with_thumbnail[:len(with_thumbnail) // 2])
 
 
 def test_many_files_are_checked_by_workers_and_their_problems_come_back(tmp_path, synth_dir):

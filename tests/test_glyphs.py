@@ -59,11 +59,32 @@ def test_a_glyph_set_names_an_image_it_cannot_read(tmp_path):
     (tmp_path / "train.json").write_text(json.dumps({
         "images": [{"id": 1, "file_name": "gone.jpg"}], "categories": [{"id": 1, "name": "0"}],
         "annotations": [{"image_id": 1, "category_id": 1, "bbox": [1, 2, 3, 4]}]}))
-    with pytest.raises(AlprError, match=r"images/gone\.jpg: No such file or directory"):
+    with pytest.raises(AlprError, match=r"images/gone\.jpg: image not found"):
         glyph_set(tmp_path, "train", 1, 0)
     (tmp_path / "images" / "gone.jpg").write_bytes(b"no jpeg")
-    with pytest.raises(AlprError, match=r"images/gone\.jpg: not a readable image"):
+    with pytest.raises(AlprError, match=r"images/gone\.jpg: not an image file"):
         glyph_set(tmp_path, "train", 1, 0)
+
+
+def test_training_crops_are_cut_from_the_grey_that_reading_cuts_from(synth_dir, tmp_path):
+    """A JPEG decoded to grey by libjpeg differs from its colour decoding made grey (up to 9 levels here):
+    the classifier trains on the grey it reads (``glyph_reader``: ``glyph_crops`` of ``grey`` of the image)."""
+    import cv2
+
+    from alpr.reader import load_image
+
+    document = json.loads((synth_dir / "000001.json").read_text())
+    boxes = [(*np.min(s["points"], 0), *np.max(s["points"], 0)) for s in document["shapes"] if len(s["label"]) == 1]
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "a.jpg").write_bytes((synth_dir / "000001.jpg").read_bytes())
+    (tmp_path / "train.json").write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "a.jpg"}], "categories": [{"id": 1, "name": "0"}],
+        "annotations": [{"image_id": 1, "category_id": 1, "bbox": [x1, y1, x2 - x1, y2 - y1]}
+                        for x1, y1, x2, y2 in boxes]}))
+    trained_on = glyph_set(tmp_path, "train", 0, 0).crops
+    assert boxes and np.array_equal(trained_on, glyph_crops(grey(load_image(tmp_path / "images" / "a.jpg")), boxes))
+    libjpeg_grey = cv2.imread(str(tmp_path / "images" / "a.jpg"), cv2.IMREAD_GRAYSCALE)
+    assert not np.array_equal(trained_on, glyph_crops(grey(libjpeg_grey), boxes))
 
 
 def test_a_train_split_without_characters_is_named_before_any_training(tmp_path):

@@ -191,7 +191,7 @@ def test_an_image_file_that_claims_too_many_pixels_or_holds_none_is_a_usage_erro
     from alpr.reader import check_image_size, load_image
 
     (tmp_path / "huge.png").write_bytes(_png_header(40_000, 40_000))
-    with pytest.raises(UsageError, match="huge.png: not a readable image"):
+    with pytest.raises(UsageError, match=r"huge.png: image of more than \d+ pixels \(Pillow.s limit\)"):
         load_image(tmp_path / "huge.png")
     with pytest.raises(UsageError, match="crop: 0x0 px, an empty image"):
         check_image_size(np.zeros((0, 0, 3), np.uint8), 1280, "crop")

@@ -196,7 +196,7 @@ def _bad_requests(good: bytes) -> dict[str, tuple[dict, str]]:
         "too many images": ({"json": {"instances": [{"image_b64": b64(good)}] * 7}},
                             "7 images in one request, over the limit of 6"),
         "too thin": (instances(_encoded(np.zeros((1, 2000, 3), np.uint8), ".png")), "2000x1 px is too thin to read"),
-        "GIF": (instances(_gif()), "GIF images are not read; send JPEG, PNG"),
+        "GIF": (instances(_gif()), "GIF images are not read; use JPEG, PNG"),
         "corrupt PNG header": (instances(_corrupt_header()), "not a readable image file"),
     }
 

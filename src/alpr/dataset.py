@@ -20,14 +20,12 @@ import numpy as np
 
 from alpr.errors import AlprError, UsageError
 from alpr.files import missing
+from alpr.images import TURNED_BY_OPENCV, InvalidImage, read_header
 from alpr.plates import BOARD_LABELS, CHARACTER_CLASSES, CLASSES, PlateFormatError, parse_plate
 from alpr.progress import show_progress
 
 SPLITS = ("train", "val", "test")
 DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
-# Pillow names a JPEG with a multi-picture extension (phones' HDR and gain-map photos) MPO: a JPEG to OpenCV.
-JPEG_FORMATS = ("JPEG", "MPO")
-EXIF_ORIENTATION = 0x0112  # values 5-8: the photo is shown turned by a quarter
 
 
 class AnnotationError(AlprError, ValueError):
@@ -92,47 +90,17 @@ def sha256_file(path: Path) -> str:
 
 
 def _image_size(json_path: Path, image_path: Path, data: bytes) -> tuple[int, int]:
-    from io import BytesIO
-
-    from PIL import Image, UnidentifiedImageError
-
-    where = f"image {image_path.name}"
+    """The image's width and height as labelme showed it (and training reads it)."""
     try:
-        with Image.open(BytesIO(data)) as image:
-            (width, height), fmt = image.size, image.format
-            orientation = image.getexif().get(EXIF_ORIENTATION, 1)
-    except UnidentifiedImageError:
-        raise AnnotationError(json_path, f"unreadable {where}: not a known image format") from None
-    except OSError as error:
-        raise AnnotationError(json_path, f"unreadable {where}: {error}") from None
-    # JPEGs cut short still have a valid header; the end-of-image marker tells.
-    if fmt in JPEG_FORMATS and not jpeg_reaches_its_end(data):
-        raise AnnotationError(json_path, f"unreadable {where}: truncated JPEG (no end-of-image marker)")
-    # labelme, and OpenCV in training and reading, show a photo turned as its EXIF orientation says;
-    # OpenCV turns only these formats, so any other turned one would be trained on as it was not annotated
-    if orientation != 1 and fmt not in (*JPEG_FORMATS, "PNG", "TIFF"):
-        raise AnnotationError(json_path, f"{where}: a {fmt} with EXIF orientation {orientation}, which OpenCV does "
-                                         "not apply; save it turned, as JPEG or PNG")
-    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
-
-
-def jpeg_reaches_its_end(data: bytes) -> bool:
-    """Whether a JPEG's image data runs up to its end-of-image marker. Decoders read a truncated JPEG
-    without a word, its missing rows grey. Phones append data after the marker (Motion Photos, Samsung's
-    trailer), and an EXIF thumbnail holds one of its own, so the marker is looked for where it belongs:
-    segments are skipped by their length, entropy-coded data scanned for the next marker."""
-    position = 2  # after the start-of-image marker
-    while (start := data.find(b"\xff", position)) >= 0 and start + 1 < len(data):
-        marker = data[start + 1]
-        if marker == 0xD9:
-            return True
-        if marker == 0xFF:  # fill byte
-            position = start + 1
-        elif marker == 0x00 or marker == 0x01 or 0xD0 <= marker <= 0xD7:  # a stuffed 0xff, TEM, restart markers
-            position = start + 2
-        else:  # a segment: its two-byte length counts itself
-            position = start + 2 + int.from_bytes(data[start + 2:start + 4], "big")
-    return False
+        header = read_header(data)
+    except InvalidImage as error:
+        raise AnnotationError(json_path, f"unreadable image {image_path.name}: {error}") from None
+    # OpenCV turns only some formats as their EXIF orientation says: training (mmcv) would read any other
+    # turned one as it was not annotated
+    if header.orientation != 1 and header.kind not in TURNED_BY_OPENCV:
+        raise AnnotationError(json_path, f"image {image_path.name}: a {header.kind} with EXIF orientation "
+                                         f"{header.orientation}, which OpenCV does not apply; save it turned, as JPEG or PNG")
+    return header.shown_size
 
 
 def _flat_points(value: object) -> tuple[float, ...] | None:

@@ -41,25 +41,10 @@ def missing(path: Path, folder: bool) -> str:
     return "a file, not a folder" if folder else "a folder, not a file"
 
 
-def read_image(path: Path, flags: int):
-    """``cv2.imread``, through Python's file reading: OpenCV's own dies (SIGSEGV) on a file name that
-    is not UTF-8, as one from a Windows archive can be. None where the bytes are no image; an error
-    naming the file where it cannot be read (missing, no permission, a lost mount)."""
-    import cv2
-    import numpy as np
-
-    from alpr.errors import UsageError
-
-    try:
-        data = np.fromfile(path, np.uint8)
-    except OSError as error:
-        raise UsageError(f"{path}: {error.strerror}") from None
-    return cv2.imdecode(data, flags) if data.size else None
-
-
 def write_image(path: Path, picture) -> bool:
-    """``cv2.imwrite``, through Python's file writing (see read_image); False where OpenCV has no
-    writer for the suffix or that picture."""
+    """``cv2.imwrite``, through Python's file writing: OpenCV's own dies (SIGSEGV) on a file name that
+    is not UTF-8, as one from a Windows archive can be. False where OpenCV has no writer for the
+    suffix or that picture."""
     import cv2
 
     try:

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from alpr.errors import AlprError, UsageError, read_json
-from alpr.files import read_image, written_whole
+from alpr.errors import UsageError, read_json
+from alpr.files import written_whole
+from alpr.images import read
 from alpr.plates import CHARACTER_CLASSES
 
 GLYPH_SIZE = (32, 48)  # width, height: characters are taller than wide
@@ -95,20 +96,10 @@ def character_boxes(coco: dict) -> dict[str, list[tuple[tuple[float, ...], int]]
     return boxes
 
 
-def read_grey(path: Path) -> np.ndarray:
-    """The image at ``path`` in grey; an error naming the file where it cannot be read."""
-    import cv2
-
-    image = read_image(path, cv2.IMREAD_GRAYSCALE)
-    if image is None:
-        raise AlprError(f"{path}: not a readable image")
-    return image
-
-
 def image_glyphs(path: Path, chars: list, copies: int, rng: np.random.Generator) -> np.ndarray:
     """``copies`` crops of each character of one image (``character_boxes``), each box jittered
     (none jittered where ``copies`` is 0: one crop each at its true box)."""
-    image, boxes = grey(read_grey(path)), [box for box, _ in chars]
+    image, boxes = grey(read(path)), [box for box, _ in chars]
     return np.concatenate([glyph_crops(image, [jittered(box, rng) for box in boxes] if copies else boxes)
                            for _ in range(max(copies, 1))])
 

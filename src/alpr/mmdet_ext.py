@@ -41,7 +41,8 @@ from torch.nn.utils.rnn import pad_sequence
 
 from alpr.errors import AlprError
 from alpr.files import copy_atomic, write_atomic
-from alpr.glyphs import GLYPH_NET, glyph_reader, read_grey, saved_glyph_net
+from alpr.glyphs import GLYPH_NET, glyph_reader, saved_glyph_net
+from alpr.images import read
 from alpr.metrics import KEY_METRICS, evaluate, load_ground_truth, mask_rle, metric_lines, scalar_metrics
 from alpr.plates import BOARD_LABELS, CLASSES
 from alpr.postprocess import Detection, read_plates
@@ -604,7 +605,7 @@ class PlateMetric(BaseMetric):
         # loaded at each validation: the training step writes the file before the runner starts
         net = saved_glyph_net(Path(self.glyph_net)) if self.glyph_net else None
         detections = {image_id: dets for image_id, _, dets in results}
-        plates = {image_id: read_plates(dets, glyphs=glyph_reader(net, read_grey(path)) if net is not None else None)
+        plates = {image_id: read_plates(dets, glyphs=glyph_reader(net, read(Path(path))) if net is not None else None)
                   for image_id, path, dets in results}
         metrics = evaluate(gt, detections, plates)
         return scalar_metrics(metrics)  # mmengine logs numbers only

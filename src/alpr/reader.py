@@ -25,10 +25,9 @@ from typing import Sequence, Union
 
 import numpy as np
 
-from alpr.dataset import jpeg_reaches_its_end
 from alpr.errors import UsageError
-from alpr.files import read_image
 from alpr.glyphs import glyph_reader, restored
+from alpr.images import read
 from alpr.plates import check_classes
 from alpr.postprocess import BOX, Detection, Plate, ReadOptions, box_iou, read_plates, suppress
 
@@ -55,19 +54,7 @@ def load_image(image: Image) -> np.ndarray:
         if image.ndim != 3 or image.shape[2] not in (3, 4):
             raise UsageError(f"image array of shape {image.shape}: expected H x W x 3 (BGR)")
         return image[..., :3] if image.shape[2] == 4 else image
-    path = Path(image)
-    if not path.is_file():
-        raise UsageError(f"{path}: image not found")
-    try:
-        array = read_image(path, cv2.IMREAD_COLOR)
-    except cv2.error as error:  # OpenCV raises, rather than returning None, for a header of over 2**30 pixels
-        raise UsageError(f"{path}: not a readable image ({error.err})") from None
-    if array is None:
-        raise UsageError(f"{path}: not a readable image")
-    data = path.read_bytes()
-    if data[:2] == b"\xff\xd8" and not jpeg_reaches_its_end(data):  # decoders grey its missing rows silently
-        raise UsageError(f"{path}: truncated JPEG (no end-of-image marker after its image data)")
-    return array
+    return read(Path(image))
 
 
 def check_image_size(image: np.ndarray, size: int, name: str = "image") -> None:

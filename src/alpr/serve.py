@@ -18,7 +18,6 @@ import base64
 import binascii
 import collections
 import contextlib
-import io
 import json
 import math
 import tempfile
@@ -30,13 +29,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from alpr.dataset import JPEG_FORMATS, jpeg_reaches_its_end
 from alpr.errors import UsageError
+from alpr.images import InvalidImage, decode
 from alpr.postprocess import Plate, ReadOptions
 from alpr.reader import check_image_size
 
 KSERVE_MODEL_DIR = "/mnt/models"
-DECODED_FORMATS = ("JPEG", "PNG", "BMP", "WEBP", "TIFF")  # what OpenCV decodes, as Pillow names them
 V2_INPUT, V2_OUTPUT = "image", "plates"
 
 
@@ -62,10 +60,6 @@ class ServeOptions:
         if not 1 <= self.max_images <= self.max_held_images:
             raise UsageError(f"--max-images {self.max_images} / --max-held-images {self.max_held_images}: a request "
                              "must be allowed at least one image, and no more than the server may hold")
-
-
-class InvalidImage(ValueError):
-    pass
 
 
 def resolve_checkpoint(model: str, cache: Path) -> Path:
@@ -94,32 +88,9 @@ def resolve_checkpoint(model: str, cache: Path) -> Path:
 
 def decode_image(data: bytes, max_bytes: int, max_pixels: int) -> np.ndarray:
     """A BGR array from an encoded image file, or InvalidImage saying what is wrong with it."""
-    import cv2
-    from PIL import Image, UnidentifiedImageError
-
-    if not data:
-        raise InvalidImage("empty image")
     if len(data) > max_bytes:
         raise InvalidImage(f"image of {len(data)} bytes is over the limit of {max_bytes} bytes")
-    try:
-        with Image.open(io.BytesIO(data)) as header:  # reads the header only: size before decoding
-            width, height, kind = header.width, header.height, header.format
-    except UnidentifiedImageError:
-        raise InvalidImage("not an image file (no known image format)") from None
-    except Image.DecompressionBombError:  # Pillow's own limit, far over ours
-        raise InvalidImage(f"image of more pixels than Pillow opens is over the limit of {max_pixels} pixels") from None
-    except (OSError, ValueError) as error:  # ValueError: some corrupt headers
-        raise InvalidImage(f"not a readable image file ({error})") from None
-    if width * height > max_pixels:
-        raise InvalidImage(f"image of {width}x{height} pixels is over the limit of {max_pixels} pixels")
-    if kind not in DECODED_FORMATS + JPEG_FORMATS:
-        raise InvalidImage(f"{kind} images are not read; send {', '.join(DECODED_FORMATS)}")
-    if kind in JPEG_FORMATS and not jpeg_reaches_its_end(data):
-        raise InvalidImage("truncated JPEG: no end-of-image marker after its image data")
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if image is None:
-        raise InvalidImage(f"{kind} image could not be decoded (truncated or corrupt)")
-    return image
+    return decode(data, max_pixels)
 
 
 def decode_base64_image(text: Any, max_bytes: int, max_pixels: int) -> np.ndarray:

@@ -1,0 +1,129 @@
+"""Image files as the model reads them: one decoding for predict, test, evaluate, the server, and the
+glyph classifier's training and validation.
+
+OpenCV decodes, as mmcv does for the detector's training. Pillow reads the header first, to refuse what
+OpenCV would read wrong without a word (a truncated JPEG: its missing rows grey) or not at all (TIFFs
+of 32-bit samples). OpenCV turns JPEG, PNG and TIFF as their EXIF orientation says; a turned WebP is
+turned here (record refuses one: training would read it unturned).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from alpr.errors import UsageError
+
+# Pillow names a JPEG with a multi-picture extension (phones' HDR and gain-map photos) MPO: a JPEG to OpenCV.
+JPEG_FORMATS = ("JPEG", "MPO")
+READ_FORMATS = ("JPEG", "PNG", "BMP", "WEBP", "TIFF")  # what OpenCV decodes, as Pillow names them
+TURNED_BY_OPENCV = (*JPEG_FORMATS, "PNG", "TIFF")
+EXIF_ORIENTATION = 0x0112  # values 5-8: the photo is shown turned by a quarter
+WIDE_SAMPLES = {"F": "32-bit float", "I": "32-bit integer"}  # TIFFs of these Pillow modes OpenCV does not read
+
+
+class InvalidImage(ValueError):
+    """An encoded image that is not read; the message says why (the caller names the file)."""
+
+
+@dataclass(frozen=True)
+class Header:
+    width: int  # as stored: a turned photo is shown the other way round
+    height: int
+    kind: str  # the format, as Pillow names it
+    orientation: int  # EXIF's, 1 where it has none
+
+    @property
+    def shown_size(self) -> tuple[int, int]:
+        """Width and height as a viewer, labelme and OpenCV show the image."""
+        return (self.height, self.width) if self.orientation in (5, 6, 7, 8) else (self.width, self.height)
+
+
+def read_header(data: bytes, max_pixels: int | None = None) -> Header:
+    """What the image file says of itself, read without decoding it; InvalidImage where it would be
+    read wrong or not at all."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not data:
+        raise InvalidImage("empty image")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            header = Header(image.width, image.height, image.format, image.getexif().get(EXIF_ORIENTATION, 1))
+            mode = image.mode
+    except UnidentifiedImageError:
+        raise InvalidImage("not an image file (no known image format)") from None
+    except Image.DecompressionBombError:  # Pillow's own limit
+        most = 2 * Image.MAX_IMAGE_PIXELS
+        raise InvalidImage(f"image of more than {most} pixels "
+                           + (f"is over the limit of {max_pixels} pixels" if max_pixels else "(Pillow's limit)")) from None
+    except (OSError, ValueError) as error:  # ValueError: some corrupt headers
+        raise InvalidImage(f"not a readable image file ({error})") from None
+    if max_pixels is not None and header.width * header.height > max_pixels:
+        raise InvalidImage(f"image of {header.width}x{header.height} pixels is over the limit of {max_pixels} pixels")
+    if header.kind not in READ_FORMATS + JPEG_FORMATS:
+        raise InvalidImage(f"{header.kind} images are not read; use {', '.join(READ_FORMATS)}")
+    if header.kind == "TIFF" and mode in WIDE_SAMPLES:
+        raise InvalidImage(f"{header.kind} of {WIDE_SAMPLES[mode]} samples is not read; save it with 8- or 16-bit samples")
+    if header.kind in JPEG_FORMATS and not jpeg_reaches_its_end(data):
+        raise InvalidImage("truncated JPEG: no end-of-image marker after its image data")
+    return header
+
+
+def decode(data: bytes, max_pixels: int | None = None) -> np.ndarray:
+    """A BGR uint8 array, shown as a viewer shows the file, or InvalidImage."""
+    import cv2
+
+    header = read_header(data, max_pixels)
+    try:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error as error:  # OpenCV raises, rather than returning None, for a header of over 2**30 pixels
+        raise InvalidImage(f"{header.kind} image could not be decoded ({error.err})") from None
+    if image is None:
+        raise InvalidImage(f"{header.kind} image could not be decoded (truncated or corrupt)")
+    return image if header.kind in TURNED_BY_OPENCV else turned(image, header.orientation)
+
+
+def read(path: Path) -> np.ndarray:
+    """The image file at ``path`` decoded (``decode``); an error naming the file where it is not read.
+    Python reads the file: OpenCV's imread dies (SIGSEGV) on a name that is not UTF-8, as one from a
+    Windows archive can be."""
+    if not path.is_file():
+        raise UsageError(f"{path}: " + ("a folder, not an image file" if path.is_dir() else "image not found"))
+    try:
+        return decode(path.read_bytes())
+    except OSError as error:  # no permission, a lost mount
+        raise UsageError(f"{path}: {error.strerror}") from None
+    except InvalidImage as error:
+        raise UsageError(f"{path}: {error}") from None
+
+
+def turned(image: np.ndarray, orientation: int) -> np.ndarray:
+    """The image as shown with that EXIF orientation (1-8; others are shown as stored)."""
+    if orientation in (5, 6, 7, 8):  # a quarter turn: 5 and 7 mirror too
+        image = np.rot90(image, -1 if orientation in (5, 6) else 1)
+        return np.ascontiguousarray(image[:, ::-1] if orientation in (5, 7) else image)
+    if orientation in (2, 3, 4):
+        return np.ascontiguousarray(image[::-1 if orientation in (3, 4) else 1, ::-1 if orientation in (2, 3) else 1])
+    return image
+
+
+def jpeg_reaches_its_end(data: bytes) -> bool:
+    """Whether a JPEG's image data runs up to its end-of-image marker. Decoders read a truncated JPEG
+    without a word, its missing rows grey. Phones append data after the marker (Motion Photos, Samsung's
+    trailer), and an EXIF thumbnail holds one of its own, so the marker is looked for where it belongs:
+    segments are skipped by their length, entropy-coded data scanned for the next marker."""
+    position = 2  # after the start-of-image marker
+    while (start := data.find(b"\xff", position)) >= 0 and start + 1 < len(data):
+        marker = data[start + 1]
+        if marker == 0xD9:
+            return True
+        if marker == 0xFF:  # fill byte
+            position = start + 1
+        elif marker == 0x00 or marker == 0x01 or 0xD0 <= marker <= 0xD7:  # a stuffed 0xff, TEM, restart markers
+            position = start + 2
+        else:  # a segment: its two-byte length counts itself
+            position = start + 2 + int.from_bytes(data[start + 2:start + 4], "big")
+    return False

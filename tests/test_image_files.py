@@ -1,0 +1,74 @@
+"""alpr.images: image files decoded as a viewer shows them, or refused with the reason."""
+
+import io
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from alpr.errors import UsageError
+from alpr.images import EXIF_ORIENTATION, InvalidImage, decode, jpeg_reaches_its_end, turned
+
+
+def _saved(array: np.ndarray, kind: str, orientation: int = 1, **options) -> bytes:
+    exif = Image.Exif()
+    if orientation != 1:
+        exif[EXIF_ORIENTATION] = orientation
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, kind, exif=exif.tobytes(), **options)
+    return buffer.getvalue()
+
+
+def _asymmetric() -> np.ndarray:
+    """Every turn and mirror of it differs: distinct values, not square."""
+    return np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3) * 2
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_each_exif_orientation_is_turned_as_opencv_turns_a_png(orientation):
+    picture = _asymmetric()
+    by_opencv = cv2.imdecode(np.frombuffer(_saved(picture, "PNG", orientation), np.uint8), cv2.IMREAD_COLOR)
+    assert np.array_equal(turned(picture[..., ::-1], orientation), by_opencv)
+
+
+def test_a_turned_webp_is_read_turned_as_a_turned_png(tmp_path):
+    """OpenCV does not turn a WebP: a phone's photo sent as one would be read on its side."""
+    from alpr.reader import load_image
+    from alpr.serve import decode_image
+
+    picture = _asymmetric()
+    png = decode(_saved(picture, "PNG", 6))
+    webp = _saved(picture, "WEBP", 6, lossless=True)
+    assert png.shape == (6, 4, 3) and np.array_equal(decode(webp), png)
+    (tmp_path / "turned.webp").write_bytes(webp)
+    assert np.array_equal(load_image(tmp_path / "turned.webp"), png)
+    assert np.array_equal(decode_image(webp, len(webp), 24), png)
+
+
+def test_images_opencv_would_not_read_say_why_and_name_the_file(tmp_path):
+    from alpr.reader import load_image
+
+    floats = _saved(np.linspace(0, 1, 12, dtype=np.float32).reshape(3, 4), "TIFF")
+    with pytest.raises(InvalidImage, match="TIFF of 32-bit float samples is not read; save it with 8- or 16-bit"):
+        decode(floats)
+    (tmp_path / "depth.tiff").write_bytes(floats)
+    with pytest.raises(UsageError, match="depth.tiff: TIFF of 32-bit float samples"):
+        load_image(tmp_path / "depth.tiff")
+    sixteen = (np.arange(12, dtype=np.uint16).reshape(3, 4) * 4000)
+    assert decode(_saved(sixteen, "PNG")).shape == (3, 4, 3)  # 16-bit samples are read (OpenCV scales them)
+    gif = io.BytesIO()
+    Image.new("P", (4, 4)).save(gif, "GIF")
+    with pytest.raises(InvalidImage, match="GIF images are not read; use JPEG, PNG, BMP, WEBP, TIFF"):
+        decode(gif.getvalue())
+
+
+def test_a_jpeg_is_complete_only_up_to_its_own_end_marker(synth_dir):
+    good = (synth_dir / "000001.jpg").read_bytes()
+    assert jpeg_reaches_its_end(good) and jpeg_reaches_its_end(good + b"trailer \xff\xd8 no end")
+    assert not jpeg_reaches_its_end(good[:len(good) // 2])
+    # an EXIF thumbnail's end marker, inside an APP1 segment, is not the image's
+    thumbnail = b"Exif\x00\x00" + b"\xff\xd8 thumbnail \xff\xd9"
+    with_thumbnail = good[:2] + b"\xff\xe1" + (len(thumbnail) + 2).to_bytes(2, "big") + thumbnail + good[2:]
+    assert jpeg_reaches_its_end(with_thumbnail)
+    assert not jpeg_reaches_its_end(with_thumbnail[:len(with_thumbnail) // 2])
