@@ -328,3 +328,35 @@ def test_the_reader_reads_each_image_s_characters_again_with_its_glyph_classifie
     assert [[plate.text for plate in plates] for plates in reader.predict_batch(images)] == [["11A1111"], ["22A2222"]]
     assert read_by == [load_image(image).shape for image in images]
     assert reader.glyph_net is not None  # and the real one is there to read with
+
+
+def test_threads_sharing_a_reader_run_the_model_one_at_a_time(smoke_workdir, smoke_training, synth_dir):
+    """A call patches the shared model for its length (boxes only, reduced precision): a second thread's
+    call inside it would read with the first one's patch. Each call here lingers in the model, so that
+    without the lock the other thread's would overlap it."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from alpr.reader import PlateReader
+
+    best = smoke_workdir / "runs" / "r1" / "train" / "best.pth"
+    options = ReadOptions(board_threshold=0.0, char_threshold=0.0, region_threshold=0.0, zoom_widths=())
+    reader = PlateReader.from_checkpoint(best, device="cpu", options=options)
+    inside, most_inside, step = [], [], reader.model.test_step
+
+    def lingering_step(data):
+        inside.append(1)
+        most_inside.append(len(inside))
+        time.sleep(0.3)
+        try:
+            return step(data)
+        finally:
+            inside.pop()
+
+    reader.model.test_step = lingering_step
+    with ThreadPoolExecutor(2) as pool:
+        masked, boxed = pool.submit(reader.detect, [synth_dir / "000001.jpg"]), pool.submit(
+            reader.detect, [synth_dir / "000001.jpg"], False)
+        masked, boxed = masked.result()[0], boxed.result()[0]
+    assert max(most_inside) == 1 and len(most_inside) == 2
+    assert masked and boxed and all(d.mask for d in masked) and all(d.mask is None for d in boxed)
