@@ -99,7 +99,8 @@ def _image_size(json_path: Path, image_path: Path, data: bytes) -> tuple[int, in
     # turned one as it was not annotated
     if header.orientation != 1 and header.kind not in TURNED_BY_OPENCV:
         raise AnnotationError(json_path, f"image {image_path.name}: a {header.kind} with EXIF orientation "
-                                         f"{header.orientation}, which OpenCV does not apply; save it turned, as JPEG or PNG")
+                                         f"{header.orientation}, which OpenCV does not apply; save it turned, "
+                                         "as JPEG or PNG")
     return header.shown_size
 
 

@@ -115,7 +115,8 @@ def plot(folder: Path, gt, plates: dict[int, list[Plate]], metrics: dict, images
     for (row, col), value in np.ndenumerate(confusion):
         if value:
             ax.text(col, row, str(value), ha="center", va="center", fontsize=6)
-    ax.set(xlabel="predicted", ylabel="true", title=f"characters: accuracy={metrics['char_accuracy']:.3f}")
+    ax.set(xlabel="predicted", ylabel="true",
+           title=f"the detector's characters: accuracy={metrics['char_accuracy']:.3f}")
     written.append(_save(fig, folder / "confusion.png"))
 
     names = ("mAP", "dv_mAP", "EIR", "plate_precision", "plate_recall", "char_accuracy")

@@ -57,8 +57,8 @@ def read_header(data: bytes, max_pixels: int | None = None) -> Header:
         raise InvalidImage("not an image file (no known image format)") from None
     except Image.DecompressionBombError:  # Pillow's own limit
         most = 2 * Image.MAX_IMAGE_PIXELS
-        raise InvalidImage(f"image of more than {most} pixels "
-                           + (f"is over the limit of {max_pixels} pixels" if max_pixels else "(Pillow's limit)")) from None
+        over = f"is over the limit of {max_pixels} pixels" if max_pixels else "(Pillow's limit)"
+        raise InvalidImage(f"image of more than {most} pixels {over}") from None
     except (OSError, ValueError) as error:  # ValueError: some corrupt headers
         raise InvalidImage(f"not a readable image file ({error})") from None
     if max_pixels is not None and header.width * header.height > max_pixels:
@@ -66,7 +66,8 @@ def read_header(data: bytes, max_pixels: int | None = None) -> Header:
     if header.kind not in READ_FORMATS + JPEG_FORMATS:
         raise InvalidImage(f"{header.kind} images are not read; use {', '.join(READ_FORMATS)}")
     if header.kind == "TIFF" and mode in WIDE_SAMPLES:
-        raise InvalidImage(f"{header.kind} of {WIDE_SAMPLES[mode]} samples is not read; save it with 8- or 16-bit samples")
+        raise InvalidImage(f"{header.kind} of {WIDE_SAMPLES[mode]} samples is not read; "
+                           "save it with 8- or 16-bit samples")
     if header.kind in JPEG_FORMATS and not jpeg_reaches_its_end(data):
         raise InvalidImage("truncated JPEG: no end-of-image marker after its image data")
     return header

@@ -7,7 +7,8 @@
   board matched at box IoU >= 0.5) / ground-truth plates.
 - ``char_accuracy``: ground-truth characters whose detection, of any class and score, matched to
   it (box IoU >= 0.5, surest detections first, as for the confusion matrix) has its class /
-  ground-truth characters.
+  ground-truth characters. A figure of the detector: the glyph classifier reads the characters of
+  plates again (``misread_characters`` counts what the reading got wrong).
 - ``plate_precision`` / ``plate_recall``: plate boards found, at box IoU >= 0.5.
 - ``outcomes``: what became of each ground-truth plate: read exactly, misread, not found, or
   unread and why.
