@@ -59,8 +59,46 @@ def test_images_opencv_would_not_read_say_why_and_name_the_file(tmp_path):
     assert decode(_saved(sixteen, "PNG")).shape == (3, 4, 3)  # 16-bit samples are read (OpenCV scales them)
     gif = io.BytesIO()
     Image.new("P", (4, 4)).save(gif, "GIF")
-    with pytest.raises(InvalidImage, match="GIF images are not read; use JPEG, PNG, BMP, WEBP, TIFF"):
+    with pytest.raises(InvalidImage, match="GIF images are not read; use JPEG, PNG, BMP, WEBP, TIFF, PPM"):
         decode(gif.getvalue())
+
+
+def test_size_and_format_are_checked_before_anything_is_decoded():
+    """A server's pixel limit guards its memory only if it holds before decoding: Pillow decodes a whole
+    PNG to find its EXIF, so a PNG's orientation is left to OpenCV, which turns PNGs itself."""
+    from test_reader import _png_header
+
+    with pytest.raises(InvalidImage, match="image of 5000x5000 pixels is over the limit of 1000000 pixels"):
+        decode(_png_header(5000, 5000), max_pixels=10**6)
+    with pytest.raises(InvalidImage, match="PNG image could not be decoded"):  # Pillow did not decode it first
+        decode(_png_header(100, 100))
+
+
+def test_a_corrupt_file_is_an_invalid_image_whatever_pillow_raises(tmp_path):
+    from alpr.reader import load_image
+
+    png = bytearray(cv2.imencode(".png", np.arange(64 * 48 * 3, dtype=np.uint8).reshape(64, 48, 3))[1].tobytes())
+    at = png.index(b"IDAT") - 4
+    png[at:at + 4] = (int.from_bytes(png[at:at + 4], "big") // 2).to_bytes(4, "big")  # Pillow: SyntaxError
+    (tmp_path / "broken.png").write_bytes(bytes(png))
+    with pytest.raises(UsageError, match="broken.png: "):
+        load_image(tmp_path / "broken.png")
+    from alpr.images import read_header
+
+    with pytest.raises(InvalidImage, match="not a readable image file"):
+        read_header(bytes(png))  # record reads a PNG's EXIF, which decodes it
+
+
+def test_netpbm_images_are_read_and_animated_webps_refused():
+    picture = _asymmetric()
+    for suffix, flags in ((".ppm", cv2.IMREAD_COLOR), (".pgm", cv2.IMREAD_GRAYSCALE)):
+        data = cv2.imencode(suffix, picture if flags == cv2.IMREAD_COLOR else picture[..., 0])[1].tobytes()
+        assert np.array_equal(decode(data), cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR))
+    frames = [Image.fromarray(picture), Image.fromarray(picture[::-1].copy())]
+    animated = io.BytesIO()
+    frames[0].save(animated, "WEBP", save_all=True, append_images=frames[1:], lossless=True)
+    with pytest.raises(InvalidImage, match="animated WEBP images are not read; send one frame"):
+        decode(animated.getvalue())
 
 
 def test_a_jpeg_is_complete_only_up_to_its_own_end_marker(synth_dir):

@@ -19,7 +19,7 @@ from alpr.errors import UsageError
 
 # Pillow names a JPEG with a multi-picture extension (phones' HDR and gain-map photos) MPO: a JPEG to OpenCV.
 JPEG_FORMATS = ("JPEG", "MPO")
-READ_FORMATS = ("JPEG", "PNG", "BMP", "WEBP", "TIFF")  # what OpenCV decodes, as Pillow names them
+READ_FORMATS = ("JPEG", "PNG", "BMP", "WEBP", "TIFF", "PPM")  # what OpenCV decodes, as Pillow names them
 TURNED_BY_OPENCV = (*JPEG_FORMATS, "PNG", "TIFF")
 EXIF_ORIENTATION = 0x0112  # values 5-8: the photo is shown turned by a quarter
 WIDE_SAMPLES = {"F": "32-bit float", "I": "32-bit integer"}  # TIFFs of these Pillow modes OpenCV does not read
@@ -42,42 +42,48 @@ class Header:
         return (self.height, self.width) if self.orientation in (5, 6, 7, 8) else (self.width, self.height)
 
 
-def read_header(data: bytes, max_pixels: int | None = None) -> Header:
-    """What the image file says of itself, read without decoding it; InvalidImage where it would be
-    read wrong or not at all."""
+def read_header(data: bytes, max_pixels: int | None = None, turned_by_opencv_too: bool = True) -> Header:
+    """What the image file says of itself; InvalidImage where it would be read wrong or not at all. Its
+    size and format are checked before anything is decoded. Pillow decodes a whole PNG to find its EXIF:
+    ``turned_by_opencv_too=False`` reads the orientation only of formats OpenCV does not turn (1 for others)."""
     from PIL import Image, UnidentifiedImageError
 
     if not data:
         raise InvalidImage("empty image")
     try:
         with Image.open(io.BytesIO(data)) as image:
-            header = Header(image.width, image.height, image.format, image.getexif().get(EXIF_ORIENTATION, 1))
-            mode = image.mode
+            width, height, kind = image.width, image.height, image.format
+            if max_pixels is not None and width * height > max_pixels:
+                raise InvalidImage(f"image of {width}x{height} pixels is over the limit of {max_pixels} pixels")
+            if kind not in READ_FORMATS + JPEG_FORMATS:
+                raise InvalidImage(f"{kind} images are not read; use {', '.join(READ_FORMATS)}")
+            if kind == "TIFF" and image.mode in WIDE_SAMPLES:
+                raise InvalidImage(f"TIFF of {WIDE_SAMPLES[image.mode]} samples is not read; "
+                                   "save it with 8- or 16-bit samples")
+            if kind == "WEBP" and getattr(image, "is_animated", False):
+                raise InvalidImage("animated WEBP images are not read; send one frame")
+            orientation = (image.getexif().get(EXIF_ORIENTATION, 1)
+                           if turned_by_opencv_too or kind not in TURNED_BY_OPENCV else 1)
     except UnidentifiedImageError:
         raise InvalidImage("not an image file (no known image format)") from None
     except Image.DecompressionBombError:  # Pillow's own limit
         most = 2 * Image.MAX_IMAGE_PIXELS
         over = f"is over the limit of {max_pixels} pixels" if max_pixels else "(Pillow's limit)"
         raise InvalidImage(f"image of more than {most} pixels {over}") from None
-    except (OSError, ValueError) as error:  # ValueError: some corrupt headers
+    except InvalidImage:
+        raise
+    except Exception as error:  # what Pillow's parsers raise on corrupt bytes: OSError, ValueError, SyntaxError
         raise InvalidImage(f"not a readable image file ({error})") from None
-    if max_pixels is not None and header.width * header.height > max_pixels:
-        raise InvalidImage(f"image of {header.width}x{header.height} pixels is over the limit of {max_pixels} pixels")
-    if header.kind not in READ_FORMATS + JPEG_FORMATS:
-        raise InvalidImage(f"{header.kind} images are not read; use {', '.join(READ_FORMATS)}")
-    if header.kind == "TIFF" and mode in WIDE_SAMPLES:
-        raise InvalidImage(f"{header.kind} of {WIDE_SAMPLES[mode]} samples is not read; "
-                           "save it with 8- or 16-bit samples")
-    if header.kind in JPEG_FORMATS and not jpeg_reaches_its_end(data):
+    if kind in JPEG_FORMATS and not jpeg_reaches_its_end(data):
         raise InvalidImage("truncated JPEG: no end-of-image marker after its image data")
-    return header
+    return Header(width, height, kind, orientation)
 
 
 def decode(data: bytes, max_pixels: int | None = None) -> np.ndarray:
     """A BGR uint8 array, shown as a viewer shows the file, or InvalidImage."""
     import cv2
 
-    header = read_header(data, max_pixels)
+    header = read_header(data, max_pixels, turned_by_opencv_too=False)
     try:
         image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     except cv2.error as error:  # OpenCV raises, rather than returning None, for a header of over 2**30 pixels
