@@ -80,7 +80,7 @@ def test_validation_reads_with_the_runs_glyph_classifier_where_it_has_one(smoke_
     _reading_eights(glyphs)
     assert ext.PlateMetric(str(val / "val.json"), str(glyphs)).compute_metrics(truth)["EIR"] == 0.0
     gone = [(image_id, path + ".gone", dets) for image_id, path, dets in truth]
-    with pytest.raises(ext.AlprError, match=r"\.jpg\.gone: No such file or directory"):
+    with pytest.raises(ext.AlprError, match=r"\.jpg\.gone: image not found"):
         ext.PlateMetric(str(val / "val.json"), str(glyphs)).compute_metrics(gone)
 
 
@@ -652,7 +652,7 @@ def test_test_step_reads_past_an_image_it_cannot_read_and_replaces_its_outputs_w
     (out / "images" / "old.jpg").write_bytes(b"an earlier test's picture")
     result = run_step_script("test", *test)
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert "1 of 4 images could not be read" in result.stderr and "b.jpg: not a readable image" in result.stderr
+    assert "1 of 4 images could not be read" in result.stderr and "b.jpg: not an image file" in result.stderr
     lines = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert [(Path(line["image"]).relative_to(folder).as_posix(), sorted(line)) for line in lines] == [
         ("a.jpg", ["image", "plates"]), ("a.png", ["image", "plates"]), ("b.jpg", ["error", "image"]),
@@ -689,10 +689,10 @@ def test_predict_reads_folders_and_goes_on_past_an_image_it_cannot_read(smoke_wo
     result = subprocess.run([*predict, str(folder)], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "b_thin.png: 2000x1 px is too thin to read" in result.stderr
-    assert "c.jpg: not a readable image" in result.stderr and "2 of 4 images could not be read" in result.stderr
+    assert "c.jpg: not an image file (no known image format)" in result.stderr and "2 of 4 images could not be read" in result.stderr
     lines = {Path(line["image"]).name: line for line in map(json.loads, result.stdout.splitlines())}
     assert list(lines) == ["a.jpg", "b_thin.png", "c.jpg", "d.jpg"]  # an error line for each that failed
-    assert lines["c.jpg"]["error"].endswith("c.jpg: not a readable image") and "plates" in lines["d.jpg"]
+    assert lines["c.jpg"]["error"].endswith("c.jpg: not an image file (no known image format)") and "plates" in lines["d.jpg"]
     result = subprocess.run([*predict, str(folder / "a.jpg"), str(tmp_path / "missing.jpg")], cwd=ROOT,
                             capture_output=True, text=True)
     assert result.returncode == 1 and "missing.jpg: image not found" in result.stderr and result.stdout == ""
