@@ -89,6 +89,15 @@ def test_a_corrupt_file_is_an_invalid_image_whatever_pillow_raises(tmp_path):
         read_header(bytes(png))  # record reads a PNG's EXIF, which decodes it
 
 
+def test_a_folder_s_images_are_those_of_a_format_read_and_not_hidden(tmp_path):
+    from alpr.images import list_images
+
+    for name in ("a.JPG", "b.pgm", "sub/c.webp", "._d.jpg", ".partial/e.png", "notes.txt", "f.gif"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    assert [p.relative_to(tmp_path).as_posix() for p in list_images(tmp_path)] == ["a.JPG", "b.pgm", "sub/c.webp"]
+
+
 def test_netpbm_images_are_read_and_animated_webps_refused():
     picture = _asymmetric()
     for suffix, flags in ((".ppm", cv2.IMREAD_COLOR), (".pgm", cv2.IMREAD_GRAYSCALE)):

@@ -14,16 +14,9 @@ import cv2
 import numpy as np
 
 from alpr.errors import UsageError
+from alpr.images import IMAGE_SUFFIXES, list_images
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 MIN_CROP = 8  # px a side of the crop a background is cut from
-
-
-def list_images(folder: Path) -> list[Path]:
-    """The images under ``folder``, hidden ones left out (macOS's ``._IMG.jpg`` are no images, and
-    ``.x.partial`` folders are work in progress)."""
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
 def bundled_photos() -> list[Path]:

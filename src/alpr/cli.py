@@ -121,7 +121,7 @@ def _data_pull(args: argparse.Namespace) -> None:
 def image_files(paths: list[Path]) -> list[Path]:
     """The images to read: files as given, folders as the images in them; a missing one fails before the
     model loads."""
-    from alpr.backgrounds import IMAGE_SUFFIXES, list_images
+    from alpr.images import IMAGE_SUFFIXES, list_images
     from alpr.errors import UsageError
 
     images = []

@@ -23,6 +23,8 @@ READ_FORMATS = ("JPEG", "PNG", "BMP", "WEBP", "TIFF", "PPM")  # what OpenCV deco
 TURNED_BY_OPENCV = (*JPEG_FORMATS, "PNG", "TIFF")
 EXIF_ORIENTATION = 0x0112  # values 5-8: the photo is shown turned by a quarter
 WIDE_SAMPLES = {"F": "32-bit float", "I": "32-bit integer"}  # TIFFs of these Pillow modes OpenCV does not read
+# the files in a folder that are its images: those of READ_FORMATS
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pbm", ".pgm", ".ppm", ".pnm")
 
 
 class InvalidImage(ValueError):
@@ -105,6 +107,13 @@ def read(path: Path) -> np.ndarray:
         raise UsageError(f"{path}: {error.strerror}") from None
     except InvalidImage as error:
         raise UsageError(f"{path}: {error}") from None
+
+
+def list_images(folder: Path) -> list[Path]:
+    """The images under ``folder`` (by their suffix), hidden ones left out (macOS's ``._IMG.jpg`` are no
+    images, and ``.x.partial`` folders are work in progress)."""
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
 def turned(image: np.ndarray, orientation: int) -> np.ndarray:

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from alpr.backgrounds import IMAGE_SUFFIXES, list_images
+from alpr.images import IMAGE_SUFFIXES, list_images
 from alpr.dataset import sha256_file
 from alpr.errors import AlprError, UsageError, read_json
 from alpr.files import missing, write_image
