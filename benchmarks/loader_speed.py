@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from alpr.model import TrainSettings, build_config, resolved
+from alpr.model import TrainSettings, build_config, with_val_interval
 from alpr.record import RecordOptions, record
 from alpr.synth import SynthOptions, generate
 
@@ -73,7 +73,7 @@ def main() -> None:
         generate(Path(folder) / "synth", args.images, seed=1, options=SynthOptions(1280, 720), progress=False)
         record(RecordOptions(Path(folder) / "synth", Path(folder) / "work", "bench", "1",
                              fractions=(1.0, 0.0, 0.0), dvc=False))
-        config = build_config(resolved(settings, args.images), Path(folder) / "work/datasets/bench/1",
+        config = build_config(with_val_interval(settings, args.images), Path(folder) / "work/datasets/bench/1",
                               Path(folder) / "run", {})
         loader = config["train_dataloader"]
         print(f"training pipeline, {settings.image_size} px images, {settings.train_crop_size} px crops, "

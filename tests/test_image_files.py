@@ -46,6 +46,16 @@ def test_a_turned_webp_is_read_turned_as_a_turned_png(tmp_path):
     assert np.array_equal(decode_image(webp, len(webp), 24), png)
 
 
+@pytest.mark.parametrize("kind", ["JPEG", "PNG", "TIFF", "WEBP"])
+def test_the_size_a_header_gives_is_the_size_of_the_image_decoded(kind):
+    """Record checks labelme's size against the header's; Pillow gives a turned TIFF's size as shown."""
+    from alpr.images import read_header
+
+    for orientation in (1, 6):
+        data = _saved(_asymmetric(), kind, orientation, **({"lossless": True} if kind == "WEBP" else {}))
+        assert read_header(data).shown_size == decode(data).shape[1::-1] == ((6, 4) if orientation == 1 else (4, 6))
+
+
 def test_images_opencv_would_not_read_say_why_and_name_the_file(tmp_path):
     from alpr.reader import load_image
 
@@ -55,6 +65,9 @@ def test_images_opencv_would_not_read_say_why_and_name_the_file(tmp_path):
     (tmp_path / "depth.tiff").write_bytes(floats)
     with pytest.raises(UsageError, match="depth.tiff: TIFF of 32-bit float samples"):
         load_image(tmp_path / "depth.tiff")
+    pfm = cv2.imencode(".pfm", np.linspace(0, 1, 12, dtype=np.float32).reshape(3, 4))[1].tobytes()
+    with pytest.raises(InvalidImage, match="PPM of 32-bit float samples is not read"):  # OpenCV: all 0 or 1
+        decode(pfm)
     sixteen = (np.arange(12, dtype=np.uint16).reshape(3, 4) * 4000)
     assert decode(_saved(sixteen, "PNG")).shape == (3, 4, 3)  # 16-bit samples are read (OpenCV scales them)
     gif = io.BytesIO()
@@ -103,6 +116,8 @@ def test_netpbm_images_are_read_and_animated_webps_refused():
     for suffix, flags in ((".ppm", cv2.IMREAD_COLOR), (".pgm", cv2.IMREAD_GRAYSCALE)):
         data = cv2.imencode(suffix, picture if flags == cv2.IMREAD_COLOR else picture[..., 0])[1].tobytes()
         assert np.array_equal(decode(data), cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR))
+    sixteen = cv2.imencode(".pgm", np.arange(12, dtype=np.uint16).reshape(3, 4) * 4000)[1].tobytes()
+    assert decode(sixteen).shape == (3, 4, 3)  # Pillow's mode "I", as a 32-bit TIFF's: read
     frames = [Image.fromarray(picture), Image.fromarray(picture[::-1].copy())]
     animated = io.BytesIO()
     frames[0].save(animated, "WEBP", save_all=True, append_images=frames[1:], lossless=True)

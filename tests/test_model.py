@@ -30,11 +30,6 @@ def test_training_writes_every_output(smoke_workdir, smoke_training):
     assert [s["step"] for s in scalars if "EIR" in s] == [2, 4]  # at their iterations, for TensorBoard's plots
     assert (train / "glyph_net.pth").is_file()
     assert re.search(r"glyph net: trained on \d+ crops, read \d+ of \d+ val characters", smoke_training.stdout)
-    # --warmup-iters 2 of a 4-iteration run: the warm-up ends by a tenth of it, and the checkpoint says so
-    assert "warm-up: the first 1 iteration(s), a tenth of the run (--warmup-iters 2" in smoke_training.stdout
-    from alpr.train import alpr_meta
-
-    assert alpr_meta(train / "best.pth")["alpr"]["settings"]["warmup_iters"] == 1
 
 
 def test_metric_lines_parse_with_katibs_regex(smoke_training):
@@ -396,24 +391,12 @@ def test_a_crop_size_off_the_largest_stride_trains_padded_to_it(tmp_path, crop):
 
 
 def test_validation_interval_defaults_to_every_epoch_or_an_epochs_worth_of_iterations():
-    from alpr.model import TrainSettings, resolved
+    from alpr.model import TrainSettings, with_val_interval
 
-    assert resolved(TrainSettings(batch_size=8), 100).val_interval == 1
-    assert resolved(TrainSettings(batch_size=8, iters=500), 100).val_interval == 13
-    assert resolved(TrainSettings(batch_size=8, minutes=5), 100).val_interval == 13
-    assert resolved(TrainSettings(batch_size=8, iters=500, val_interval=50), 100).val_interval == 50
-
-
-def test_the_warm_up_ends_by_a_tenth_of_the_run():
-    """A fine-tune of 3 epochs of 13 iterations would end inside a 100-iteration warm-up, its learning rate
-    never near its peak."""
-    from alpr.model import TrainSettings, resolved
-
-    assert resolved(TrainSettings(batch_size=8, epochs=3), 100).warmup_iters == 4  # 3 x 13 iterations
-    assert resolved(TrainSettings(batch_size=8, epochs=300), 100).warmup_iters == 100
-    assert resolved(TrainSettings(batch_size=8, iters=500), 100).warmup_iters == 50
-    assert resolved(TrainSettings(batch_size=8, iters=500, warmup_iters=0), 100).warmup_iters == 0
-    assert resolved(TrainSettings(batch_size=8, minutes=5, iters=20), 100).warmup_iters == 100  # TimeBudgetHook's
+    assert with_val_interval(TrainSettings(batch_size=8), 100).val_interval == 1
+    assert with_val_interval(TrainSettings(batch_size=8, iters=500), 100).val_interval == 13
+    assert with_val_interval(TrainSettings(batch_size=8, minutes=5), 100).val_interval == 13
+    assert with_val_interval(TrainSettings(batch_size=8, iters=500, val_interval=50), 100).val_interval == 50
 
 
 def test_an_unknown_best_metric_fails_before_training(smoke_workdir):

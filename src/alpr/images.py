@@ -22,7 +22,7 @@ JPEG_FORMATS = ("JPEG", "MPO")
 READ_FORMATS = ("JPEG", "PNG", "BMP", "WEBP", "TIFF", "PPM")  # what OpenCV decodes, as Pillow names them
 TURNED_BY_OPENCV = (*JPEG_FORMATS, "PNG", "TIFF")
 EXIF_ORIENTATION = 0x0112  # values 5-8: the photo is shown turned by a quarter
-WIDE_SAMPLES = {"F": "32-bit float", "I": "32-bit integer"}  # TIFFs of these Pillow modes OpenCV does not read
+WIDE_SAMPLES = {"F": "32-bit float", "I": "32-bit integer"}  # Pillow modes of images OpenCV reads wrong or not at all
 # the files in a folder that are its images: those of READ_FORMATS
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pbm", ".pgm", ".ppm", ".pnm")
 
@@ -33,15 +33,16 @@ class InvalidImage(ValueError):
 
 @dataclass(frozen=True)
 class Header:
-    width: int  # as stored: a turned photo is shown the other way round
+    width: int  # as Pillow gives it: as stored, but for a TIFF, as shown
     height: int
     kind: str  # the format, as Pillow names it
     orientation: int  # EXIF's, 1 where it has none
 
     @property
     def shown_size(self) -> tuple[int, int]:
-        """Width and height as a viewer, labelme and OpenCV show the image."""
-        return (self.height, self.width) if self.orientation in (5, 6, 7, 8) else (self.width, self.height)
+        """Width and height as a viewer, labelme and OpenCV show the image (Pillow gives a TIFF's so)."""
+        quarter = self.orientation in (5, 6, 7, 8) and self.kind != "TIFF"
+        return (self.height, self.width) if quarter else (self.width, self.height)
 
 
 def read_header(data: bytes, max_pixels: int | None = None, turned_by_opencv_too: bool = True) -> Header:
@@ -59,8 +60,8 @@ def read_header(data: bytes, max_pixels: int | None = None, turned_by_opencv_too
                 raise InvalidImage(f"image of {width}x{height} pixels is over the limit of {max_pixels} pixels")
             if kind not in READ_FORMATS + JPEG_FORMATS:
                 raise InvalidImage(f"{kind} images are not read; use {', '.join(READ_FORMATS)}")
-            if kind == "TIFF" and image.mode in WIDE_SAMPLES:
-                raise InvalidImage(f"TIFF of {WIDE_SAMPLES[image.mode]} samples is not read; "
+            if image.mode == "F" or (kind == "TIFF" and image.mode == "I"):  # a 16-bit PGM is "I" too
+                raise InvalidImage(f"{kind} of {WIDE_SAMPLES[image.mode]} samples is not read; "
                                    "save it with 8- or 16-bit samples")
             if kind == "WEBP" and getattr(image, "is_animated", False):
                 raise InvalidImage("animated WEBP images are not read; send one frame")

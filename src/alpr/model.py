@@ -21,7 +21,6 @@ MODELS = ("rtmdet-ins-tiny", "mask-rcnn-swin-t", "smoke")
 PAD_VALUE = (114, 114, 114)
 LARGEST_STRIDE = 32  # the backbones' deepest stride: inputs are padded to a multiple of it
 WARMUP_START = 1e-3  # the warm-up's first learning rate, as a fraction of the peak
-WARMUP_SHARE = 0.1  # the warm-up ends by a tenth of the run (its iterations, or its time), however short
 MIN_LR_RATIO = 0.05  # where the cosine schedule ends, as a fraction of the peak
 UNTIL_TIME_IS_UP = 2**31 - 1  # the iteration limit of a run trained by --minutes alone
 # px: the plates of the --zoom-share crops are 0.8 to 1.25 times this wide, the widest of those
@@ -287,19 +286,12 @@ def _schedule(settings: TrainSettings, by_epoch: bool) -> list[dict]:
     ]
 
 
-def resolved(settings: TrainSettings, train_images: int) -> TrainSettings:
-    """The settings with what depends on the training set made explicit: the validation interval (by
-    default every epoch, or when training by iterations, an epoch's worth of them, so a long run does
-    not validate each one) and the warm-up, which ends by a tenth of the run's iterations (a short
-    fine-tune would otherwise end before its learning rate ever peaked; with --minutes, a tenth of
-    the time: TimeBudgetHook)."""
-    epoch = math.ceil(train_images / settings.batch_size)
-    if settings.val_interval is None:
-        settings = replace(settings, val_interval=1 if settings.by_epoch else epoch)
-    if not settings.minutes:
-        run = settings.epochs * epoch if settings.by_epoch else settings.iters
-        settings = replace(settings, warmup_iters=min(settings.warmup_iters, math.ceil(WARMUP_SHARE * run)))
-    return settings
+def with_val_interval(settings: TrainSettings, train_images: int) -> TrainSettings:
+    """The settings with the validation interval made explicit: by default every epoch, or when
+    training by iterations, an epoch's worth of them (so a long run does not validate each one)."""
+    if settings.val_interval is not None:
+        return settings
+    return replace(settings, val_interval=1 if settings.by_epoch else math.ceil(train_images / settings.batch_size))
 
 
 def _optim_wrapper_type(amp: bool, device: str) -> str:
@@ -319,7 +311,7 @@ def build_config(settings: TrainSettings, dataset_dir: Path, work_dir: Path, dat
     size, crop = settings.image_size, settings.train_crop_size
     by_epoch = settings.by_epoch
     if settings.val_interval is None:
-        raise ValueError("build_config needs the validation interval resolved: see resolved")
+        raise ValueError("build_config needs the validation interval resolved: see with_val_interval")
     train_loop = (dict(type="EpochBasedTrainLoop", max_epochs=settings.epochs, val_interval=settings.val_interval)
                   if by_epoch else
                   dict(type="IterBasedTrainLoop", max_iters=settings.iters or UNTIL_TIME_IS_UP,

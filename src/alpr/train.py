@@ -13,7 +13,7 @@ from pathlib import Path
 from alpr.errors import AlprError, UsageError, read_json
 from alpr.files import missing, written_whole
 from alpr.glyphs import GLYPH_NET, train_glyphs
-from alpr.model import TrainSettings, build_config, resolved
+from alpr.model import TrainSettings, build_config, with_val_interval
 from alpr.plates import CLASSES, check_classes
 from alpr.record import check_name
 from alpr.workdir import dataset_dir, train_dir
@@ -134,9 +134,9 @@ def network(settings: dict) -> str:
     return f"an RTMDet-Ins at widen factor {settings.get('widen_factor')}"
 
 
-# What a resumed run may change: how long it trains (in the unit it started with: its schedule, the warm-up
-# that follows the length too, is restored as saved), how often it validates, and how it loads and logs.
-RESUMABLE_CHANGES = {"epochs", "iters", "minutes", "warmup_iters", "val_interval", "num_workers", "log_interval"}
+# What a resumed run may change: how long it trains (in the unit it started with: its schedule is restored
+# as saved), how often it validates, and how it loads and logs.
+RESUMABLE_CHANGES = {"epochs", "iters", "minutes", "val_interval", "num_workers", "log_interval"}
 
 
 SAVED_CHECKPOINT = re.compile(r"(?:iter|epoch)_(\d+)\.pth")
@@ -233,7 +233,7 @@ def train(options: TrainOptions) -> Path:
     check_metric("--best-metric", options.settings.best_metric)
     data = dataset_dir(options.workdir.resolve(), options.dataset, options.version)
     manifest = check_dataset(data)
-    settings = resolved(options.settings, manifest["counts"]["train"]["images"])
+    settings = with_val_interval(options.settings, manifest["counts"]["train"]["images"])
     device = select_device(options.device)
     from alpr.mmdet_ext import mixed_precision_pays
 
@@ -248,9 +248,6 @@ def train(options: TrainOptions) -> Path:
     elif options.load_from:
         check_start_checkpoint(options.load_from, settings)
         check_weights_fit(options.load_from, settings, build_config(settings, data, work, dataset))
-    if not resume and settings.warmup_iters < options.settings.warmup_iters:
-        print(f"warm-up: the first {settings.warmup_iters} iteration(s), a tenth of the run "
-              f"(--warmup-iters {options.settings.warmup_iters} would outlast it)", flush=True)
     work.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     if not resume:  # one from a start cut short before its first checkpoint may be of other settings or data
