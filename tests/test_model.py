@@ -30,6 +30,8 @@ def test_training_writes_every_output(smoke_workdir, smoke_training):
     assert [s["step"] for s in scalars if "EIR" in s] == [2, 4]  # at their iterations, for TensorBoard's plots
     assert (train / "glyph_net.pth").is_file()
     assert re.search(r"glyph net: trained on \d+ crops, read \d+ of \d+ val characters", smoke_training.stdout)
+    # --warmup-iters 2 of a 4-iteration run: a tenth of it is under 2 iterations, so none
+    assert "warm-up: none (--warmup-iters 2 would outlast a tenth of the run)" in smoke_training.stdout
 
 
 def test_metric_lines_parse_with_katibs_regex(smoke_training):
@@ -909,10 +911,38 @@ def test_no_warm_up_is_a_schedule_of_its_own():
     from alpr.model import TrainSettings, _schedule
 
     for by_epoch in (True, False):
-        settings = TrainSettings(model="smoke", epochs=3, iters=30, warmup_iters=0)
-        assert [step["type"] for step in _schedule(settings, by_epoch)] == ["CosineAnnealingLR"]
-        settings = TrainSettings(model="smoke", epochs=3, iters=30, warmup_iters=5)
-        assert [step["type"] for step in _schedule(settings, by_epoch)] == ["LinearLR", "CosineAnnealingLR"]
+        # one iteration is none: LinearLR peaks at its end - 1, and one ending at 1 never leaves its start
+        for warmup in (0, 1):
+            settings = TrainSettings(model="smoke", epochs=3, iters=300, warmup_iters=warmup)
+            assert [step["type"] for step in _schedule(settings, by_epoch, None)] == ["CosineAnnealingLR"]
+        settings = TrainSettings(model="smoke", epochs=3, iters=300, warmup_iters=5)
+        assert [step["type"] for step in _schedule(settings, by_epoch, None)] == ["LinearLR", "CosineAnnealingLR"]
+
+
+def test_the_warm_up_ends_by_a_tenth_of_the_run():
+    """A fine-tune of 3 epochs of 13 iterations would end inside a 100-iteration warm-up, its learning rate
+    never near its peak."""
+    from alpr.model import TrainSettings, warmup_end
+
+    assert warmup_end(TrainSettings(batch_size=8, epochs=3), 100) == 4  # 3 x 13 iterations
+    assert warmup_end(TrainSettings(batch_size=8, epochs=3), None) == 100  # the epoch's length unknown
+    assert warmup_end(TrainSettings(batch_size=8, epochs=300), 100) == 100
+    assert warmup_end(TrainSettings(batch_size=8, iters=500), 100) == 50
+    assert warmup_end(TrainSettings(batch_size=8, iters=10), 100) == 0  # a tenth is 1: none
+    assert warmup_end(TrainSettings(batch_size=8, iters=500, warmup_iters=0), 100) == 0
+
+
+def test_a_resumed_run_keeps_the_schedule_it_started_with(smoke_workdir, smoke_training):
+    """Its warm-up follows the run's length, which a resumed run may change; mmengine loads each saved
+    scheduler's state into the one at its place, so a warm-up that came or went would take the cosine's."""
+    from alpr.model import TrainSettings, _schedule
+    from alpr.train import alpr_meta, saved_schedule
+
+    meta = alpr_meta(smoke_workdir / "runs" / "r1" / "train" / "iter_4.pth")
+    longer = _schedule(TrainSettings(model="smoke", iters=300, warmup_iters=2), False, None)
+    assert [step["type"] for step in longer] == ["LinearLR", "CosineAnnealingLR"]
+    kept = saved_schedule(meta, longer)
+    assert [step["type"] for step in kept] == ["CosineAnnealingLR"] and kept[0]["end"] == 4
 
 
 def test_evaluate_checks_the_database_and_the_store_before_scoring(smoke_workdir, smoke_training, tmp_path):

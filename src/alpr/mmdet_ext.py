@@ -44,6 +44,7 @@ from alpr.files import copy_atomic, write_atomic
 from alpr.glyphs import GLYPH_NET, glyph_reader, saved_glyph_net
 from alpr.images import read
 from alpr.metrics import KEY_METRICS, evaluate, load_ground_truth, mask_rle, metric_lines, scalar_metrics
+from alpr.model import WARMUP_SHARE
 from alpr.plates import BOARD_LABELS, CLASSES
 from alpr.postprocess import Detection, read_plates
 
@@ -745,7 +746,6 @@ def last_validation(log: Path) -> dict | None:
     return None
 
 
-WARMUP_TIME_SHARE = 0.1  # a time budget's warm-up ends by a tenth of the time, however slow the iterations
 
 
 def time_budget_lr_factor(fraction: float, iteration: int, warmup_iters: int, start_factor: float,
@@ -753,7 +753,7 @@ def time_budget_lr_factor(fraction: float, iteration: int, warmup_iters: int, st
     """The learning rate, as a fraction of the peak, once ``fraction`` of the time budget is spent:
     a linear warm-up over the first ``warmup_iters`` iterations (or the first tenth of the time, if
     that ends sooner), times a cosine from 1 to ``min_lr_ratio`` over the time."""
-    warmed = max(iteration / warmup_iters, fraction / WARMUP_TIME_SHARE) if warmup_iters else 1.0
+    warmed = max(iteration / warmup_iters, fraction / WARMUP_SHARE) if warmup_iters else 1.0
     warmup = start_factor + (1 - start_factor) * min(1.0, warmed)
     cosine = min_lr_ratio + (1 - min_lr_ratio) * (1 + math.cos(math.pi * min(fraction, 1.0))) / 2
     return warmup * cosine

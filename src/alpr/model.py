@@ -21,6 +21,7 @@ MODELS = ("rtmdet-ins-tiny", "mask-rcnn-swin-t", "smoke")
 PAD_VALUE = (114, 114, 114)
 LARGEST_STRIDE = 32  # the backbones' deepest stride: inputs are padded to a multiple of it
 WARMUP_START = 1e-3  # the warm-up's first learning rate, as a fraction of the peak
+WARMUP_SHARE = 0.1  # the warm-up ends by a tenth of the run (its iterations, or its time), however short
 MIN_LR_RATIO = 0.05  # where the cosine schedule ends, as a fraction of the peak
 UNTIL_TIME_IS_UP = 2**31 - 1  # the iteration limit of a run trained by --minutes alone
 # px: the plates of the --zoom-share crops are 0.8 to 1.25 times this wide, the widest of those
@@ -276,11 +277,23 @@ def _loader(dataset: dict, batch_size: int, workers: int, shuffle: bool, endless
                 collate_fn=dict(type="shared_storage_collate"))
 
 
-def _schedule(settings: TrainSettings, by_epoch: bool) -> list[dict]:
-    """Linear warm-up, then cosine annealing over the whole run."""
+def warmup_end(settings: TrainSettings, train_images: int | None = None) -> int:
+    """The iteration a run by epochs or iterations ends its linear warm-up at: --warmup-iters, or a tenth of
+    the run's iterations where that is sooner (a short fine-tune's learning rate would never peak; by epochs,
+    with ``train_images`` unknown, --warmup-iters). 0, none, under 2: LinearLR peaks at its end - 1, and one
+    that ends at 1 never leaves its start."""
+    epoch = math.ceil(train_images / settings.batch_size) if train_images else None
+    run = settings.iters if not settings.by_epoch else settings.epochs * epoch if epoch else None
+    end = settings.warmup_iters if run is None else min(settings.warmup_iters, math.ceil(WARMUP_SHARE * run))
+    return end if end >= 2 else 0
+
+
+def _schedule(settings: TrainSettings, by_epoch: bool, train_images: int | None) -> list[dict]:
+    """Linear warm-up (``warmup_end``), then cosine annealing over the whole run."""
     total = settings.epochs if by_epoch else settings.iters
-    warmup = [dict(type="LinearLR", start_factor=WARMUP_START, by_epoch=False, begin=0, end=settings.warmup_iters)]
-    return warmup * bool(settings.warmup_iters) + [
+    end = warmup_end(settings, train_images)
+    warmup = [dict(type="LinearLR", start_factor=WARMUP_START, by_epoch=False, begin=0, end=end)]
+    return warmup * bool(end) + [
         dict(type="CosineAnnealingLR", eta_min=settings.learning_rate * MIN_LR_RATIO, begin=0, end=total,
              T_max=total, by_epoch=by_epoch, convert_to_iter_based=by_epoch),
     ]
@@ -303,11 +316,12 @@ def _optim_wrapper_type(amp: bool, device: str) -> str:
 
 def build_config(settings: TrainSettings, dataset_dir: Path, work_dir: Path, dataset: dict,
                  load_from: str | None = None, resumed_at: int | None = None, device: str = "cpu",
-                 amp: bool = False, spent_seconds: float = 0.0) -> dict:
+                 amp: bool = False, spent_seconds: float = 0.0, train_images: int | None = None) -> dict:
     """The complete mmengine config of a training run. ``amp``: whether it trains in mixed precision, which
     ``settings.amp`` asks for and the device may not pay for (``mmdet_ext.mixed_precision_pays``);
     ``resumed_at``: the training step its checkpoint resumes from (None: a fresh start);
-    ``spent_seconds``: of ``settings.minutes``, spent before the runner starts."""
+    ``spent_seconds``: of ``settings.minutes``, spent before the runner starts; ``train_images``: those
+    trained on (``train.trained_images``), for the warm-up's length (``warmup_end``)."""
     size, crop = settings.image_size, settings.train_crop_size
     by_epoch = settings.by_epoch
     if settings.val_interval is None:
@@ -338,7 +352,7 @@ def build_config(settings: TrainSettings, dataset_dir: Path, work_dir: Path, dat
         optim_wrapper=dict(type=_optim_wrapper_type(amp, device), optimizer=optimizer,
                            clip_grad=dict(max_norm=35, norm_type=2),
                            paramwise_cfg=dict(norm_decay_mult=0, bias_decay_mult=0, bypass_duplicate=True)),
-        param_scheduler=None if settings.minutes else _schedule(settings, by_epoch),
+        param_scheduler=None if settings.minutes else _schedule(settings, by_epoch, train_images),
         default_hooks=dict(
             timer=dict(type="IterTimerHook"),
             # validation metrics logged at the iteration when training by iterations, not at "epoch" 0

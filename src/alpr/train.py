@@ -13,7 +13,7 @@ from pathlib import Path
 from alpr.errors import AlprError, UsageError, read_json
 from alpr.files import missing, written_whole
 from alpr.glyphs import GLYPH_NET, train_glyphs
-from alpr.model import TrainSettings, build_config, with_val_interval
+from alpr.model import TrainSettings, build_config, warmup_end, with_val_interval
 from alpr.plates import CLASSES, check_classes
 from alpr.record import check_name
 from alpr.workdir import dataset_dir, train_dir
@@ -88,6 +88,21 @@ def alpr_meta(path: Path) -> dict:
     if "cfg" not in meta or "alpr" not in meta:
         raise UsageError(f"{path}: not an alpr checkpoint (no training config or class list in its meta)")
     return meta
+
+
+def trained_images(folder: Path) -> int:
+    """The images of a recorded dataset's train split that training reads: those with annotations
+    (mmdet's filter_empty_gt leaves out the rest)."""
+    return len({annotation["image_id"] for annotation in read_json(folder / "train.json")["annotations"]})
+
+
+def saved_schedule(meta: dict, built: list | None) -> list | None:
+    """The learning-rate schedule a checkpoint's run started with: a resumed run's warm-up, whose length
+    follows the run's, is the one it had (``built`` where its config does not say)."""
+    from mmengine.config import Config
+
+    saved = Config.fromstring(meta["cfg"], ".py").get("param_scheduler", built) if "cfg" in meta else built
+    return [dict(step) for step in saved] if saved else saved
 
 
 def check_start_checkpoint(path: Path, settings: TrainSettings) -> None:
@@ -233,7 +248,8 @@ def train(options: TrainOptions) -> Path:
     check_metric("--best-metric", options.settings.best_metric)
     data = dataset_dir(options.workdir.resolve(), options.dataset, options.version)
     manifest = check_dataset(data)
-    settings = with_val_interval(options.settings, manifest["counts"]["train"]["images"])
+    images = trained_images(data)
+    settings = with_val_interval(options.settings, images)
     device = select_device(options.device)
     from alpr.mmdet_ext import mixed_precision_pays
 
@@ -248,6 +264,10 @@ def train(options: TrainOptions) -> Path:
     elif options.load_from:
         check_start_checkpoint(options.load_from, settings)
         check_weights_fit(options.load_from, settings, build_config(settings, data, work, dataset))
+    warmup = warmup_end(settings, images)
+    if not resume and not settings.minutes and warmup < settings.warmup_iters:
+        print(f"warm-up: {f'the first {warmup} iterations' if warmup else 'none'} (--warmup-iters "
+              f"{settings.warmup_iters} would outlast a tenth of the run)", flush=True)
     work.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     if not resume:  # one from a start cut short before its first checkpoint may be of other settings or data
@@ -264,7 +284,9 @@ def train(options: TrainOptions) -> Path:
     config = build_config(settings, data, work, dataset,
                           load_from=None if resume else (str(options.load_from) if options.load_from else None),
                           resumed_at=resumed[1].get("iter", 0) if resume else None, device=device, amp=amp,
-                          spent_seconds=time.monotonic() - started)
+                          spent_seconds=time.monotonic() - started, train_images=images)
+    if resume:  # mmengine restores each saved scheduler's state into the one at its place: the same ones
+        config["param_scheduler"] = saved_schedule(resumed[1], config["param_scheduler"])
     config["alpr"] = {"device": device, "run_id": options.run_id}
     runner = Runner.from_cfg(Config(config))
     runner.train()
