@@ -2,8 +2,8 @@
 glyph classifier's training and validation.
 
 OpenCV decodes, as mmcv does for the detector's training. Pillow reads the header first, to refuse what
-OpenCV would read wrong without a word (a truncated JPEG: its missing rows grey) or not at all (TIFFs
-of 32-bit samples). OpenCV turns JPEG, PNG and TIFF as their EXIF orientation says; a turned WebP is
+OpenCV would read wrong without a word (a truncated JPEG: its missing rows grey; 32-bit float samples:
+0s and 1s) or not at all (TIFFs of 32-bit integers). OpenCV turns JPEG, PNG and TIFF as their EXIF orientation says; a turned WebP is
 turned here (record refuses one: training would read it unturned).
 """
 
@@ -33,16 +33,15 @@ class InvalidImage(ValueError):
 
 @dataclass(frozen=True)
 class Header:
-    width: int  # as Pillow gives it: as stored, but for a TIFF, as shown
+    width: int  # as stored: a photo turned a quarter is shown the other way round
     height: int
     kind: str  # the format, as Pillow names it
     orientation: int  # EXIF's, 1 where it has none
 
     @property
     def shown_size(self) -> tuple[int, int]:
-        """Width and height as a viewer, labelme and OpenCV show the image (Pillow gives a TIFF's so)."""
-        quarter = self.orientation in (5, 6, 7, 8) and self.kind != "TIFF"
-        return (self.height, self.width) if quarter else (self.width, self.height)
+        """Width and height as a viewer, labelme and OpenCV show the image."""
+        return (self.height, self.width) if self.orientation in (5, 6, 7, 8) else (self.width, self.height)
 
 
 def read_header(data: bytes, max_pixels: int | None = None, turned_by_opencv_too: bool = True) -> Header:
@@ -56,6 +55,8 @@ def read_header(data: bytes, max_pixels: int | None = None, turned_by_opencv_too
     try:
         with Image.open(io.BytesIO(data)) as image:
             width, height, kind = image.width, image.height, image.format
+            if kind == "TIFF":  # Pillow 11 and later give a turned TIFF's size as shown: its tags say as stored
+                width, height = image.tag_v2.get(256, width), image.tag_v2.get(257, height)
             if max_pixels is not None and width * height > max_pixels:
                 raise InvalidImage(f"image of {width}x{height} pixels is over the limit of {max_pixels} pixels")
             if kind not in READ_FORMATS + JPEG_FORMATS:
