@@ -31,7 +31,7 @@ def test_training_writes_every_output(smoke_workdir, smoke_training):
     assert (train / "glyph_net.pth").is_file()
     assert re.search(r"glyph net: trained on \d+ crops, read \d+ of \d+ val characters", smoke_training.stdout)
     # --warmup-iters 2 of a 4-iteration run: a tenth of it is under 2 iterations, so none
-    assert "warm-up: none (--warmup-iters 2 would outlast a tenth of the run)" in smoke_training.stdout
+    assert "warm-up: none (--warmup-iters 2: at most a tenth of the run, and none under 2" in smoke_training.stdout
 
 
 def test_metric_lines_parse_with_katibs_regex(smoke_training):
@@ -943,6 +943,31 @@ def test_a_resumed_run_keeps_the_schedule_it_started_with(smoke_workdir, smoke_t
     assert [step["type"] for step in longer] == ["LinearLR", "CosineAnnealingLR"]
     kept = saved_schedule(meta, longer)
     assert [step["type"] for step in kept] == ["CosineAnnealingLR"] and kept[0]["end"] == 4
+
+
+def test_the_training_step_resumes_a_run_made_longer_with_its_saved_schedule(smoke_workdir, smoke_training,
+                                                                               tmp_path, monkeypatch):
+    from mmengine.runner import Runner
+
+    from alpr.train import TrainOptions, train
+    from steps.train import get_args_parser, settings_from_args
+
+    work = tmp_path / "work"
+    shutil.copytree(smoke_workdir / "datasets", work / "datasets")
+    shutil.copytree(smoke_workdir / "runs" / "r1" / "train", work / "runs" / "r1" / "train")
+    args = get_args_parser().parse_args(["--workdir", str(work), *[a if a != "4" else "300" for a in SMOKE_TRAIN]])
+    built = []
+
+    def built_only(config):
+        built.append(config)
+        raise KeyboardInterrupt  # the config is all this test wants
+
+    monkeypatch.setattr(Runner, "from_cfg", built_only)
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainOptions(work, "smoke", "1", "r1", settings_from_args(args), "cpu"))
+    # 300 iterations alone would warm up over 2 (the first run's 4 had none): mmengine would load the
+    # saved cosine's state into that LinearLR
+    assert [step["type"] for step in built[0]["param_scheduler"]] == ["CosineAnnealingLR"]
 
 
 def test_evaluate_checks_the_database_and_the_store_before_scoring(smoke_workdir, smoke_training, tmp_path):

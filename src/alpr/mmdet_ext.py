@@ -746,8 +746,6 @@ def last_validation(log: Path) -> dict | None:
     return None
 
 
-
-
 def time_budget_lr_factor(fraction: float, iteration: int, warmup_iters: int, start_factor: float,
                           min_lr_ratio: float) -> float:
     """The learning rate, as a fraction of the peak, once ``fraction`` of the time budget is spent:

@@ -267,7 +267,7 @@ def train(options: TrainOptions) -> Path:
     warmup = warmup_end(settings, images)
     if not resume and not settings.minutes and warmup < settings.warmup_iters:
         print(f"warm-up: {f'the first {warmup} iterations' if warmup else 'none'} (--warmup-iters "
-              f"{settings.warmup_iters} would outlast a tenth of the run)", flush=True)
+              f"{settings.warmup_iters}: at most a tenth of the run, and none under 2 iterations)", flush=True)
     work.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     if not resume:  # one from a start cut short before its first checkpoint may be of other settings or data
