@@ -309,12 +309,12 @@ def test_bounded_concurrent_load_returns_what_plate_reader_reads(server, images,
 
 def test_a_request_past_the_waiting_room_is_answered_503_at_once(checkpoint, images, tmp_path):
     """With room for one image held and one waiting, of three requests sent together the one that comes
-    last is refused at once, while the others wait: a smoke model reading again each of its 100 boards
-    an image at threshold 0 holds the first for minutes."""
+    last is refused at once, while the others wait: the first image waits a minute in its batch for a
+    second that cannot come (held images are at their limit), whatever the model."""
     body = {"instances": [{"image_b64": b64(images[0].read_bytes())}]}
     with ThreadPoolExecutor(3) as pool:
         with running_server(checkpoint, tmp_path / "server.log", "--max-held-images", "1", "--max-images", "1",
-                            *LOW_THRESHOLDS) as url:
+                            "--max-batch-size", "2", "--max-wait-ms", "60000") as url:
             sent = []
             for _ in range(3):
                 sent.append(pool.submit(httpx.post, f"{url}/v1/models/alpr:predict", json=body, timeout=600))

@@ -3,8 +3,8 @@ glyph classifier's training and validation.
 
 OpenCV decodes, as mmcv does for the detector's training. Pillow reads the header first, to refuse what
 OpenCV would read wrong without a word (a truncated JPEG: its missing rows grey; 32-bit float samples:
-0s and 1s) or not at all (TIFFs of 32-bit integers). OpenCV turns JPEG, PNG and TIFF as their EXIF orientation says; a turned WebP is
-turned here (record refuses one: training would read it unturned).
+0s and 1s) or not at all (TIFFs of 32-bit integers). OpenCV turns JPEG, PNG and TIFF as their EXIF
+orientation says; a turned WebP is turned here (record refuses one: training would read it unturned).
 """
 
 from __future__ import annotations

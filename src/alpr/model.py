@@ -279,13 +279,16 @@ def _loader(dataset: dict, batch_size: int, workers: int, shuffle: bool, endless
 
 def warmup_end(settings: TrainSettings, train_images: int | None = None) -> int:
     """The iteration a run by epochs or iterations ends its linear warm-up at: --warmup-iters, or a tenth of
-    the run's iterations where that is sooner (a short fine-tune's learning rate would never peak; by epochs,
-    with ``train_images`` unknown, --warmup-iters). 0, none, under 2: LinearLR peaks at its end - 1, and one
-    that ends at 1 never leaves its start."""
+    the run's iterations where that is sooner, but not under 2 (a short fine-tune's learning rate would
+    never peak; by epochs, with ``train_images`` unknown, --warmup-iters). LinearLR peaks at its end - 1:
+    one that ends at 1 never leaves its start, so --warmup-iters 1 is none. Whether there is a warm-up
+    depends on --warmup-iters alone, never on the run's length, which a resumed run may change: mmengine
+    restores each saved scheduler's state (its end too) into the one at its place."""
+    if settings.warmup_iters < 2:
+        return 0
     epoch = math.ceil(train_images / settings.batch_size) if train_images else None
     run = settings.iters if not settings.by_epoch else settings.epochs * epoch if epoch else None
-    end = settings.warmup_iters if run is None else min(settings.warmup_iters, math.ceil(WARMUP_SHARE * run))
-    return end if end >= 2 else 0
+    return settings.warmup_iters if run is None else min(settings.warmup_iters, max(2, math.ceil(WARMUP_SHARE * run)))
 
 
 def _schedule(settings: TrainSettings, by_epoch: bool, train_images: int | None) -> list[dict]:

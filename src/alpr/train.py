@@ -96,15 +96,6 @@ def trained_images(folder: Path) -> int:
     return len({annotation["image_id"] for annotation in read_json(folder / "train.json")["annotations"]})
 
 
-def saved_schedule(meta: dict, built: list | None) -> list | None:
-    """The learning-rate schedule a checkpoint's run started with: a resumed run's warm-up, whose length
-    follows the run's, is the one it had (``built`` where its config does not say)."""
-    from mmengine.config import Config
-
-    saved = Config.fromstring(meta["cfg"], ".py").get("param_scheduler", built) if "cfg" in meta else built
-    return [dict(step) for step in saved] if saved else saved
-
-
 def check_start_checkpoint(path: Path, settings: TrainSettings) -> None:
     """A --load-from checkpoint: alpr's classes, and, if alpr trained it, the network this run trains (a
     foreign checkpoint, such as COCO weights, loads what fits)."""
@@ -267,7 +258,7 @@ def train(options: TrainOptions) -> Path:
     warmup = warmup_end(settings, images)
     if not resume and not settings.minutes and warmup < settings.warmup_iters:
         print(f"warm-up: {f'the first {warmup} iterations' if warmup else 'none'} (--warmup-iters "
-              f"{settings.warmup_iters}: at most a tenth of the run, and none under 2 iterations)", flush=True)
+              f"{settings.warmup_iters}: at most a tenth of the run or 2, none under 2)", flush=True)
     work.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     if not resume:  # one from a start cut short before its first checkpoint may be of other settings or data
@@ -285,8 +276,6 @@ def train(options: TrainOptions) -> Path:
                           load_from=None if resume else (str(options.load_from) if options.load_from else None),
                           resumed_at=resumed[1].get("iter", 0) if resume else None, device=device, amp=amp,
                           spent_seconds=time.monotonic() - started, train_images=images)
-    if resume:  # mmengine restores each saved scheduler's state into the one at its place: the same ones
-        config["param_scheduler"] = saved_schedule(resumed[1], config["param_scheduler"])
     config["alpr"] = {"device": device, "run_id": options.run_id}
     runner = Runner.from_cfg(Config(config))
     runner.train()
