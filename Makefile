@@ -38,11 +38,11 @@ DEMO_PARAMS := -p synth-count=$(DEMO_IMAGES) -p epochs=$(DEMO_EPOCHS) -p img-siz
 
 demo: setup
 	$(VENV)/bin/alpr run workflows/alpr-pipeline.yaml --workdir $(WORK) $(DEMO_PARAMS)
-	@echo "model:          $(WORK)/bucket/runs/demo/best.pth (the checkpoint evaluate picked)"
+	@echo "model:          $$(sed 's|^file://||' $(WORK)/runs/demo/eval/model-uri) (the checkpoint evaluate picked)"
 	@echo "metrics, plots: $(WORK)/runs/demo/eval/"
 	@echo "pictures:       $(WORK)/runs/demo/test/images/"
 	@echo "tensorboard:    $(VENV)/bin/tensorboard --logdir $(WORK)/runs"
-	@echo "serve it:       $(VENV)/bin/alpr serve --model $(WORK)/bucket/runs/demo/best.pth"
+	@echo "serve it:       $(VENV)/bin/alpr serve --model $$(cat $(WORK)/runs/demo/eval/model-uri)"
 
 # Regenerate the WorkflowTemplate YAML from the Hera modules beside it: workflows/x_y.py -> workflows/alpr-x-y.yaml,
 # and the Katib Experiment from katib/experiment.py.
