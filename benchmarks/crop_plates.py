@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from mmcv.transforms import Compose
 
-import alpr.mmdet_ext  # noqa: F401  (registers PlateCrop)
+import alpr.mmdet_ext  # noqa: F401  (registers PlateCrop and LoadImageAsRead)
 from alpr.mmdet_ext import BOARD_IDS
 from alpr.plates import CHARACTER_CLASSES, CLASSES
 from alpr.record import RecordOptions, record
@@ -36,7 +36,7 @@ def resized_samples(folder: Path, count: int, size: int) -> list[dict]:
     register_all_modules()  # mmdet's transforms by their plain names
     dataset = CocoDataset(data_root=str(data), ann_file="train.json", data_prefix=dict(img="images/"),
                           metainfo=dict(classes=CLASSES), pipeline=[
-                              dict(type="LoadImageFromFile"),
+                              dict(type="LoadImageAsRead"),
                               dict(type="LoadAnnotations", with_bbox=True, with_mask=True, poly2mask=False),
                               dict(type="RandomResize", scale=(size, size), ratio_range=(0.8, 1.25), keep_ratio=True)])
     return [dataset[i] for i in range(len(dataset))]

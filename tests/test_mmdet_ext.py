@@ -413,3 +413,23 @@ def test_amp_runs_in_float32_only_on_a_cpu_without_bfloat16_instructions_and_say
     assert alpr.mmdet_ext.mixed_precision_pays(device, "reading") is pays
     note = capsys.readouterr().err
     assert ("--amp: this CPU has no bfloat16 instructions" in note and "reading in float32" in note) is not pays
+
+
+def test_training_loads_an_image_as_reading_does_a_turned_webp_turned(tmp_path):
+    """mmcv's LoadImageFromFile would give the detector a phone's turned WebP on its side, as labelme did
+    not show it and as predict does not read it."""
+    from PIL import Image
+
+    from mmdet.registry import TRANSFORMS
+
+    from alpr.reader import load_image
+
+    picture = np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3) * 2
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(picture).save(tmp_path / "turned.webp", exif=exif.tobytes(), lossless=True)
+    loaded = TRANSFORMS.build(dict(type="LoadImageAsRead"))(dict(img_path=str(tmp_path / "turned.webp")))
+    assert loaded["img_shape"] == loaded["ori_shape"] == (6, 4)
+    assert np.array_equal(loaded["img"], load_image(tmp_path / "turned.webp"))
+    unturned = TRANSFORMS.build(dict(type="LoadImageFromFile"))(dict(img_path=str(tmp_path / "turned.webp")))
+    assert unturned["img_shape"] == (4, 6)  # what training read before

@@ -20,7 +20,7 @@ import numpy as np
 
 from alpr.errors import AlprError, UsageError
 from alpr.files import missing
-from alpr.images import TURNED_BY_OPENCV, InvalidImage, read_header
+from alpr.images import InvalidImage, read_header
 from alpr.plates import BOARD_LABELS, CHARACTER_CLASSES, CLASSES, PlateFormatError, parse_plate
 from alpr.progress import show_progress
 
@@ -95,12 +95,6 @@ def _image_size(json_path: Path, image_path: Path, data: bytes) -> tuple[int, in
         header = read_header(data)
     except InvalidImage as error:
         raise AnnotationError(json_path, f"unreadable image {image_path.name}: {error}") from None
-    # OpenCV turns only some formats as their EXIF orientation says: training (mmcv) would read any other
-    # turned one as it was not annotated
-    if header.orientation != 1 and header.kind not in TURNED_BY_OPENCV:
-        raise AnnotationError(json_path, f"image {image_path.name}: a {header.kind} with EXIF orientation "
-                                         f"{header.orientation}, which OpenCV does not apply; save it turned, "
-                                         "as JPEG or PNG")
     return header.shown_size
 
 

@@ -1,10 +1,10 @@
-"""Image files as the model reads them: one decoding for predict, test, evaluate, the server, and the
-glyph classifier's training and validation.
+"""Image files as the model reads them: one decoding for predict, test, evaluate, the server, and
+training (the detector's, through ``mmdet_ext.LoadImageAsRead``, and the glyph classifier's).
 
-OpenCV decodes, as mmcv does for the detector's training. Pillow reads the header first, to refuse what
-OpenCV would read wrong without a word (a truncated JPEG: its missing rows grey; 32-bit float samples:
-0s and 1s) or not at all (TIFFs of 32-bit integers). OpenCV turns JPEG, PNG and TIFF as their EXIF
-orientation says; a turned WebP is turned here (record refuses one: training would read it unturned).
+OpenCV decodes. Pillow reads the header first, to refuse what OpenCV would read wrong without a word
+(a truncated JPEG: its missing rows grey; 32-bit float samples: 0s and 1s) or not at all (TIFFs of
+32-bit integers). OpenCV turns JPEG, PNG and TIFF as their EXIF orientation says; a turned WebP is
+turned here.
 """
 
 from __future__ import annotations

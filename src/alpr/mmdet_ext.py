@@ -233,6 +233,18 @@ def shared_storage_collate(data_batch: list) -> dict:
 
 
 @TRANSFORMS.register_module()
+class LoadImageAsRead(BaseTransform):
+    """The image at ``img_path`` decoded as alpr reads every image (``alpr.images.read``): training and
+    validation see the pixels predict and the server see; a turned WebP, which mmcv's LoadImageFromFile
+    would read unturned, turned too."""
+
+    def transform(self, results: dict) -> dict:
+        image = read(Path(results["img_path"]))
+        results.update(img=image, img_shape=image.shape[:2], ori_shape=image.shape[:2])
+        return results
+
+
+@TRANSFORMS.register_module()
 class UseFilledPolygonMasks(BaseTransform):
     """Last before packing: ground-truth polygons become FilledPolygonMasks (mmdet's own
     transforms return plain PolygonMasks, so this comes after them)."""

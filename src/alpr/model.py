@@ -233,7 +233,7 @@ def train_pipeline(size: int, crop: int, zoom_share: float) -> list[dict]:
     widest = min(widest, crop)  # a board wider than the crop would be cut
     # No flips: a mirrored character is another character (or none).
     return [
-        dict(type="LoadImageFromFile"),
+        dict(type="LoadImageAsRead"),
         dict(type="LoadAnnotations", with_bbox=True, with_mask=True, poly2mask=False),
         # resized at random to about size, cut before resizing (only the crop is resized)
         dict(type="PlateCrop", crop_size=(crop, crop), scale=(size, size), ratio_range=(0.8, 1.25),
@@ -251,7 +251,7 @@ def train_pipeline(size: int, crop: int, zoom_share: float) -> list[dict]:
 
 def test_pipeline(size: int) -> list[dict]:
     return [
-        dict(type="LoadImageFromFile"),
+        dict(type="LoadImageAsRead"),
         dict(type="Resize", scale=(size, size), keep_ratio=True),
         # to a multiple of the largest stride only: a 16:9 image is not padded to a square
         dict(type="Pad", size_divisor=LARGEST_STRIDE, pad_val=dict(img=PAD_VALUE)),
