@@ -97,6 +97,20 @@ def decode(data: bytes, max_pixels: int | None = None) -> np.ndarray:
     return image if header.kind in TURNED_BY_OPENCV else turned(image, header.orientation)
 
 
+def decode_recorded(data: bytes) -> np.ndarray:
+    """An image of a recorded dataset (record checked its header: ``read_header``) decoded as ``decode``
+    decodes it, without those checks again: training decodes each image many times, and on a GPU its
+    data loader bounds the pace (benchmarks/RESULTS.md, "Training loads images as reading does")."""
+    import cv2
+
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise InvalidImage("could not be decoded (truncated or corrupt)")
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":  # of the formats read, the one with EXIF OpenCV ignores
+        return turned(image, read_header(data, turned_by_opencv_too=False).orientation)
+    return image
+
+
 def read(path: Path) -> np.ndarray:
     """The image file at ``path`` decoded (``decode``); an error naming the file where it is not read.
     Python reads the file: OpenCV's imread dies (SIGSEGV) on a name that is not UTF-8, as one from a

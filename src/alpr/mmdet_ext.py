@@ -42,7 +42,7 @@ from torch.nn.utils.rnn import pad_sequence
 from alpr.errors import AlprError
 from alpr.files import copy_atomic, write_atomic
 from alpr.glyphs import GLYPH_NET, glyph_reader, saved_glyph_net
-from alpr.images import read
+from alpr.images import InvalidImage, decode_recorded, read
 from alpr.metrics import KEY_METRICS, evaluate, load_ground_truth, mask_rle, metric_lines, scalar_metrics
 from alpr.model import WARMUP_SHARE
 from alpr.plates import BOARD_LABELS, CLASSES
@@ -234,12 +234,16 @@ def shared_storage_collate(data_batch: list) -> dict:
 
 @TRANSFORMS.register_module()
 class LoadImageAsRead(BaseTransform):
-    """The image at ``img_path`` decoded as alpr reads every image (``alpr.images.read``): training and
-    validation see the pixels predict and the server see; a turned WebP, which mmcv's LoadImageFromFile
-    would read unturned, turned too."""
+    """The image at ``img_path`` decoded as alpr reads every image (``alpr.images.decode_recorded``):
+    training and validation see the pixels predict and the server see; a turned WebP, which mmcv's
+    LoadImageFromFile would read unturned, turned too."""
 
     def transform(self, results: dict) -> dict:
-        image = read(Path(results["img_path"]))
+        path = Path(results["img_path"])
+        try:
+            image = decode_recorded(path.read_bytes())
+        except InvalidImage as error:
+            raise AlprError(f"{path}: {error}") from None
         results.update(img=image, img_shape=image.shape[:2], ori_shape=image.shape[:2])
         return results
 
