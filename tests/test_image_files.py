@@ -1,6 +1,7 @@
 """alpr.images: image files decoded as a viewer shows them, or refused with the reason."""
 
 import io
+import re
 
 import cv2
 import numpy as np
@@ -56,6 +57,24 @@ def test_the_size_a_header_gives_is_the_size_of_the_image_decoded(kind):
         data = _saved(_asymmetric(), kind, orientation, **({"lossless": True} if kind == "WEBP" else {}))
         assert read_header(data).shown_size == decode(data).shape[1::-1] == ((6, 4) if orientation == 1 else (4, 6))
         assert np.array_equal(decode_recorded(data), decode(data))
+
+
+def test_a_recorded_image_cut_short_or_emptied_since_is_refused_by_training(tmp_path, synth_dir):
+    """Record links its source's files: one may change after record checked it."""
+    from mmdet.registry import TRANSFORMS
+
+    import alpr.mmdet_ext  # noqa: F401  (registers LoadImageAsRead)
+    from alpr.errors import AlprError
+
+    load = TRANSFORMS.build(dict(type="LoadImageAsRead"))
+    data = (synth_dir / "000001.jpg").read_bytes()
+    for name, content, problem in (("cut.jpg", data[:len(data) // 2], "truncated JPEG"),
+                                   ("empty.jpg", b"", "could not be decoded (empty")):
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(AlprError, match=f"{name}: {re.escape(problem)}"):
+            load(dict(img_path=str(tmp_path / name)))
+    with pytest.raises(AlprError, match="gone.jpg: No such file or directory"):
+        load(dict(img_path=str(tmp_path / "gone.jpg")))
 
 
 def test_images_opencv_would_not_read_say_why_and_name_the_file(tmp_path):

@@ -1,10 +1,10 @@
 """Image files as the model reads them: one decoding for predict, test, evaluate, the server, and
 training (the detector's, through ``mmdet_ext.LoadImageAsRead``, and the glyph classifier's).
 
-OpenCV decodes. Pillow reads the header first, to refuse what OpenCV would read wrong without a word
-(a truncated JPEG: its missing rows grey; 32-bit float samples: 0s and 1s) or not at all (TIFFs of
-32-bit integers). OpenCV turns JPEG, PNG and TIFF as their EXIF orientation says; a turned WebP is
-turned here.
+OpenCV decodes. Pillow reads the header first (for training, once, at record: ``decode_recorded``), to
+refuse what OpenCV would read wrong without a word (a truncated JPEG: its missing rows grey; 32-bit
+float samples: 0s and 1s) or not at all (TIFFs of 32-bit integers). OpenCV turns JPEG, PNG and TIFF
+as their EXIF orientation says; a turned WebP is turned here.
 """
 
 from __future__ import annotations
@@ -99,13 +99,19 @@ def decode(data: bytes, max_pixels: int | None = None) -> np.ndarray:
 
 def decode_recorded(data: bytes) -> np.ndarray:
     """An image of a recorded dataset (record checked its header: ``read_header``) decoded as ``decode``
-    decodes it, without those checks again: training decodes each image many times, and on a GPU its
-    data loader bounds the pace (benchmarks/RESULTS.md, "Training loads images as reading does")."""
+    decodes it, without Pillow's parse again: training decodes each image many times, and on a GPU its
+    data loader bounds the pace (benchmarks/RESULTS.md, "Training loads images as reading does"). A JPEG
+    is still checked whole (a byte scan): record links its source's files, which may change since."""
     import cv2
 
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if data[:2] == b"\xff\xd8" and not jpeg_reaches_its_end(data):
+        raise InvalidImage("truncated JPEG: no end-of-image marker after its image data")
+    try:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
+    except cv2.error as error:
+        raise InvalidImage(f"could not be decoded ({error.err})") from None
     if image is None:
-        raise InvalidImage("could not be decoded (truncated or corrupt)")
+        raise InvalidImage("could not be decoded (empty, truncated or corrupt)")
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":  # of the formats read, the one with EXIF OpenCV ignores
         return turned(image, read_header(data, turned_by_opencv_too=False).orientation)
     return image

@@ -242,6 +242,8 @@ class LoadImageAsRead(BaseTransform):
         path = Path(results["img_path"])
         try:
             image = decode_recorded(path.read_bytes())
+        except OSError as error:  # gone since record, no permission, a lost mount
+            raise AlprError(f"{path}: {error.strerror}") from None
         except InvalidImage as error:
             raise AlprError(f"{path}: {error}") from None
         results.update(img=image, img_shape=image.shape[:2], ori_shape=image.shape[:2])
