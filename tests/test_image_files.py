@@ -77,6 +77,25 @@ def test_a_recorded_image_cut_short_or_emptied_since_is_refused_by_training(tmp_
         load(dict(img_path=str(tmp_path / "gone.jpg")))
 
 
+def test_a_png_whose_orientation_only_pillow_sees_is_refused_by_record():
+    """ImageMagick keeps a PNG's EXIF in a text chunk: labelme shows the image turned, OpenCV reads it
+    as stored, so its annotations would be trained on the wrong pixels."""
+    from PIL import PngImagePlugin
+
+    from alpr.images import read_header
+
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = 6
+    raw = b"Exif\x00\x00" + exif.tobytes()
+    text = PngImagePlugin.PngInfo()
+    text.add_text("Raw profile type exif", f"\nexif\n{len(raw):8d}\n{raw.hex()}\n")
+    buffer = io.BytesIO()
+    Image.fromarray(_asymmetric()).save(buffer, "PNG", pnginfo=text)
+    with pytest.raises(InvalidImage, match="a PNG whose EXIF orientation is in a text chunk"):
+        read_header(buffer.getvalue())
+    assert read_header(_saved(_asymmetric(), "PNG", 6)).shown_size == (4, 6)  # an eXIf chunk OpenCV applies
+
+
 def test_images_opencv_would_not_read_say_why_and_name_the_file(tmp_path):
     from alpr.reader import load_image
 

@@ -68,6 +68,9 @@ def read_header(data: bytes, max_pixels: int | None = None, turned_by_opencv_too
                 raise InvalidImage("animated WEBP images are not read; send one frame")
             orientation = (image.getexif().get(EXIF_ORIENTATION, 1)
                            if turned_by_opencv_too or kind not in TURNED_BY_OPENCV else 1)
+            if kind == "PNG" and orientation != 1 and "exif" not in image.info:  # labelme turns it, OpenCV not
+                raise InvalidImage("a PNG whose EXIF orientation is in a text chunk (as ImageMagick writes it), "
+                                   "which OpenCV does not apply; save it turned")
     except UnidentifiedImageError:
         raise InvalidImage("not an image file (no known image format)") from None
     except Image.DecompressionBombError:  # Pillow's own limit
