@@ -30,11 +30,21 @@ def run_step(get_args_parser: Callable[..., argparse.ArgumentParser], main: Call
     _guarded(lambda: main(args))
 
 
+def user_message(error: BaseException) -> str:
+    """The error's message; of one a data-loader worker raised (an image gone mid-training), the worker's
+    own, without the worker's traceback that torch wraps it in."""
+    text = str(error)
+    if "\nOriginal Traceback (most recent call last):" not in text:
+        return text
+    last = text.rstrip().splitlines()[-1]  # "alpr.errors.AlprError: /x.jpg: No such file or directory"
+    return last.split(": ", 1)[-1]
+
+
 def _guarded(action: Callable[[], object]) -> None:
     try:
         action()
     except USER_ERRORS as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {user_message(error)}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
