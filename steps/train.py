@@ -60,7 +60,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--mlp-ratio", type=int, default=defaults.mlp_ratio,
                         help="Swin MLP ratio: each block's hidden layer is this many times its width")
     parser.add_argument("--warmup-iters", type=int, default=defaults.warmup_iters,
-                        help="linear warm-up iterations (at most a tenth of the run's, or of its time)")
+                        help="linear warm-up iterations (at most a tenth of the run or its time; 0, 1: none)")
     parser.add_argument("--glyph-epochs", type=int, default=defaults.glyph_epochs,
                         help="epochs of the glyph classifier that reads each character again (0: none)")
     parser.add_argument("--workers", type=int, default=defaults.num_workers, help="data loader processes")
