@@ -36,8 +36,10 @@ def user_message(error: BaseException) -> str:
     text = str(error)
     if "\nOriginal Traceback (most recent call last):" not in text:
         return text
-    last = text.rstrip().splitlines()[-1]  # "alpr.errors.AlprError: /x.jpg: No such file or directory"
-    return last.split(": ", 1)[-1]
+    kind = type(error)  # the traceback ends "alpr.errors.AlprError: MESSAGE", which may span lines
+    name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+    at = text.rfind(f"\n{name}: ")
+    return text[at + len(name) + 3:].rstrip() if at >= 0 else text
 
 
 def _guarded(action: Callable[[], object]) -> None:
