@@ -10,6 +10,7 @@ as their EXIF orientation says; a turned WebP is turned here.
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,8 +82,8 @@ def read_header(data: bytes, max_pixels: int | None = None, turned_by_opencv_too
         raise
     except Exception as error:  # what Pillow's parsers raise on corrupt bytes: OSError, ValueError, SyntaxError
         raise InvalidImage(f"not a readable image file ({error})") from None
-    if kind in JPEG_FORMATS and not jpeg_reaches_its_end(data):
-        raise InvalidImage("truncated JPEG: no end-of-image marker after its image data")
+    if kind in JPEG_FORMATS:
+        check_jpeg_whole(data)
     return Header(width, height, kind, orientation)
 
 
@@ -107,8 +108,8 @@ def decode_recorded(data: bytes) -> np.ndarray:
     is still checked whole (a byte scan): record links its source's files, which may change since."""
     import cv2
 
-    if data[:2] == b"\xff\xd8" and not jpeg_reaches_its_end(data):
-        raise InvalidImage("truncated JPEG: no end-of-image marker after its image data")
+    if data[:2] == b"\xff\xd8":
+        check_jpeg_whole(data)
     try:
         image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
     except cv2.error as error:
@@ -121,14 +122,24 @@ def decode_recorded(data: bytes) -> np.ndarray:
 
 
 def read(path: Path) -> np.ndarray:
-    """The image file at ``path`` decoded (``decode``); an error naming the file where it is not read.
-    Python reads the file: OpenCV's imread dies (SIGSEGV) on a name that is not UTF-8, as one from a
-    Windows archive can be."""
+    """The image file at ``path`` decoded (``decode``); an error naming the file where it is not read."""
     if not path.is_file():
         raise UsageError(f"{path}: " + ("a folder, not an image file" if path.is_dir() else "image not found"))
+    return _decoded_file(path, decode)
+
+
+def read_recorded(path: Path) -> np.ndarray:
+    """An image file of a recorded dataset decoded (``decode_recorded``); an error naming the file where
+    it is not read (gone since record, no permission, a lost mount, changed)."""
+    return _decoded_file(path, decode_recorded)
+
+
+def _decoded_file(path: Path, decoder: Callable[[bytes], np.ndarray]) -> np.ndarray:
+    """Python reads the file: OpenCV's imread dies (SIGSEGV) on a name that is not UTF-8, as one from a
+    Windows archive can be."""
     try:
-        return decode(path.read_bytes())
-    except OSError as error:  # no permission, a lost mount
+        return decoder(path.read_bytes())
+    except OSError as error:
         raise UsageError(f"{path}: {error.strerror}") from None
     except InvalidImage as error:
         raise UsageError(f"{path}: {error}") from None
@@ -149,6 +160,12 @@ def turned(image: np.ndarray, orientation: int) -> np.ndarray:
     if orientation in (2, 3, 4):
         return np.ascontiguousarray(image[::-1 if orientation in (3, 4) else 1, ::-1 if orientation in (2, 3) else 1])
     return image
+
+
+def check_jpeg_whole(data: bytes) -> None:
+    """InvalidImage for a JPEG cut short (``jpeg_reaches_its_end``)."""
+    if not jpeg_reaches_its_end(data):
+        raise InvalidImage("truncated JPEG: no end-of-image marker after its image data")
 
 
 def jpeg_reaches_its_end(data: bytes) -> bool:

@@ -42,7 +42,7 @@ from torch.nn.utils.rnn import pad_sequence
 from alpr.errors import AlprError
 from alpr.files import copy_atomic, write_atomic
 from alpr.glyphs import GLYPH_NET, glyph_reader, saved_glyph_net
-from alpr.images import InvalidImage, decode_recorded, read
+from alpr.images import read, read_recorded
 from alpr.metrics import KEY_METRICS, evaluate, load_ground_truth, mask_rle, metric_lines, scalar_metrics
 from alpr.model import WARMUP_SHARE
 from alpr.plates import BOARD_LABELS, CLASSES
@@ -234,18 +234,12 @@ def shared_storage_collate(data_batch: list) -> dict:
 
 @TRANSFORMS.register_module()
 class LoadImageAsRead(BaseTransform):
-    """The image at ``img_path`` decoded as alpr reads every image (``alpr.images.decode_recorded``):
+    """The image at ``img_path`` decoded as alpr reads every image (``alpr.images.read_recorded``):
     training and validation see the pixels predict and the server see; a turned WebP, which mmcv's
     LoadImageFromFile would read unturned, turned too."""
 
     def transform(self, results: dict) -> dict:
-        path = Path(results["img_path"])
-        try:
-            image = decode_recorded(path.read_bytes())
-        except OSError as error:  # gone since record, no permission, a lost mount
-            raise AlprError(f"{path}: {error.strerror}") from None
-        except InvalidImage as error:
-            raise AlprError(f"{path}: {error}") from None
+        image = read_recorded(Path(results["img_path"]))
         results.update(img=image, img_shape=image.shape[:2], ori_shape=image.shape[:2])
         return results
 

@@ -11,10 +11,10 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from alpr.images import IMAGE_SUFFIXES, list_images
 from alpr.dataset import sha256_file
 from alpr.errors import AlprError, UsageError, read_json
 from alpr.files import missing, write_image
+from alpr.images import IMAGE_SUFFIXES, list_images
 from alpr.plates import BOARD_LABELS, CHARACTER_CLASSES
 from alpr.postprocess import Detection, Plate, usable
 from alpr.progress import show_progress
