@@ -77,9 +77,51 @@ def test_a_recorded_image_cut_short_or_emptied_since_is_refused_by_training(tmp_
         load(dict(img_path=str(tmp_path / "gone.jpg")))
 
 
-def test_a_png_whose_orientation_only_pillow_sees_is_refused_by_record():
-    """ImageMagick keeps a PNG's EXIF in a text chunk: labelme shows the image turned, OpenCV reads it
-    as stored, so its annotations would be trained on the wrong pixels."""
+XMP_TURNED = ('<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+              '<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>')
+
+
+def _saved_with_xmp_orientation(kind: str, exif_too: bool) -> bytes:
+    """An image whose orientation (6) is only in its XMP; ``exif_too``: with EXIF that has none."""
+    from PIL import PngImagePlugin
+
+    options = {"PNG": {}, "TIFF": {"tiffinfo": {700: XMP_TURNED.encode()}}}.get(kind, {"xmp": XMP_TURNED.encode()})
+    if kind == "PNG":
+        options["pnginfo"] = PngImagePlugin.PngInfo()
+        options["pnginfo"].add_itxt("XML:com.adobe.xmp", XMP_TURNED)
+    if exif_too:
+        exif = Image.Exif()
+        exif[0x010F] = "maker"  # Make
+        options["exif"] = exif.tobytes()
+    buffer = io.BytesIO()
+    Image.fromarray(_asymmetric()).save(buffer, kind, **options, **({"lossless": True} if kind == "WEBP" else {}))
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("kind", ["JPEG", "PNG", "WEBP"])
+def test_an_orientation_only_in_xmp_is_not_applied(kind):
+    """Pillow takes an orientation from XMP where the EXIF has none; OpenCV, viewers and (for a file
+    without EXIF) labelme do not: record took its size turned, and a WebP was read turned."""
+    from alpr.images import read_header
+
+    data = _saved_with_xmp_orientation(kind, exif_too=False)
+    assert read_header(data).shown_size == decode(data).shape[1::-1] == (6, 4)  # as stored
+
+
+@pytest.mark.parametrize("kind", ["JPEG", "PNG", "WEBP", "TIFF"])
+def test_an_orientation_only_labelme_applies_is_refused_by_record(kind):
+    """labelme turns an image as Pillow does: by XMP's orientation where the file has EXIF without one
+    (a TIFF: always), and by a PNG's EXIF text chunk (as ImageMagick writes it). OpenCV reads it as
+    stored, so its annotations would be trained on the wrong pixels."""
+    from alpr.images import read_header
+
+    data = _saved_with_xmp_orientation(kind, exif_too=True)
+    with pytest.raises(InvalidImage, match=f"{kind} whose orientation is in XMP metadata, which labelme applies"):
+        read_header(data)
+    assert decode(data).shape[:2] == (4, 6)  # reading, unlike recording, takes it as OpenCV does
+
+
+def test_a_png_whose_orientation_is_in_a_text_chunk_is_refused_by_record():
     from PIL import PngImagePlugin
 
     from alpr.images import read_header
@@ -91,7 +133,7 @@ def test_a_png_whose_orientation_only_pillow_sees_is_refused_by_record():
     text.add_text("Raw profile type exif", f"\nexif\n{len(raw):8d}\n{raw.hex()}\n")
     buffer = io.BytesIO()
     Image.fromarray(_asymmetric()).save(buffer, "PNG", pnginfo=text)
-    with pytest.raises(InvalidImage, match="a PNG whose EXIF orientation is in a text chunk"):
+    with pytest.raises(InvalidImage, match="PNG whose orientation is in a text chunk, as ImageMagick writes it"):
         read_header(buffer.getvalue())
     assert read_header(_saved(_asymmetric(), "PNG", 6)).shown_size == (4, 6)  # an eXIf chunk OpenCV applies
 

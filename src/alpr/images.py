@@ -48,7 +48,8 @@ class Header:
 def read_header(data: bytes, max_pixels: int | None = None, turned_by_opencv_too: bool = True) -> Header:
     """What the image file says of itself; InvalidImage where it would be read wrong or not at all. Its
     size and format are checked before anything is decoded. Pillow decodes a whole PNG to find its EXIF:
-    ``turned_by_opencv_too=False`` reads the orientation only of formats OpenCV does not turn (1 for others)."""
+    ``turned_by_opencv_too=False`` reads the orientation only of formats OpenCV does not turn (1 for others);
+    True (record's reading) also refuses an image labelme would show turned otherwise (``_orientation``)."""
     from PIL import Image, UnidentifiedImageError
 
     if not data:
@@ -67,11 +68,8 @@ def read_header(data: bytes, max_pixels: int | None = None, turned_by_opencv_too
                                    "save it with 8- or 16-bit samples")
             if kind == "WEBP" and getattr(image, "is_animated", False):
                 raise InvalidImage("animated WEBP images are not read; send one frame")
-            orientation = (image.getexif().get(EXIF_ORIENTATION, 1)
+            orientation = (_orientation(image, labelme_too=turned_by_opencv_too)
                            if turned_by_opencv_too or kind not in TURNED_BY_OPENCV else 1)
-            if kind == "PNG" and orientation != 1 and "exif" not in image.info:  # labelme turns it, OpenCV not
-                raise InvalidImage("a PNG whose EXIF orientation is in a text chunk (as ImageMagick writes it), "
-                                   "which OpenCV does not apply; save it turned")
     except UnidentifiedImageError:
         raise InvalidImage("not an image file (no known image format)") from None
     except Image.DecompressionBombError:  # Pillow's own limit
@@ -85,6 +83,30 @@ def read_header(data: bytes, max_pixels: int | None = None, turned_by_opencv_too
     if kind in JPEG_FORMATS:
         check_jpeg_whole(data)
     return Header(width, height, kind, orientation)
+
+
+def _orientation(image, labelme_too: bool) -> int:
+    """The orientation in the image's EXIF, which OpenCV and viewers apply. ``labelme_too``: InvalidImage
+    where labelme shows the image otherwise: it turns it as Pillow does, which also takes an orientation
+    from a PNG's text chunk (where ImageMagick keeps EXIF) and, where the EXIF has none, from XMP."""
+    from PIL import Image
+
+    if image.format == "TIFF":  # its EXIF is its tags; Pillow turns a TIFF as it loads it
+        by_exif, labelme_turns = image.tag_v2.get(EXIF_ORIENTATION, 1), True
+    else:
+        if image.format == "PNG" and "exif" not in image.info:
+            image.load()  # a PNG's EXIF chunk may follow its pixels
+        exif = Image.Exif()
+        if "exif" in image.info:
+            exif.load(image.info["exif"])
+        by_exif = exif.get(EXIF_ORIENTATION, 1)
+        labelme_turns = "exif" in image.info or "Raw profile type exif" in image.info  # labelme's _getexif()
+    if labelme_too and labelme_turns and image.getexif().get(EXIF_ORIENTATION, 1) != by_exif:
+        in_text = image.format == "PNG" and "exif" not in image.info
+        source = "a text chunk, as ImageMagick writes it" if in_text else "XMP metadata"
+        raise InvalidImage(f"{image.format} whose orientation is in {source}, which labelme applies and "
+                           "OpenCV does not; save it turned")
+    return by_exif
 
 
 def decode(data: bytes, max_pixels: int | None = None) -> np.ndarray:
