@@ -78,6 +78,46 @@ def test_failure_names_the_step_and_resume_skips_what_succeeded(tmp_path):
     assert (tmp_path / "count.txt").read_text() == "a\n"  # step a ran once
 
 
+def test_resume_after_a_new_run_fails_in_its_first_step_resumes_that_run_not_an_older_one(tmp_path):
+    """The state is saved as a run starts: an older run's finished steps are not taken for this one's."""
+    broken, fixed = tmp_path / "broken", tmp_path / "fixed"
+    count_or_fail = (f"import pathlib, sys; open(sys.argv[1], 'a').write('a\\n'); "
+                     f"sys.exit(3 if pathlib.Path({str(broken)!r}).exists() else 0)")
+    check = f"import pathlib, sys; sys.exit(0 if pathlib.Path({str(fixed)!r}).exists() else 3)"
+    workflow = _template(
+        tasks=[{"name": "a", "template": "a"}, {"name": "b", "template": "b", "dependencies": ["a"]}],
+        templates=[_python("a", count_or_fail, ["/work/count.txt"]), _python("b", check)])
+    with pytest.raises(StepFailed, match="step 'b'"):
+        LocalRun(workflow, tmp_path, {}, echo=lambda _: None).run()
+    broken.touch()
+    with pytest.raises(StepFailed, match="step 'a'"):
+        LocalRun(workflow, tmp_path, {}, echo=lambda _: None).run()
+    broken.unlink()
+    fixed.touch()
+    lines = []
+    LocalRun(workflow, tmp_path, {}, resume=True, echo=lines.append).run()
+    assert (tmp_path / "count.txt").read_text() == "a\n" * 3  # a ran again: the run resumed had not done it
+    assert not any("already succeeded" in line for line in lines)
+
+
+def test_numbers_in_a_when_compare_as_numbers_as_argo_compares_them(tmp_path):
+    workflow = _template(
+        tasks=[{"name": "a", "template": "a", "when": "{{workflow.parameters.count}} != 0"}],
+        templates=[_python("a", APPEND, ["/work/ran.txt", "a"])], parameters=[{"name": "count", "value": "00"}])
+    LocalRun(workflow, tmp_path, {}, echo=lambda _: None).run()
+    assert not (tmp_path / "ran.txt").exists()
+    with pytest.raises(UsageError, match="a when ' != 0': a side is empty"):
+        LocalRun(workflow, tmp_path, {"count": ""}, echo=lambda _: None).run()
+
+
+def test_a_step_killed_by_a_signal_is_named_so_not_by_its_last_line(tmp_path):
+    killed = "import os; print('epoch 3', flush=True); os.kill(os.getpid(), 9)"
+    workflow = _template(tasks=[{"name": "a", "template": "f"}], templates=[_python("f", killed)])
+    with pytest.raises(StepFailed, match=r"^step 'a' was killed by SIGKILL \(out of memory\?\); its last output: "
+                                         "epoch 3$"):
+        LocalRun(workflow, tmp_path, {}, echo=lambda _: None).run()
+
+
 @pytest.mark.parametrize("greeting, ran", [("hello", ["yes"]), ("bye", ["no"])])
 def test_when_runs_a_task_only_if_its_condition_holds(tmp_path, greeting, ran):
     workflow = _template(
@@ -120,6 +160,13 @@ def test_a_step_that_fails_every_try_is_named_with_its_last_trys_reason(tmp_path
      "a outputs: artifacts not supported"),
     (lambda w: w["spec"]["templates"][0]["dag"]["tasks"][0].update(arguments={"artifacts": []}),
      "a arguments: artifacts not supported"),
+    (lambda w: w["spec"]["templates"][0]["dag"]["tasks"][0].update(
+        arguments={"parameters": [{"name": "x", "valueFrom": {"expression": "'zero'"}}]}),
+     "task a argument x: valueFrom not supported"),
+    (lambda w: w["spec"]["templates"][1]["container"]["volumeMounts"][0].update(subPath="datasets"),
+     "volume mount /work: subPath not supported"),
+    (lambda w: w["spec"]["templates"][0]["dag"].update(target="a", failFast=False),
+     "template main: failFast, target not supported"),
 ])
 def test_features_it_cannot_run_are_errors_not_skips(tmp_path, change, message):
     workflow = _template(tasks=[{"name": "a", "template": "one"}], templates=[_python("one", "print(1)")])
@@ -376,9 +423,10 @@ except KeyboardInterrupt:
 """
 
 
-@pytest.mark.parametrize("signal_name, to_group", [("SIGINT", True), ("SIGTERM", False)])
+@pytest.mark.parametrize("signal_name, to_group", [("SIGINT", True), ("SIGINT", False), ("SIGTERM", False)])
 def test_ctrl_c_or_a_kill_lets_the_running_step_stop_and_names_it_for_resume(tmp_path, signal_name, to_group):
-    """Ctrl-C reaches the runner's whole process group; a kill (SIGTERM) the runner alone, which passes it on."""
+    """Ctrl-C reaches the runner's whole process group; a kill (SIGTERM), or a SIGINT from a program (a
+    notebook's interrupt), the runner alone: the runner passes each on to the step, once."""
     import os
     import signal
 

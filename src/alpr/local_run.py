@@ -37,7 +37,8 @@ TEMPLATE_KEYS = {"name", "container", "dag", "inputs", "outputs", "retryStrategy
 CONTAINER_KEYS = {"name", "image", "imagePullPolicy", "command", "args", "env", "volumeMounts", "resources",
                   "workingDir"}
 TASK_KEYS = {"name", "template", "dependencies", "depends", "arguments", "when"}
-COMPARISON = re.compile(r"^\s*(\S+?)\s*(==|!=)\s*(\S+?)\s*$")
+MOUNT_KEYS = {"name", "mountPath", "readOnly"}
+COMPARISON = re.compile(r"^\s*(\S*?)\s*(==|!=)\s*(\S*?)\s*$")
 DEPENDENCY = re.compile(r"([\w-]+)(?:\.(Succeeded))?")
 # Whether a step that exits non-zero is retried: locally every failure is the step's own, never
 # an Argo error (a pod that could not start), so OnError and OnTransientError never retry here.
@@ -131,8 +132,18 @@ def condition_holds(when: str, where: str) -> bool:
     match = COMPARISON.match(when)
     if not match:
         _unsupported(f"{where} when {when!r}", ["when expressions other than A == B or A != B"])
+    if "" in match.groups():  # Argo refuses it too: `!= 0` is no expression
+        raise UsageError(f"{where} when {when!r}: a side is empty (is a parameter in it empty? quote it)")
     left, operator, right = (part.strip("'\"") for part in match.groups())
-    return (left == right) == (operator == "==")
+    return (_as_value(left) == _as_value(right)) == (operator == "==")
+
+
+def _as_value(text: str) -> float | str:
+    """A number as a number, as Argo's expression language compares them: 00 == 0."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 def dependencies(task: dict) -> dict[str, bool]:
@@ -263,6 +274,8 @@ class LocalRun:
         if entry is None or "dag" not in entry:
             raise NotSupportedLocally(f"entrypoint {self.spec.get('entrypoint')!r}: only a DAG entrypoint is "
                                       "supported locally")
+        if set(entry) - TEMPLATE_KEYS or set(entry["dag"]) != {"tasks"}:  # failFast, target, ...
+            _unsupported(f"template {entry['name']}", (set(entry) - TEMPLATE_KEYS) | (set(entry["dag"]) - {"tasks"}))
         tasks = topological(entry["dag"]["tasks"])
         with self._only_run_of_this_template():  # before reading the state: another run may still write it
             if self.resume:
@@ -287,6 +300,7 @@ class LocalRun:
         for local in filter(None, self.mounts.values()):
             local.mkdir(parents=True, exist_ok=True)
         self.echo(f"run {self.name} in {self.workdir}")
+        self._save_state()  # a --resume after this run fails in its first step resumes this run, not an older one
         for task in tasks:
             name = task["name"]
             if name in self.outputs:
@@ -363,12 +377,19 @@ class LocalRun:
         extra = set(template["container"]) - CONTAINER_KEYS
         if extra:
             _unsupported(f"template {template['name']} container", extra)
+        for mount in template["container"].get("volumeMounts", []):
+            if set(mount) - MOUNT_KEYS:
+                _unsupported(f"template {template['name']} volume mount {mount['mountPath']}", set(mount) - MOUNT_KEYS)
         return template
 
     @staticmethod
     def _inputs(task: dict, template: dict, scope: dict[str, str]) -> dict[str, str]:
         """The template's declared inputs: the task's arguments, else the inputs' own defaults."""
-        given = {p["name"]: p.get("value", "") for p in task.get("arguments", {}).get("parameters", [])}
+        arguments = task.get("arguments", {}).get("parameters", [])
+        for argument in arguments:
+            if "value" not in argument:  # valueFrom: an expression, a ConfigMap, ...
+                _unsupported(f"task {task['name']} argument {argument['name']}", set(argument) - {"name"} or {"no value"})
+        given = {p["name"]: p["value"] for p in arguments}
         inputs = {}
         for parameter in template.get("inputs", {}).get("parameters", []):
             name = parameter["name"]
@@ -422,8 +443,11 @@ class LocalRun:
                 return self._read_outputs(name, step.outputs)
             if attempt < step.retries:
                 self.echo(f"[{name}] exited {code}; retry {attempt + 1}/{step.retries}")
-        last = f": {self.last_line[name]}" if self.last_line.get(name) else ""
-        raise StepFailed(f"step {name!r} failed with exit code {code}{last}")
+        last = self.last_line.get(name)
+        if code < 0:  # a signal, not the step, ended it: its last line is no reason
+            killer = signal.Signals(-code).name + (" (out of memory?)" if -code == signal.SIGKILL else "")
+            raise StepFailed(f"step {name!r} was killed by {killer}" + (f"; its last output: {last}" if last else ""))
+        raise StepFailed(f"step {name!r} failed with exit code {code}" + (f": {last}" if last else ""))
 
     def _local(self, value: str, container: dict) -> str:
         """Maps a path under a volume mount to its local folder, alone, as a flag's value (--out=/work/x)
@@ -462,15 +486,18 @@ class LocalRun:
     def _execute(self, name: str, step: Step) -> int:
         self.echo(redact(f"[{name}] $ {' '.join(step.command)}"))
         self.last_line.pop(name, None)  # this attempt's reason, not an earlier one's
-        process = subprocess.Popen(step.command, cwd=step.cwd, env=step.env, stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1)
+        # in a session of its own, the step hears a signal once, from the runner: not twice (Ctrl-C to
+        # the terminal's process group) nor never (a signal to the runner alone)
+        process = subprocess.Popen(step.command, cwd=step.cwd, env=step.env, stdin=subprocess.DEVNULL,
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
+                                   bufsize=1, start_new_session=True)
         with _stopping_if_unheard(process):
             try:
                 with _stopping_with_the_runner(process):
                     self._echo_output(name, process)
             except KeyboardInterrupt:
-                # Ctrl-C reached the step too: its output is read on while it stops (and saves what it does),
-                # or its prints would break; a second Ctrl-C kills it.
+                # the step heard it too: its output is read on while it stops (and saves what it does), or
+                # its prints would break; a second Ctrl-C kills it.
                 try:
                     self._echo_output(name, process)
                 except KeyboardInterrupt:
@@ -510,21 +537,24 @@ def _stopping_if_unheard(process: subprocess.Popen):
 
 @contextlib.contextmanager
 def _stopping_with_the_runner(process: subprocess.Popen):
-    """A SIGTERM to the runner alone (a CI timeout, a kill) reaches the step too, instead of leaving it to
-    write on in the workdir, and the runner goes on as after Ctrl-C."""
+    """Ctrl-C or a SIGTERM to the runner (a CI timeout, a kill, a notebook's interrupt) is passed on to
+    the step, instead of leaving it to write on in the workdir, and the runner goes on as after Ctrl-C."""
     if threading.current_thread() is not threading.main_thread():  # only the main thread takes signals
         yield
         return
 
     def stop(signum, frame):
-        process.terminate()
+        process.send_signal(signum)
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, stop)
+    # a SIGINT the runner ignores (started in the background by a shell) stays ignored
+    heard = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) is not signal.SIG_IGN]
+    previous = {s: signal.signal(s, stop) for s in heard}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def _redacted(values: dict[str, str]) -> dict[str, str]:
