@@ -216,9 +216,9 @@ def test_each_board_is_read_again_at_each_zoom_width(smoke_workdir, smoke_traini
     windows = []
     detect = reader._detect
 
-    def recording(data, masks):  # the windows come with scale 1: they are scaled before the pipeline
+    def recording(data, masks, batch_size=None):  # the windows come with scale 1: scaled before the pipeline
         windows.extend(d["inputs"].shape[1:] for d in data if d["data_samples"].metainfo["scale_factor"] == (1.0, 1.0))
-        return detect(data, masks)
+        return detect(data, masks, batch_size)
 
     reader._detect = recording
     image = load_image(synth_dir / "000001.jpg")
@@ -231,6 +231,24 @@ def test_each_board_is_read_again_at_each_zoom_width(smoke_workdir, smoke_traini
         (x1, y1, x2, y2), scale = zoom_window(board, image.shape[1::-1], width)
         expected.append((32 * math.ceil(round((y2 - y1) * scale) / 32), 32 * math.ceil(round((x2 - x1) * scale) / 32)))
     assert [tuple(window) for window in windows] == expected  # padded to the model's stride
+
+
+def test_an_image_or_a_window_reads_the_same_among_others_of_other_shapes_as_alone(smoke_workdir, smoke_training,
+                                                                                   synth_dir):
+    """A batch is padded to its largest input: one read among larger ones (in a server's batch, or
+    another board's window) read otherwise than alone. Inputs of one shape run together."""
+    from alpr.reader import PlateReader, load_image
+
+    best = smoke_workdir / "runs" / "r1" / "train" / "best.pth"
+    options = ReadOptions(board_threshold=0.0, char_threshold=0.0, region_threshold=0.0)
+    reader = PlateReader.from_checkpoint(best, device="cpu", options=options)
+    image = load_image(synth_dir / "000001.jpg")
+    taller = np.concatenate([image, image])  # read at another shape
+    alone, = reader.detect([image], masks=False)
+    assert reader.detect([image, taller], masks=False)[0] == alone
+    wide, square = (100.0, 100.0, 160.0, 113.0), (200.0, 100.0, 240.0, 140.0)
+    window_alone, = reader.detect_windows([image], [(0, wide)], 128)
+    assert reader.detect_windows([image], [(0, wide), (0, square)], 128)[0] == window_alone
 
 
 def test_detections_without_masks_are_the_same_boxes_and_skip_the_mask_computation(smoke_workdir, smoke_training,

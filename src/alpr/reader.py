@@ -19,6 +19,7 @@ import math
 import re
 import sys
 import threading
+from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
 from typing import Sequence, Union
@@ -228,7 +229,7 @@ class PlateReader:
         return tuple(self.model.dataset_meta["classes"])
 
     def detect(self, images: list[Image], masks: bool = True) -> list[list[Detection]]:
-        """Raw detections for a batch of images, run through the model together; their masks as
+        """Raw detections for a batch of images, those of one shape run through the model together; their masks as
         COCO RLEs, unless ``masks`` is False (reading plates needs only the boxes)."""
         if not images:
             return []
@@ -241,16 +242,26 @@ class PlateReader:
         check_image_size(array, self.image_size, "image array" if isinstance(image, np.ndarray) else str(image))
         return array
 
-    def _detect(self, data: list[dict], masks: bool) -> list[list[Detection]]:
+    def _detect(self, data: list[dict], masks: bool, batch_size: int | None = None) -> list[list[Detection]]:
+        """The model run on inputs of one shape at a time (``batch_size`` at most): a batch is padded
+        to its largest input, with the mean colour, so an input read among larger ones, in a server's
+        batch, say, would be read otherwise than alone."""
         import torch
         from mmengine.dataset import pseudo_collate
 
         from alpr.mmdet_ext import boxes_only, reduced_precision, to_detections
 
+        by_shape = defaultdict(list)
+        for index, item in enumerate(data):
+            by_shape[tuple(item["inputs"].shape)].append(index)
+        batches = [indices[start:start + (batch_size or len(indices))]
+                   for indices in by_shape.values() for start in range(0, len(indices), batch_size or len(indices))]
+        results = {}
         with (self._model_in_use, torch.no_grad(), contextlib.nullcontext() if masks else boxes_only(self.model),
               reduced_precision(self.model) if self.amp else contextlib.nullcontext()):
-            results = self.model.test_step(pseudo_collate(data))
-        return [to_detections(r.pred_instances, self.score_threshold, masks) for r in results]
+            for batch in batches:
+                results.update(zip(batch, self.model.test_step(pseudo_collate([data[i] for i in batch]))))
+        return [to_detections(results[i].pred_instances, self.score_threshold, masks) for i in range(len(data))]
 
     def read(self, images: list[Image], masks: bool = False) -> list[tuple[list[Detection], list[Plate]]]:
         """Each image's detections (from the whole image; with COCO RLE masks if ``masks``) and
@@ -266,7 +277,7 @@ class PlateReader:
         seen = [[] for _ in firsts]  # each board's readings, one list a window
         todo = list(range(len(firsts)))
         for width in self.options.zoom_widths:
-            # one pass a width: its windows are about the same size, so a batch pads little
+            # one pass a width: its windows come in few shapes, so they batch
             found = self.detect_windows(arrays, [(firsts[k][0], firsts[k][1].bbox) for k in todo], width)
             for k, detections in zip(todo, found):
                 seen[k].append(read_plates(detections, self.options, glyphs[firsts[k][0]]))
@@ -279,14 +290,10 @@ class PlateReader:
         """For each (image index, board box): the detections in a window around the board, scaled
         so that the board is ``width`` px wide, in the whole image's pixels and without masks."""
         windows = [(i, *zoom_window(box, arrays[i].shape[1::-1], width)) for i, box in boards]
-        found = []
-        for start in range(0, len(windows), ZOOM_BATCH):
-            chunk = windows[start:start + ZOOM_BATCH]
-            data = [self.window_pipeline(dict(img=window_image(arrays[i], window, scale), img_id=k,
-                                              scale_factor=(1.0, 1.0))) for k, (i, window, scale) in enumerate(chunk)]
-            found += [[from_window(d, window, scale) for d in dets]
-                      for (_, window, scale), dets in zip(chunk, self._detect(data, masks=False))]
-        return found
+        data = [self.window_pipeline(dict(img=window_image(arrays[i], window, scale), img_id=k, scale_factor=(1.0, 1.0)))
+                for k, (i, window, scale) in enumerate(windows)]
+        return [[from_window(d, window, scale) for d in dets]
+                for (_, window, scale), dets in zip(windows, self._detect(data, masks=False, batch_size=ZOOM_BATCH))]
 
     def glyphs(self, image: np.ndarray):
         """The glyph classifier reading characters of ``image`` (``postprocess.Glyphs``), if the
