@@ -36,6 +36,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help="most images in one request")
     parser.add_argument("--max-held-images", type=int, default=DEFAULTS.max_held_images,
                         help="most images decoded and held across concurrent requests; more requests wait")
+    parser.add_argument("--request-timeout-s", type=float, default=DEFAULTS.request_timeout_s,
+                        help="a request not read within this many seconds is answered 503 (busy) and leaves the "
+                             "line, as one whose client has gone would not; 0: no limit")
     add_reading_arguments(parser)
     return parser
 
@@ -44,7 +47,7 @@ def main(args: argparse.Namespace) -> None:
     serve(ServeOptions(args.model, http_port=args.http_port, device=args.device, amp=args.amp,
                        max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
                        max_image_bytes=args.max_image_bytes, max_pixels=args.max_pixels, max_images=args.max_images,
-                       max_held_images=args.max_held_images,
+                       max_held_images=args.max_held_images, request_timeout_s=args.request_timeout_s,
                        read=reading_options(args)))
 
 

@@ -328,6 +328,19 @@ def test_a_request_past_the_waiting_room_is_answered_503_at_once(checkpoint, ima
             assert sum(future.done() for future in sent) == 1  # the other two still wait or are being read
 
 
+def test_a_request_not_read_in_time_is_answered_503_and_leaves_its_room_to_the_next(checkpoint, images, tmp_path):
+    """KServe reads on for a client that has gone; --request-timeout-s bounds how long. The first image
+    waits in its batch for a second (it closes at 2, or in a minute) while holding the one image of
+    room: timed out, it leaves the room to the next request, whose image closes the batch and is read."""
+    body = {"instances": [{"image_b64": b64(images[0].read_bytes())}]}
+    with running_server(checkpoint, tmp_path / "server.log", "--max-held-images", "1", "--max-images", "1",
+                        "--max-batch-size", "2", "--max-wait-ms", "60000", "--request-timeout-s", "15") as url:
+        first = httpx.post(f"{url}/v1/models/alpr:predict", json=body, timeout=120)
+        assert first.status_code == 503 and "busy: not read within 15 s (--request-timeout-s)" in first.text
+        second = httpx.post(f"{url}/v1/models/alpr:predict", json=body, timeout=120)
+        assert second.status_code == 200, second.text
+
+
 def test_batcher_groups_concurrent_items_and_returns_each_its_own_result():
     import asyncio
 

@@ -7,7 +7,8 @@
 
 Images from concurrent requests are batched on the device (``max_batch_size``, ``max_wait_ms``).
 A request waits while other requests hold ``max_held_images`` decoded images, and is answered 503
-at once when as many images already wait: a waiting request holds its body.
+at once when as many images already wait: a waiting request holds its body. One not read within
+``request_timeout_s`` is answered 503 too: KServe does not stop a request whose client has gone.
 Bad input raises kserve's InvalidInput, which the server answers with a 400 and a message.
 """
 
@@ -51,12 +52,16 @@ class ServeOptions:
     max_pixels: int = 4096 * 4096
     max_images: int = 16  # per request: all of them are decoded, and held, before the first is read
     max_held_images: int = 64  # decoded and held across concurrent requests, and as many waiting for room
+    # a request not read by then is answered 503: KServe reads on for a client that has gone, in line too
+    request_timeout_s: float = 60.0
     read: ReadOptions = ReadOptions()
 
     def __post_init__(self):  # named by their flags: `alpr serve` is how most set them
         if self.max_batch_size < 1 or self.max_wait_ms < 0:
             raise UsageError(f"--max-batch-size {self.max_batch_size} / --max-wait-ms {self.max_wait_ms}: "
                              "the batch size must be at least 1 and the wait at least 0")
+        if self.request_timeout_s < 0:
+            raise UsageError(f"--request-timeout-s {self.request_timeout_s}: a number of seconds, or 0 for none")
         if not 1 <= self.max_images <= self.max_held_images:
             raise UsageError(f"--max-images {self.max_images} / --max-held-images {self.max_held_images}: a request "
                              "must be allowed at least one image, and no more than the server may hold")
@@ -295,11 +300,15 @@ def make_model(options: ServeOptions):
                 return images
 
             try:
-                async with self.budget.hold(len(texts)):
-                    images = await asyncio.get_running_loop().run_in_executor(None, decode_all)
-                    return await self.batcher.submit(images)
+                async with asyncio.timeout(options.request_timeout_s or None):  # leaves the line, or the batch
+                    async with self.budget.hold(len(texts)):
+                        images = await asyncio.get_running_loop().run_in_executor(None, decode_all)
+                        return await self.batcher.submit(images)
             except LineFull as error:
                 raise Busy(str(error)) from None
+            except TimeoutError:
+                raise Busy(f"busy: not read within {options.request_timeout_s:g} s (--request-timeout-s); "
+                           "retry later") from None
 
         async def _predict_v1(self, payload: Any) -> dict:
             if isinstance(payload, (bytes, str)):  # KServe parses JSON only if sent as application/json
