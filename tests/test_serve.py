@@ -155,6 +155,17 @@ def test_v2_with_kserves_rest_client(server, images, expected):
     assert metadata["outputs"][0]["name"] == "plates"
 
 
+def test_v2_data_nested_as_its_shape_is_read(server, images, expected):
+    """The Open Inference Protocol's data may be flat or nested by the tensor's shape (row-major)."""
+    encoded = [b64(p.read_bytes()) for p in images[:2]]
+    for shape, data in (([1, 2], [encoded]), ([2, 1], [[text] for text in encoded])):
+        response = httpx.post(f"{server}/v2/models/alpr/infer", timeout=60, json={
+            "inputs": [{"name": "image", "shape": shape, "datatype": "BYTES", "data": data}]})
+        assert response.status_code == 200, (shape, response.text)
+        for path, text in zip(images[:2], response.json()["outputs"][0]["data"]):
+            assert_same_plates(json.loads(text), expected[path.name])
+
+
 def _encoded(image: np.ndarray, ext: str) -> bytes:
     return cv2.imencode(ext, image)[1].tobytes()
 

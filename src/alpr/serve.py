@@ -247,6 +247,11 @@ class ImageBudget:
                 self._room.notify_all()
 
 
+def _flat(data: list) -> list:
+    """A tensor's elements in row-major order: the Open Inference Protocol takes them flat or nested."""
+    return [element for item in data for element in (_flat(item) if isinstance(item, list) else [item])]
+
+
 def _plates_json(plates: list[Plate]) -> list[dict]:
     return [plate.to_dict() for plate in plates]
 
@@ -331,12 +336,11 @@ def make_model(options: ServeOptions):
             if len(inputs) != 1 or inputs[0].datatype != "BYTES":
                 raise InvalidInput(f"expected one BYTES input named {V2_INPUT!r} holding base64-encoded images")
             data = inputs[0].data
-            count = len(data) if data is not None else 0
-            if math.prod(inputs[0].shape) != count:
+            texts = _flat(data.tolist() if hasattr(data, "tolist") else list(data or []))
+            if math.prod(inputs[0].shape) != len(texts):
                 raise InvalidInput(f"input {inputs[0].name!r}: shape {list(inputs[0].shape)} does not hold its "
-                                   f"{count} image(s)")
-            texts = [t.decode() if isinstance(t, bytes) else t for t in (data.tolist() if hasattr(data, "tolist")
-                                                                         else list(data or []))]
+                                   f"{len(texts)} image(s)")
+            texts = [t.decode() if isinstance(t, bytes) else t for t in texts]
             results = await self._read(texts, lambda i: f"inputs[{V2_INPUT}][{i}]")
             output = InferOutput(V2_OUTPUT, [len(results)], "BYTES",
                                  [json.dumps(_plates_json(plates)) for plates in results])
