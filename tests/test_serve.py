@@ -394,6 +394,31 @@ def test_batches_and_calls_run_on_one_model_thread():
     assert set(threads) == {loaded_on} and loaded_on != threading.get_ident()
 
 
+def test_a_model_call_that_runs_on_past_stuck_after_s_makes_the_model_unhealthy(monkeypatch):
+    """A hung model call (a CUDA hang): readiness and liveness probes ask ``healthy``, which must say
+    so, or the pod answers 200 to its probes while every request waits."""
+    import threading
+
+    from alpr import serve
+    from alpr.serve import Batcher, ServeOptions, make_model
+
+    monkeypatch.setattr(serve, "STUCK_AFTER_S", 0.2)
+    release = threading.Event()
+    model = make_model(ServeOptions())
+    model.batcher, model.ready = Batcher(lambda items: release.wait(10) and items, max_size=1, max_wait=0), True
+
+    async def scenario() -> list:
+        health = [await model.healthy()]
+        call = asyncio.ensure_future(model.batcher.submit(["a"]))
+        await asyncio.sleep(0.4)
+        health.append(await model.healthy())
+        release.set()
+        assert await call == ["a"]
+        return [*health, await model.healthy()]
+
+    assert asyncio.run(scenario()) == [True, False, True]
+
+
 def test_an_item_the_model_fails_on_fails_only_its_own_request():
     from alpr.serve import Batcher
 

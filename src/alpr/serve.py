@@ -36,6 +36,9 @@ from alpr.postprocess import Plate, ReadOptions
 from alpr.reader import check_image_size
 
 KSERVE_MODEL_DIR = "/mnt/models"
+# a model call running longer is stuck (a CUDA hang, a deadlock): the model reports itself unhealthy, so
+# its readiness and liveness probes fail and Kubernetes restarts it; a batch reads in seconds
+STUCK_AFTER_S = 300.0
 V2_INPUT, V2_OUTPUT = "image", "plates"
 
 
@@ -133,6 +136,7 @@ class Batcher:
         self._queue: asyncio.Queue | None = None
         self._worker: asyncio.Task | None = None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="alpr-model")
+        self._running_since: float | None = None  # the event loop's time the model call began
 
     def call(self, function: Callable[..., Any], *args) -> Any:
         """``function(*args)`` on the model thread, waited for (not from within the event loop)."""
@@ -190,8 +194,16 @@ class Batcher:
                     else:
                         future.set_result(result)
 
+    def running_for(self) -> float:
+        """Seconds the model call now running has run; 0 between calls."""
+        return 0.0 if self._running_since is None else asyncio.get_running_loop().time() - self._running_since
+
     async def _run(self, loop, items: list) -> list:
-        results = await loop.run_in_executor(self._executor, self.run, items)
+        self._running_since = loop.time()
+        try:
+            results = await loop.run_in_executor(self._executor, self.run, items)
+        finally:
+            self._running_since = None
         if len(results) != len(items):
             raise RuntimeError(f"the model returned {len(results)} results for {len(items)} images")
         return results
@@ -345,6 +357,9 @@ def make_model(options: ServeOptions):
             output = InferOutput(V2_OUTPUT, [len(results)], "BYTES",
                                  [json.dumps(_plates_json(plates)) for plates in results])
             return InferResponse(request.id or str(uuid.uuid4()), self.name, [output])
+
+        async def healthy(self) -> bool:  # what KServe's model readiness (the chart's probes) answers
+            return self.ready and self.batcher.running_for() < STUCK_AFTER_S
 
         async def predict(self, payload, headers=None, response_headers=None):
             if isinstance(payload, InferRequest):
