@@ -448,6 +448,48 @@ def test_ctrl_c_or_a_kill_lets_the_running_step_stop_and_names_it_for_resume(tmp
     assert "[slow] saved" in rest and "interrupted in step 'slow'\nrerun with --resume" in rest
 
 
+STUBBORN = """
+import pathlib, signal, subprocess, sys, time
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # a step that will not stop, with a process of its own
+child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])
+pathlib.Path(sys.argv[1]).write_text(str(child.pid))
+print('started', flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_second_ctrl_c_kills_the_step_and_its_own_processes(tmp_path):
+    import os
+    import signal
+
+    from conftest import interruptible
+
+    path = tmp_path / "stubborn.yaml"
+    path.write_text(yaml.safe_dump(_template(tasks=[{"name": "s", "template": "s"}],
+                                             templates=[_python("s", STUBBORN, ["/work/child.txt"])])))
+    run = subprocess.Popen([sys.executable, "-m", "alpr.cli", "run", str(path), "--workdir", str(tmp_path / "w")],
+                           cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           start_new_session=True, preexec_fn=interruptible)
+    for line in run.stdout:
+        if line.strip() == "[s] started":
+            break
+    for _ in range(2):
+        os.killpg(run.pid, signal.SIGINT)
+        time.sleep(0.5)
+    assert run.wait(timeout=30) == 130
+    child = int((tmp_path / "w" / "child.txt").read_text())
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(child, 9)
+        pytest.fail("the step's own process went on after the run ended")
+
+
 def test_a_second_run_of_a_template_while_one_runs_in_the_same_workdir_is_refused(tmp_path):
     """They would share the state file that --resume reads; once the first ends, the template runs again."""
     workflow = _template(tasks=[{"name": "slow", "template": "slow"}], templates=[_python("slow", SLOW)])

@@ -497,11 +497,11 @@ class LocalRun:
                     self._echo_output(name, process)
             except KeyboardInterrupt:
                 # the step heard it too: its output is read on while it stops (and saves what it does), or
-                # its prints would break; a second Ctrl-C kills it.
+                # its prints would break; a second Ctrl-C kills it, with its own processes (data loaders).
                 try:
                     self._echo_output(name, process)
                 except KeyboardInterrupt:
-                    process.kill()
+                    os.killpg(process.pid, signal.SIGKILL)
                 self.echo(f"interrupted in step {name!r}")
                 raise
         return process.wait()
