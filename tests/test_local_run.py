@@ -100,6 +100,22 @@ def test_resume_after_a_new_run_fails_in_its_first_step_resumes_that_run_not_an_
     assert not any("already succeeded" in line for line in lines)
 
 
+def test_a_task_taking_outputs_of_a_task_it_does_not_depend_on_is_refused_before_any_step(tmp_path):
+    """Argo would run the two at once; locally the file's order would hide it."""
+    workflow = _template(
+        tasks=[{"name": "first", "template": "produce"},
+               {"name": "second", "template": "consume",
+                "arguments": {"parameters": [{"name": "msg", "value": "{{tasks.first.outputs.parameters.word}}"}]}}],
+        templates=[_python("produce", WRITE, ["/work/word.txt", "hi"], outputs=["word"]),
+                   _python("consume", APPEND, ["/work/log.txt", "{{inputs.parameters.msg}}"], inputs=["msg"])])
+    with pytest.raises(UsageError, match="task second takes task first's outputs but does not depend on it"):
+        LocalRun(workflow, tmp_path, {}, echo=lambda _: None).run()
+    assert not (tmp_path / "word.txt").exists()
+    workflow["spec"]["templates"][0]["dag"]["tasks"][1]["depends"] = "first"
+    LocalRun(workflow, tmp_path, {}, echo=lambda _: None).run()
+    assert (tmp_path / "log.txt").read_text() == "hi\n"
+
+
 def test_numbers_in_a_when_compare_as_numbers_as_argo_compares_them(tmp_path):
     workflow = _template(
         tasks=[{"name": "a", "template": "a", "when": "{{workflow.parameters.count}} != 0"}],

@@ -29,7 +29,7 @@ from alpr.errors import AlprError, UsageError, read_json
 from alpr.files import write_atomic
 
 EXPRESSION = re.compile(r"\{\{\s*([^{}]+?)\s*\}\}")
-TASK_OUTPUT = re.compile(r"\{\{\s*tasks\.")
+TASK_OUTPUT = re.compile(r"\{\{\s*tasks\.([\w-]+)\.")
 CLUSTER_ONLY_SPEC = {"podGC", "ttlStrategy", "serviceAccountName", "podMetadata", "workflowMetadata",
                      "activeDeadlineSeconds", "parallelism", "securityContext"}
 SPEC_KEYS = {"entrypoint", "arguments", "templates", "volumes"} | CLUSTER_ONLY_SPEC
@@ -327,10 +327,15 @@ class LocalRun:
                                 for p in self.templates.get(t.get("template"), {}).get("outputs", {})
                                 .get("parameters", [])}
         skipped, omitted = set(self.skipped), set(self.omitted)
+        before: dict[str, set[str]] = {}  # each task's ancestors, in topological order
         for task in tasks:
             extra = set(task) - TASK_KEYS
             if extra:
                 _unsupported(f"task {task['name']}", extra)
+            before[task["name"]] = set().union(*({name} | before[name] for name in dependencies(task)))
+            for other in sorted(set(TASK_OUTPUT.findall(json.dumps(task))) - before[task["name"]]):
+                raise UsageError(f"task {task['name']} takes task {other}'s outputs but does not depend on it: "
+                                 "Argo refuses it too, as the two would run at once (add it to depends)")
             if task["name"] in self.outputs:
                 continue
             reason = self.skip_reason(task, scope, skipped, omitted)
