@@ -330,6 +330,47 @@ def test_a_damaged_manifest_is_named_with_its_problem(synth_dir, tmp_path):
         record(options)
 
 
+def test_a_rerun_refuses_a_version_folder_that_is_no_longer_as_recorded(synth_dir, tmp_path):
+    """A retried record tracks, tags and catalogues what it finds: a file gone (a record killed while
+    DVC replaced it, by hand) or changed since must stop it, not be versioned as the recording."""
+    options = RecordOptions(synth_dir, tmp_path / "w", "plates", "1", dvc=False)
+    folder = record(options).path
+    image = sorted((folder / "images").iterdir())[0]
+    image.unlink()
+    (folder / "images" / ".xyz.tmp").write_bytes(b"half")
+    with pytest.raises(AlprError, match=re.escape(f"{folder}: not as recorded (images/{image.name} is missing; "
+                                                  "images/.xyz.tmp is not in its manifest)")):
+        record(options)
+    (folder / "images" / ".xyz.tmp").rename(image)
+    with pytest.raises(AlprError, match=f"images/{image.name} has changed"):
+        record(options)
+    shutil.rmtree(folder)
+    record(options)  # recorded again
+    annotation = tmp_path / "w" / "annotations" / "plates" / "1" / image.name
+    annotation.unlink()
+    with pytest.raises(AlprError, match=f"1/{image.name} is missing\\); the source is intact: delete"):
+        record(options)
+
+
+def test_with_dvc_the_version_holds_copies_not_links_that_dvc_would_delete_and_copy_back(synth_dir, tmp_path,
+                                                                                         monkeypatch):
+    """DVC replaces a hard-linked file by a copy as it tracks it, deleting it first: a record killed
+    then leaves the version short of it. Without DVC, links save the copies."""
+    from alpr.versioning import DataRepo
+
+    links, track = [], DataRepo.track
+
+    def tracking(self, folder, tag, message):
+        links.extend(p.stat().st_nlink for p in folder.rglob("*.jpg"))
+        return track(self, folder, tag, message)
+
+    monkeypatch.setattr(DataRepo, "track", tracking)
+    record(RecordOptions(synth_dir, tmp_path / "w", "plates", "1", dvc_remote=str(tmp_path / "remote")))
+    assert links and set(links) == {1}
+    linked = record(RecordOptions(synth_dir, tmp_path / "w2", "plates", "1", dvc=False)).path
+    assert all(p.stat().st_nlink > 1 for p in (linked / "images").iterdir())  # one file with the source's
+
+
 def test_a_database_that_is_no_url_or_not_there_is_a_clear_error_without_its_password():
     with pytest.raises(db.DatabaseError, match="is not a SQLAlchemy URL") as caught:
         db.connect("user:s3cret@nowhere")

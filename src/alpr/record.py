@@ -28,10 +28,11 @@ from alpr.dataset import (
     paused_gc,
     scan,
     sha256_bytes,
+    sha256_file,
     split_of,
     to_coco,
 )
-from alpr.errors import UsageError, read_json
+from alpr.errors import AlprError, UsageError, read_json
 from alpr.plates import CLASSES
 from alpr.versioning import DataRepo, annotation_tag, dataset_tag
 from alpr.workdir import annotations_dir, dataset_dir
@@ -100,10 +101,10 @@ def _file_checksums(folder: Path, items: list[AnnotatedImage]) -> dict[str, str]
 
 
 def _write_dataset(folder: Path, items: list[AnnotatedImage], splits: dict[str, dict], manifest: dict,
-                   skipped: list[dict]) -> None:
+                   skipped: list[dict], link: bool) -> None:
     (folder / "images").mkdir(parents=True)
     for item in items:
-        _link_or_copy(item.image_path, folder / "images" / item.name)
+        _link_or_copy(item.image_path, folder / "images" / item.name, link)
     for split, document in splits.items():
         _write_json(folder / f"{split}.json", document)
     if skipped:
@@ -112,31 +113,54 @@ def _write_dataset(folder: Path, items: list[AnnotatedImage], splits: dict[str, 
     _write_json(folder / "manifest.json", manifest)
 
 
-def _link_or_copy(source: Path, target: Path) -> None:
-    """A hard link where the filesystem allows, else a copy: a new file costs far more than a link.
+def _link_or_copy(source: Path, target: Path, link: bool) -> None:
+    """With ``link``, a hard link where the filesystem allows, else a copy: a new file costs far more
+    than a link. Without DVC only: DVC replaces a linked file by a copy of its own as it tracks it,
+    deleting it first, so a record killed then left the version short of it (and paid for both).
 
     A link shares its bytes with the source, so an image edited in place after recording would
     change the version too; alpr and labelme never do that (alpr writes a temporary file and
-    renames it, labelme does not write images), the manifest's sha256 would tell, and DVC's
-    cache holds a copy.
+    renames it, labelme does not write images), and the manifest's sha256 would tell.
     """
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copyfile(source, target)
+    if link:
+        try:
+            os.link(source, target)
+            return
+        except OSError:
+            pass
+    shutil.copyfile(source, target)
 
 
-def _write_annotations(folder: Path, items: list[AnnotatedImage], dataset_images: Path) -> None:
+def _write_annotations(folder: Path, items: list[AnnotatedImage], dataset_images: Path, link: bool) -> None:
     folder.mkdir(parents=True)
     for item in items:
         stem = Path(item.name).stem
-        _link_or_copy(dataset_images / item.name, folder / item.name)
+        _link_or_copy(dataset_images / item.name, folder / item.name, link)
         if item.image_ref == item.name:  # a copy, not a link: labelme saves its files in place
             shutil.copyfile(item.json_path, folder / f"{stem}.json")
         else:
             document = json.loads(item.json_path.read_bytes())
             document["imagePath"] = item.name  # the copy sits next to its image
             _write_json(folder / f"{stem}.json", document)
+
+
+def check_as_recorded(folder: Path, manifest: dict, annotations: Path, items: list[AnnotatedImage]) -> None:
+    """A version's folders as recorded, before a re-run (a retried step) tracks, tags and catalogues
+    them: the dataset's files those its manifest lists, with their sha256; the annotations' names."""
+    listed = manifest.get("files", {})
+    found = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.name != "manifest.json"}
+    problems = ([f"{path} is missing" for path in sorted(listed.keys() - found)] +
+                [f"{path} is not in its manifest" for path in sorted(found - listed.keys())] +
+                [f"{path} has changed" for path in sorted(listed.keys() & found) if
+                 sha256_file(folder / path) != listed[path]])
+    if annotations.is_dir():
+        wanted = {name for item in items for name in (item.name, f"{Path(item.name).stem}.json")}
+        present = {p.name for p in annotations.iterdir()}
+        problems += [f"{annotations.name}/{name} is missing" for name in sorted(wanted - present)]
+    if problems:
+        more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
+        raise AlprError(f"{folder}: not as recorded ({'; '.join(problems[:3])}{more}); the source is intact: delete "
+                        f"{folder} and {annotations} and record again")
 
 
 def _atomic_folder(target: Path, write) -> None:
@@ -227,6 +251,7 @@ def record(options: RecordOptions) -> RecordResult:
         if recorded.get("content_sha256") != digest:
             raise db.VersionConflict(f"{folder} already holds dataset {name!r} version {version!r} with other "
                                      "content; record it under a new version")
+        check_as_recorded(folder, recorded, annotations, items)
     splits = build_splits(items, options.fractions)
     skipped = [{"file": str(Path(e.path).resolve()), "problem": e.problem} for e in errors]  # wherever run from
     if created:
@@ -243,9 +268,9 @@ def record(options: RecordOptions) -> RecordResult:
                             "files": len(items)},
             "dataset_tag": dataset_tag(name, version),
         }
-        _atomic_folder(folder, lambda tmp: _write_dataset(tmp, items, splits, manifest, skipped))
+        _atomic_folder(folder, lambda tmp: _write_dataset(tmp, items, splits, manifest, skipped, not options.dvc))
     if not annotations.exists():  # also repairs a run that stopped between the two folders
-        _atomic_folder(annotations, lambda tmp: _write_annotations(tmp, items, folder / "images"))
+        _atomic_folder(annotations, lambda tmp: _write_annotations(tmp, items, folder / "images", not options.dvc))
     manifest = read_json(folder / "manifest.json")
 
     if options.dvc:
