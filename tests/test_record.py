@@ -211,6 +211,20 @@ def test_records_of_several_versions_at_once_into_one_repository_all_land(synth_
     assert "datasets/plates" not in untracked, untracked
 
 
+def test_the_first_records_into_a_new_repository_at_once_all_land(synth_dir, tmp_path):
+    """Each finds no DVC repository and makes one: the later `dvc init` fails on the other's."""
+    workdir = tmp_path / "work"
+    runs = [subprocess.Popen([sys.executable, "-m", "alpr.cli", "record", "--source", str(synth_dir), "--workdir",
+                              str(workdir), "--dataset", "plates", "--version", str(v), "--dvc-remote",
+                              str(tmp_path / "remote")], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True) for v in range(1, 4)]
+    for run in runs:
+        _, stderr = run.communicate(timeout=300)
+        assert run.returncode == 0, stderr[-2000:]
+    tags = subprocess.run(["git", "tag"], cwd=workdir, capture_output=True, text=True).stdout.split()
+    assert {f"plates-v{v}" for v in range(1, 4)} <= set(tags)
+
+
 def test_copies_of_an_image_and_empty_splits_are_recorded_with_a_warning(synth_dir, tmp_path):
     source = tmp_path / "copies"
     source.mkdir()

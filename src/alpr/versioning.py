@@ -88,7 +88,11 @@ class DataRepo:
             git(self.root, "init", "-q", "-b", "main")
             (self.root / ".gitignore").write_text(self.gitignore())
         if not (self.root / ".dvc").exists():
-            dvc(self.root, "init", "-q")
+            try:
+                dvc(self.root, "init")  # not -q: that would hide DVC's reason when it fails
+            except VersioningError:
+                if not (self.root / ".dvc").is_dir():  # else another record's init came first
+                    raise
             dvc(self.root, "config", "core.analytics", "false")
         if "://" not in self.remote:
             Path(self.remote).mkdir(parents=True, exist_ok=True)
@@ -127,14 +131,24 @@ class DataRepo:
         relative = folder.resolve().relative_to(self.root)
         pointer = f"{relative}.dvc"
         dvc(self.root, "add", str(relative))  # not -q: that would hide DVC's reason when it fails
-        tagged = self.tag_commit(tag)
-        if tagged is not None and git(self.root, "show", f"{tag}:{pointer}") != (self.root / pointer).read_text():
+        tagged = self.tag_commit(tag) is not None
+        if tagged:
+            self._check_tagged(tag, pointer, relative)
+        self.commit(message, [pointer, str(relative.parent / ".gitignore")])
+        if not tagged:
+            try:
+                git(self.root, "tag", tag)
+            except VersioningError:
+                if self.tag_commit(tag) is None:  # else another record of this version tagged it first
+                    raise
+                self._check_tagged(tag, pointer, relative)
+        return tag
+
+    def _check_tagged(self, tag: str, pointer: str, relative: Path) -> None:
+        """The tag names the pointer just tracked, or VersioningError (the branch keeping the tagged one)."""
+        if git(self.root, "show", f"{tag}:{pointer}") != (self.root / pointer).read_text():
             git(self.root, "checkout", tag, "--", pointer)  # the branch keeps the tagged pointer, uncommitted
             raise VersioningError(f"tag {tag} already names other content of {relative}; use a new version")
-        self.commit(message, [pointer, str(relative.parent / ".gitignore")])
-        if tagged is None:
-            git(self.root, "tag", tag)
-        return tag
 
     def push(self, *folders: Path) -> None:
         dvc(self.root, "push", *(str(f.resolve().relative_to(self.root)) for f in folders))
