@@ -39,3 +39,24 @@ def test_an_error_in_a_data_loader_worker_is_shown_as_the_worker_raised_it(capsy
     with pytest.raises(FileNotFoundError) as raised:  # a builtin's, and a message of several lines
         next(iter(DataLoader(_Raising(FileNotFoundError("a.json: bad\nb.json: size 3: wrong")), num_workers=1)))
     assert user_message(raised.value) == "a.json: bad\nb.json: size 3: wrong"
+
+
+def test_a_sigterm_ends_a_command_through_its_cleanup(tmp_path):
+    """Argo and Kubernetes stop a step with SIGTERM: its partial folders and temporary files must go,
+    as after an error, and it exits as a command SIGTERM ends (143)."""
+    import subprocess
+    import sys
+
+    scratch = tmp_path / ".partial"
+    code = ("import os, pathlib, signal, sys, time\n"
+            "from alpr.cli import _guarded\n"
+            "def step():\n"
+            f"    scratch = pathlib.Path({str(scratch)!r}); scratch.mkdir()\n"
+            "    try:\n"
+            "        os.kill(os.getpid(), signal.SIGTERM); time.sleep(30)\n"
+            "    finally:\n"
+            "        scratch.rmdir()\n"
+            "_guarded(step)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 143 and "terminated" in result.stderr
+    assert not scratch.exists()

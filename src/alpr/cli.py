@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
 from collections.abc import Callable
 from functools import partial
@@ -42,7 +43,15 @@ def user_message(error: BaseException) -> str:
     return text[at + len(name) + 3:].rstrip() if at >= 0 else text
 
 
+def _terminated(signum: int, frame) -> None:
+    """SIGTERM (how Argo and Kubernetes stop a step) as an exit that runs ``finally`` and ``with`` exits:
+    a record's partial folders and the temporary files of atomic writes are removed, not left behind."""
+    print("terminated", file=sys.stderr)
+    raise SystemExit(128 + signum)  # the status a command SIGTERM ends has
+
+
 def _guarded(action: Callable[[], object]) -> None:
+    previous = signal.signal(signal.SIGTERM, _terminated)
     try:
         action()
     except USER_ERRORS as error:
@@ -53,6 +62,8 @@ def _guarded(action: Callable[[], object]) -> None:
     except BrokenPipeError:  # `alpr predict --json | head`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error as Python flushes
         sys.exit(141)  # as a command SIGPIPE ends
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def true_or_false(text: str) -> bool:
