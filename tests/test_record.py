@@ -385,6 +385,22 @@ def test_with_dvc_the_version_holds_copies_not_links_that_dvc_would_delete_and_c
     assert all(p.stat().st_nlink > 1 for p in (linked / "images").iterdir())  # one file with the source's
 
 
+def test_other_content_under_a_version_in_the_store_is_refused_before_anything_is_written(synth_dir, tmp_path):
+    """Another workdir (its own database) recorded this version into the same store: it is not replaced."""
+    store = (tmp_path / "bucket").as_uri()
+    first = record(RecordOptions(synth_dir, tmp_path / "w1", "plates", "1", dvc=False, store=store))
+    stored = {url: Path(url.removeprefix("file://")).read_bytes() for url in first.uploaded}
+    other = tmp_path / "other"
+    shutil.copytree(synth_dir, other)
+    next(other.glob("*.json")).unlink()
+    with pytest.raises(db.VersionConflict, match="datasets/plates/1/manifest.json holds dataset 'plates' version "
+                                                 "'1' with other content"):
+        record(RecordOptions(other, tmp_path / "w2", "plates", "1", dvc=False, store=store))
+    assert not (tmp_path / "w2" / "datasets").exists()
+    assert {url: Path(url.removeprefix("file://")).read_bytes() for url in first.uploaded} == stored
+    assert record(RecordOptions(synth_dir, tmp_path / "w3", "plates", "1", dvc=False, store=store)).uploaded
+
+
 def test_a_database_that_is_no_url_or_not_there_is_a_clear_error_without_its_password():
     with pytest.raises(db.DatabaseError, match="is not a SQLAlchemy URL") as caught:
         db.connect("user:s3cret@nowhere")

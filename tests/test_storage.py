@@ -93,6 +93,12 @@ def test_record_uploads_manifest_and_splits_to_gcs(emulator_env, synth_dir, tmp_
     with tarfile.open(fileobj=io.BytesIO(storage.read_bytes(result.uploaded[1]))) as tar:
         assert sorted(tar.getnames()) == ["manifest.json", "test.json", "train.json", "val.json"]
         assert tar.extractfile("train.json").read() == (result.path / "train.json").read_bytes()
+    types = {}
+    for url in result.uploaded:
+        blob = storage._blob("alpr-test", url.removeprefix("gs://alpr-test/"))
+        blob.reload()
+        types[url.rsplit("/", 1)[1]] = blob.content_type
+    assert types == {"manifest.json": "application/json", "splits.tar.gz": "application/gzip"}  # not text/plain
 
 
 def test_dvc_pushes_to_a_gs_remote_and_a_fresh_workdir_pulls_the_same_bytes(emulator_env, synth_dir, tmp_path):

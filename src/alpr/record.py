@@ -206,13 +206,28 @@ def split_archive(folder: Path) -> bytes:
     return buffer.getvalue()
 
 
+def _stored_manifest(store: str, name: str, version: str) -> str:
+    return storage.join(store, "datasets", name, version, "manifest.json")
+
+
+def check_store(store: str, name: str, version: str, digest: str) -> None:
+    """A conflict with the version in the store, refused before anything is written: another workdir
+    (its own database) may have recorded other content under this name and version there."""
+    url = _stored_manifest(store, name, version)
+    if storage.exists(url):
+        stored = json.loads(storage.read_bytes(url)).get("content_sha256")
+        if stored != digest:
+            raise db.VersionConflict(f"{url} holds dataset {name!r} version {version!r} with other content "
+                                     f"(sha256 {str(stored)[:12]}...); record it under a new version")
+
+
 def upload(folder: Path, store: str, name: str, version: str) -> list[str]:
-    base = storage.join(store, "datasets", name, version)
-    targets = {storage.join(base, "manifest.json"): (folder / "manifest.json").read_bytes(),
-               storage.join(base, "splits.tar.gz"): split_archive(folder)}
-    for url, data in targets.items():
-        storage.write_bytes(url, data)
-    return list(targets)
+    """The manifest and the split files; the manifest last, so that one there names a whole upload."""
+    manifest, archive = _stored_manifest(store, name, version), storage.join(store, "datasets", name, version,
+                                                                             "splits.tar.gz")
+    storage.write_bytes(archive, split_archive(folder))
+    storage.write_bytes(manifest, (folder / "manifest.json").read_bytes())
+    return [manifest, archive]
 
 
 def _announce(options: RecordOptions, line: str) -> None:
@@ -243,6 +258,8 @@ def record(options: RecordOptions) -> RecordResult:
     digest = content_sha256(items, options.fractions)
     engine = db.connect(options.db_url or db.default_db_url(workdir))
     db.check_version(engine, name, version, digest)  # refuse a conflict before writing anything
+    if options.store:
+        check_store(options.store, name, version, digest)
 
     folder, annotations = dataset_dir(workdir, name, version), annotations_dir(workdir, name, version)
     created = not folder.exists()

@@ -6,6 +6,7 @@ or anonymous access to the emulator named by STORAGE_EMULATOR_HOST.
 
 from __future__ import annotations
 
+import mimetypes
 import os
 import shutil
 import tempfile
@@ -121,7 +122,13 @@ def write_bytes(url: str, data: bytes) -> None:
         _write_local(url, Path(key), lambda out: out.write(data), "writing")
     else:
         with _gcs_errors(url, missing=f"no bucket {bucket!r}"):
-            _blob(bucket, key).upload_from_string(data)
+            _blob(bucket, key).upload_from_string(data, content_type=content_type(key))
+
+
+def content_type(name: str) -> str:
+    """An object's type by its name (google-cloud-storage would store bytes as text/plain)."""
+    kind, encoding = mimetypes.guess_type(name)
+    return "application/gzip" if encoding == "gzip" else kind or "application/octet-stream"
 
 
 def _write_local(url: str, target: Path, write, doing: str) -> None:
