@@ -491,6 +491,7 @@ def test_training_by_minutes_ends_by_itself_annealed_and_a_finished_run_stays_fi
     assert len(rates) == int(saved[0].stem.split("_")[1]) >= 3 and any("EIR" in s for s in scalars)
     assert rates[-1] == pytest.approx(2e-3 * 0.05)  # the smoke model's peak, annealed to its floor
     assert rates[2:] == sorted(rates[2:], reverse=True)  # warm-up (2 iterations), then down with the time
+    assert rates[0] < 0.2 * 2e-3  # warming up from low: the glyph classifier's seconds are not the detector's
     import torch
 
     spent = torch.load(saved[0], map_location="cpu", weights_only=False)["message_hub"]["runtime_info"]

@@ -774,7 +774,9 @@ class TimeBudgetHook(Hook):
     """Trains for ``minutes`` of wall-clock time (validations included), whatever the pace.
 
     The cosine schedule follows the time spent, not the iterations, so it ends annealed when the time
-    is up; the iteration then running is the last: it is checkpointed and validated. A run resumed
+    is up; the iteration then running is the last: it is checkpointed and validated. It spans the
+    detector's own time, from its first iteration: what the step spent before (the glyph classifier's
+    training, a tenth of 30 minutes or more) would otherwise have used up the warm-up. A run resumed
     carries on from the time its checkpoint had spent (kept in the message hub, which checkpoints hold),
     on the schedule it started with: given more minutes, it trains the added ones at the schedule's floor,
     as a resumed run given more epochs or iterations does, rather than warming the rate up again.
@@ -792,6 +794,7 @@ class TimeBudgetHook(Hook):
     def before_train(self, runner) -> None:
         self.started = time.monotonic() - runner.message_hub.get_info("train_seconds", self.spent_seconds)
         self.schedule_seconds = runner.message_hub.get_info("schedule_seconds", self.seconds)
+        self.schedule_start = runner.message_hub.get_info("schedule_start_seconds", self._spent())
         self.iteration_cap = runner.train_loop.max_iters  # --iters, if given
         for group in runner.optim_wrapper.param_groups:
             group.setdefault("initial_lr", group["lr"])  # restored from the optimizer's state on resume
@@ -802,8 +805,9 @@ class TimeBudgetHook(Hook):
         spent = self._spent()
         runner.message_hub.update_info("train_seconds", spent)
         runner.message_hub.update_info("schedule_seconds", self.schedule_seconds)
-        factor = time_budget_lr_factor(spent / self.schedule_seconds, runner.iter, self.warmup_iters,
-                                       self.start_factor, self.min_lr_ratio)
+        runner.message_hub.update_info("schedule_start_seconds", self.schedule_start)
+        share = (spent - self.schedule_start) / max(self.schedule_seconds - self.schedule_start, 1.0)
+        factor = time_budget_lr_factor(share, runner.iter, self.warmup_iters, self.start_factor, self.min_lr_ratio)
         fraction = spent / self.seconds
         for group in runner.optim_wrapper.param_groups:
             group["lr"] = group["initial_lr"] * factor
