@@ -28,6 +28,11 @@ def test_training_writes_every_output(smoke_workdir, smoke_training):
     scalars = [json.loads(line) for line in next(train.rglob("log.json")).read_text().splitlines()]
     assert any("loss" in s for s in scalars)
     assert [s["step"] for s in scalars if "EIR" in s] == [2, 4]  # at their iterations, for TensorBoard's plots
+    import torch
+
+    # the best by EIR, the later of equals: a 4-iteration model's EIR is 0 at both
+    best = max((s for s in scalars if "EIR" in s), key=lambda s: (s["EIR"], s["step"]))
+    assert torch.load(train / "best.pth", map_location="cpu", weights_only=False)["meta"]["iter"] == best["step"]
     assert (train / "glyph_net.pth").is_file()
     assert re.search(r"glyph net: trained on \d+ crops, read \d+ of \d+ val characters", smoke_training.stdout)
     # --warmup-iters 2 of a 4-iteration run: a tenth of it is under 2 iterations, LinearLR's least, so 2

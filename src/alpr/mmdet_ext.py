@@ -639,6 +639,16 @@ def environment_line() -> str:
 
 
 @HOOKS.register_module()
+class LatestBestCheckpointHook(CheckpointHook):
+    """mmengine's CheckpointHook whose best, of checkpoints that score the same, is the latest (evaluate
+    too picks the later of equals, after mAP): with rule "greater", a score of 0 at every early
+    validation, or 1 on a small validation set, kept the least trained as best.pth."""
+
+    rule_map = {**CheckpointHook.rule_map, "greater_or_equal": lambda x, y: x >= y}
+    init_value_map = {**CheckpointHook.init_value_map, "greater_or_equal": -math.inf}
+
+
+@HOOKS.register_module()
 class AlprRunHook(Hook):
     """Checks the model head before training, stamps checkpoints, prints Katib lines, keeps best.pth."""
 

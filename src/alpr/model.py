@@ -361,8 +361,8 @@ def build_config(settings: TrainSettings, dataset_dir: Path, work_dir: Path, dat
             # validation metrics logged at the iteration when training by iterations, not at "epoch" 0
             logger=dict(type="LoggerHook", interval=settings.log_interval, log_metric_by_epoch=by_epoch),
             param_scheduler=dict(type="ParamSchedulerHook"),
-            checkpoint=dict(type="CheckpointHook", interval=settings.val_interval, by_epoch=by_epoch,
-                            save_best=settings.best_metric, rule="greater", max_keep_ckpts=3),
+            checkpoint=dict(type="LatestBestCheckpointHook", interval=settings.val_interval, by_epoch=by_epoch,
+                            save_best=settings.best_metric, rule="greater_or_equal", max_keep_ckpts=3),
             sampler_seed=dict(type="DistSamplerSeedHook"),
         ),
         custom_hooks=[dict(type="AlprRunHook", run_meta=dict(settings=settings.to_dict(), dataset=dataset),
