@@ -430,7 +430,7 @@ def test_evaluate_scores_each_saved_weight_set_once(tmp_path):
         os.utime(tmp_path / name, (age, age))
     # iter_1.pth was deleted (max_keep_ckpts): its best_ copy is the only one left of those weights
     assert [[p.name for p in copies] for copies in saved_copies(tmp_path)] == \
-        [["best_EIR_iter_1.pth"], ["iter_2.pth"], ["iter_4.pth", "best_EIR_iter_4.pth", "best_dv_mAP_iter_4.pth"]]
+        [["best_EIR_iter_1.pth"], ["iter_2.pth"], ["best_EIR_iter_4.pth", "best_dv_mAP_iter_4.pth", "iter_4.pth"]]
 
 
 def test_the_test_step_uses_the_checkpoint_evaluate_picked(tmp_path):
@@ -577,6 +577,9 @@ def test_evaluate_writes_metrics_plots_and_database_rows(smoke_workdir, smoke_tr
     assert "EIR by plate width: " in result.stdout
     # the pick is uploaded under its own sha256: other weights get another URL, so a redeploy rolls out
     picked_bytes = Path(report["best_checkpoint"]).read_bytes()
+    # the weights alone, where training kept a best copy of them: not iter_N.pth's optimizer state too
+    assert Path(report["best_checkpoint"]).name.startswith("best_") or not list(
+        (smoke_workdir / "runs" / "r1" / "train").glob(f"best_*_{Path(report['best_checkpoint']).name}"))
     assert report["best_sha256"] == hashlib.sha256(picked_bytes).hexdigest()
     key = report["best_sha256"][:12]
     model_uri = (smoke_workdir / "bucket" / "runs" / "r1" / key / "best.pth").as_uri()

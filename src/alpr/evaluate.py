@@ -36,21 +36,23 @@ SAVED_NAME = re.compile(r"(?:iter|epoch)_(\d+)\.pth$")  # what mmengine's Checkp
 
 def saved_copies(train: Path) -> list[list[Path]]:
     """The run's saved weight sets, oldest first (by step: a copied folder loses the files' times), each as
-    the files that hold it: iter_N.pth, then its best_METRIC_iter_N.pth copies (best.pth is one more)."""
+    the files that hold it: its best_METRIC_iter_N.pth copies, then iter_N.pth (best.pth is one more). A
+    best copy holds the weights alone, a third of iter_N.pth's size, which adds the optimizer's state:
+    the one to upload and serve."""
     steps: dict[str, list[Path]] = {}
     for path in train.glob("*.pth"):
         if saved := SAVED_NAME.search(path.name):
             steps.setdefault(saved.group(), []).append(path)
     if not steps:
         raise UsageError(f"{train}: no checkpoints; run `alpr train` for this run first")
-    return [sorted(files, key=lambda p: (p.name != name, p.name))
+    return [sorted(files, key=lambda p: (p.name == name, p.name))
             for name, files in sorted(steps.items(), key=lambda item: int(SAVED_NAME.search(item[0]).group(1)))]
 
 
 def checkpoints(train: Path) -> list[Path]:
-    """A readable file of each saved weight set, oldest first. mmengine writes a new best's
-    best_METRIC_iter_N.pth whole, then saves iter_N.pth again in place, and a kill leaves that cut
-    short: the copy then stands in. Unreadable files are named in a warning; an error where none can be read."""
+    """A readable file of each saved weight set, oldest first, a best copy where there is one. mmengine
+    writes a new best's best_METRIC_iter_N.pth whole, then saves iter_N.pth again in place, and a kill
+    leaves that cut short: the copy then stands in. Unreadable files are named in a warning; an error where none can be read."""
     from alpr.train import alpr_meta
 
     kept = []
