@@ -629,6 +629,23 @@ def test_test_step_writes_predictions_and_pictures(smoke_workdir, smoke_training
     assert len(list((out / "images").glob("*.jpg"))) == len(lines)
 
 
+def test_an_empty_test_split_is_a_warning_not_the_pipelines_failure(smoke_workdir, smoke_training, tmp_path):
+    """A small dataset's 10 % test split may be empty (record warned of it): after training and evaluating,
+    the test step must not fail the pipeline before its deploy step."""
+    from alpr.errors import UsageError
+    from alpr.visualize import TestOptions, test_run
+
+    shutil.copytree(smoke_workdir / "datasets", tmp_path / "datasets")
+    test_json = tmp_path / "datasets" / "smoke" / "1" / "test.json"
+    test_json.write_text(json.dumps({**json.loads(test_json.read_text()), "images": [], "annotations": []}))
+    best = smoke_workdir / "runs" / "r1" / "train" / "best.pth"
+    out = test_run(TestOptions(tmp_path, "r", checkpoint=best, device="cpu"), progress=False)
+    assert (out / "predictions.jsonl").read_text() == "" and not list((out / "images").iterdir())
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UsageError, match="empty: no images"):  # a folder given is one meant to hold some
+        test_run(TestOptions(tmp_path, "r", images=tmp_path / "empty", checkpoint=best, device="cpu"))
+
+
 def test_test_step_reads_past_an_image_it_cannot_read_and_replaces_its_outputs_whole(smoke_workdir, smoke_training,
                                                                                       synth_dir, tmp_path):
     import cv2
