@@ -252,6 +252,9 @@ def train(options: TrainOptions) -> Path:
     resume = resumed is not None
     if resume:
         check_resumable(work, resumed[1], settings, dataset)
+        if options.load_from:  # its weights started the run; the run's own now go on
+            print(f"note: --load-from {options.load_from} is not loaded: run {options.run_id} resumes from "
+                  f"{resumed[0].name} (a new --run-id starts from it)", flush=True)
     elif options.load_from:
         check_start_checkpoint(options.load_from, settings)
         check_weights_fit(options.load_from, settings, build_config(settings, data, work, dataset))
