@@ -150,6 +150,66 @@ def test_all_trials_failing_stops_at_max_failed_and_exits_1(tmp_path, capsys, mo
     assert "error: all 1 trials failed" in captured.err
 
 
+def test_the_study_stops_when_max_failed_trials_have_failed_as_katib_stops(tmp_path, capsys):
+    """Katib fails the experiment once maxFailedTrialCount trials have failed (not one more)."""
+    experiment = toy_experiment(max_failed=2)
+    experiment["spec"]["objective"]["objectiveMetricName"] = "recall"  # never printed: every trial fails
+    with pytest.raises(SystemExit):
+        cli.main(write(tmp_path, experiment))
+    out = capsys.readouterr().out
+    assert "stopping: 2 trials failed (maxFailedTrialCount 2)" in out and "trial 2" not in out
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda spec: spec["parameters"][0]["feasibleSpace"].pop("min"), "parameter lr: feasibleSpace.min missing"),
+    (lambda spec: spec["parameters"][0]["feasibleSpace"].update(min="abc"), "min and max must be numbers"),
+    (lambda spec: spec["parameters"][0]["feasibleSpace"].update(min="0"), "logUniform needs a min above 0"),
+    (lambda spec: spec["parameters"][0]["feasibleSpace"].update(min="2"), "min 2 is above max 1"),
+    (lambda spec: spec["parameters"][0].update(parameterType="int", feasibleSpace={"list": ["1"]}),
+     "feasibleSpace.min missing"),
+    (lambda spec: spec["parameters"][0].update(parameterType="categorical", feasibleSpace={}),
+     "feasibleSpace.list holds no values"),
+    (lambda spec: spec.pop("trialTemplate"), "spec.trialTemplate missing"),
+    (lambda spec: spec["algorithm"]["algorithmSettings"][0].update(value="abc"),
+     "setting random_state 'abc' is not a whole number"),
+    (lambda spec: spec["algorithm"]["algorithmSettings"].append({"name": "n_startup", "value": "3"}),
+     "settings n_startup"),
+])
+def test_a_bad_experiment_is_named_with_its_problem_before_any_trial(tmp_path, capsys, change, message):
+    experiment = toy_experiment()
+    change(experiment["spec"])
+    with pytest.raises(SystemExit):
+        cli.main(write(tmp_path, experiment))
+    captured = capsys.readouterr()
+    assert message in captured.err and "Traceback" not in captured.err and "trial 0" not in captured.out
+
+
+def test_an_experiment_file_that_is_not_yaml_is_named(tmp_path, capsys):
+    args = write(tmp_path, toy_experiment())
+    (tmp_path / "experiment.yaml").write_text("kind: Experiment\nspec: [")
+    with pytest.raises(SystemExit):
+        cli.main(args)
+    assert "experiment.yaml: not valid YAML" in capsys.readouterr().err
+
+
+def test_tpe_is_guided_after_the_first_parallel_trials_as_katibs_hyperopt_is():
+    """Katib's TPE draws at random only its first request (parallelTrialCount trials); Optuna's default
+    would draw the first 10 so, the same values as the random search."""
+    def draws(algorithm: str) -> list[float]:
+        experiment = toy_experiment(algorithm)
+        experiment["spec"]["parallelTrialCount"] = 2
+        study = optuna.create_study(direction="maximize", sampler=sampler(experiment))
+        values = []
+        for _ in range(6):
+            trial = study.ask()
+            values.append(suggest(trial, experiment["spec"]["parameters"][0]))
+            study.tell(trial, -abs(math.log10(values[-1]) + 2))  # best at lr 0.01
+        return values
+
+    guided, random = draws("tpe"), draws("random")
+    assert guided[:2] == random[:2] and guided[2:] != random[2:]
+
+
 def test_bad_options_are_usage_errors(tmp_path, capsys):
     args = write(tmp_path, toy_experiment())
     for extra, message in ((["-p", "lr=0.1"], "-p lr: set by alpr tune for every trial"),

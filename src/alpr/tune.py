@@ -7,24 +7,28 @@ runner (:mod:`alpr.local_run`), and the metrics are parsed from the output of th
 pod carries ``primaryPodLabels`` with the StdOut collector's regex and metric strategies.
 Trials run one after another; ``parallelTrialCount`` only matters in a cluster.
 
-- Sampler: ``random`` is Optuna's RandomSampler, ``tpe`` its TPESampler, seeded with the
-  algorithm setting ``random_state`` (unseeded without one, as in Katib). The study's direction
-  is ``objective.type``.
+- Sampler: ``random`` is Optuna's RandomSampler, ``tpe`` its TPESampler set as Katib's Hyperopt
+  TPE is (random for the first ``parallelTrialCount`` trials only, ``gamma``, ``prior_weight``,
+  ``n_EI_candidates``), seeded with the algorithm setting ``random_state`` (unseeded without one,
+  as in Katib). The study's direction is ``objective.type``.
 - Metrics: every ``name=value`` a primary step prints is kept (Katib's default StdOut filter
   unless ``metricsFormat`` says otherwise); a trial's value of each metric is the max, min or
   latest of them as its ``metricStrategies`` say, else max for maximize and min for minimize
   (Katib's defaulter). For EIR that is the run's best validation, the one best.pth keeps.
 - A trial whose step fails, or that prints no objective metric, is a failed trial: reported
-  in the table, not the end of the study (unless more than ``maxFailedTrialCount`` fail).
+  in the table, not the end of the study, unless ``maxFailedTrialCount`` trials have failed (at
+  least one: Katib's rule).
 """
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import yaml
@@ -37,6 +41,9 @@ DEFAULT_METRICS_FORMAT = r"([\w|-]+)\s*=\s*([+-]?\d*(\.\d+)?([Ee][+-]?\d+)?)"
 TRIAL_PARAMETER = re.compile(r"\$\{trialParameters\.([^{}]+)\}")
 OUTPUT_LINE = re.compile(r"\[(?P<task>[^\]]+)\] (?P<text>.*)")  # how LocalRun echoes a step's output
 SAMPLERS = ("tpe", "multivariate-tpe", "random")
+# the algorithm settings Katib takes for each (Hyperopt's TPE: its defaults are Optuna's, but gamma's 0.25)
+SAMPLER_SETTINGS = {"random": {"random_state"}, "tpe": {"random_state", "gamma", "prior_weight", "n_EI_candidates"}}
+KATIB_PARALLEL_TRIALS = 3  # parallelTrialCount's default
 
 
 class TrialFailed(AlprError):
@@ -57,10 +64,44 @@ def project_path(path: Path) -> Path:
 def load_experiment(path: Path) -> dict:
     if not path.is_file():
         raise UsageError(f"{path}: experiment file not found")
-    document = yaml.safe_load(path.read_text())
+    try:
+        document = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise UsageError(f"{path}: not valid YAML: {error}") from None
     if not isinstance(document, dict) or document.get("kind") != "Experiment":
         raise UsageError(f"{path}: not a Katib Experiment")
+    spec = document.get("spec")
+    missing = [key for key in ("objective", "parameters", "trialTemplate") if not (spec or {}).get(key)]
+    if missing:
+        raise UsageError(f"{path}: spec.{', spec.'.join(missing)} missing")
+    check_space(document["spec"]["parameters"], path)
     return document
+
+
+def check_space(parameters: list, path: Path) -> None:
+    """Each parameter's type and feasible space, as Katib's validator checks them: at once, not in a trial."""
+    for index, parameter in enumerate(parameters):
+        name = f"{path}: parameter {parameter.get('name', index)}"
+        kind, space = parameter.get("parameterType"), parameter.get("feasibleSpace") or {}
+        if kind in ("categorical", "discrete"):
+            if not space.get("list"):
+                raise UsageError(f"{name}: feasibleSpace.list holds no values")
+            continue
+        if kind not in ("double", "int"):
+            raise UsageError(f"{name}: parameterType {kind!r}; expected double, int, discrete or categorical")
+        try:
+            low, high = float(space["min"]), float(space["max"])
+        except KeyError as key:
+            raise UsageError(f"{name}: feasibleSpace.{key.args[0]} missing") from None
+        except (TypeError, ValueError):
+            raise UsageError(f"{name}: feasibleSpace min and max must be numbers, got {space['min']!r} and "
+                             f"{space['max']!r}") from None
+        if kind == "int" and not (low.is_integer() and high.is_integer()):
+            raise UsageError(f"{name}: an int parameter's min and max must be whole numbers")
+        if low > high:
+            raise UsageError(f"{name}: feasibleSpace min {low:g} is above max {high:g}")
+        if space.get("distribution") == "logUniform" and low <= 0:
+            raise UsageError(f"{name}: logUniform needs a min above 0, got {low:g}")
 
 
 def template_path(experiment: dict) -> Path:
@@ -105,13 +146,34 @@ def sampler(experiment: dict):
 
     algorithm = experiment["spec"].get("algorithm", {})
     name = algorithm.get("algorithmName", "random")
+    if name not in SAMPLERS:
+        raise NotSupportedLocally(f"algorithm {name!r}: alpr tune runs {', '.join(SAMPLERS)}")
     settings = {s["name"]: s.get("value") for s in algorithm.get("algorithmSettings", [])}
-    seed = int(settings["random_state"]) if settings.get("random_state") is not None else None  # as Katib: unseeded
+    unknown = set(settings) - SAMPLER_SETTINGS[name.removeprefix("multivariate-")]
+    if unknown:
+        raise NotSupportedLocally(f"algorithm {name!r}: settings {', '.join(sorted(unknown))} (alpr tune takes "
+                                  f"{', '.join(sorted(SAMPLER_SETTINGS[name.removeprefix('multivariate-')]))})")
+    number = partial(_setting, settings, name)
+    seed = number("random_state", None, int)  # as Katib: unseeded without one
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    if name in ("tpe", "multivariate-tpe"):
-        return optuna.samplers.TPESampler(seed=seed, multivariate=name == "multivariate-tpe")
-    raise NotSupportedLocally(f"algorithm {name!r}: alpr tune runs {', '.join(SAMPLERS)}")
+    gamma = number("gamma", 0.25, float)
+    # Katib's Hyperopt draws at random only its first request's trials (parallelTrialCount), where Optuna
+    # would draw 10; its good trials are ceil(gamma * sqrt(n)), at most 25, where Optuna's are a tenth
+    return optuna.samplers.TPESampler(
+        seed=seed, multivariate=name == "multivariate-tpe", gamma=lambda n: min(math.ceil(gamma * math.sqrt(n)), 25),
+        n_startup_trials=experiment["spec"].get("parallelTrialCount", KATIB_PARALLEL_TRIALS),
+        prior_weight=number("prior_weight", 1.0, float), n_ei_candidates=number("n_EI_candidates", 24, int))
+
+
+def _setting(settings: dict, algorithm: str, name: str, default, kind: type):
+    if settings.get(name) is None:
+        return default
+    try:
+        return kind(settings[name])
+    except ValueError:
+        raise UsageError(f"algorithm {algorithm!r}: setting {name} {settings[name]!r} is not "
+                         f"{'a whole number' if kind is int else 'a number'}") from None
 
 
 def direction(experiment: dict) -> str:
@@ -292,7 +354,7 @@ def tune(experiment: dict, template: dict, workdir: Path, overrides: dict[str, s
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
             echo(f"trial {trial.number} failed: {error}")
             failed = sum(t.state == optuna.trial.TrialState.FAIL for t in study.trials)
-            if max_failed is not None and failed > max_failed:  # Katib fails the experiment here too
+            if failed_enough(failed, max_failed):  # Katib fails the experiment here too
                 echo(f"stopping: {failed} trials failed (maxFailedTrialCount {max_failed})")
                 break
             continue
@@ -325,6 +387,11 @@ def _run(template: dict, workdir: Path, parameters: dict[str, str], collect: Col
     if collect.objective not in metrics:
         raise TrialFailed(f"no {collect.objective}= line from {', '.join(sorted(collect.tasks))} (log: {log})")
     return metrics
+
+
+def failed_enough(failed: int, limit: int | None) -> bool:
+    """Katib's rule: the experiment fails once ``maxFailedTrialCount`` trials have, and at least one."""
+    return limit is not None and failed > 0 and failed >= limit
 
 
 def _reached(value: float, goal: float, kind: str) -> bool:
@@ -373,5 +440,5 @@ def report(study, experiment: dict, console=None) -> None:
                   highlight=False, soft_wrap=True)
     failed = len(study.trials) - len(done)
     limit = experiment["spec"].get("maxFailedTrialCount")
-    if limit is not None and failed > limit:
-        raise TuneFailed(f"{failed} trials failed, more than maxFailedTrialCount {limit}")
+    if failed_enough(failed, limit):
+        raise TuneFailed(f"{failed} trials failed, as many as maxFailedTrialCount {limit}: the experiment failed")
