@@ -359,7 +359,7 @@ def test_alpr_run_executes_the_pipeline_template_end_to_end(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "alpr.cli", "run", "workflows/alpr-pipeline.yaml", "--workdir", str(tmp_path),
          "-p", "synth-count=24", "-p", "model=smoke", "-p", "epochs=1", "-p", "img-size=256", "-p", "batch-size=2",
-         "-p", "run-id=e2e", "-p", f"source=/work/synth/e2e"],
+         "-p", "run-id=e2e", "-p", "source=/work/synth/e2e"],
         cwd=ROOT, capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     for step in ("synth", "record", "train", "evaluate", "test"):
@@ -396,8 +396,6 @@ def test_alpr_run_names_a_failed_steps_error_and_how_to_go_on(tmp_path):
 def test_a_run_whose_output_is_closed_stops_its_step_too(tmp_path):
     """`alpr run | head`: the runner ends (141, as SIGPIPE ends a command) and takes the step with it,
     rather than leave it writing on in the workdir, unlocked, between its prints."""
-    import os
-
     code = ("import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid()))\n"
             "for i in range(3000): print('line', i)\n"
             "time.sleep(60)")  # a silent stretch, as training's between two prints
@@ -411,17 +409,22 @@ def test_a_run_whose_output_is_closed_stops_its_step_too(tmp_path):
             break
     run.stdout.close()  # as head does, having its line
     assert run.wait(timeout=30) == 141
-    pid = int((tmp_path / "w" / "pid.txt").read_text())
+    _assert_ends(int((tmp_path / "w" / "pid.txt").read_text()), "the step went on after the run ended")
+
+
+def _assert_ends(pid: int, failure: str) -> None:
+    """The process ends within 10 s (else it is killed and the test fails)."""
+    import os
+
     deadline = time.time() + 10
     while time.time() < deadline:
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
-            break
+            return
         time.sleep(0.1)
-    else:
-        os.kill(pid, 9)
-        pytest.fail("the step went on after the run ended")
+    os.kill(pid, 9)
+    pytest.fail(failure)
 
 
 SLOW = """
@@ -493,17 +496,7 @@ def test_a_second_ctrl_c_kills_the_step_and_its_own_processes(tmp_path):
         os.killpg(run.pid, signal.SIGINT)
         time.sleep(0.5)
     assert run.wait(timeout=30) == 130
-    child = int((tmp_path / "w" / "child.txt").read_text())
-    deadline = time.time() + 10
-    while time.time() < deadline:
-        try:
-            os.kill(child, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.1)
-    else:
-        os.kill(child, 9)
-        pytest.fail("the step's own process went on after the run ended")
+    _assert_ends(int((tmp_path / "w" / "child.txt").read_text()), "the step's own process went on after the run ended")
 
 
 def test_a_second_run_of_a_template_while_one_runs_in_the_same_workdir_is_refused(tmp_path):
