@@ -2,6 +2,10 @@
 whose one step prints ``EIR=f(lr)`` (no mmdet needed)."""
 
 import math
+import os
+import re
+import signal
+import time
 from pathlib import Path
 
 import optuna
@@ -18,13 +22,18 @@ LABELS = {"katib.kubeflow.org/model-training": "true"}
 
 # The toy train step: EIR peaks at lr = 0.01. It prints a worse value after the best one, so the
 # trial's EIR shows the metric strategy (max) at work, and it fails while WORK/fail-first exists
-# (the file is removed by the failing run, so only the first trial fails).
+# (the file is removed by the failing run, so only the first trial fails); while WORK/hold-second
+# exists, the second trial waits a minute (one to interrupt).
 TRAIN = """
-import math, os, sys
+import math, os, sys, time
 lr, work = float(sys.argv[1]), sys.argv[2]
 if os.path.exists(work + '/fail-first'):
     os.remove(work + '/fail-first')
     sys.exit('cannot train')
+if os.path.exists(work + '/hold-second'):
+    if os.path.exists(work + '/first-done'):
+        time.sleep(60)
+    open(work + '/first-done', 'w').close()
 eir = 1 - (math.log10(lr) + 2) ** 2
 print(f'epoch 1: mAP={eir / 2:.6f} dv_mAP={eir / 4:.6f} EIR={eir:.6f}')
 print(f'epoch 2: mAP={eir / 2 - 1:.6f} dv_mAP={eir / 4 - 1:.6f} EIR={eir - 1:.6f}')
@@ -208,6 +217,27 @@ def test_tpe_is_guided_after_the_first_parallel_trials_as_katibs_hyperopt_is():
 
     guided, random = draws("tpe"), draws("random")
     assert guided[:2] == random[:2] and guided[2:] != random[2:]
+
+
+def test_ctrl_c_in_a_trial_still_shows_the_trials_so_far(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import interruptible
+
+    args = write(tmp_path, toy_experiment())
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "hold-second").touch()
+    tune = subprocess.Popen([sys.executable, "-m", "alpr.cli", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True, preexec_fn=interruptible)
+    for line in tune.stdout:
+        if line.startswith("trial 1: lr="):
+            time.sleep(2)  # into its step, which waits
+            os.killpg(tune.pid, signal.SIGINT)
+            break
+    rest = tune.stdout.read()
+    assert tune.wait(timeout=60) == 130
+    assert re.search(r"│ +0 │ COMPLETE", rest) and re.search(r"│ +1 │ FAIL", rest) and "best trial 0 " in rest
 
 
 def test_bad_options_are_usage_errors(tmp_path, capsys):

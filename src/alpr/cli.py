@@ -8,6 +8,7 @@ workflow here (run, tune) or on Argo (submit), and data management.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import signal
@@ -207,11 +208,16 @@ def _run(args: argparse.Namespace) -> None:
 
 def _tune(args: argparse.Namespace) -> None:
     from alpr.local_run import load_workflow, parse_parameters
-    from alpr.tune import load_experiment, project_path, report, template_path, tune
+    from alpr.tune import TuneFailed, TuneInterrupted, load_experiment, project_path, report, template_path, tune
 
     experiment = load_experiment(project_path(args.experiment))
     template = load_workflow(project_path(args.template) if args.template else template_path(experiment))
-    study = tune(experiment, template, args.workdir, parse_parameters(args.parameter), args.max_trials)
+    try:
+        study = tune(experiment, template, args.workdir, parse_parameters(args.parameter), args.max_trials)
+    except TuneInterrupted as stopped:  # the trials so far, their runs and the best, before exit 130
+        with contextlib.suppress(TuneFailed):
+            report(stopped.study, experiment)
+        raise
     report(study, experiment)
 
 

@@ -54,6 +54,14 @@ class TuneFailed(AlprError):
     pass
 
 
+class TuneInterrupted(KeyboardInterrupt):
+    """Ctrl-C in a trial: the study so far, that its table is still shown."""
+
+    def __init__(self, study):
+        super().__init__()
+        self.study = study
+
+
 def project_path(path: Path) -> Path:
     """A relative path that is missing here but exists in the project (katib/..., workflows/...)."""
     if not path.exists() and not path.is_absolute() and (project_root() / path).exists():
@@ -349,6 +357,10 @@ def tune(experiment: dict, template: dict, workdir: Path, overrides: dict[str, s
             parameters["run-id"] = run_id
         try:
             metrics = _run(template, workdir, parameters, collect, logs / f"{run_id}.log", echo)
+        except KeyboardInterrupt:
+            trial.set_user_attr("error", "interrupted")
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            raise TuneInterrupted(study) from None
         except TrialFailed as error:
             trial.set_user_attr("error", str(error))
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
