@@ -219,7 +219,7 @@ def test_tpe_is_guided_after_the_first_parallel_trials_as_katibs_hyperopt_is():
     assert guided[:2] == random[:2] and guided[2:] != random[2:]
 
 
-def test_ctrl_c_in_a_trial_still_shows_the_trials_so_far(tmp_path):
+def test_ctrl_c_in_a_trial_shows_the_trials_so_far_and_resume_goes_on_with_the_study(tmp_path):
     import subprocess
     import sys
 
@@ -230,7 +230,9 @@ def test_ctrl_c_in_a_trial_still_shows_the_trials_so_far(tmp_path):
     (tmp_path / "work" / "hold-second").touch()
     tune = subprocess.Popen([sys.executable, "-m", "alpr.cli", *args], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True, preexec_fn=interruptible)
+    seen = []
     for line in tune.stdout:
+        seen.append(line)
         if line.startswith("trial 1: lr="):
             time.sleep(2)  # into its step, which waits
             os.killpg(tune.pid, signal.SIGINT)
@@ -238,6 +240,20 @@ def test_ctrl_c_in_a_trial_still_shows_the_trials_so_far(tmp_path):
     rest = tune.stdout.read()
     assert tune.wait(timeout=60) == 130
     assert re.search(r"│ +0 │ COMPLETE", rest) and re.search(r"│ +1 │ FAIL", rest) and "best trial 0 " in rest
+    assert "rerun with --resume" in rest
+    interrupted = re.search(r"trial 1: lr=(\S+)", line).group(1)
+
+    (tmp_path / "work" / "hold-second").unlink()
+    resumed = subprocess.run([sys.executable, "-m", "alpr.cli", *args, "--resume"], cwd=ROOT, capture_output=True,
+                             text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "2 done before" not in resumed.stdout and "1 done before" in resumed.stdout
+    assert f"trial 2: lr={interrupted}" in resumed.stdout  # the trial cut short, again, under its run id
+    runs = sorted(log.name for log in (tmp_path / "work" / "tune").glob("toy-*/*.log"))
+    assert len(runs) == 6 and runs[1].endswith("-1.log")  # 0, 1 (twice), 3 to 6: no run-id of trial 2
+    assert len(re.findall(r"│ +\d+ │ COMPLETE", resumed.stdout)) == 6  # maxTrialCount, the interrupted not counted
+    first = re.search(r"trial 0: lr=(\S+)", "".join(seen)).group(1)
+    assert first not in [lr for n, lr in re.findall(r"trial (\d+): lr=(\S+)", resumed.stdout) if int(n) > 2]
 
 
 def test_bad_options_are_usage_errors(tmp_path, capsys):

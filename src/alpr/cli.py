@@ -213,10 +213,12 @@ def _tune(args: argparse.Namespace) -> None:
     experiment = load_experiment(project_path(args.experiment))
     template = load_workflow(project_path(args.template) if args.template else template_path(experiment))
     try:
-        study = tune(experiment, template, args.workdir, parse_parameters(args.parameter), args.max_trials)
+        study = tune(experiment, template, args.workdir, parse_parameters(args.parameter), args.max_trials,
+                     resume=args.resume)
     except TuneInterrupted as stopped:  # the trials so far, their runs and the best, before exit 130
         with contextlib.suppress(TuneFailed):
             report(stopped.study, experiment)
+        print("rerun with --resume to go on with this study", file=sys.stderr)
         raise
     report(study, experiment)
 
@@ -279,6 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--template", type=Path, default=None,
                       help="the trials' WorkflowTemplate YAML (default: workflows/<its workflowTemplateRef>.yaml)")
     tune.add_argument("--workdir", type=Path, default=Path("work"), help="local folder for the work volume")
+    tune.add_argument("--resume", action="store_true",
+                      help="go on with the experiment's last study in the workdir, the trial cut short run again")
     tune.set_defaults(handler=_tune)
 
     submit = _command(commands, "submit", "create a Workflow from a WorkflowTemplate on an Argo server")

@@ -5,7 +5,9 @@ Optuna search space, each trial's values go through ``trialTemplate.trialParamet
 trial Workflow's parameters, the referenced WorkflowTemplate runs step by step with the local
 runner (:mod:`alpr.local_run`), and the metrics are parsed from the output of the steps whose
 pod carries ``primaryPodLabels`` with the StdOut collector's regex and metric strategies.
-Trials run one after another; ``parallelTrialCount`` only matters in a cluster.
+Trials run one after another; ``parallelTrialCount`` only matters in a cluster. The study is kept
+in WORKDIR/tune/studies.db: ``resume`` goes on with the last one of the experiment, running the
+trial that was cut short again under its run id (its training resumes from its checkpoints).
 
 - Sampler: ``random`` is Optuna's RandomSampler, ``tpe`` its TPESampler set as Katib's Hyperopt
   TPE is (random for the first ``parallelTrialCount`` trials only, ``gamma``, ``prior_weight``,
@@ -52,6 +54,9 @@ class TrialFailed(AlprError):
 
 class TuneFailed(AlprError):
     pass
+
+
+INTERRUPTED = "interrupted"  # a trial's error when Ctrl-C cut it short: --resume runs it again
 
 
 class TuneInterrupted(KeyboardInterrupt):
@@ -149,7 +154,8 @@ def suggest(trial, parameter: dict):
     raise UsageError(f"parameter {name}: parameterType {kind!r}; expected double, int, discrete or categorical")
 
 
-def sampler(experiment: dict):
+def sampler(experiment: dict, seed_offset: int = 0):
+    """The experiment's algorithm as an Optuna sampler; ``seed_offset`` moves a seed on (a resumed study)."""
     import optuna
 
     algorithm = experiment["spec"].get("algorithm", {})
@@ -163,6 +169,7 @@ def sampler(experiment: dict):
                                   f"{', '.join(sorted(SAMPLER_SETTINGS[name.removeprefix('multivariate-')]))})")
     number = partial(_setting, settings, name)
     seed = number("random_state", None, int)  # as Katib: unseeded without one
+    seed = None if seed is None else seed + seed_offset
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     gamma = number("gamma", 0.25, float)
@@ -312,7 +319,7 @@ def run_trial(template: dict, workdir: Path, parameters: dict[str, str], tasks: 
     """Runs the trial's WorkflowTemplate locally; returns the output lines of the primary tasks."""
     lines: list[str] = []
     log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("w") as out:
+    with log.open("a") as out:  # a trial run again (--resume) adds to its log
         def echo(line: str) -> None:
             out.write(line + "\n")
             out.flush()
@@ -329,7 +336,7 @@ def run_trial(template: dict, workdir: Path, parameters: dict[str, str], tasks: 
 
 
 def tune(experiment: dict, template: dict, workdir: Path, overrides: dict[str, str], max_trials: int | None = None,
-         echo: Callable[[str], None] = print):
+         echo: Callable[[str], None] = print, resume: bool = False):
     """Runs the experiment's trials in turn; returns the Optuna study (failed trials are TrialState.FAIL)."""
     import optuna
 
@@ -339,17 +346,16 @@ def tune(experiment: dict, template: dict, workdir: Path, overrides: dict[str, s
     declared = {p["name"] for p in template["spec"].get("arguments", {}).get("parameters", [])}
     total = max_trials or spec.get("maxTrialCount", 10)
     max_failed, goal = spec.get("maxFailedTrialCount"), spec["objective"].get("goal")
-    name = f"{experiment['metadata'].get('name', 'tune')}-{time.strftime('%Y%m%d%H%M%S')}"
-    logs = Path(workdir).resolve() / "tune" / name
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(study_name=name, direction=direction(experiment), sampler=sampler(experiment))
-    echo(f"tune {name}: {total} trials of {template['metadata']['name']}, {direction(experiment)} "
-         f"{collect.objective}; logs in {logs}")
-    for _ in range(total):
+    study = _study(experiment, Path(workdir).resolve() / "tune", resume, echo)
+    logs = Path(workdir).resolve() / "tune" / study.study_name
+    done = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) + failures(study)
+    echo(f"tune {study.study_name}: {total} trials of {template['metadata']['name']}, {direction(experiment)} "
+         f"{collect.objective}; logs in {logs}" + (f"; {done} done before" if resume else ""))
+    for _ in range(total - done):
         trial = study.ask()
         assignments = {p["name"]: suggest(trial, p) for p in spec["parameters"]}
-        run_id = f"{name}-{trial.number}"
+        run_id = trial.user_attrs.get("run_id") or f"{study.study_name}-{trial.number}"  # a trial run again: its own
         trial.set_user_attr("run_id", run_id)
         echo(f"trial {trial.number}: {' '.join(f'{k}={_format(v)}' for k, v in assignments.items())}")
         parameters = {**workflow_arguments(experiment, assignments), **overrides}
@@ -358,14 +364,14 @@ def tune(experiment: dict, template: dict, workdir: Path, overrides: dict[str, s
         try:
             metrics = _run(template, workdir, parameters, collect, logs / f"{run_id}.log", echo)
         except KeyboardInterrupt:
-            trial.set_user_attr("error", "interrupted")
+            trial.set_user_attr("error", INTERRUPTED)
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
             raise TuneInterrupted(study) from None
         except TrialFailed as error:
             trial.set_user_attr("error", str(error))
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
             echo(f"trial {trial.number} failed: {error}")
-            failed = sum(t.state == optuna.trial.TrialState.FAIL for t in study.trials)
+            failed = failures(study)
             if failed_enough(failed, max_failed):  # Katib fails the experiment here too
                 echo(f"stopping: {failed} trials failed (maxFailedTrialCount {max_failed})")
                 break
@@ -377,6 +383,35 @@ def tune(experiment: dict, template: dict, workdir: Path, overrides: dict[str, s
             echo(f"goal {collect.objective}={goal} reached")
             break
     return study
+
+
+def _study(experiment: dict, folder: Path, resume: bool, echo: Callable[[str], None]):
+    """A new study of the experiment in folder/studies.db, or with ``resume`` its last one, whose trial cut
+    short (by Ctrl-C, or a kill that left it running) is queued to run again under its run id."""
+    import optuna
+
+    folder.mkdir(parents=True, exist_ok=True)
+    storage = f"sqlite:///{folder / 'studies.db'}"
+    prefix = f"{experiment['metadata'].get('name', 'tune')}-"
+    kind, seed_offset = direction(experiment), 0
+    if resume:
+        names = sorted(n for n in optuna.study.get_all_study_names(storage) if n.startswith(prefix))
+        if not names:
+            echo(f"nothing to resume in {folder / 'studies.db'}; starting a new study")
+        else:
+            study = optuna.load_study(study_name=names[-1], storage=storage)
+            last = study.trials[-1] if study.trials else None
+            if last is not None and (last.state == optuna.trial.TrialState.RUNNING or
+                                     last.user_attrs.get("error") == INTERRUPTED):
+                if last.state == optuna.trial.TrialState.RUNNING:
+                    study.tell(last.number, state=optuna.trial.TrialState.FAIL)
+                study.enqueue_trial(last.params, user_attrs={"run_id": last.user_attrs["run_id"]})
+            # a seeded sampler would draw its first values again
+            study.sampler = sampler(experiment, seed_offset=len(study.trials))
+            return study
+    name = f"{prefix}{time.strftime('%Y%m%d%H%M%S')}"
+    return optuna.create_study(study_name=name, storage=storage, direction=kind,
+                               sampler=sampler(experiment, seed_offset))
 
 
 def _check_inputs(experiment: dict, template: dict, overrides: dict[str, str], max_trials: int | None) -> None:
@@ -399,6 +434,14 @@ def _run(template: dict, workdir: Path, parameters: dict[str, str], collect: Col
     if collect.objective not in metrics:
         raise TrialFailed(f"no {collect.objective}= line from {', '.join(sorted(collect.tasks))} (log: {log})")
     return metrics
+
+
+def failures(study) -> int:
+    """Trials that failed on their own: not those cut short (Ctrl-C, a kill), which --resume runs again."""
+    import optuna
+
+    return sum(t.state == optuna.trial.TrialState.FAIL and t.user_attrs.get("error", INTERRUPTED) != INTERRUPTED
+               for t in study.trials)
 
 
 def failed_enough(failed: int, limit: int | None) -> bool:
@@ -450,7 +493,7 @@ def report(study, experiment: dict, console=None) -> None:
                   highlight=False)
     console.print("best parameters: " + " ".join(f"{k}={v}" for k, v in best.params.items()),
                   highlight=False, soft_wrap=True)
-    failed = len(study.trials) - len(done)
+    failed = failures(study)
     limit = experiment["spec"].get("maxFailedTrialCount")
     if failed_enough(failed, limit):
         raise TuneFailed(f"{failed} trials failed, as many as maxFailedTrialCount {limit}: the experiment failed")
