@@ -253,3 +253,20 @@ def test_a_font_that_lacks_a_plate_character_is_not_drawn_with(tmp_path):
     font.save(tmp_path / "digits.ttf")
     assert _draws_plate_characters(f"ttf:{dejavu}")
     assert not _draws_plate_characters(f"ttf:{tmp_path / 'digits.ttf'}")
+
+
+def test_default_workers_fit_the_containers_memory_as_well_as_its_cores(tmp_path, monkeypatch):
+    """The pipeline's synth pod requests CPU with no limit: on a 96-core node it saw 96 cores, and as
+    many workers outgrew its 4 GiB memory limit."""
+    from alpr import synth
+
+    monkeypatch.setattr(synth, "CGROUP", tmp_path)
+    monkeypatch.setattr(synth.os, "sched_getaffinity", lambda pid: set(range(96)))
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    (tmp_path / "memory.max").write_text(f"{4 * 2**30}\n")
+    assert synth.default_workers() == 4 * 2**30 // synth.WORKER_MEMORY == 10
+    (tmp_path / "cpu.max").write_text("400000 100000\n")
+    assert synth.default_workers() == 4  # the CPU limit, where it is the lower
+    (tmp_path / "memory.max").write_text("max\n")
+    (tmp_path / "cpu.max").unlink()
+    assert synth.default_workers() == 96  # no limits: every core

@@ -9,6 +9,7 @@ exact through rotation and perspective.
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 from concurrent.futures import ProcessPoolExecutor
@@ -30,6 +31,9 @@ from alpr.progress import show_progress
 LABELME_VERSION = "5.5.0"
 MIN_SIDE = 8  # px: smaller images break the background noise and blur
 MARK = ".alpr-synth"  # in each folder synth writes: it may write there again, and nowhere else that holds files
+CGROUP = Path("/sys/fs/cgroup")  # a container's limits (cgroup v2)
+# a worker's peak: about 100 MB with the built-in backgrounds, more with up to 8 decoded photos of yours
+WORKER_MEMORY = 400 * 2**20
 # Canvas sizes keep the real plates' proportions (520x110 mm one-row, 335x170 mm two-row).
 CANVAS = {Layout.ONE_ROW: (416, 88), Layout.TWO_ROW: (268, 136)}
 # (board, text) colours in BGR: white, yellow (commercial), green (old), blue (electric), black.
@@ -411,7 +415,7 @@ def generate(out: Path, count: int, seed: int, backgrounds: Path | None = None,
             raise UsageError(f"--out {out} lies in --backgrounds {backgrounds}: its images, plates and all, "
                              "would become backgrounds; write them elsewhere")
     claim_folder(out)
-    workers = workers or min(available_cpus(), max(count, 1))
+    workers = workers or min(default_workers(), max(count, 1))
     args = (str(out), str(backgrounds) if backgrounds else None, options, seed)
     with show_progress(f"synth → {out}", count, progress, transient=False) as advance:
         if workers == 1:
@@ -436,12 +440,27 @@ def _tally(plates_per_image, advance) -> int:
     return plates
 
 
+def default_workers() -> int:
+    """One worker per core this process may use, as many as a container's memory limit holds: a pod
+    given a CPU request but no limit (the pipeline's) sees every core of a 96-core node."""
+    return max(1, min(available_cpus(), memory_limit() // WORKER_MEMORY))
+
+
 def available_cpus() -> int:
     """The cores this process may use: its affinity, within a container's CPU quota (cgroup v2), not
     the node's count."""
     cores = len(os.sched_getaffinity(0))
     try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        quota, period = (CGROUP / "cpu.max").read_text().split()
         return max(1, min(cores, int(quota) // int(period))) if quota != "max" else cores
     except (OSError, ValueError):
         return cores
+
+
+def memory_limit() -> int | float:
+    """A container's memory limit (cgroup v2), in bytes; infinite where there is none."""
+    try:
+        limit = (CGROUP / "memory.max").read_text().strip()
+        return math.inf if limit == "max" else int(limit)
+    except (OSError, ValueError):
+        return math.inf
