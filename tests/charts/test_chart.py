@@ -281,7 +281,9 @@ def test_given_db_url_wins_over_mysql(chart):
     ({"kserve": {"enabled": True}}, "kserve.storageUri is required"),
     ({"kserve": {"enabled": True, "storageUri": "gs://b/best.pth", "minReplicas": 3, "maxReplicas": 2}},
      "kserve.minReplicas (3) must not exceed kserve.maxReplicas (2)"),
-], ids=["mysql-password", "mysql-existing-secret-needs-url", "kserve-storage-uri", "kserve-replicas"])
+    ({"serviceAccount": {"create": False}}, "serviceAccount.name is required with serviceAccount.create=false"),
+], ids=["mysql-password", "mysql-existing-secret-needs-url", "kserve-storage-uri", "kserve-replicas",
+        "rbac-default-account"])
 def test_missing_required_values_fail_clearly(chart, values, message):
     with pytest.raises(helm.HelmRenderError, match=re.escape(message)):
         chart.render(values, name=RELEASE, namespace=NAMESPACE)

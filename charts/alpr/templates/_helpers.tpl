@@ -93,6 +93,8 @@ The ServiceAccount of the workflow pods.
 {{- define "alpr.workflowServiceAccountName" -}}
 {{- if .Values.serviceAccount.create -}}
 {{- default (printf "%s-workflow" (include "alpr.fullname" .)) .Values.serviceAccount.name -}}
+{{- else if and .Values.rbac.create (not .Values.serviceAccount.name) -}}
+{{- fail "serviceAccount.name is required with serviceAccount.create=false and rbac.create=true: the Role would go to the namespace's default ServiceAccount, which every pod there uses" -}}
 {{- else -}}
 {{- default "default" .Values.serviceAccount.name -}}
 {{- end -}}
