@@ -107,16 +107,19 @@ def test_bad_backgrounds_folder_is_a_clear_error(tmp_path):
 
 
 @pytest.mark.parametrize("name, content, problem", [
-    ("tiny.png", cv2.imencode(".png", np.zeros((5, 5, 3), np.uint8))[1].tobytes(), "5x5 px, too small for a background"),
+    ("tiny.png", cv2.imencode(".png", np.zeros((5, 5, 3), np.uint8))[1].tobytes(), "5x5 px, under 8 px a side"),
     ("broken.jpg", b"not a jpeg", "not a readable image"),
 ])
-def test_a_background_that_cannot_be_used_is_named(tmp_path, name, content, problem):
+def test_a_background_that_cannot_be_used_is_named_before_any_image_is_written(tmp_path, name, content, problem):
+    """Among good photos too: not when a draw first picks it, deep into a run, with images written."""
     backgrounds = tmp_path / "bg"
     backgrounds.mkdir()
     (backgrounds / name).write_bytes(content)
-    result = run_step_script("synth", "--out", str(tmp_path / "o"), "--count", "1", "--backgrounds", str(backgrounds))
+    cv2.imwrite(str(backgrounds / "good.jpg"), np.full((64, 64, 3), 90, np.uint8))
+    result = run_step_script("synth", "--out", str(tmp_path / "o"), "--count", "20", "--backgrounds", str(backgrounds))
     assert result.returncode == 1
-    assert f"{backgrounds / name}: {problem}" in result.stderr and "Traceback" not in result.stderr
+    assert f"{backgrounds}: 1 background(s) not usable: {name}: {problem}" in result.stderr
+    assert "Traceback" not in result.stderr and not list((tmp_path / "o").glob("*.jpg"))
 
 
 @pytest.mark.parametrize("options, message", [
@@ -178,6 +181,11 @@ def test_backgrounds_of_16_bit_grey_and_phone_photos_are_read_as_seen(tmp_path):
     exif[0x0112] = 6  # orientation: turned 90 degrees, as phones save their photos
     Image.new("RGB", (40, 20)).save(tmp_path / "phone.jpg", exif=exif)
     assert _read_photo(str(tmp_path / "phone.jpg")).shape[:2] == (40, 20)
+    twelve = np.tile(np.linspace(0, 4095, 64).astype(np.uint16), (32, 1))  # a 12-bit camera's, in 16-bit words
+    Image.fromarray(twelve).save(tmp_path / "grey12.png")  # scaled as 16-bit, it was almost black
+    assert abs(float(_read_photo(str(tmp_path / "grey12.png")).mean()) - 127.5) < 3
+    Image.fromarray(ramp).save(tmp_path / "grey16-turned.png", exif=exif)  # a 16-bit photo turned upright too
+    assert _read_photo(str(tmp_path / "grey16-turned.png")).shape[:2] == (64, 32)
 
 
 def test_flags_synth_cannot_use_are_named_before_anything_is_written(tmp_path):

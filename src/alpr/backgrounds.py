@@ -7,6 +7,7 @@ so nothing is downloaded.
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 from pathlib import Path
 
@@ -35,7 +36,7 @@ def _read_photo(path: str) -> np.ndarray:
 
     try:
         with Image.open(path) as image:
-            upright = ImageOps.exif_transpose(_eight_bit(image))  # a phone's photo as it is seen
+            upright = _eight_bit(ImageOps.exif_transpose(image))  # a phone's photo as it is seen
             photo = np.ascontiguousarray(np.asarray(upright.convert("RGB"))[..., ::-1])
     except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as error:
         raise UsageError(f"{path}: not a readable image ({error})") from None
@@ -47,12 +48,14 @@ def _read_photo(path: str) -> np.ndarray:
 
 def _eight_bit(image):
     """16-bit and floating-point grey images scaled to 8 bits: Pillow's convert("RGB") would clip them
-    (a 16-bit photo comes out almost white, one of floats from 0 to 1 almost black)."""
+    (a 16-bit photo comes out almost white, one of floats from 0 to 1 almost black). Integers are
+    scaled by the bits their largest value needs: a 12-bit camera's in 16-bit words is not dark."""
     from PIL import Image
 
     if image.mode.startswith("I"):
         values = np.asarray(image, np.float32)
-        return Image.fromarray((values / (257 if values.max() > 255 else 1)).clip(0, 255).astype(np.uint8))
+        top = 2.0 ** max(8, math.ceil(math.log2(max(float(values.max()), 1) + 1))) - 1
+        return Image.fromarray((values * (255 / top)).clip(0, 255).round().astype(np.uint8))
     if image.mode == "F":
         values = np.asarray(image, np.float32)
         return Image.fromarray((values * (255 if values.max() <= 1 else 1)).clip(0, 255).astype(np.uint8))
@@ -75,6 +78,23 @@ class Backgrounds:
         else:
             self.photos = bundled_photos()
             self.procedural_fraction = procedural_fraction if self.photos else 1.0
+
+    def check(self) -> None:
+        """Every photo's header, before the first image: a bad one is named at once, with any others,
+        not when a draw first picks it, deep into a run and with images written."""
+        from PIL import Image
+
+        problems = []
+        for path in self.photos:
+            try:
+                with Image.open(path) as image:
+                    if min(image.size) < MIN_CROP:
+                        problems.append(f"{path.name}: {image.width}x{image.height} px, under {MIN_CROP} px a side")
+            except Exception as error:  # Pillow's parsers raise OSError, ValueError, SyntaxError on bad bytes
+                problems.append(f"{path.name}: not a readable image ({error})")
+        if problems:
+            raise UsageError(f"{self.photos[0].parent}: {len(problems)} background(s) not usable: "
+                             + "; ".join(problems[:5]) + ("; ..." if len(problems) > 5 else ""))
 
     def draw(self, rng: np.random.Generator, width: int, height: int) -> np.ndarray:
         if rng.random() < self.procedural_fraction:

@@ -410,7 +410,7 @@ def generate(out: Path, count: int, seed: int, backgrounds: Path | None = None,
     if seed < 0:
         raise UsageError(f"--seed must be >= 0, got {seed}")
     if backgrounds is not None:
-        Backgrounds(backgrounds)  # fail early, in this process, on a bad folder
+        Backgrounds(backgrounds).check()  # fail early, in this process, on a bad folder or photo
         if out.resolve().is_relative_to(Path(backgrounds).resolve()):
             raise UsageError(f"--out {out} lies in --backgrounds {backgrounds}: its images, plates and all, "
                              "would become backgrounds; write them elsewhere")
