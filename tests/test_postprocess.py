@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import pytest
 
 from alpr.postprocess import Detection, ReadOptions, read_plates, usable
@@ -75,6 +77,19 @@ def test_two_plates_side_by_side_are_read_separately():
     dets = _plate("11B2222", x=0) + _plate("33C4444", x=260, layout="two-row")
     plates = read_plates(dets)
     assert sorted(p.text for p in plates) == ["11B2222", "33C4444"]
+
+
+def test_two_plates_close_one_above_the_other_are_both_read():
+    """A tilted plate's straight box takes in a close neighbour's characters, outside its own text
+    regions: characters on another board are that board's, not strays that leave this one unread."""
+    upper, lower = _plate("11B2222"), _plate("33C4444", y=25)
+    first = next(i for i, d in enumerate(lower) if d.label == "3")  # the lower plate's raised end
+    x1, y1, x2, y2 = lower[first].bbox
+    lower[first] = replace(lower[first], bbox=(x1, y1 - 7, x2, y2 - 7))  # its centre on the upper board
+    assert sorted(p.text for p in read_plates(upper + lower)) == ["11B2222", "33C4444"]
+    stray = Detection("5", 0.9, (100, 34, 108, 40))  # below the upper's regions, on no other board
+    [plate] = read_plates(upper + [stray])
+    assert plate.reason == "1 character(s) outside both text regions"
 
 
 def test_board_without_text():

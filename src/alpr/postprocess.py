@@ -15,7 +15,7 @@ text four digits; otherwise it carries the reason and no text.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
@@ -217,7 +217,10 @@ def usable(detections: list[Detection], options: ReadOptions = ReadOptions()) ->
 
 
 def read_board(board: Detection, detections: list[Detection], options: ReadOptions = ReadOptions(),
-               glyphs: Glyphs | None = None) -> Plate:
+               glyphs: Glyphs | None = None, others: Sequence[BOX] = ()) -> Plate:
+    """The plate on ``board``, or why it is not read. A character on it outside both its text
+    regions leaves it unread (a region found wrong), unless it lies on another board (``others``):
+    the straight box of a tilted plate takes in a close neighbour's characters."""
     layout = BOARD_LABELS[board.label]
     kept = usable(detections, options)
     sub = _best(kept, SUB_LABELS, board.bbox, layout)
@@ -238,7 +241,8 @@ def read_board(board: Detection, detections: list[Detection], options: ReadOptio
             for row, kinds in zip(rows, TEXT_KINDS)]
     sub_text, main_text = ("".join(label_char(c.label) for c in row) for row in rows)
     scores = [c.score for row in rows for c in row]
-    stray = len(chars) - len(sub_chars) - len(main_chars)
+    stray = sum(row is None and not any(_inside(c.centre, other) for other in others)
+                for c, row in zip(chars, rows_of))
     if stray:
         return _unread(layout, board, f"{stray} character(s) outside both text regions", scores)
     if len(sub_text) != 3 or len(main_text) != 4:
@@ -262,5 +266,6 @@ def read_plates(detections: list[Detection], options: ReadOptions = ReadOptions(
     characters read again by ``glyphs`` where given."""
     boards = suppress([d for d in usable(detections, options) if d.label in BOARD_LABELS],
                        _overlapping(options.duplicate_iou))
-    plates = [read_board(board, detections, options, glyphs) for board in boards]
+    plates = [read_board(board, detections, options, glyphs, [b.bbox for b in boards if b is not board])
+              for board in boards]
     return sorted(plates, key=lambda p: (p.bbox[1], p.bbox[0]))
