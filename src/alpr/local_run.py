@@ -31,7 +31,8 @@ from alpr.files import write_atomic
 EXPRESSION = re.compile(r"\{\{\s*([^{}]+?)\s*\}\}")
 TASK_OUTPUT = re.compile(r"\{\{\s*tasks\.([\w-]+)\.")
 CLUSTER_ONLY_SPEC = {"podGC", "ttlStrategy", "serviceAccountName", "podMetadata", "workflowMetadata",
-                     "activeDeadlineSeconds", "parallelism", "securityContext"}
+                     "activeDeadlineSeconds", "parallelism", "securityContext", "tolerations", "nodeSelector",
+                     "affinity"}
 SPEC_KEYS = {"entrypoint", "arguments", "templates", "volumes"} | CLUSTER_ONLY_SPEC
 TEMPLATE_KEYS = {"name", "container", "dag", "inputs", "outputs", "retryStrategy", "metadata", "podSpecPatch"}
 CONTAINER_KEYS = {"name", "image", "imagePullPolicy", "command", "args", "env", "volumeMounts", "resources",

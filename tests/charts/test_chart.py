@@ -202,6 +202,15 @@ def test_templates_point_at_the_release(chart):
             assert parameters(template)["dvc-remote"] == "gs://bucket/dvc"
 
 
+def test_workflow_pods_take_the_tolerations_and_node_selector_given(chart):
+    """GPU nodes are tainted where the cluster adds no toleration for a GPU request itself."""
+    gpu = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    docs = render(chart, {"workflows": {"tolerations": [gpu], "nodeSelector": {"pool": "gpu"}}})
+    for template in of_kind(docs, "WorkflowTemplate"):
+        assert template["spec"]["tolerations"] == [gpu] and template["spec"]["nodeSelector"] == {"pool": "gpu"}
+    assert all("tolerations" not in t["spec"] for t in of_kind(render(chart), "WorkflowTemplate"))
+
+
 def test_release_alpr_uses_the_names_the_templates_default_to(chart):
     """Release `alpr`: the chart's objects carry the names the Hera modules default to (and `alpr run` uses)."""
     docs = render(chart, scenario("values-secret"))
