@@ -52,7 +52,8 @@ def saved_copies(train: Path) -> list[list[Path]]:
 def checkpoints(train: Path) -> list[Path]:
     """A readable file of each saved weight set, oldest first, a best copy where there is one. mmengine
     writes a new best's best_METRIC_iter_N.pth whole, then saves iter_N.pth again in place, and a kill
-    leaves that cut short: the copy then stands in. Unreadable files are named in a warning; an error where none can be read."""
+    leaves that cut short: the copy then stands in. Unreadable files are named in a warning; an error
+    where none can be read."""
     from alpr.train import alpr_meta
 
     kept = []

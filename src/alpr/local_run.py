@@ -394,7 +394,8 @@ class LocalRun:
         arguments = task.get("arguments", {}).get("parameters", [])
         for argument in arguments:
             if "value" not in argument:  # valueFrom: an expression, a ConfigMap, ...
-                _unsupported(f"task {task['name']} argument {argument['name']}", set(argument) - {"name"} or {"no value"})
+                _unsupported(f"task {task['name']} argument {argument['name']}",
+                             set(argument) - {"name"} or {"no value"})
         given = {p["name"]: p["value"] for p in arguments}
         inputs = {}
         for parameter in template.get("inputs", {}).get("parameters", []):

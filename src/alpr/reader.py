@@ -290,8 +290,8 @@ class PlateReader:
         """For each (image index, board box): the detections in a window around the board, scaled
         so that the board is ``width`` px wide, in the whole image's pixels and without masks."""
         windows = [(i, *zoom_window(box, arrays[i].shape[1::-1], width)) for i, box in boards]
-        data = [self.window_pipeline(dict(img=window_image(arrays[i], window, scale), img_id=k, scale_factor=(1.0, 1.0)))
-                for k, (i, window, scale) in enumerate(windows)]
+        data = [self.window_pipeline(dict(img=window_image(arrays[i], window, scale), img_id=k,
+                                          scale_factor=(1.0, 1.0))) for k, (i, window, scale) in enumerate(windows)]
         return [[from_window(d, window, scale) for d in dets]
                 for (_, window, scale), dets in zip(windows, self._detect(data, masks=False, batch_size=ZOOM_BATCH))]
 
