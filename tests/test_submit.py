@@ -9,6 +9,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
+import yaml
 
 from schemas import argo_validator, errors
 
@@ -34,6 +35,14 @@ class Recorder(BaseHTTPRequestHandler):
         if Recorder.page is not None:
             return self._answer(200, Recorder.page.encode(), "text/html")
         reply = json.dumps(workflow if Recorder.status == 200 else {"code": 3, "message": "bad things"}).encode()
+        self._answer(Recorder.status, reply, "application/json")
+
+    def do_GET(self):  # noqa: N802  (the WorkflowTemplate, whose parameters submit checks)
+        Recorder.requests.append({"path": self.path, "headers": dict(self.headers)})
+        if Recorder.page is not None:
+            return self._answer(200, Recorder.page.encode(), "text/html")
+        template = yaml.safe_load((ROOT / "workflows" / f"{self.path.rsplit('/', 1)[1]}.yaml").read_text())
+        reply = json.dumps(template if Recorder.status == 200 else {"code": 3, "message": "bad things"}).encode()
         self._answer(Recorder.status, reply, "application/json")
 
     def log_message(self, *args):
@@ -63,7 +72,8 @@ def test_submit_creates_a_valid_workflow_from_the_template(argo_server, monkeypa
     result = _submit(argo_server, env=env)
     assert result.returncode == 0, result.stderr
     assert "submitted alpr-pipeline-abc12" in result.stdout and "s3cr3t" not in result.stdout + result.stderr
-    [request] = Recorder.requests
+    looked_up, request = Recorder.requests
+    assert looked_up["path"] == "/api/v1/workflow-templates/ml/alpr-pipeline"
     assert request["path"] == "/api/v1/workflows/ml"
     assert request["headers"]["Authorization"] == "Bearer s3cr3t-token"
     workflow = request["body"]["workflow"]
@@ -73,6 +83,15 @@ def test_submit_creates_a_valid_workflow_from_the_template(argo_server, monkeypa
         {"dataset-version": "7", "gpus": "0"}
     assert errors(argo_validator("Workflow"), {"apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow",
                                                **workflow}) == []
+
+
+def test_a_parameter_the_template_does_not_take_is_refused_before_anything_is_submitted(argo_server):
+    """Argo would take it without a word, leaving the parameter meant at its default."""
+    result = _submit(argo_server, "-p", "epoch=30")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "unknown parameter(s) epoch; workflowtemplate/alpr-pipeline takes" in result.stderr
+    assert "epochs" in result.stderr and [r["path"] for r in Recorder.requests] == [
+        "/api/v1/workflow-templates/argo/alpr-pipeline"]
 
 
 def test_server_errors_and_missing_server_are_clear(argo_server, monkeypatch):

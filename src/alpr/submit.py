@@ -49,6 +49,16 @@ def workflow_from_template(template: str, parameters: dict[str, str], namespace:
                     arguments=[Parameter(name=k, value=v) for k, v in parameters.items()])
 
 
+def check_parameters(template, parameters: dict[str, str]) -> None:
+    """The names given are the template's: Argo takes an unknown one without a word, so a typo leaves
+    its parameter at the default (argoproj/argo-workflows#10482)."""
+    declared = {p.name for p in (template.spec.arguments.parameters or [])} if template.spec.arguments else set()
+    unknown = set(parameters) - declared
+    if unknown:
+        raise UsageError(f"unknown parameter(s) {', '.join(sorted(unknown))}; workflowtemplate/"
+                         f"{template.metadata.name} takes {', '.join(sorted(declared))}")
+
+
 def _session(timeout: float):
     """A requests session whose calls give up after ``timeout`` seconds of silence: Hera sets no timeout."""
     import requests
@@ -68,9 +78,11 @@ def submit(server: ArgoServer, parameters: dict[str, str], template: str = "alpr
     from requests import RequestException
 
     workflow = workflow_from_template(template, parameters, server.namespace)
-    workflow.workflows_service = WorkflowsService(host=server.host, token=server.token, namespace=server.namespace,
-                                                  verify_ssl=server.verify_ssl, session=_session(server.timeout))
+    service = WorkflowsService(host=server.host, token=server.token, namespace=server.namespace,
+                               verify_ssl=server.verify_ssl, session=_session(server.timeout))
+    workflow.workflows_service = service
     try:
+        check_parameters(service.get_workflow_template(template, server.namespace), parameters)
         created = workflow.create()
     except HeraException as error:
         raise AlprError(f"Argo server {server.host} refused the workflow: {error}") from None
