@@ -325,6 +325,18 @@ def test_record_commits_only_its_own_files_in_a_shared_repository(synth_dir, tmp
     assert not (project / ".gitignore").exists()  # the user's repository keeps its own ignores
 
 
+def test_a_repository_of_yours_that_ignores_the_workdir_is_refused_before_anything_is_written(synth_dir, tmp_path):
+    """DVC would refuse to track the version's folders, after record had written them and committed
+    its own setup into your repository."""
+    project = tmp_path / "project"
+    project.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=project, check=True)
+    (project / ".gitignore").write_text("work/\n")
+    with pytest.raises(VersioningError, match=r"work/datasets/plates/1.dvc: git ignores it \(.gitignore:1:work/\)"):
+        record(RecordOptions(synth_dir, project / "work", "plates", "1", data_repo=project, push=False))
+    assert _git(project, "rev-list", "--all") == [] and not (project / "work" / "datasets").exists()
+
+
 def test_a_damaged_manifest_is_named_with_its_problem(synth_dir, tmp_path):
     options = RecordOptions(synth_dir, tmp_path / "w", "plates", "1", dvc=False)
     manifest = record(options).path / "manifest.json"

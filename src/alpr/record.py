@@ -262,6 +262,8 @@ def record(options: RecordOptions) -> RecordResult:
         check_store(options.store, name, version, digest)
 
     folder, annotations = dataset_dir(workdir, name, version), annotations_dir(workdir, name, version)
+    if options.dvc:
+        repo.check_trackable(folder, annotations)
     created = not folder.exists()
     if folder.exists():
         recorded = read_json(folder / "manifest.json")

@@ -103,6 +103,21 @@ class DataRepo:
         ours = [".gitignore"] if ignores.is_file() and ignores.read_text() == self.gitignore() else []
         self.commit("alpr: initialise data repository", [*ours, ".dvc/config", ".dvc/.gitignore", ".dvcignore"])
 
+    def check_trackable(self, *folders: Path) -> None:
+        """DVC refuses to track a folder whose pointer git ignores (a repository of yours that ignores
+        the workdir): said before anything is written or committed here."""
+        if not (self.root / ".git").exists():
+            return  # a repository of ours is made to track them
+        for folder in folders:
+            pointer = f"{folder.resolve().relative_to(self.root)}.dvc"
+            ignored = subprocess.run(["git", "check-ignore", "-v", "--no-index", pointer], cwd=self.root, env=_env(),
+                                     capture_output=True, text=True)
+            if ignored.returncode == 0:
+                rule = ignored.stdout.split("\t")[0]
+                raise VersioningError(f"{self.root / pointer}: git ignores it ({rule}), so DVC cannot version "
+                                      f"{folder.name}; let git see the workdir's datasets/ and annotations/, or "
+                                      "give another --data-repo")
+
     def gitignore(self) -> str:
         """Only the versioned folders belong in git; runs, databases and scratch stay out."""
         lines, folder = ["/*", "!/.gitignore", "!/.dvcignore", "!/.dvc"], ""
