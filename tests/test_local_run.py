@@ -432,8 +432,8 @@ import signal, sys, time
 def interrupted(*_):
     raise KeyboardInterrupt
 signal.signal(signal.SIGTERM, interrupted)  # a step that stops cleanly on either
-print('started', flush=True)
 try:
+    print('started', flush=True)  # inside: the signal may come as soon as it is printed
     time.sleep(60)
 except KeyboardInterrupt:
     time.sleep(0.5)  # saving what it has
