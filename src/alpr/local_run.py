@@ -275,8 +275,9 @@ class LocalRun:
         if entry is None or "dag" not in entry:
             raise NotSupportedLocally(f"entrypoint {self.spec.get('entrypoint')!r}: only a DAG entrypoint is "
                                       "supported locally")
-        if set(entry) - TEMPLATE_KEYS or set(entry["dag"]) != {"tasks"}:  # failFast, target, ...
-            _unsupported(f"template {entry['name']}", (set(entry) - TEMPLATE_KEYS) | (set(entry["dag"]) - {"tasks"}))
+        extra = (set(entry) - TEMPLATE_KEYS) | (set(entry["dag"]) - {"tasks"})  # failFast, target, ...
+        if extra or "tasks" not in entry["dag"]:
+            _unsupported(f"template {entry['name']}", extra or {"a dag without tasks"})
         tasks = topological(entry["dag"]["tasks"])
         with self._only_run_of_this_template():  # before reading the state: another run may still write it
             if self.resume:

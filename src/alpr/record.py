@@ -206,14 +206,14 @@ def split_archive(folder: Path) -> bytes:
     return buffer.getvalue()
 
 
-def _stored_manifest(store: str, name: str, version: str) -> str:
-    return storage.join(store, "datasets", name, version, "manifest.json")
+def _stored(store: str, name: str, version: str, file: str) -> str:
+    return storage.join(store, "datasets", name, version, file)
 
 
 def check_store(store: str, name: str, version: str, digest: str) -> None:
     """A conflict with the version in the store, refused before anything is written: another workdir
     (its own database) may have recorded other content under this name and version there."""
-    url = _stored_manifest(store, name, version)
+    url = _stored(store, name, version, "manifest.json")
     if storage.exists(url):
         stored = json.loads(storage.read_bytes(url)).get("content_sha256")
         if stored != digest:
@@ -223,8 +223,7 @@ def check_store(store: str, name: str, version: str, digest: str) -> None:
 
 def upload(folder: Path, store: str, name: str, version: str) -> list[str]:
     """The manifest and the split files; the manifest last, so that one there names a whole upload."""
-    manifest, archive = _stored_manifest(store, name, version), storage.join(store, "datasets", name, version,
-                                                                             "splits.tar.gz")
+    manifest, archive = (_stored(store, name, version, file) for file in ("manifest.json", "splits.tar.gz"))
     storage.write_bytes(archive, split_archive(folder))
     storage.write_bytes(manifest, (folder / "manifest.json").read_bytes())
     return [manifest, archive]

@@ -163,10 +163,10 @@ def sampler(experiment: dict, seed_offset: int = 0):
     if name not in SAMPLERS:
         raise NotSupportedLocally(f"algorithm {name!r}: alpr tune runs {', '.join(SAMPLERS)}")
     settings = {s["name"]: s.get("value") for s in algorithm.get("algorithmSettings", [])}
-    unknown = set(settings) - SAMPLER_SETTINGS[name.removeprefix("multivariate-")]
-    if unknown:
-        raise NotSupportedLocally(f"algorithm {name!r}: settings {', '.join(sorted(unknown))} (alpr tune takes "
-                                  f"{', '.join(sorted(SAMPLER_SETTINGS[name.removeprefix('multivariate-')]))})")
+    taken = SAMPLER_SETTINGS[name.removeprefix("multivariate-")]
+    if set(settings) - taken:
+        raise NotSupportedLocally(f"algorithm {name!r}: settings {', '.join(sorted(set(settings) - taken))} "
+                                  f"(alpr tune takes {', '.join(sorted(taken))})")
     number = partial(_setting, settings, name)
     seed = number("random_state", None, int)  # as Katib: unseeded without one
     seed = None if seed is None else seed + seed_offset
