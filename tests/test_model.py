@@ -418,6 +418,21 @@ def test_an_unknown_best_metric_fails_before_training(smoke_workdir):
         check_metric("--metric", "plates")
 
 
+def test_a_layouts_score_is_refused_on_a_split_without_that_layouts_plates(tmp_path):
+    import json
+
+    from alpr.errors import UsageError
+    from alpr.metrics import check_metric
+    from alpr.plates import CLASSES
+
+    split = tmp_path / "val.json"
+    split.write_text(json.dumps({"annotations": [{"category_id": CLASSES.index("l_board") + 1}]}))  # one-row only
+    check_metric("--best-metric", "EIR_one_row", split)
+    check_metric("--best-metric", "EIR", split)
+    with pytest.raises(UsageError, match=r"EIR_two_row: .*val.json has no two-row plates.*\(e.g. EIR\)"):
+        check_metric("--best-metric", "EIR_two_row", split)
+
+
 def test_evaluate_scores_each_saved_weight_set_once(tmp_path):
     import os
 
@@ -480,6 +495,8 @@ def test_time_budget_schedule_warms_up_then_anneals_over_the_time():
     assert factor(1.0, 500) == factor(1.7, 500) == pytest.approx(0.05)  # annealed when the time is up, and after
     later = [factor(f / 10, 500) for f in range(11)]
     assert later == sorted(later, reverse=True)
+    for none in (0, 1):  # --warmup-iters 0 or 1: no warm-up, as by iterations (warmup_end)
+        assert time_budget_lr_factor(0.0, 0, none, start_factor=1e-3, min_lr_ratio=0.05) == 1.0
 
 
 def test_training_by_minutes_ends_by_itself_annealed_and_a_finished_run_stays_finished(smoke_workdir):
@@ -552,6 +569,23 @@ def test_evaluate_scores_the_checkpoints_it_can_read_and_names_the_others(smoke_
         (tmp_path / name).unlink()
     with pytest.raises(UsageError, match="no readable checkpoint to score"):
         checkpoints(tmp_path)
+
+
+def test_evaluate_keeps_its_scores_when_plotting_fails(smoke_workdir, smoke_training, tmp_path, monkeypatch):
+    from alpr import evaluate
+
+    shutil.copytree(smoke_workdir / "datasets", tmp_path / "datasets")
+    (tmp_path / "runs" / "r" / "train").mkdir(parents=True)
+    shutil.copy(smoke_workdir / "runs" / "r1" / "train" / "iter_4.pth", tmp_path / "runs" / "r" / "train")
+
+    def no_room(*_):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(evaluate, "plot", no_room)
+    with pytest.raises(OSError, match="No space left"):
+        evaluate.evaluate_run(evaluate.EvaluateOptions(tmp_path, "r", device="cpu"), progress=False)
+    report = json.loads((tmp_path / "runs" / "r" / "eval" / "metrics.json").read_text())
+    assert list(report["checkpoints"]) == ["iter_4.pth"] and report["plots"] == [] and "EIR" in report["best"]
 
 
 def test_evaluate_writes_metrics_plots_and_database_rows(smoke_workdir, smoke_training):
@@ -644,6 +678,28 @@ def test_an_empty_test_split_is_a_warning_not_the_pipelines_failure(smoke_workdi
     (tmp_path / "empty").mkdir()
     with pytest.raises(UsageError, match="empty: no images"):  # a folder given is one meant to hold some
         test_run(TestOptions(tmp_path, "r", images=tmp_path / "empty", checkpoint=best, device="cpu"))
+
+
+def test_an_interrupted_test_step_leaves_the_earlier_outputs_and_nothing_half_written(smoke_workdir, smoke_training,
+                                                                                        tmp_path, monkeypatch):
+    from alpr import visualize
+
+    shutil.copytree(smoke_workdir / "datasets", tmp_path / "datasets")
+    out = tmp_path / "runs" / "r" / "test"
+    (out / "images").mkdir(parents=True)
+    (out / "images" / "old.jpg").write_bytes(b"an earlier test's picture")
+    (out / "predictions.jsonl").write_text("an earlier test's lines\n")
+
+    def interrupted(*_):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(visualize, "write_picture", interrupted)
+    best = smoke_workdir / "runs" / "r1" / "train" / "best.pth"
+    with pytest.raises(KeyboardInterrupt):
+        visualize.test_run(visualize.TestOptions(tmp_path, "r", checkpoint=best, device="cpu"), progress=False)
+    assert sorted(p.name for p in out.iterdir()) == ["images", "predictions.jsonl"]  # no .partial left
+    assert (out / "predictions.jsonl").read_text() == "an earlier test's lines\n"
+    assert [p.name for p in (out / "images").iterdir()] == ["old.jpg"]
 
 
 def test_test_step_reads_past_an_image_it_cannot_read_and_replaces_its_outputs_whole(smoke_workdir, smoke_training,

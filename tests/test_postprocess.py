@@ -92,6 +92,20 @@ def test_two_plates_close_one_above_the_other_are_both_read():
     assert plate.reason == "1 character(s) outside both text regions"
 
 
+def test_a_close_plates_character_reaching_into_a_row_is_another_glyph_not_a_better_copy():
+    """The lower plate's raised end reaches into the upper plate's sub-text at its first character's x:
+    sharing its width but little of its height, it is no second box on that glyph, which its higher
+    score would have replaced (the upper plate read 31B2222). Now the row holds four: unread."""
+    upper, lower = _plate("11B2222"), _plate("33C4444", y=25, char_score=0.97)
+    first = next(i for i, d in enumerate(lower) if d.label == "3")
+    x1, y1, x2, y2 = lower[first].bbox
+    lower[first] = replace(lower[first], bbox=(x1, y1 - 12, x2, y2 - 12))  # its centre in the upper's sub text
+    top, bottom = read_plates(upper + lower)
+    assert top.text is None and top.reason.startswith("read '311B' + '2222'") and bottom.text == "33C4444"
+    taller = Detection("1", 0.99, (x1, 0, x2, 22))  # a second, taller box on the upper's first glyph
+    assert read_plates(_plate("11B2222") + [taller])[0].text == "11B2222"
+
+
 def test_board_without_text():
     plates = read_plates([Detection("l_board", 0.9, (0, 0, 200, 40))])
     assert len(plates) == 1 and plates[0].reason == "no characters found on the board"

@@ -46,7 +46,7 @@ def test_a_slivers_window_scales_to_pixels_not_to_nothing():
 
 def _plate(text, bbox, score=0.9, char_scores=()) -> Plate:
     reason = None if text else "no characters found on the board"
-    return Plate(text, text and text[:2], text and text[2], text and text[3:], "one_row", bbox, score,
+    return Plate(text, text and text[:2], text and text[2], text and text[3:], "one-row", bbox, score,
                  tuple(char_scores), reason)
 
 

@@ -253,6 +253,24 @@ def test_bad_input_gets_a_4xx_that_says_why_and_the_server_goes_on(server, image
     assert_same_plates(response.json()["predictions"][0]["plates"], expected[images[0].name])
 
 
+def test_a_body_larger_than_its_images_could_be_is_answered_413_before_it_is_parsed(server, images, expected):
+    from alpr.serve import ServeOptions, max_body_bytes
+
+    limit = max_body_bytes(ServeOptions(max_image_bytes=MAX_BYTES, max_images=6))  # the server's flags
+    good = json.dumps({"instances": [{"image_b64": b64(images[0].read_bytes())}]}).encode()
+    just_in = good[:-1] + b" " * (limit - len(good)) + b"}"  # read, in the many messages of a large body
+    response = httpx.post(f"{server}/v1/models/alpr:predict", content=just_in, timeout=60)
+    assert len(just_in) == limit and response.status_code == 200, response.text
+    assert_same_plates(response.json()["predictions"][0]["plates"], expected[images[0].name])
+    over = good[:-1] + b" " * (limit + 1 - len(good)) + b"}"
+    chunked = iter([over[:1000], over[1000:]])  # no content-length: counted as it comes
+    for content in (over, chunked):
+        response = httpx.post(f"{server}/v1/models/alpr:predict", content=content, timeout=60)
+        assert response.status_code == 413, response.text
+        assert f"request body of {limit + 1} bytes is over the limit of {limit} bytes" in response.json()["error"]
+    assert v1(server, [{"image_b64": b64(images[0].read_bytes())}]).status_code == 200
+
+
 def test_what_clients_commonly_send_is_read(server, images, expected):
     """curl -d sends JSON as a form; phones append data after a JPEG's end-of-image marker."""
     good = images[0].read_bytes()

@@ -131,6 +131,14 @@ def test_a_server_given_as_host_and_port_is_tls_unless_argo_secure_is_false(monk
     assert ArgoServer.from_env("argo.example:2746").host == f"{scheme}://argo.example:2746/"
 
 
+def test_a_server_url_of_another_scheme_is_refused_by_name():
+    from alpr.errors import UsageError
+    from alpr.submit import ArgoServer
+
+    with pytest.raises(UsageError, match=r"'ftp://argo.example:2746' \(--argo-server or ARGO_SERVER\): expected host:port"):
+        ArgoServer.from_env("ftp://argo.example:2746")
+
+
 @pytest.mark.parametrize("page", ["<html><body>Sign in</body></html>", '{"kind": "Status"}'])
 def test_a_page_that_is_not_the_api_is_named_as_such(argo_server, page):
     Recorder.page = page

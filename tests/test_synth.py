@@ -266,10 +266,10 @@ def test_a_font_that_lacks_a_plate_character_is_not_drawn_with(tmp_path):
 def test_default_workers_fit_the_containers_memory_as_well_as_its_cores(tmp_path, monkeypatch):
     """The pipeline's synth pod requests CPU with no limit: on a 96-core node it saw 96 cores, and as
     many workers outgrew its 4 GiB memory limit."""
-    from alpr import synth
+    from alpr import machine, synth
 
-    monkeypatch.setattr(synth, "CGROUP", tmp_path)
-    monkeypatch.setattr(synth.os, "sched_getaffinity", lambda pid: set(range(96)))
+    monkeypatch.setattr(machine, "CGROUP", tmp_path)
+    monkeypatch.setattr(machine.os, "sched_getaffinity", lambda pid: set(range(96)))
     (tmp_path / "cpu.max").write_text("max 100000\n")
     (tmp_path / "memory.max").write_text(f"{4 * 2**30}\n")
     assert synth.default_workers() == 4 * 2**30 // synth.WORKER_MEMORY == 10

@@ -51,8 +51,9 @@ def common_parameters() -> list[Parameter]:
         Parameter(name="secret-name", value="alpr-secrets",
                   description="Secret with gcs-key.json and db-url"),
         Parameter(name="db-url", value="",
-                  description="SQLAlchemy URL without credentials (parameters are visible: keep those in the "
-                              "Secret's db-url); empty: the Secret's db-url, else SQLite on the volume"),
+                  description="SQLAlchemy URL of a database that needs no credentials, used instead of the "
+                              "Secret's (parameters are visible: a URL with credentials goes in the Secret's db-url "
+                              "and this stays empty); empty: the Secret's db-url, else SQLite on the volume"),
         Parameter(name="store", value="", description="object store URL (gs://bucket/prefix); empty: none"),
         Parameter(name="gpus", value="0",
                   description="GPUs for train and evaluate; with a CUDA image, e.g. image=ghcr.io/alpr-dev/alpr-cuda"),

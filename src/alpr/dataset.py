@@ -6,7 +6,6 @@ import gc
 import hashlib
 import json
 import math
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ import numpy as np
 from alpr.errors import AlprError, UsageError
 from alpr.files import missing
 from alpr.images import InvalidImage, read_header
+from alpr.machine import available_cpus
 from alpr.plates import BOARD_LABELS, CHARACTER_CLASSES, CLASSES, PlateFormatError, parse_plate
 from alpr.progress import show_progress
 
@@ -223,7 +223,7 @@ def paused_gc() -> Iterator[None]:
 
 def _load_all(paths: list[Path], source: Path, progress: bool):
     """Loads files in file order, on every core when there are many, with a progress bar."""
-    workers = min(os.cpu_count() or 1, 8) if len(paths) >= 200 else 1
+    workers = min(available_cpus(), 8) if len(paths) >= 200 else 1
     with show_progress(f"validate {source}", len(paths), progress) as advance:
         if workers == 1:
             for path in paths:

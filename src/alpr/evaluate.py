@@ -176,10 +176,12 @@ def miss_sheet(path: Path, images: Path, misses: list[dict]) -> Path:
 def _save(fig, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
-    fig.tight_layout()
-    with written_whole(path) as partial:
-        fig.savefig(partial, dpi=100, format="png")
-    plt.close(fig)
+    try:
+        fig.tight_layout()
+        with written_whole(path) as partial:
+            fig.savefig(partial, dpi=100, format="png")
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -217,6 +219,8 @@ def evaluate_run(options: EvaluateOptions, progress: bool = True) -> dict:
     candidates = checkpoints(train) if picks else [best_checkpoint(workdir, options.run_id)]
     meta = alpr_meta(candidates[-1])["alpr"]
     dataset = dataset_dir(workdir, meta["dataset"]["name"], meta["dataset"]["version"])
+    if picks:
+        check_metric("--metric", options.key_metric, dataset / f"{options.split}.json")
     scored, gts, digests = {}, {}, {}
     for checkpoint in candidates:
         digests[checkpoint.name] = sha256_file(checkpoint)  # what was scored, by its bytes
@@ -231,15 +235,16 @@ def evaluate_run(options: EvaluateOptions, progress: bool = True) -> dict:
     best_metrics, best_plates = scored[best]
     out = eval_dir(workdir, options.run_id, options.split)
     out.mkdir(parents=True, exist_ok=True)
-    plots = plot(out, gts[best], best_plates, best_metrics, dataset / "images")
     report = {
         "run_id": options.run_id, "split": options.split, "key_metric": options.key_metric,
         "dataset": meta["dataset"], "best_checkpoint": str(train / best), "best_sha256": digests[best],
         "best": best_metrics,
         "checkpoints": {name: scalar_metrics(m) for name, (m, _) in scored.items()},
-        "plots": [p.name for p in plots],
+        "plots": [],
     }
-    write_json(out / "metrics.json", report)  # the scores stand, should the upload fail
+    write_json(out / "metrics.json", report)  # the scores stand, should plotting or the upload fail
+    report["plots"] = [p.name for p in plot(out, gts[best], best_plates, best_metrics, dataset / "images")]
+    write_json(out / "metrics.json", report)
     base = storage.join(options.store, "runs", options.run_id) if options.store else None
     if base and picks:  # uploaded before the run is recorded: a recorded run's model is in the store
         if sha256_file(train / best) != digests[best]:

@@ -32,13 +32,14 @@ import io
 import re
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from alpr.errors import UsageError
+from alpr.errors import UsageError, read_json
 from alpr.plates import (BOARD_LABELS, CHARACTER_CLASSES, CLASSES, MAIN_LABELS, SUB_LABELS, Layout, PlateFormatError,
                          parse_plate)
 from alpr.postprocess import Detection, Plate, box_iou, read_board
@@ -351,11 +352,22 @@ def metric_names() -> tuple[str, ...]:
     return tuple(f"{name}{suffix}" for name in PER_LAYOUT for suffix in SUFFIXES)
 
 
-def check_metric(flag: str, name: str) -> None:
-    """A metric to pick checkpoints by: a score, higher is better (``plates`` counts ground truth)."""
+def check_metric(flag: str, name: str, split: Path | None = None) -> None:
+    """A metric to pick checkpoints by: a score, higher is better (``plates`` counts ground truth). A
+    layout's score needs plates of that layout in the ``split`` it is taken on: without them it is 0
+    for every checkpoint, and the pick would be the first, least trained one."""
     scores = [m for m in metric_names() if not m.startswith("plates")]
     if name not in scores:
         raise UsageError(f"{flag} {name!r}: not a score to pick checkpoints by; choose from {', '.join(scores)}")
+    layout = next((layout for layout in Layout if name.endswith(layout_suffix(layout))), None)
+    if layout is None or split is None:
+        return
+    board = CLASSES.index(layout.board_label) + 1
+    document = read_json(split)
+    if not any(a.get("category_id") == board for a in document.get("annotations", [])):
+        overall = name.removesuffix(layout_suffix(layout))
+        raise UsageError(f"{flag} {name}: {split} has no {layout.value} plates, so {name} would be 0 for every "
+                         f"checkpoint; choose a score of the plates it has (e.g. {overall})")
 
 
 def _layout_at(truth: list[TruePlate], box) -> Layout | None:

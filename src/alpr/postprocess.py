@@ -150,14 +150,19 @@ def _left_to_right(chars: list[Detection]) -> list[Detection]:
     return sorted(chars, key=lambda d: d.centre[0])
 
 
-GLYPH_OVERLAP = 0.5  # two characters of one row sharing this much of the narrower's width are one glyph
+GLYPH_OVERLAP = 0.5  # two characters sharing this much of the narrower's width and the shorter's height are one glyph
 
 
 def _same_glyph(a: Detection, b: Detection) -> bool:
     """Neighbours in a row barely overlap sideways; two boxes on one glyph can differ in height
-    and offset (so their IoU is low) but share most of their width."""
-    shared = min(a.bbox[2], b.bbox[2]) - max(a.bbox[0], b.bbox[0])
-    return shared > GLYPH_OVERLAP * min(a.bbox[2] - a.bbox[0], b.bbox[2] - b.bbox[0])
+    and offset (so their IoU is low) but share most of their width, and most of the shorter's
+    height: a close plate's character above or below, reaching into the row, is another glyph."""
+    def shares_most(axis: int) -> bool:
+        low, high = axis, axis + 2
+        shared = min(a.bbox[high], b.bbox[high]) - max(a.bbox[low], b.bbox[low])
+        return shared > GLYPH_OVERLAP * min(a.bbox[high] - a.bbox[low], b.bbox[high] - b.bbox[low])
+
+    return shares_most(0) and shares_most(1)
 
 
 def _of_kind(char: Detection, found: list[Detection], kind: str, iou: float) -> Detection:
@@ -188,12 +193,17 @@ def _unread(layout: Layout, board: Detection, reason: str, scores: list[float] =
 
 
 Glyphs = Callable[[list[BOX]], np.ndarray]  # boxes in the image -> class probabilities (N x 15), alpr.glyphs
+# A glyph whose place's kind (digit or letter) holds less of its probability is of the other kind:
+# a letter where a digit belongs, not a look-alike to read as one
+OTHER_KIND = 0.2
 
 
 def _reread(rows: list[list[Detection]], glyphs: Glyphs) -> list[list[Detection]]:
     """Each character read again by the glyph classifier: its likeliest class of the kind the
     format puts at its place, scored by its probability among that kind. The format is known, so a
-    glyph surely a B or an 8 is surely an 8 where a digit belongs; a flat guess still scores low."""
+    glyph surely a B or an 8 is surely an 8 where a digit belongs; a flat guess still scores low.
+    A glyph whose place's kind holds under OTHER_KIND of its probability keeps that class's own
+    probability as its score, under any usual character threshold: the plate is left unread."""
     probabilities = iter(glyphs([c.bbox for row in rows for c in row]))
     reread = []
     for row, kinds in zip(rows, TEXT_KINDS):
@@ -203,7 +213,7 @@ def _reread(rows: list[list[Detection]], glyphs: Glyphs) -> list[list[Detection]
             p = next(probabilities)
             best = max(allowed, key=lambda i: p[i])
             of_kind = float(sum(p[i] for i in allowed))
-            score = float(p[best]) / of_kind if of_kind > 0 else 0.0
+            score = float(p[best]) / of_kind if of_kind >= OTHER_KIND else float(p[best])
             reread[-1].append(replace(char, label=CHARACTER_CLASSES[best], score=score))
     return reread
 

@@ -210,10 +210,12 @@ class PlateReader:
         check_classes(path, meta["alpr"].get("classes", ()))
         from mmdet.apis import init_detector
 
+        from alpr.machine import fit_torch_threads
         from alpr.mmdet_ext import mixed_precision_pays  # importing it registers alpr's modules
 
         config = Config.fromstring(meta["cfg"], ".py")
         device = resolve_device(device)
+        fit_torch_threads()
         amp = amp and mixed_precision_pays(device, "reading")
         with contextlib.redirect_stdout(sys.stderr):  # mmengine's loading chatter must not mix with results
             model = init_detector(config, str(path), device=device)

@@ -9,7 +9,8 @@ Images from concurrent requests are batched on the device (``max_batch_size``, `
 A request waits while other requests hold ``max_held_images`` decoded images, and is answered 503
 at once when as many images already wait: a waiting request holds its body. One not read within
 ``request_timeout_s`` is answered 503 too: KServe does not stop a request whose client has gone.
-Bad input raises kserve's InvalidInput, which the server answers with a 400 and a message.
+Bad input raises kserve's InvalidInput, which the server answers with a 400 and a message; a body
+larger than ``max_images`` images of ``max_image_bytes`` could hold gets a 413 before it is parsed.
 """
 
 from __future__ import annotations
@@ -116,6 +117,52 @@ def decode_base64_image(text: Any, max_bytes: int, max_pixels: int) -> np.ndarra
     except (binascii.Error, ValueError) as error:
         raise InvalidImage(f"not valid base64 ({error})") from None
     return decode_image(data, max_bytes, max_pixels)
+
+
+def max_body_bytes(options: ServeOptions) -> int:
+    """The largest request body read: ``max_images`` images at their limit in base64 wrapped at 76
+    characters (as ``base64`` prints it), and a MiB for the JSON around them."""
+    return options.max_images * (4 * math.ceil(options.max_image_bytes / 3) * 77 // 76) + 2**20
+
+
+class BodyLimit:
+    """ASGI middleware that answers 413 to a body over ``limit`` bytes before KServe holds it whole and
+    parses it: without it one request of gigabytes could take the server's memory (a cluster's ingress
+    may limit bodies too; `alpr serve` alone has nothing else to). The rest of a refused body is read
+    and dropped, so that the client, still sending, gets the answer."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        messages, size = [], 0
+        while True:
+            message = await receive()
+            size += len(message.get("body", b""))
+            if size <= self.limit:
+                messages.append(message)
+            if message["type"] != "http.request" or not message.get("more_body"):
+                break
+        if message["type"] != "http.request":  # the client has gone
+            return
+        if size > self.limit:
+            return await self._refuse(send, size)
+        waiting = collections.deque(messages)
+        await self.app(scope, lambda: _next(waiting, receive), send)
+
+    async def _refuse(self, send, size: int) -> None:
+        body = json.dumps({"error": f"request body of {size} bytes is over the limit of {self.limit} bytes "
+                                    "(--max-images images of --max-image-bytes each, in base64)"}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]})
+        await send({"type": "http.response.body", "body": body})
+
+
+async def _next(waiting: collections.deque, receive) -> dict:
+    """The body's messages as read, then what the connection sends next (its disconnect)."""
+    return waiting.popleft() if waiting else await receive()
 
 
 class Batcher:
@@ -383,4 +430,7 @@ def serve(options: ServeOptions) -> None:
     model.load()
     print(f"serving {options.name} on http://0.0.0.0:{options.http_port} "
           f"(V1 /v1/models/{options.name}:predict, V2 /v2/models/{options.name}/infer)", flush=True)
+    from kserve.model_server import app  # the FastAPI app ModelServer serves
+
+    app.add_middleware(BodyLimit, limit=max_body_bytes(options))
     kserve.ModelServer(http_port=options.http_port, enable_grpc=False, workers=1).start([model])

@@ -32,6 +32,9 @@ class ArgoServer:
         if "://" not in host:  # the argo CLI's ARGO_SERVER is host:port, over TLS unless ARGO_SECURE=false
             secure = os.environ.get("ARGO_SECURE", "true").lower() not in ("0", "false")
             host = f"{'https' if secure else 'http'}://{host}"
+        if not host.startswith(("http://", "https://")):
+            raise UsageError(f"Argo server {host!r} (--argo-server or ARGO_SERVER): expected host:port or an "
+                             "http:// or https:// URL")
         token = token or os.environ.get("ARGO_TOKEN")
         if token and not token.startswith("Bearer "):
             token = f"Bearer {token}"

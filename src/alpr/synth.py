@@ -9,8 +9,6 @@ exact through rotation and perspective.
 from __future__ import annotations
 
 import json
-import math
-import os
 import signal
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -25,13 +23,13 @@ import numpy as np
 from alpr.backgrounds import Backgrounds
 from alpr.errors import AlprError, UsageError
 from alpr.files import write_atomic
+from alpr.machine import available_cpus, memory_limit
 from alpr.plates import DIGITS, VEHICLE_TYPES, Layout, PlateText, char_label
 from alpr.progress import show_progress
 
 LABELME_VERSION = "5.5.0"
 MIN_SIDE = 8  # px: smaller images break the background noise and blur
 MARK = ".alpr-synth"  # in each folder synth writes: it may write there again, and nowhere else that holds files
-CGROUP = Path("/sys/fs/cgroup")  # a container's limits (cgroup v2)
 # a worker's peak: about 100 MB with the built-in backgrounds, more with up to 8 decoded photos of yours
 WORKER_MEMORY = 400 * 2**20
 # Canvas sizes keep the real plates' proportions (520x110 mm one-row, 335x170 mm two-row).
@@ -444,23 +442,3 @@ def default_workers() -> int:
     """One worker per core this process may use, as many as a container's memory limit holds: a pod
     given a CPU request but no limit (the pipeline's) sees every core of a 96-core node."""
     return max(1, min(available_cpus(), memory_limit() // WORKER_MEMORY))
-
-
-def available_cpus() -> int:
-    """The cores this process may use: its affinity, within a container's CPU quota (cgroup v2), not
-    the node's count."""
-    cores = len(os.sched_getaffinity(0))
-    try:
-        quota, period = (CGROUP / "cpu.max").read_text().split()
-        return max(1, min(cores, int(quota) // int(period))) if quota != "max" else cores
-    except (OSError, ValueError):
-        return cores
-
-
-def memory_limit() -> int | float:
-    """A container's memory limit (cgroup v2), in bytes; infinite where there is none."""
-    try:
-        limit = (CGROUP / "memory.max").read_text().strip()
-        return math.inf if limit == "max" else int(limit)
-    except (OSError, ValueError):
-        return math.inf

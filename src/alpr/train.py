@@ -13,6 +13,7 @@ from pathlib import Path
 from alpr.errors import AlprError, UsageError, read_json
 from alpr.files import missing, written_whole
 from alpr.glyphs import GLYPH_NET, train_glyphs
+from alpr.machine import fit_torch_threads
 from alpr.model import TrainSettings, build_config, warmup_end, with_val_interval
 from alpr.plates import CLASSES, check_classes
 from alpr.record import check_name
@@ -236,12 +237,13 @@ def train(options: TrainOptions) -> Path:
     from alpr.metrics import check_metric
 
     check_name("run id", options.run_id)
-    check_metric("--best-metric", options.settings.best_metric)
     data = dataset_dir(options.workdir.resolve(), options.dataset, options.version)
     manifest = check_dataset(data)
+    check_metric("--best-metric", options.settings.best_metric, data / "val.json")
     images = trained_images(data)
     settings = with_val_interval(options.settings, images)
     device = select_device(options.device)
+    fit_torch_threads()  # before the glyph classifier and the detector train
     from alpr.mmdet_ext import mixed_precision_pays
 
     amp = settings.amp and mixed_precision_pays(device, "training")

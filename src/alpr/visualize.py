@@ -123,11 +123,34 @@ def _load(reader, paths: list[Path]) -> tuple[dict[Path, np.ndarray], dict[Path,
     return arrays, errors
 
 
+def _read_all(reader, images: list[Path], root: Path, pictures: Path, partial: Path, progress: bool) -> list[str]:
+    """Writes each image's line to ``partial`` and its picture under ``pictures``; returns the images' errors."""
+    from alpr.reader import READ_BATCH
+
+    failed = []
+    with partial.open("w") as lines, show_progress("test", len(images), progress) as advance:
+        for start in range(0, len(images), READ_BATCH):
+            batch = images[start:start + READ_BATCH]
+            arrays, errors = _load(reader, batch)
+            read = dict(zip(arrays, reader.read(list(arrays.values()), masks=True) if arrays else []))
+            for path in batch:  # in the images' order, each image's line or error
+                if path in errors:
+                    failed.append(str(errors[path]))
+                    lines.write(error_line(str(path), errors[path]) + "\n")
+                    continue
+                dets, plates = read[path]
+                lines.write(prediction_line(str(path), plates) + "\n")
+                drawn = usable(dets, reader.options)  # what reading used, not the weaker ones kept for mAP
+                write_picture(pictures / path.relative_to(root), draw(arrays[path], drawn, plates))
+            advance(len(batch))
+    return failed
+
+
 def test_run(options: TestOptions, progress: bool = True) -> Path:
     """Writes runs/RUN/test/predictions.jsonl and one annotated picture per image; returns the folder. An
     image that cannot be read gets an ``{"image", "error"}`` line, the others are read, and then the step
     fails naming it. Both outputs replace an earlier test's only when this one is written whole."""
-    from alpr.reader import READ_BATCH, PlateReader
+    from alpr.reader import PlateReader
     from alpr.record import check_name
     from alpr.train import alpr_meta
 
@@ -154,22 +177,12 @@ def test_run(options: TestOptions, progress: bool = True) -> Path:
     shutil.rmtree(pictures, ignore_errors=True)
     pictures.mkdir(parents=True)
     partial = out / ".predictions.jsonl.partial"
-    failed = []
-    with partial.open("w") as lines, show_progress("test", len(images), progress) as advance:
-        for start in range(0, len(images), READ_BATCH):
-            batch = images[start:start + READ_BATCH]
-            arrays, errors = _load(reader, batch)
-            read = dict(zip(arrays, reader.read(list(arrays.values()), masks=True) if arrays else []))
-            for path in batch:  # in the images' order, each image's line or error
-                if path in errors:
-                    failed.append(str(errors[path]))
-                    lines.write(error_line(str(path), errors[path]) + "\n")
-                    continue
-                dets, plates = read[path]
-                lines.write(prediction_line(str(path), plates) + "\n")
-                drawn = usable(dets, reader.options)  # what reading used, not the weaker ones kept for mAP
-                write_picture(pictures / path.relative_to(root), draw(arrays[path], drawn, plates))
-            advance(len(batch))
+    try:
+        failed = _read_all(reader, images, root, pictures, partial, progress)
+    except BaseException:  # an error or Ctrl-C: the earlier test's outputs stand, nothing half-written beside them
+        shutil.rmtree(pictures, ignore_errors=True)
+        partial.unlink(missing_ok=True)
+        raise
     shutil.rmtree(out / "images", ignore_errors=True)  # an earlier test's pictures, maybe of other images
     pictures.replace(out / "images")
     partial.replace(out / "predictions.jsonl")
