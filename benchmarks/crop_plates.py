@@ -9,7 +9,6 @@ window; a character is cut when its box crosses the window's edge (it is trained
 """
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 

@@ -6,10 +6,13 @@
 # Needs the alpr dependencies with mmcv built with CUDA ops (RESULTS.md says how it was built).
 # Checks the CUDA ops first, times the data loader (loader_speed.py), training and inference
 # (model_speed.py, profiled by py-spy with PROFILE=1), trains for TRAIN_MINUTES on fresh synthetic
-# data and scores EIR on an unseen seed (accuracy.py), times scoring (score_speed.py), then serves
-# that model (serve_speed.py). Besides TRAIN_MINUTES, the rest takes about 6 minutes, 2.5 of them
-# the speeds: TRAIN_MINUTES of 0 measures only the speeds, SPEED=0 only trains and scores (about
-# 3.5 minutes besides the training), so that one 10-minute call can train for 6.
+# data and scores EIR on an unseen seed (accuracy.py, which prints its exact command and the
+# training's images/s), times the trained model's reading at batch 1 and 16 (model_speed.py, always:
+# under a minute), times scoring (score_speed.py), then serves that model (serve_speed.py).
+# TRAIN_MINUTES of 0 measures only the speeds; SPEED=0 skips the loader, untrained-model, scoring and
+# serving speeds (minutes), so that one call can train for most of its time. The rest's length moves
+# with the code (synthesis, the glyph classifier, reading at four widths): the last lease's
+# RESULTS.md section says what it took.
 # Images are resized to IMG_SIZE (1280: full detail for small plates) and trained on CROP_SIZE
 # crops (448: rtmdet-ins-tiny's default), BATCH at a time (128; half that if the speed stage finds it
 # does not fit, so never with SPEED=0) at learning rate LR (0.008 for 256 images a step, twice RTMDet's
@@ -52,7 +55,8 @@ PY
 # The most a training run can reach: images/s through its data loader (about 30 s). On the third
 # lease, training waited half of each step for its batch while the GPU idled.
 speed=${SPEED:-1}
-[ "$speed" = 1 ] && python3 "$here/loader_speed.py" --batch-size $batch --workers $workers --batches 4 \
+# Workers hand their batches over in waves of as many: timing two whole waves, not a part of one.
+[ "$speed" = 1 ] && python3 "$here/loader_speed.py" --batch-size $batch --workers $workers --batches $(( 2 * workers )) \
     --img-size "$size" --crop-size "$crop" 2>&1 | tee "$out/loader_speed.txt"
 
 # PROFILE=1 runs the speed measurement under py-spy (its wheel travels in .whl) and prints where
@@ -60,7 +64,7 @@ speed=${SPEED:-1}
 # the third lease's pausing, 100 times a second in 15 processes, stretched a minute into seven.
 measure_speed() {  # $1: "profiled" to run under py-spy
     local timing=(python3 "$here/model_speed.py" --device cuda --batch-size $batch --workers $workers --amp
-                 --iters 20 --runs 20 --images 1024 --img-size "$size" --crop-size "$crop" --batch 1 16)
+                 --iters $(( 3 * workers > 20 ? 3 * workers : 20 )) --runs 20 --images 1024 --img-size "$size" --crop-size "$crop" --batch 1 16)
     if [ "${1:-}" = profiled ]; then
         py-spy record --nonblocking --subprocesses --rate 50 --format raw -o "$out/train_profile.txt" -- "${timing[@]}" \
             2>&1 | tee "$out/model_speed.txt"
@@ -95,10 +99,11 @@ fi
 
 checkpoint=()
 [ -f "$out/model.pth" ] && checkpoint=(--checkpoint "$out/model.pth")
+# the trained model's reading at batch 1 and 16, each board read again as PlateReader does (the
+# untrained speed model finds none to read again): issue 3's inference figures, whatever SPEED is
+[ ${#checkpoint[@]} -gt 0 ] && python3 "$here/model_speed.py" --device cuda "${checkpoint[@]}" \
+    --runs 20 --batch 1 16 2>&1 | tee "$out/read_speed.txt"
 if [ "$speed" = 1 ]; then
-    # the trained model's reading, each plate read twice: the untrained speed model finds none
-    [ ${#checkpoint[@]} -gt 0 ] && python3 "$here/model_speed.py" --device cuda "${checkpoint[@]}" \
-        --runs 20 --batch 1 16 2>&1 | tee -a "$out/model_speed.txt"
     python3 "$here/score_speed.py" --device cuda  # printed only: $OUT brings back 8 files at most
     python3 "$here/serve_speed.py" --device cuda "${checkpoint[@]}" --requests 200 --concurrency 1 8 \
         | tee "$out/serve_speed.txt"

@@ -115,6 +115,8 @@ def time_training(folder: Path, args: argparse.Namespace) -> Path:
     print(f"train {args.model}: median {per_iter:.2f} s per iteration of {args.batch_size} images "
           f"(iterations 4-{args.iters}, 1280x720 {_sizes(args)})")
     print(f"train_images_per_second={args.batch_size / per_iter:.2f}")
+    # the median leaves out the iterations that waited for the data loader; the mean counts them
+    print(f"train_images_per_second_mean={args.batch_size * len(times) / sum(times):.2f}")
     return work / "runs/bench/train/best.pth"
 
 
