@@ -135,7 +135,7 @@ def test_a_server_url_of_another_scheme_is_refused_by_name():
     from alpr.errors import UsageError
     from alpr.submit import ArgoServer
 
-    with pytest.raises(UsageError, match=r"'ftp://argo.example:2746' \(--argo-server or ARGO_SERVER\): expected host:port"):
+    with pytest.raises(UsageError, match=r"'ftp://argo.example:2746' \(--argo-server or ARGO_SERVER\): expected"):
         ArgoServer.from_env("ftp://argo.example:2746")
 
 
