@@ -772,7 +772,8 @@ def time_budget_lr_factor(fraction: float, iteration: int, warmup_iters: int, st
                           min_lr_ratio: float) -> float:
     """The learning rate, as a fraction of the peak, once ``fraction`` of the time budget is spent:
     a linear warm-up over the first ``warmup_iters`` iterations (or the first tenth of the time, if
-    that ends sooner; 0 or 1: none, as by iterations), times a cosine from 1 to ``min_lr_ratio`` over the time."""
+    that ends sooner; 0 or 1: none, as by iterations), times a cosine from 1 to ``min_lr_ratio``
+    over the time."""
     warmed = max(iteration / warmup_iters, fraction / WARMUP_SHARE) if warmup_iters >= 2 else 1.0
     warmup = start_factor + (1 - start_factor) * min(1.0, warmed)
     cosine = min_lr_ratio + (1 - min_lr_ratio) * (1 + math.cos(math.pi * min(fraction, 1.0))) / 2

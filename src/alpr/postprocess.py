@@ -150,7 +150,8 @@ def _left_to_right(chars: list[Detection]) -> list[Detection]:
     return sorted(chars, key=lambda d: d.centre[0])
 
 
-GLYPH_OVERLAP = 0.5  # two characters sharing this much of the narrower's width and the shorter's height are one glyph
+# two characters sharing this much of the narrower's width and of the shorter's height are one glyph
+GLYPH_OVERLAP = 0.5
 
 
 def _same_glyph(a: Detection, b: Detection) -> bool:
