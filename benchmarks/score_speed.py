@@ -67,6 +67,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         gt = ground_truth(Path(folder), args.images)
     detections, encoding, count = {}, 0.0, 0
+    to_detections(predictions(gt, min(gt.getImgIds()), args.extra, np.random.default_rng(1), device))  # warm-up:
+    # the first call's start-up (CUDA kernels loaded) is not the per-image time
     for image_id in sorted(gt.getImgIds()):
         fields = predictions(gt, image_id, args.extra, rng, device)
         if device.startswith("cuda"):
