@@ -214,6 +214,31 @@ def test_records_of_several_versions_at_once_into_one_repository_all_land(synth_
     assert "datasets/plates" not in untracked, untracked
 
 
+def test_git_inits_of_one_new_repository_at_once_all_succeed(tmp_path):
+    """Records into a new repository at once each run `git init`: one that met another copying git's
+    templates failed on a file the other had just made (a fresh-clone CI run caught it)."""
+    import threading
+
+    from alpr.versioning import git
+
+    for trial in range(5):
+        repo, errors = tmp_path / str(trial), []
+        repo.mkdir()
+
+        def init():
+            try:
+                git(repo, "init", "-q", "-b", "main")
+            except Exception as error:  # noqa: BLE001  (collected: a thread's exception would vanish)
+                errors.append(error)
+
+        threads = [threading.Thread(target=init) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert not errors and (repo / ".git" / "HEAD").is_file()
+
+
 def test_copies_of_an_image_and_empty_splits_are_recorded_with_a_warning(synth_dir, tmp_path):
     source = tmp_path / "copies"
     source.mkdir()

@@ -50,12 +50,15 @@ def _run(args: list[str], cwd: Path) -> str:
 
 
 def git(repo: Path, *args: str) -> str:
-    """Runs git; waits out another record's git command that holds the index (index.lock)."""
+    """Runs git; waits out another record's git command that holds the index (index.lock), and runs
+    again an init that met another record's init copying git's templates at the same moment (the
+    later fails on a file the other just made; an init of a repository that exists changes nothing)."""
     for wait in (*[0.2] * 50, None):  # 10 s at most: a git command holds it for milliseconds
         try:
             return _run(["git", *GIT_IDENTITY, *args], repo)
         except VersioningError as error:
-            if wait is None or "index.lock': File exists" not in str(error):
+            raced = "index.lock': File exists" in str(error) or (args[0] == "init" and "File exists" in str(error))
+            if wait is None or not raced:
                 raise
             time.sleep(wait)
 
