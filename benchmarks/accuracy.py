@@ -22,7 +22,6 @@ among them (misses.png).
 """
 
 import argparse
-import json
 import os
 import re
 import shlex
@@ -33,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from model_speed import add_reading_arguments, second_reading
+from model_speed import add_reading_arguments, logged_times, second_reading
 
 from alpr.cli import reading_options
 from alpr.errors import UsageError
@@ -71,9 +70,7 @@ def training_pace(work: Path, batch_size: int) -> str:
     """``train_images_per_second=...`` from the run's log after its first three entries (each the mean
     time of 10 iterations; the first 30 hold the start-up), the waits for the data loader included:
     the pace the run kept."""
-    log = work / "runs/accuracy/train/log.json"
-    entries = [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
-    times = [entry["time"] for entry in entries if "loss" in entry and "time" in entry][3:]
+    times = logged_times(work / "runs/accuracy/train/log.json")
     return f"train_images_per_second={batch_size * len(times) / sum(times):.2f}" if times else \
         "train_images_per_second=? (too few iterations logged)"
 

@@ -104,13 +104,19 @@ def main() -> None:
         time_reading(checkpoint, bench_image_paths(folder), args)
 
 
+def logged_times(log: Path) -> list[float]:
+    """The training iterations' logged times (each a log interval's mean) after the first three entries,
+    which hold the start-up."""
+    entries = [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
+    return [entry["time"] for entry in entries if "loss" in entry and "time" in entry][3:]
+
+
 def time_training(folder: Path, args: argparse.Namespace) -> Path:
     extra = ("--workers", str(args.workers), *["--amp"] * args.amp,
              *(["--img-size", str(args.img_size)] if args.img_size else []),
              *(["--crop-size", str(args.crop_size)] if args.crop_size else []))
     work = train_bench_model(folder, args.model, args.iters, args.batch_size, args.device, extra, args.images)
-    logged = [json.loads(line) for line in (work / "runs/bench/train/log.json").read_text().splitlines()]
-    times = [entry["time"] for entry in logged if "loss" in entry][3:]  # skip warm-up iterations
+    times = logged_times(work / "runs/bench/train/log.json")
     per_iter = statistics.median(times)
     print(f"train {args.model}: median {per_iter:.2f} s per iteration of {args.batch_size} images "
           f"(iterations 4-{args.iters}, 1280x720 {_sizes(args)})")

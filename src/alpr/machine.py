@@ -35,6 +35,7 @@ def fit_torch_threads() -> int:
     operation waits for the slowest."""
     import torch
 
-    if torch.get_num_threads() > available_cpus():
-        torch.set_num_threads(available_cpus())
+    cpus = available_cpus()
+    if torch.get_num_threads() > cpus:
+        torch.set_num_threads(cpus)
     return torch.get_num_threads()
