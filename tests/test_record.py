@@ -239,6 +239,38 @@ def test_git_inits_of_one_new_repository_at_once_all_succeed(tmp_path):
         assert not errors and (repo / ".git" / "HEAD").is_file()
 
 
+def test_commits_of_the_same_bytes_at_once_all_succeed(tmp_path):
+    """Records into a new repository each commit its initial files: one whose commit came after
+    another's of the same bytes met git's "nothing to commit" (a fresh-clone CI run caught it)."""
+    import threading
+
+    from alpr.versioning import DataRepo, git
+
+    for trial in range(5):
+        root, errors = tmp_path / str(trial), []
+        root.mkdir()
+        git(root, "init", "-q", "-b", "main")
+        (root / "first").write_text("first\n")
+        git(root, "add", "first")
+        git(root, "commit", "-q", "-m", "first")
+        (root / "shared").write_text("the same bytes\n")
+        repo = DataRepo(root, str(tmp_path / "remote"), root)
+
+        def commit():
+            try:
+                repo.commit("shared", ["shared"])
+            except Exception as error:  # noqa: BLE001  (collected: a thread's exception would vanish)
+                errors.append(error)
+
+        threads = [threading.Thread(target=commit) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert not errors
+        assert git(root, "log", "--format=%s").split() == ["shared", "first"]
+
+
 def test_copies_of_an_image_and_empty_splits_are_recorded_with_a_warning(synth_dir, tmp_path):
     source = tmp_path / "copies"
     source.mkdir()

@@ -132,12 +132,21 @@ class DataRepo:
         return "\n".join(lines + [f"!{folder}/datasets", f"!{folder}/annotations"]) + "\n"
 
     def commit(self, message: str, paths: list[str]) -> bool:
-        """Commits these paths alone: changes the user staged in a shared repository stay staged."""
+        """Commits these paths alone: changes the user staged in a shared repository stay staged.
+        False when HEAD holds them already, also when another record committed the same bytes first."""
         git(self.root, "add", "--", *paths)
-        if not git(self.root, "diff", "--cached", "--name-only", "--", *paths).strip():
+        if not self._staged(paths):
             return False
-        git(self.root, "commit", "-q", "-m", message, "--", *paths)
+        try:
+            git(self.root, "commit", "-q", "-m", message, "--", *paths)
+        except VersioningError:
+            if self._staged(paths):
+                raise
+            return False  # git refused an empty commit: another record's commit came between
         return True
+
+    def _staged(self, paths: list[str]) -> bool:
+        return bool(git(self.root, "diff", "--cached", "--name-only", "--", *paths).strip())
 
     def tag_commit(self, tag: str) -> str | None:
         result = subprocess.run(["git", "rev-list", "-n", "1", tag], cwd=self.root, env=_env(),
