@@ -326,12 +326,14 @@ def test_a_password_in_a_parameter_is_neither_echoed_nor_saved(tmp_path):
     lines.clear()
     LocalRun(workflow, tmp_path, {"db": url}, resume=True, echo=lines.append).run()  # resumable all the same
     assert "[a] already succeeded; not run again (--resume)" in lines
-    from alpr.local_run import redact
+    from alpr.errors import redact
 
     assert redact("redis://:pw@cache:6379") == "redis://:***@cache:6379"
     assert redact("--db-url mysql+pymysql://alpr:ab/cd@db/alpr -v") == "--db-url mysql+pymysql://alpr:***@db/alpr -v"
     assert redact("mysql+pymysql://root:p@ss@db/alpr") == "mysql+pymysql://root:***@db/alpr"
     assert redact("http://host:8080/a?x=1 b@c") == "http://host:8080/a?x=1 b@c"  # a port, then a path: no password
+    assert redact("clone https://ghp_x1@github.com/o/r.git") == "clone https://***@github.com/o/r.git"  # a token
+    assert redact("https://host/a b@c") == "https://host/a b@c"
 
 
 @pytest.mark.parametrize("text, message", [

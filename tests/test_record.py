@@ -303,6 +303,16 @@ def test_pulling_an_unknown_version_fails_clearly(synth_dir, tmp_path):
         pull_dataset("wrk", "plates", "1", tmp_path / "fresh")
 
 
+@pytest.mark.parametrize("credentials", ["x-access-token:s3cr3t-token", "s3cr3t-token"])
+def test_a_git_remotes_token_is_not_in_the_error(tmp_path, credentials):
+    """git repeats the remote's URL in its errors, and the command line holds it: a pull from an
+    unreachable https remote (nothing listens on port 9 here) names it without the token."""
+    with pytest.raises(VersioningError) as caught:
+        pull_dataset(f"https://{credentials}@127.0.0.1:9/o/data.git", "plates", "1", tmp_path / "fresh")
+    assert "127.0.0.1:9/o/data.git" in str(caught.value) and "***@" in str(caught.value)
+    assert "s3cr3t" not in str(caught.value)
+
+
 def test_record_step_prints_a_summary(synth_dir, tmp_path):
     result = subprocess.run([sys.executable, "steps/record.py", "--source", str(synth_dir), "--workdir",
                              str(tmp_path / "w"), "--dataset", "sum", "--version", "1", "--no-push",

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from alpr.errors import AlprError, UsageError, read_json
+from alpr.errors import AlprError, UsageError, read_json, redact
 from alpr.files import write_atomic
 
 EXPRESSION = re.compile(r"\{\{\s*([^{}]+?)\s*\}\}")
@@ -45,14 +45,6 @@ DEPENDENCY = re.compile(r"([\w-]+)(?:\.(Succeeded))?")
 # an Argo error (a pod that could not start), so OnError and OnTransientError never retry here.
 RETRIED_ON_EXIT = {"Always": True, "OnFailure": True, "OnError": False, "OnTransientError": False}
 LOCAL_FILE_URLS = ("file://", "sqlite:///")  # then an absolute path: file:///work/x, sqlite:////work/x.db
-# user (maybe none), then the password: anything up to the last @ before a space, / and @ included (a
-# generated password may hold them); an @ later in a URL's path is masked too, rather than a password shown
-PASSWORD_IN_URL = re.compile(r"(://[^/:@\s]*:)\S+@")
-
-
-def redact(text: str) -> str:
-    """Hides the password of any URL in text (a database URL given as a parameter, say)."""
-    return PASSWORD_IN_URL.sub(r"\1***@", text)
 
 
 class NotSupportedLocally(AlprError):

@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from alpr.errors import AlprError
+from alpr.errors import AlprError, redact
 from alpr.storage import drop_missing_key_file
 from alpr.workdir import dataset_dir
 
@@ -44,8 +44,8 @@ def _env() -> dict[str, str]:
 def _run(args: list[str], cwd: Path) -> str:
     result = subprocess.run(args, cwd=cwd, env=_env(), capture_output=True, text=True)
     if result.returncode != 0:
-        output = (result.stderr or result.stdout).strip()
-        raise VersioningError(f"`{' '.join(args)}` failed in {cwd}:\n{output}")
+        output = (result.stderr or result.stdout).strip()  # git and DVC repeat the remote's URL
+        raise VersioningError(redact(f"`{' '.join(args)}` failed in {cwd}:\n{output}"))
     return result.stdout
 
 
@@ -186,15 +186,15 @@ def path_in_repo(source: str, tag: str, folder: str, cwd: Path) -> str:
     the data repository's root or a folder in it. Clones the tag's tree alone, without file contents."""
     pointer = f"{folder}.dvc"
     if not git(cwd, "ls-remote", "--tags", source, f"refs/tags/{tag}").strip():  # else git's "Remote branch"
-        raise VersioningError(f"{source}: no tag {tag}; that version was not recorded in this repository")
+        raise VersioningError(f"{redact(source)}: no tag {tag}; that version was not recorded in this repository")
     with tempfile.TemporaryDirectory() as clone:
         git(cwd, "clone", "-q", "--bare", "--depth", "1", "--filter=blob:none", "--branch", tag, source, clone)
         names = git(Path(clone), "ls-tree", "-r", "--name-only", "HEAD").splitlines()
     found = [name.removesuffix(".dvc") for name in names if name == pointer or name.endswith(f"/{pointer}")]
     if not found:
-        raise VersioningError(f"{source}: tag {tag} holds no {pointer}")
+        raise VersioningError(f"{redact(source)}: tag {tag} holds no {pointer}")
     if len(found) > 1:
-        raise VersioningError(f"{source}: tag {tag} holds {len(found)} of them ({', '.join(found)}); "
+        raise VersioningError(f"{redact(source)}: tag {tag} holds {len(found)} of them ({', '.join(found)}); "
                               "cannot tell which to pull")
     return found[0]
 
