@@ -126,9 +126,40 @@ def test_two_records_writing_one_version_folder_at_once_leave_one_whole_folder(t
             (folder / "manifest.json").write_text(mark)
         return write
 
-    _atomic_folder(target, writer("first"))
+    assert _atomic_folder(target, writer("first")) is False  # the second returned True inside it
     assert {p.name: p.read_text() for p in target.iterdir()} == {"images": "second", "manifest.json": "second"}
     assert [p.name for p in target.parent.iterdir()] == ["1"]  # no partial folder left
+
+
+def test_a_record_whose_version_folder_came_second_with_other_content_is_refused(synth_dir, labelme_copy, tmp_path,
+                                                                                  monkeypatch):
+    """Two records of one version at once, of other content, both find it missing: the one whose
+    folder came second is refused before it writes its annotations beside the other's images."""
+    import alpr.record
+
+    workdir = tmp_path / "work"
+    write_dataset, write_annotations = alpr.record._write_dataset, alpr.record._write_annotations
+    (labelme_copy / "000003.json").unlink()
+
+    def stopped(*args):
+        raise RuntimeError("stopped before its annotations")
+
+    def write_while_the_other_records(*args):
+        monkeypatch.setattr(alpr.record, "_write_dataset", write_dataset)
+        monkeypatch.setattr(alpr.record, "_write_annotations", stopped)
+        with pytest.raises(RuntimeError):  # the other's version folder is in place, its annotations not yet
+            record(RecordOptions(labelme_copy, workdir, "ds", "1", dvc=False))
+        monkeypatch.setattr(alpr.record, "_write_annotations", write_annotations)
+        write_dataset(*args)
+
+    monkeypatch.setattr(alpr.record, "_write_dataset", write_while_the_other_records)
+    with pytest.raises(db.VersionConflict, match="already holds dataset 'ds' version '1' with other content"):
+        record(RecordOptions(synth_dir, workdir, "ds", "1", dvc=False))
+    assert not (workdir / "annotations" / "ds" / "1").exists()
+    other = record(RecordOptions(labelme_copy, workdir, "ds", "1", dvc=False))  # finishes the version, whole
+    assert other.created is False and other.manifest["source"] == str(labelme_copy.resolve())
+    assert sorted(p.name for p in (workdir / "annotations" / "ds" / "1").glob("*.json")) == \
+        sorted(p.name for p in labelme_copy.glob("*.json"))
 
 
 def test_conflict_with_the_folder_is_refused_before_the_database(synth_dir, labelme_copy, tmp_path):

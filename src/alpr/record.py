@@ -163,10 +163,10 @@ def check_as_recorded(folder: Path, manifest: dict, annotations: Path, items: li
                         f"{folder} and {annotations} and record again")
 
 
-def _atomic_folder(target: Path, write) -> None:
+def _atomic_folder(target: Path, write) -> bool:
     """Writes a folder under a temporary name of its own and renames it, so a failure leaves nothing behind
-    and two records of one version at once do not write into each other's: the first to finish stands
-    (of the same content: the database and the manifest have checked that)."""
+    and two records of one version at once do not write into each other's: the first to finish stands.
+    False when another record's folder was in place first (the caller checks it holds the same content)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.partial-{uuid.uuid4().hex[:12]}")
     try:
@@ -176,8 +176,19 @@ def _atomic_folder(target: Path, write) -> None:
         except OSError:  # the other record's folder is in place
             if not target.is_dir():
                 raise
+            return False
+        return True
     finally:
         shutil.rmtree(partial, ignore_errors=True)
+
+
+def check_same_content(folder: Path, name: str, version: str, digest: str) -> dict:
+    """The recorded manifest, or VersionConflict if the version in ``folder`` holds other content."""
+    recorded = read_json(folder / "manifest.json")
+    if recorded.get("content_sha256") != digest:
+        raise db.VersionConflict(f"{folder} already holds dataset {name!r} version {version!r} with other "
+                                 "content; record it under a new version")
+    return recorded
 
 
 def _counts(splits: dict[str, dict]) -> dict[str, dict[str, int]]:
@@ -264,12 +275,8 @@ def record(options: RecordOptions) -> RecordResult:
     if options.dvc:
         repo.check_trackable(folder, annotations)
     created = not folder.exists()
-    if folder.exists():
-        recorded = read_json(folder / "manifest.json")
-        if recorded.get("content_sha256") != digest:
-            raise db.VersionConflict(f"{folder} already holds dataset {name!r} version {version!r} with other "
-                                     "content; record it under a new version")
-        check_as_recorded(folder, recorded, annotations, items)
+    if not created:
+        check_as_recorded(folder, check_same_content(folder, name, version, digest), annotations, items)
     splits = build_splits(items, options.fractions)
     skipped = [{"file": str(Path(e.path).resolve()), "problem": e.problem} for e in errors]  # wherever run from
     if created:
@@ -286,7 +293,10 @@ def record(options: RecordOptions) -> RecordResult:
                             "files": len(items)},
             "dataset_tag": dataset_tag(name, version),
         }
-        _atomic_folder(folder, lambda tmp: _write_dataset(tmp, items, splits, manifest, skipped, not options.dvc))
+        created = _atomic_folder(folder, lambda tmp: _write_dataset(tmp, items, splits, manifest, skipped,
+                                                                    not options.dvc))
+        if not created:  # another record of this version finished first: checked before its annotations
+            check_same_content(folder, name, version, digest)
     if not annotations.exists():  # also repairs a run that stopped between the two folders
         _atomic_folder(annotations, lambda tmp: _write_annotations(tmp, items, folder / "images", not options.dvc))
     manifest = read_json(folder / "manifest.json")
