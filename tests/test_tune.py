@@ -256,6 +256,37 @@ def test_ctrl_c_in_a_trial_shows_the_trials_so_far_and_resume_goes_on_with_the_s
     assert first not in [lr for n, lr in re.findall(r"trial (\d+): lr=(\S+)", resumed.stdout) if int(n) > 2]
 
 
+def test_resume_takes_the_experiments_own_study_and_a_trial_cut_short_before_its_run_id(tmp_path):
+    """alpr-tune- also begins the other model's alpr-tune-mask-rcnn-swin-t-...: --resume of one took the
+    other's newest study (and resumed its trial's training); a trial killed between ask() and its run id
+    made --resume fail on the missing id."""
+    from alpr.tune import _study
+
+    storage = f"sqlite:///{tmp_path / 'studies.db'}"
+    experiment = toy_experiment()
+    other = optuna.create_study(study_name="toy-two-20991231000000", storage=storage)
+    other.enqueue_trial({"lr": 0.5}, user_attrs={"run_id": "toy-two-20991231000000-0"})
+    other.ask()
+    own = optuna.create_study(study_name="toy-20261207000000", storage=storage, direction="maximize")
+    own.ask()  # killed before it had a run id
+    resumed = _study(experiment, tmp_path, resume=True, echo=print)
+    assert resumed.study_name == "toy-20261207000000"
+    assert resumed.trials[0].state == optuna.trial.TrialState.FAIL and "run_id" not in resumed.trials[-1].user_attrs
+    assert resumed.trials[-1].state == optuna.trial.TrialState.WAITING  # run again
+
+
+def test_a_second_tune_in_one_workdir_is_refused_at_once(tmp_path, capsys):
+    """Its --resume would mark the first's running trial failed, and the first could not record it."""
+    from alpr.files import held_alone
+
+    args = write(tmp_path, toy_experiment())
+    with held_alone(tmp_path / "work" / "tune" / "tune.lock", "held by this test"):
+        with pytest.raises(SystemExit):
+            cli.main([*args, "--resume"])
+    assert "another `alpr tune` is running in" in capsys.readouterr().err
+    assert not (tmp_path / "work" / "tune" / "studies.db").exists()
+
+
 def test_bad_options_are_usage_errors(tmp_path, capsys):
     args = write(tmp_path, toy_experiment())
     for extra, message in ((["-p", "lr=0.1"], "-p lr: set by alpr tune for every trial"),

@@ -1,10 +1,13 @@
 """Files written whole or not at all: a reader, or a step run again, never finds one half-written."""
 
+import fcntl
 import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from alpr.errors import UsageError
 
 
 @contextmanager
@@ -54,3 +57,16 @@ def write_image(path: Path, picture) -> bool:
     if encoded:
         path.write_bytes(data.tobytes())
     return encoded
+
+
+@contextmanager
+def held_alone(lock: Path, busy: str) -> Iterator[None]:
+    """Holds an exclusive lock on the file ``lock`` while the block runs; UsageError(busy) at once
+    where another process holds it (the kernel drops a killed holder's lock)."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "w") as held:
+        try:
+            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UsageError(busy) from None
+        yield

@@ -11,7 +11,6 @@ skipped. As Argo does at submission, the whole DAG is checked before the first s
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import re
@@ -26,7 +25,7 @@ from pathlib import Path
 import yaml
 
 from alpr.errors import AlprError, UsageError, read_json, redact
-from alpr.files import write_atomic
+from alpr.files import held_alone, write_atomic
 
 EXPRESSION = re.compile(r"\{\{\s*([^{}]+?)\s*\}\}")
 TASK_OUTPUT = re.compile(r"\{\{\s*tasks\.([\w-]+)\.")
@@ -277,18 +276,11 @@ class LocalRun:
             self.check(tasks)
             return self._run(tasks)
 
-    @contextlib.contextmanager
     def _only_run_of_this_template(self):
-        """Holds a lock beside the state file while the run lasts: a second run of the same template
+        """A lock beside the state file, held while the run lasts: a second run of the same template
         in the same workdir would share its state file and scratch folders, so it is refused."""
-        self.state_file.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.state_file.with_suffix(".lock"), "w") as lock:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise UsageError(f"another `alpr run` of {self.state_file.stem} is running in {self.workdir}; "
-                                 "wait for it to end or give another --workdir") from None
-            yield
+        return held_alone(self.state_file.with_suffix(".lock"), f"another `alpr run` of {self.state_file.stem} is "
+                          f"running in {self.workdir}; wait for it to end or give another --workdir")
 
     def _run(self, tasks: list[dict]) -> dict[str, dict[str, str]]:
         for local in filter(None, self.mounts.values()):

@@ -36,6 +36,7 @@ from pathlib import Path
 import yaml
 
 from alpr.errors import AlprError, UsageError
+from alpr.files import held_alone
 from alpr.local_run import LocalRun, NotSupportedLocally, StepFailed, project_root
 
 # Katib's StdOut collector default: `name=value` with a number.
@@ -340,14 +341,25 @@ def tune(experiment: dict, template: dict, workdir: Path, overrides: dict[str, s
     """Runs the experiment's trials in turn; returns the Optuna study (failed trials are TrialState.FAIL)."""
     import optuna
 
-    spec = experiment["spec"]
     _check_inputs(experiment, template, overrides, max_trials)
     collect = Collector.of(experiment, template)
-    declared = {p["name"] for p in template["spec"].get("arguments", {}).get("parameters", [])}
-    total = max_trials or spec.get("maxTrialCount", 10)
-    max_failed, goal = spec.get("maxFailedTrialCount"), spec["objective"].get("goal")
+    total = max_trials or experiment["spec"].get("maxTrialCount", 10)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = _study(experiment, Path(workdir).resolve() / "tune", resume, echo)
+    folder = Path(workdir).resolve() / "tune"
+    # a second tune's --resume would fail the first's running trial, whose result it could then not record
+    with held_alone(folder / "tune.lock", f"another `alpr tune` is running in {workdir}; wait for it to end or "
+                    "give another --workdir"):
+        study = _study(experiment, folder, resume, echo)
+        return _trials(experiment, template, workdir, overrides, collect, study, total, echo, resume)
+
+
+def _trials(experiment: dict, template: dict, workdir: Path, overrides: dict[str, str], collect: Collector, study,
+            total: int, echo: Callable[[str], None], resume: bool):
+    import optuna
+
+    spec = experiment["spec"]
+    declared = {p["name"] for p in template["spec"].get("arguments", {}).get("parameters", [])}
+    max_failed, goal = spec.get("maxFailedTrialCount"), spec["objective"].get("goal")
     logs = Path(workdir).resolve() / "tune" / study.study_name
     done = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) + failures(study)
     echo(f"tune {study.study_name}: {total} trials of {template['metadata']['name']}, {direction(experiment)} "
@@ -395,7 +407,9 @@ def _study(experiment: dict, folder: Path, resume: bool, echo: Callable[[str], N
     prefix = f"{experiment['metadata'].get('name', 'tune')}-"
     kind, seed_offset = direction(experiment), 0
     if resume:
-        names = sorted(n for n in optuna.study.get_all_study_names(storage) if n.startswith(prefix))
+        # the experiment's own: alpr-tune- also begins alpr-tune-mask-rcnn-swin-t-20261207...
+        names = sorted(n for n in optuna.study.get_all_study_names(storage) if re.fullmatch(
+            re.escape(prefix) + r"\d{14}", n))
         if not names:
             echo(f"nothing to resume in {folder / 'studies.db'}; starting a new study")
         else:
@@ -405,7 +419,8 @@ def _study(experiment: dict, folder: Path, resume: bool, echo: Callable[[str], N
                                      last.user_attrs.get("error") == INTERRUPTED):
                 if last.state == optuna.trial.TrialState.RUNNING:
                     study.tell(last.number, state=optuna.trial.TrialState.FAIL)
-                study.enqueue_trial(last.params, user_attrs={"run_id": last.user_attrs["run_id"]})
+                # under its run id, so that its training resumes; none if it was cut short before it had one
+                study.enqueue_trial(last.params, user_attrs={k: v for k, v in last.user_attrs.items() if k == "run_id"})
             # a seeded sampler would draw its first values again
             study.sampler = sampler(experiment, seed_offset=len(study.trials))
             return study
