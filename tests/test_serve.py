@@ -271,6 +271,61 @@ def test_a_body_larger_than_its_images_could_be_is_answered_413_before_it_is_par
     assert v1(server, [{"image_b64": b64(images[0].read_bytes())}]).status_code == 200
 
 
+def test_bodies_held_at_once_stay_under_their_limit_and_the_repository_api_is_closed():
+    """Bodies are held from their first byte to their answer, before the image budget sees them: past
+    the limit of all held at once a request is answered 503, and the bytes of each answered request
+    are given back. KServe's /v2/repository/ unload would take the one model out of the server."""
+    import asyncio
+
+    from alpr.serve import BodyLimit
+
+    async def scenario():
+        release, answers = asyncio.Event(), {}
+
+        async def app(scope, receive, send):  # reads its body, then waits (a request in line for the model)
+            body, more = b"", True
+            while more:
+                message = await receive()
+                body, more = body + message["body"], message["more_body"]
+            if scope["path"] == "/hold":
+                await release.wait()
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"%d" % len(body)})
+
+        limited = BodyLimit(app, limit=100, held_limit=150)
+
+        async def request(name: str, path: str, chunks: list[bytes]):
+            messages = [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1}
+                        for i, c in enumerate(chunks)]
+            sent = []
+
+            async def receive():
+                return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+            async def send(message):
+                sent.append(message)
+
+            await limited({"type": "http", "path": path}, receive, send)
+            answers[name] = (sent[0]["status"], sent[1]["body"])
+
+        held = asyncio.create_task(request("held", "/hold", [b"a" * 60, b"a" * 40]))
+        await asyncio.sleep(0.01)
+        assert limited.held == 100
+        await request("over", "/v1/models/alpr:predict", [b"b" * 30, b"b" * 30])  # 160 held: refused
+        await request("fits", "/v1/models/alpr:predict", [b"c" * 50])
+        await request("unload", "/v2/repository/models/alpr/unload", [b"{}"])
+        release.set()
+        await held
+        await request("after", "/v1/models/alpr:predict", [b"d" * 100])
+        return answers, limited.held
+
+    answers, held = asyncio.run(scenario())
+    assert answers["held"] == (200, b"100") and answers["fits"] == (200, b"50") and answers["after"] == (200, b"100")
+    assert answers["over"][0] == 503 and b"busy: the request bodies held at once would pass 150 bytes" in answers["over"][1]
+    assert answers["unload"][0] == 404 and b"repository API is closed" in answers["unload"][1]
+    assert held == 0
+
+
 def test_what_clients_commonly_send_is_read(server, images, expected):
     """curl -d sends JSON as a form; phones append data after a JPEG's end-of-image marker."""
     good = images[0].read_bytes()
@@ -392,6 +447,37 @@ def test_batcher_groups_concurrent_items_and_returns_each_its_own_result():
     assert max(map(len, batches)) == 4 and len(batches) == 2  # 8 items at once: two full batches
 
 
+def test_v2_data_is_taken_flat_or_nested_however_deep():
+    from alpr.serve import _flat
+
+    assert _flat([[["a"], "b"], [], "c"]) == ["a", "b", "c"]
+    deep = ["x"]
+    for _ in range(5000):  # past Python's recursion limit: a 400 from the shape check, not a 500
+        deep = [deep]
+    assert _flat(deep) == ["x"]
+
+
+def test_an_answered_batch_is_let_go_while_the_next_gathers():
+    """A batch of decoded images (tens of MB each) is not held by the batcher once its requests have
+    their answers: the server waits for the next request holding nothing."""
+    import gc
+    import weakref
+
+    from alpr.serve import Batcher
+
+    async def scenario():
+        batcher = Batcher(lambda items: [len(items)] * len(items), max_size=2, max_wait=0.01)
+        image = np.zeros((64, 64, 3), np.uint8)
+        watched = weakref.ref(image)
+        assert await batcher.submit([image]) == [1]
+        del image
+        await asyncio.sleep(0.05)  # the batcher waits for the next batch
+        gc.collect()
+        return watched() is None
+
+    assert asyncio.run(scenario())
+
+
 def test_batches_and_calls_run_on_one_model_thread():
     import threading
 
@@ -430,6 +516,8 @@ def test_a_model_call_that_runs_on_past_stuck_after_s_makes_the_model_unhealthy(
         call = asyncio.ensure_future(model.batcher.submit(["a"]))
         await asyncio.sleep(0.4)
         health.append(await model.healthy())
+        batcher = model.batcher
+        assert model.load() and model.batcher is batcher  # KServe loads a model not ready: loaded once
         release.set()
         assert await call == ["a"]
         return [*health, await model.healthy()]

@@ -119,45 +119,71 @@ def decode_base64_image(text: Any, max_bytes: int, max_pixels: int) -> np.ndarra
     return decode_image(data, max_bytes, max_pixels)
 
 
+def base64_size(size: int) -> int:
+    """Bytes of ``size`` bytes in base64 wrapped at 76 characters (as ``base64`` prints it)."""
+    return 4 * math.ceil(size / 3) * 77 // 76
+
+
 def max_body_bytes(options: ServeOptions) -> int:
-    """The largest request body read: ``max_images`` images at their limit in base64 wrapped at 76
-    characters (as ``base64`` prints it), and a MiB for the JSON around them."""
-    return options.max_images * (4 * math.ceil(options.max_image_bytes / 3) * 77 // 76) + 2**20
+    """The largest request body read: ``max_images`` images at their limit, and a MiB for the JSON around them."""
+    return options.max_images * base64_size(options.max_image_bytes) + 2**20
+
+
+def max_held_body_bytes(options: ServeOptions) -> int:
+    """The request bodies held at once, received or waiting: ``max_held_images`` images at their limit."""
+    return options.max_held_images * base64_size(options.max_image_bytes) + 2**20
 
 
 class BodyLimit:
     """ASGI middleware that answers 413 to a body over ``limit`` bytes before KServe holds it whole and
     parses it: without it one request of gigabytes could take the server's memory (a cluster's ingress
-    may limit bodies too; `alpr serve` alone has nothing else to). The rest of a refused body is read
-    and dropped, so that the client, still sending, gets the answer."""
+    may limit bodies too; `alpr serve` alone has nothing else to). Bodies held at once, from their first
+    byte to their answer, stay under ``held_limit``: past it a request is answered 503 (the image budget
+    bounds them only once parsed). The rest of a refused body is read and dropped, so that the client,
+    still sending, gets the answer.
 
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
+    It also answers 404 under /v2/repository/: KServe's unload there takes the one model out of the
+    server for anyone who can reach it, and its load cannot bring it back."""
+
+    def __init__(self, app, limit: int, held_limit: int):
+        self.app, self.limit, self.held_limit, self.held = app, limit, held_limit, 0
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        messages, size = [], 0
-        while True:
-            message = await receive()
-            size += len(message.get("body", b""))
-            if size <= self.limit:
-                messages.append(message)
-            if message["type"] != "http.request" or not message.get("more_body"):
-                break
-        if message["type"] != "http.request":  # the client has gone
-            return
-        if size > self.limit:
-            return await self._refuse(send, size)
-        waiting = collections.deque(messages)
-        await self.app(scope, lambda: _next(waiting, receive), send)
+        if scope["path"].startswith("/v2/repository/"):
+            return await _answer(send, 404, "the model repository API is closed: this server serves one model")
+        messages, size, counted = [], 0, 0
+        try:
+            while True:
+                message = await receive()
+                chunk = len(message.get("body", b""))
+                size += chunk
+                if size <= self.limit and counted == size - chunk and self.held + chunk <= self.held_limit:
+                    messages.append(message)
+                    self.held, counted = self.held + chunk, counted + chunk
+                if message["type"] != "http.request" or not message.get("more_body"):
+                    break
+            if message["type"] != "http.request":  # the client has gone
+                return
+            if size > self.limit:
+                return await _answer(send, 413, f"request body of {size} bytes is over the limit of {self.limit} "
+                                                "bytes (--max-images images of --max-image-bytes each, in base64)")
+            if counted < size:
+                return await _answer(send, 503, f"busy: the request bodies held at once would pass {self.held_limit} "
+                                                "bytes; retry later")
+            waiting = collections.deque(messages)
+            del messages, message  # each chunk is freed once the app has read it
+            await self.app(scope, lambda: _next(waiting, receive), send)
+        finally:
+            self.held -= counted
 
-    async def _refuse(self, send, size: int) -> None:
-        body = json.dumps({"error": f"request body of {size} bytes is over the limit of {self.limit} bytes "
-                                    "(--max-images images of --max-image-bytes each, in base64)"}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]})
-        await send({"type": "http.response.body", "body": body})
+
+async def _answer(send, status: int, error: str) -> None:
+    body = json.dumps({"error": error}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]})
+    await send({"type": "http.response.body", "body": body})
 
 
 async def _next(waiting: collections.deque, receive) -> dict:
@@ -222,24 +248,27 @@ class Batcher:
 
     async def _serve(self) -> None:
         loop = asyncio.get_running_loop()
-        while True:
-            batch = [(item, future) for item, future in await self._next_batch() if not future.done()]
-            if not batch:
-                continue
-            try:
-                results = await self._run(loop, [item for item, _ in batch])
-            except Exception as error:
-                if len(batch) == 1:
-                    results = [error]
-                else:  # one bad item must not fail the others' requests: each is run again alone
-                    batch = [(item, future) for item, future in batch if not future.done()]
-                    results = [await self._run_alone(loop, item) for item, _ in batch]
-            for (_, future), result in zip(batch, results):
-                if not future.done():
-                    if isinstance(result, Exception):
-                        future.set_exception(result)
-                    else:
-                        future.set_result(result)
+        while True:  # a batch is let go once answered, not held while the next one gathers
+            await self._settle(loop, [(item, future) for item, future in await self._next_batch()
+                                      if not future.done()])
+
+    async def _settle(self, loop, batch: list[tuple[Any, asyncio.Future]]) -> None:
+        if not batch:
+            return
+        try:
+            results = await self._run(loop, [item for item, _ in batch])
+        except Exception as error:
+            if len(batch) == 1:
+                results = [error]
+            else:  # one bad item must not fail the others' requests: each is run again alone
+                batch = [(item, future) for item, future in batch if not future.done()]
+                results = [await self._run_alone(loop, item) for item, _ in batch]
+        for (_, future), result in zip(batch, results):
+            if not future.done():
+                if isinstance(result, Exception):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
 
     def running_for(self) -> float:
         """Seconds the model call now running has run; 0 between calls."""
@@ -307,8 +336,18 @@ class ImageBudget:
 
 
 def _flat(data: list) -> list:
-    """A tensor's elements in row-major order: the Open Inference Protocol takes them flat or nested."""
-    return [element for item in data for element in (_flat(item) if isinstance(item, list) else [item])]
+    """A tensor's elements in row-major order: the Open Inference Protocol takes them flat or nested
+    (walked without recursion: a body nested a thousand deep is a 400 from the shape check, not a 500)."""
+    flat, pending, end = [], [iter(data)], object()
+    while pending:
+        item = next(pending[-1], end)
+        if item is end:
+            pending.pop()
+        elif isinstance(item, list):
+            pending.append(iter(item))
+        else:
+            flat.append(item)
+    return flat
 
 
 def _plates_json(plates: list[Plate]) -> list[dict]:
@@ -334,6 +373,9 @@ def make_model(options: ServeOptions):
             self.budget = ImageBudget(options.max_held_images)
 
         def load(self) -> bool:
+            """Loads once: KServe calls it again, on the event loop, for a model not healthy (a call stuck)."""
+            if self.ready:
+                return True
             from alpr.reader import PlateReader
 
             self.batcher = Batcher(lambda images: self.reader.predict_batch(images), options.max_batch_size,
@@ -432,5 +474,5 @@ def serve(options: ServeOptions) -> None:
           f"(V1 /v1/models/{options.name}:predict, V2 /v2/models/{options.name}/infer)", flush=True)
     from kserve.model_server import app  # the FastAPI app ModelServer serves
 
-    app.add_middleware(BodyLimit, limit=max_body_bytes(options))
+    app.add_middleware(BodyLimit, limit=max_body_bytes(options), held_limit=max_held_body_bytes(options))
     kserve.ModelServer(http_port=options.http_port, enable_grpc=False, workers=1).start([model])
