@@ -444,10 +444,12 @@ except KeyboardInterrupt:
 """
 
 
-@pytest.mark.parametrize("signal_name, to_group", [("SIGINT", True), ("SIGINT", False), ("SIGTERM", False)])
+@pytest.mark.parametrize("signal_name, to_group", [("SIGINT", True), ("SIGINT", False), ("SIGTERM", False),
+                                                   ("SIGHUP", False)])
 def test_ctrl_c_or_a_kill_lets_the_running_step_stop_and_names_it_for_resume(tmp_path, signal_name, to_group):
-    """Ctrl-C reaches the runner's whole process group; a kill (SIGTERM), or a SIGINT from a program (a
-    notebook's interrupt), the runner alone: the runner passes each on to the step, once."""
+    """Ctrl-C reaches the runner's whole process group; a kill (SIGTERM), a SIGINT from a program (a
+    notebook's interrupt) or a closed terminal's SIGHUP, the runner alone: the runner passes each on to
+    the step, once (SIGHUP as SIGTERM)."""
     import os
     import signal
 
@@ -472,6 +474,7 @@ def test_ctrl_c_or_a_kill_lets_the_running_step_stop_and_names_it_for_resume(tmp
 STUBBORN = """
 import pathlib, signal, subprocess, sys, time
 signal.signal(signal.SIGINT, signal.SIG_IGN)  # a step that will not stop, with a process of its own
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
 child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])
 pathlib.Path(sys.argv[1]).write_text(str(child.pid))
 print('started', flush=True)
@@ -479,7 +482,9 @@ time.sleep(60)
 """
 
 
-def test_a_second_ctrl_c_kills_the_step_and_its_own_processes(tmp_path):
+@pytest.mark.parametrize("signal_name, status", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_a_second_ctrl_c_or_sigterm_kills_the_step_and_its_own_processes(tmp_path, signal_name, status):
+    """Not the runner alone: the step would write on in the workdir, its lock let go."""
     import os
     import signal
 
@@ -495,9 +500,9 @@ def test_a_second_ctrl_c_kills_the_step_and_its_own_processes(tmp_path):
         if line.strip() == "[s] started":
             break
     for _ in range(2):
-        os.killpg(run.pid, signal.SIGINT)
+        os.killpg(run.pid, getattr(signal, signal_name))
         time.sleep(0.5)
-    assert run.wait(timeout=30) == 130
+    assert run.wait(timeout=30) == status
     _assert_ends(int((tmp_path / "w" / "child.txt").read_text()), "the step's own process went on after the run ended")
 
 

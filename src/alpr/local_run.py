@@ -492,8 +492,10 @@ class LocalRun:
                 # its prints would break; a second Ctrl-C kills it, with its own processes (data loaders).
                 try:
                     self._echo_output(name, process)
-                except KeyboardInterrupt:
+                except BaseException as again:  # a second Ctrl-C or SIGTERM: the runner ends, not before the step
                     os.killpg(process.pid, signal.SIGKILL)
+                    if not isinstance(again, KeyboardInterrupt):
+                        raise
                 self.echo(f"interrupted in step {name!r}")
                 raise
         return process.wait()
@@ -529,18 +531,19 @@ def _stopping_if_unheard(process: subprocess.Popen):
 
 @contextlib.contextmanager
 def _stopping_with_the_runner(process: subprocess.Popen):
-    """Ctrl-C or a SIGTERM to the runner (a CI timeout, a kill, a notebook's interrupt) is passed on to
-    the step, instead of leaving it to write on in the workdir, and the runner goes on as after Ctrl-C."""
+    """Ctrl-C, a SIGTERM or a SIGHUP to the runner (a CI timeout, a kill, a notebook's interrupt, a closed
+    terminal) is passed on to the step, instead of leaving it to write on in the workdir, unlocked, and
+    the runner goes on as after Ctrl-C. A SIGHUP is passed on as SIGTERM, which steps stop cleanly on."""
     if threading.current_thread() is not threading.main_thread():  # only the main thread takes signals
         yield
         return
 
     def stop(signum, frame):
-        process.send_signal(signum)
+        process.send_signal(signal.SIGTERM if signum == signal.SIGHUP else signum)
         raise KeyboardInterrupt
 
-    # a SIGINT the runner ignores (started in the background by a shell) stays ignored
-    heard = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) is not signal.SIG_IGN]
+    # a signal the runner ignores (SIGINT in the background of a shell, SIGHUP under nohup) stays ignored
+    heard = [s for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP) if signal.getsignal(s) is not signal.SIG_IGN]
     previous = {s: signal.signal(s, stop) for s in heard}
     try:
         yield
