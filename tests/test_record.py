@@ -501,9 +501,10 @@ def test_other_content_under_a_version_in_the_store_is_refused_before_anything_i
 
 
 def test_a_database_that_is_no_url_or_not_there_is_a_clear_error_without_its_password():
-    with pytest.raises(db.DatabaseError, match="is not a SQLAlchemy URL") as caught:
-        db.connect("user:s3cret@nowhere")
-    assert "s3cret" not in str(caught.value)
+    for url in ("user:s3cret@nowhere", "mysql+pymysql://root:s3cret@db:33O6/test"):  # O for 0: not a port
+        with pytest.raises(db.DatabaseError, match="is not a SQLAlchemy URL") as caught:
+            db.connect(url)
+        assert "s3cret" not in str(caught.value)
     with pytest.raises(db.DatabaseError, match=r"database mysql\+pymysql://root:\*\*\*@127.0.0.1:1/test: .*") as caught:
         db.connect("mysql+pymysql://root:s3cret@127.0.0.1:1/test")  # nothing listens on port 1
     assert "s3cret" not in str(caught.value)

@@ -109,6 +109,8 @@ def test_bad_backgrounds_folder_is_a_clear_error(tmp_path):
 @pytest.mark.parametrize("name, content, problem", [
     ("tiny.png", cv2.imencode(".png", np.zeros((5, 5, 3), np.uint8))[1].tobytes(), "5x5 px, under 8 px a side"),
     ("broken.jpg", b"not a jpeg", "not a readable image"),
+    ("cut.jpg", cv2.imencode(".jpg", np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8))[1].tobytes()
+     [:-2000], "not a readable image (truncated JPEG"),  # its header whole: it opens
 ])
 def test_a_background_that_cannot_be_used_is_named_before_any_image_is_written(tmp_path, name, content, problem):
     """Among good photos too: not when a draw first picks it, deep into a run, with images written."""

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from alpr.errors import UsageError
-from alpr.images import IMAGE_SUFFIXES, list_images
+from alpr.images import IMAGE_SUFFIXES, check_jpeg_whole, list_images
 
 MIN_CROP = 8  # px a side of the crop a background is cut from
 
@@ -90,6 +90,8 @@ class Backgrounds:
                 with Image.open(path) as image:
                     if min(image.size) < MIN_CROP:
                         problems.append(f"{path.name}: {image.width}x{image.height} px, under {MIN_CROP} px a side")
+                    elif image.format == "JPEG":  # one cut short opens, and fails only when a draw decodes it
+                        check_jpeg_whole(path.read_bytes())
             except Exception as error:  # Pillow's parsers raise OSError, ValueError, SyntaxError on bad bytes
                 problems.append(f"{path.name}: not a readable image ({error})")
         if problems:

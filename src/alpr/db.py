@@ -113,7 +113,7 @@ def connect(url: str) -> Engine:
     why, if the URL is not one or the database cannot be reached."""
     try:
         parsed = make_url(url)
-    except sa.exc.ArgumentError:  # the text may hold a password: not repeated here
+    except (sa.exc.ArgumentError, ValueError):  # ValueError: a port not a number; the text may hold a password
         raise DatabaseError("the database URL (--db-url or ALPR_DB_URL) is not a SQLAlchemy URL, e.g. "
                             "sqlite:////work/alpr.db or mysql+pymysql://USER:PASSWORD@HOST:3306/DB") from None
     if "@" in (parsed.host or ""):  # the password held an @ not written %40: the host shown would hold its end
