@@ -147,6 +147,21 @@ def test_a_smaller_run_into_the_same_folder_warns_of_the_files_left(tmp_path):
     assert "000001.jpg" in again.stderr and "warning" not in synth(3).stderr
 
 
+def test_a_second_synth_into_a_folder_being_written_is_refused(tmp_path):
+    """Two runs into one folder would rename each other's partial files and mix their images."""
+    from alpr.files import held_alone
+
+    out = tmp_path / "plates"
+    generate(out, 1, seed=1, options=SMALL, workers=1, progress=False)
+    with held_alone(out / ".alpr-synth", "held by this test"):  # as a run writing there holds it
+        with pytest.raises(UsageError, match=f"{out}: another synth is writing into it"):
+            generate(out, 2, seed=2, options=SMALL, workers=1, progress=False)
+    assert not (out / "000001.json").exists()
+    assert (out / ".alpr-synth").read_text() == "alpr synth writes here\n"  # the mark kept, lock and all
+    generate(out, 2, seed=2, options=SMALL, workers=1, progress=False)
+    assert (out / "000001.json").is_file()
+
+
 def test_synth_writes_only_into_an_empty_folder_or_one_of_its_own(tmp_path):
     mine = tmp_path / "mine"
     mine.mkdir()

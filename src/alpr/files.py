@@ -64,7 +64,7 @@ def held_alone(lock: Path, busy: str) -> Iterator[None]:
     """Holds an exclusive lock on the file ``lock`` while the block runs; UsageError(busy) at once
     where another process holds it (the kernel drops a killed holder's lock)."""
     lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "w") as held:
+    with open(lock, "a") as held:  # "a": a lock that is also a marker keeps what it says
         try:
             fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -22,7 +22,7 @@ import numpy as np
 
 from alpr.backgrounds import Backgrounds
 from alpr.errors import AlprError, UsageError
-from alpr.files import write_atomic
+from alpr.files import held_alone, write_atomic
 from alpr.machine import available_cpus, memory_limit
 from alpr.plates import DIGITS, VEHICLE_TYPES, Layout, PlateText, char_label
 from alpr.progress import show_progress
@@ -413,6 +413,14 @@ def generate(out: Path, count: int, seed: int, backgrounds: Path | None = None,
             raise UsageError(f"--out {out} lies in --backgrounds {backgrounds}: its images, plates and all, "
                              "would become backgrounds; write them elsewhere")
     claim_folder(out)
+    # two runs into one folder would rename each other's partial files and mix their images
+    with held_alone(out / MARK, f"{out}: another synth is writing into it; wait for it to end or choose another "
+                    "--out"):
+        return _generate(out, count, seed, backgrounds, options, workers, progress)
+
+
+def _generate(out: Path, count: int, seed: int, backgrounds: Path | None, options: SynthOptions,
+              workers: int | None, progress: bool) -> int:
     workers = workers or min(default_workers(), max(count, 1))
     args = (str(out), str(backgrounds) if backgrounds else None, options, seed)
     with show_progress(f"synth → {out}", count, progress, transient=False) as advance:
