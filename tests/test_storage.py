@@ -129,6 +129,18 @@ def test_a_missing_bucket_is_an_error_that_names_the_url(emulator_env, tmp_path)
     assert not storage.exists("gs://no-such-bucket/m.bin")
 
 
+def test_a_store_no_upload_could_reach_is_refused_at_the_check(emulator_env, tmp_path):
+    """Before record writes, tracks and lists a version, not at its upload, after all of that."""
+    with pytest.raises(storage.StorageError, match=r"^gs://no-such-bucket/alpr: no bucket 'no-such-bucket'$"):
+        storage.check_url("gs://no-such-bucket/alpr")
+    (tmp_path / "a-file").write_text("not a folder")
+    url = (tmp_path / "a-file" / "store").as_uri()
+    with pytest.raises(storage.StorageError, match=f"^{url}: cannot write under {tmp_path / 'a-file'} \\(a file\\)$"):
+        storage.check_url(url)
+    storage.check_url((tmp_path / "new" / "store").as_uri())  # folders still to make: made on upload
+    assert not (tmp_path / "new").exists()
+
+
 def test_gs_without_credentials_fails_at_the_check_before_any_work(tmp_path, monkeypatch):
     for name in ("STORAGE_EMULATOR_HOST", "GOOGLE_APPLICATION_CREDENTIALS"):
         monkeypatch.delenv(name, raising=False)

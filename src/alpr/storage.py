@@ -50,12 +50,16 @@ def _object(url: str) -> tuple[str, str, str]:
 
 
 def check_url(url: str) -> None:
-    """An error now, for a URL that no upload to it could succeed with: one of another kind, or gs://
-    without credentials."""
-    scheme, _, _ = _split(url)
+    """An error now, for a URL that no upload to it could succeed with: one of another kind, gs://
+    without credentials or of a bucket not there, a file:// folder that cannot be made or written."""
+    scheme, bucket, key = _split(url)
     if scheme == "gs":
-        with _gcs_errors(url, missing="not found"):
-            _gcs_client()
+        with _gcs_errors(url, missing=f"no bucket {bucket!r}"):
+            next(iter(_gcs_client().list_blobs(bucket, max_results=1)), None)  # objects.list, as uploaders have
+    else:
+        made = next(p for p in (Path(key), *Path(key).parents) if p.exists())  # the rest is made on upload
+        if not (made.is_dir() and os.access(made, os.W_OK | os.X_OK)):
+            raise StorageError(f"{url}: cannot write under {made} ({'not writable' if made.is_dir() else 'a file'})")
 
 
 def join(url: str, *parts: str) -> str:
