@@ -47,8 +47,10 @@ def summary(result: RecordResult, tracked: bool = True) -> str:
     lines.append(f"  tags: {m['dataset_tag']} (dataset), {m['annotations']['tag']} (labelme source)" if tracked
                  else "  not tracked with git + DVC (--no-dvc): no tags")
     lines.append("  database rows: " + ", ".join(f"{k}={v}" for k, v in sorted(result.db_rows.items())))
-    if result.skipped:
-        lines.append(f"  skipped {len(result.skipped)} invalid file(s): see {result.path / 'invalid.json'}")
+    if result.skipped:  # invalid.json lists those of the run that wrote the version
+        listed = f"see {result.path / 'invalid.json'}" if result.created else \
+            ", ".join(result.skipped[:3]) + (", ..." if len(result.skipped) > 3 else "")
+        lines.append(f"  skipped {len(result.skipped)} invalid file(s): {listed}")
     lines.extend(f"  uploaded {url}" for url in result.uploaded)
     lines.extend(f"  warning: {warning}" for warning in result.warnings)
     return "\n".join(lines)

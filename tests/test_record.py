@@ -358,6 +358,24 @@ def test_record_step_prints_a_summary(synth_dir, tmp_path):
     assert untracked.returncode == 0 and "tags:" not in untracked.stdout and "--no-dvc" in untracked.stdout
 
 
+def test_the_summary_names_the_files_this_run_skipped(labelme_copy, tmp_path):
+    """invalid.json lists those of the run that wrote the version: a rerun's are named in its summary."""
+    def record_step() -> str:
+        result = subprocess.run([sys.executable, "steps/record.py", "--source", str(labelme_copy), "--workdir",
+                                 str(tmp_path / "w"), "--dataset", "skip", "--version", "1", "--no-dvc",
+                                 "--skip-invalid"], capture_output=True, text=True, cwd=ROOT)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    (labelme_copy / "zzz.json").write_text("{")
+    assert f"skipped 1 invalid file(s): see {tmp_path / 'w' / 'datasets' / 'skip' / '1' / 'invalid.json'}" in \
+        record_step()
+    (labelme_copy / "yyy.json").write_text("{")
+    rerun = record_step()
+    assert "(already recorded, unchanged)" in rerun
+    assert f"skipped 2 invalid file(s): {labelme_copy / 'yyy.json'}, {labelme_copy / 'zzz.json'}" in rerun
+
+
 def test_the_uploaded_splits_are_the_recorded_files_and_the_same_bytes_each_time(synth_dir, tmp_path):
     import io
     import tarfile
