@@ -253,8 +253,14 @@ def test_names_that_would_collide_in_the_database_or_the_annotations_are_refused
     valid, errors = scan(folder)
     assert [item.name for item in valid] == ["a.jpg"]
     problems = {Path(e.path).name: e.problem for e in errors}
-    assert "already annotated by" in problems["upper.json"] and "names that differ only in case" in problems[
-        "upper.json"]
+    assert f"image {folder / 'A.JPG'} and {folder / 'a.jpg'} (annotated by {folder / 'a.json'}) would both be " \
+        "recorded as a.jpg (names that differ only in case are one); rename one" == problems["upper.json"]
+    _annotate(folder, synth_dir, "sub__b.jpg", "flat.json")
+    (folder / "sub").mkdir()
+    _annotate(folder / "sub", synth_dir, "b.jpg", "b.json")  # recorded flattened: sub__b.jpg
+    problems = {Path(e.path).name: e.problem for e in scan(folder)[1]}
+    assert f"image {folder / 'sub' / 'b.jpg'} and {folder / 'sub__b.jpg'} (annotated by {folder / 'flat.json'}) " \
+        "would both be recorded as sub__b.jpg; rename one" == problems["b.json"]
     assert "both annotations would be recorded as a.json" in problems["a_png.json"]
 
 

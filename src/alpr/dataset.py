@@ -247,26 +247,30 @@ def scan(source: Path, progress: bool = False) -> tuple[list[AnnotatedImage], li
     valid, errors = [], []
     # Names are compared lower-cased: MySQL's default collation and some filesystems take A.jpg for a.jpg.
     # The recorded annotation of an image is STEM.json, as labelme names it: a.jpg and a.png would share one.
-    names: dict[str, tuple[str, Path]] = {}
-    stems: dict[str, tuple[str, Path]] = {}
+    names: dict[str, tuple[str, Path, Path]] = {}
+    stems: dict[str, tuple[str, Path, Path]] = {}
     for json_path, item in _load_all(sorted(source.rglob("*.json")), source, progress):
         if isinstance(item, AnnotationError):
             errors.append(item)
             continue
         name, stem = item.name.lower(), Path(item.name).stem.lower()
         if name in names:
-            other, annotated_by = names[name]
-            case = "" if other == item.name else f" (as {other}: names that differ only in case are one)"
-            errors.append(AnnotationError(json_path, f"image {item.image_path} is already annotated by "
-                                                     f"{annotated_by}{case}"))
+            other, annotated_by, image = names[name]
+            if image == item.image_path:
+                problem = f"image {item.image_path} is already annotated by {annotated_by}"
+            else:  # A.JPG and a.jpg, or sub/a.png and sub__a.png (flattened)
+                case = "" if other == item.name else " (names that differ only in case are one)"
+                problem = (f"image {item.image_path} and {image} (annotated by {annotated_by}) would both be "
+                           f"recorded as {other}{case}; rename one")
+            errors.append(AnnotationError(json_path, problem))
             continue
         if stem in stems:
-            other, annotated_by = stems[stem]
+            other, annotated_by, _ = stems[stem]
             errors.append(AnnotationError(json_path, f"image {item.name} and {other} (annotated by {annotated_by}) "
                                                      f"differ only in their extension: both annotations would be "
                                                      f"recorded as {Path(item.name).stem}.json; rename one"))
             continue
-        names[name] = stems[stem] = (item.name, json_path)
+        names[name] = stems[stem] = (item.name, json_path, item.image_path)
         valid.append(item)
     return valid, errors
 
