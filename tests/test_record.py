@@ -223,6 +223,9 @@ def test_a_version_whose_folder_was_removed_records_again_to_the_bytes_tagged(sy
     assert head() == before  # nothing committed of the refused version
     assert subprocess.run(["git", "status", "--porcelain", "--", "datasets/plates/1.dvc"], cwd=workdir,
                           capture_output=True, text=True).stdout == ""
+    assert not (workdir / "datasets" / "plates" / "1").exists()  # what it wrote went: not refused for ever
+    record(options)  # from the tagged source, as the error says
+    assert head() == before and (workdir / "datasets" / "plates" / "1" / "manifest.json").is_file()
 
 
 @pytest.mark.parametrize("repository", ["existing", "new"])

@@ -175,7 +175,9 @@ class DataRepo:
         """The tag names the pointer just tracked, or VersioningError (the branch keeping the tagged one)."""
         if git(self.root, "show", f"{tag}:{pointer}") != (self.root / pointer).read_text():
             git(self.root, "checkout", tag, "--", pointer)  # the branch keeps the tagged pointer, uncommitted
-            raise VersioningError(f"tag {tag} already names other content of {relative}; use a new version")
+            raise VersioningError(f"tag {tag} already names other content of {relative} (a version's manifest "
+                                  "names its source folder: recorded from another?); record it from the source "
+                                  "it was recorded from, or under a new version")
 
     def push(self, *folders: Path) -> None:
         dvc(self.root, "push", *(str(f.resolve().relative_to(self.root)) for f in folders))
