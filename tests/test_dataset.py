@@ -264,6 +264,16 @@ def test_names_that_would_collide_in_the_database_or_the_annotations_are_refused
     assert "both annotations would be recorded as a.json" in problems["a_png.json"]
 
 
+def test_an_image_whose_recorded_name_would_be_too_long_for_a_file_is_named(tmp_path, synth_dir):
+    folder = tmp_path / "src"
+    deep = folder.joinpath(*["a" * 60] * 4)  # 4 folders of 60, b.jpg, 4 __: 253 bytes
+    deep.mkdir(parents=True)
+    _annotate(deep, synth_dir, "b.jpg", "b.json")
+    valid, errors = scan(folder)
+    assert valid == [] and "would be recorded as a name of 253 bytes (its folders joined by __), over 250" in \
+        errors[0].problem
+
+
 def test_a_photo_turned_by_its_exif_orientation_has_the_size_labelme_shows(tmp_path, synth_dir):
     from PIL import Image
 

@@ -26,6 +26,7 @@ from alpr.progress import show_progress
 
 SPLITS = ("train", "val", "test")
 DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
+MAX_NAME_BYTES = 250  # filesystems take 255 bytes a name: room for its STEM.json beside it
 
 
 class AnnotationError(AlprError, ValueError):
@@ -183,7 +184,11 @@ def load_labelme(json_path: Path, source: Path) -> AnnotatedImage:
     _check_placement(json_path, polygons, width, height)
     root = source.resolve()
     relative = image_path.relative_to(root) if image_path.is_relative_to(root) else Path(image_path.name)
-    return AnnotatedImage(json_path, image_path, "__".join(relative.parts), document["imagePath"], width, height,
+    name = "__".join(relative.parts)
+    if len(name.encode()) > MAX_NAME_BYTES:  # a file name the filesystem refuses, halfway through writing
+        raise AnnotationError(json_path, f"image {image_path} would be recorded as a name of {len(name.encode())} "
+                                         f"bytes (its folders joined by __), over {MAX_NAME_BYTES}; shorten them")
+    return AnnotatedImage(json_path, image_path, name, document["imagePath"], width, height,
                           sha256_bytes(data), sha256_bytes(raw), polygons)
 
 
