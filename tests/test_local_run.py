@@ -444,12 +444,10 @@ except KeyboardInterrupt:
 """
 
 
-@pytest.mark.parametrize("signal_name, to_group", [("SIGINT", True), ("SIGINT", False), ("SIGTERM", False),
-                                                   ("SIGHUP", False)])
+@pytest.mark.parametrize("signal_name, to_group", [("SIGINT", True), ("SIGINT", False), ("SIGTERM", False)])
 def test_ctrl_c_or_a_kill_lets_the_running_step_stop_and_names_it_for_resume(tmp_path, signal_name, to_group):
-    """Ctrl-C reaches the runner's whole process group; a kill (SIGTERM), a SIGINT from a program (a
-    notebook's interrupt) or a closed terminal's SIGHUP, the runner alone: the runner passes each on to
-    the step, once (SIGHUP as SIGTERM)."""
+    """Ctrl-C reaches the runner's whole process group; a kill (SIGTERM), or a SIGINT from a program (a
+    notebook's interrupt), the runner alone: the runner passes each on to the step, once."""
     import os
     import signal
 
@@ -471,6 +469,42 @@ def test_ctrl_c_or_a_kill_lets_the_running_step_stop_and_names_it_for_resume(tmp
     assert "[slow] saved" in rest and "interrupted in step 'slow'\nrerun with --resume" in rest
 
 
+SAVING = """
+import pathlib, signal, sys, time
+def stop(*_):
+    print('stopping', flush=True)  # to a runner whose terminal has closed
+    time.sleep(0.5)
+    pathlib.Path(sys.argv[1]).write_text('saved')
+    sys.exit(1)
+signal.signal(signal.SIGTERM, stop)
+print('started', flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_closed_terminal_lets_the_step_stop_cleanly(tmp_path):
+    """SIGHUP: the runner passes on SIGTERM and reads the step's last lines while it saves; echoed to the
+    closed terminal they would fail (EIO), and the step be killed before it saved."""
+    import os
+    import pty
+    import signal
+
+    path = tmp_path / "saving.yaml"
+    path.write_text(yaml.safe_dump(_template(tasks=[{"name": "s", "template": "s"}],
+                                             templates=[_python("s", SAVING, ["/work/saved.txt"])])))
+    terminal, runner_side = pty.openpty()
+    run = subprocess.Popen([sys.executable, "-m", "alpr.cli", "run", str(path), "--workdir", str(tmp_path / "w")],
+                           cwd=ROOT, stdout=runner_side, stderr=runner_side, start_new_session=True)
+    os.close(runner_side)
+    seen = b""
+    while b"[s] started" not in seen:
+        seen += os.read(terminal, 1024)
+    os.close(terminal)  # the terminal goes
+    run.send_signal(signal.SIGHUP)
+    assert run.wait(timeout=30) == 130
+    assert (tmp_path / "w" / "saved.txt").read_text() == "saved"
+
+
 STUBBORN = """
 import pathlib, signal, subprocess, sys, time
 signal.signal(signal.SIGINT, signal.SIG_IGN)  # a step that will not stop, with a process of its own
@@ -482,7 +516,7 @@ time.sleep(60)
 """
 
 
-@pytest.mark.parametrize("signal_name, status", [("SIGINT", 130), ("SIGTERM", 143)])
+@pytest.mark.parametrize("signal_name, status", [("SIGINT", 130), ("SIGTERM", 130)])
 def test_a_second_ctrl_c_or_sigterm_kills_the_step_and_its_own_processes(tmp_path, signal_name, status):
     """Not the runner alone: the step would write on in the workdir, its lock let go."""
     import os

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -485,17 +486,16 @@ class LocalRun:
                                    bufsize=1, start_new_session=True)
         with _stopping_if_unheard(process):
             try:
-                with _stopping_with_the_runner(process):
+                with _on_signals(lambda signum: _pass_on(process, signum)):
                     self._echo_output(name, process)
             except KeyboardInterrupt:
                 # the step heard it too: its output is read on while it stops (and saves what it does), or
-                # its prints would break; a second Ctrl-C kills it, with its own processes (data loaders).
+                # its prints would break; a second signal kills it, with its own processes (data loaders).
                 try:
-                    self._echo_output(name, process)
-                except BaseException as again:  # a second Ctrl-C or SIGTERM: the runner ends, not before the step
-                    os.killpg(process.pid, signal.SIGKILL)
-                    if not isinstance(again, KeyboardInterrupt):
-                        raise
+                    with _on_signals(lambda signum: os.killpg(process.pid, signal.SIGKILL)):
+                        self._echo_output(name, process)
+                except KeyboardInterrupt:
+                    pass
                 self.echo(f"interrupted in step {name!r}")
                 raise
         return process.wait()
@@ -529,22 +529,32 @@ def _stopping_if_unheard(process: subprocess.Popen):
         raise
 
 
-@contextlib.contextmanager
-def _stopping_with_the_runner(process: subprocess.Popen):
+def _pass_on(process: subprocess.Popen, signum: int) -> None:
     """Ctrl-C, a SIGTERM or a SIGHUP to the runner (a CI timeout, a kill, a notebook's interrupt, a closed
-    terminal) is passed on to the step, instead of leaving it to write on in the workdir, unlocked, and
-    the runner goes on as after Ctrl-C. A SIGHUP is passed on as SIGTERM, which steps stop cleanly on."""
+    terminal) is passed on to the step, instead of leaving it to write on in the workdir, unlocked. A
+    SIGHUP is passed on as SIGTERM, which steps stop cleanly on; the step's last lines then go nowhere:
+    written to a closed terminal they would fail."""
+    if signum == signal.SIGHUP:
+        sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115  (for the rest of the process)
+        signum = signal.SIGTERM
+    process.send_signal(signum)
+
+
+@contextlib.contextmanager
+def _on_signals(action: Callable[[int], None]):
+    """While the block runs, SIGINT, SIGTERM and SIGHUP call ``action`` and raise KeyboardInterrupt, so that
+    the runner goes on as after Ctrl-C. A signal the runner ignores (SIGINT in the background of a shell,
+    SIGHUP under nohup) stays ignored."""
     if threading.current_thread() is not threading.main_thread():  # only the main thread takes signals
         yield
         return
 
-    def stop(signum, frame):
-        process.send_signal(signal.SIGTERM if signum == signal.SIGHUP else signum)
+    def handle(signum, frame):
+        action(signum)
         raise KeyboardInterrupt
 
-    # a signal the runner ignores (SIGINT in the background of a shell, SIGHUP under nohup) stays ignored
     heard = [s for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP) if signal.getsignal(s) is not signal.SIG_IGN]
-    previous = {s: signal.signal(s, stop) for s in heard}
+    previous = {s: signal.signal(s, handle) for s in heard}
     try:
         yield
     finally:
