@@ -34,7 +34,7 @@ from alpr.dataset import (
 )
 from alpr.errors import AlprError, UsageError, read_json
 from alpr.plates import CLASSES
-from alpr.versioning import DataRepo, VersioningError, annotation_tag, dataset_tag
+from alpr.versioning import DataRepo, TagConflict, annotation_tag, dataset_tag
 from alpr.workdir import annotations_dir, dataset_dir
 
 # Names make folders and git tags: no "..", and no "." or ".lock" at the end, which git refuses in a tag.
@@ -297,9 +297,8 @@ def record(options: RecordOptions) -> RecordResult:
                                                                     not options.dvc))
         if not created:  # another record of this version finished first: checked before its annotations
             check_same_content(folder, name, version, digest)
-    annotated = not annotations.exists()
-    if annotated:  # also repairs a run that stopped between the two folders
-        _atomic_folder(annotations, lambda tmp: _write_annotations(tmp, items, folder / "images", not options.dvc))
+    annotated = not annotations.exists() and _atomic_folder(  # also repairs a run stopped between the two
+        annotations, lambda tmp: _write_annotations(tmp, items, folder / "images", not options.dvc))
     manifest = read_json(folder / "manifest.json")
 
     if options.dvc:
@@ -308,7 +307,7 @@ def record(options: RecordOptions) -> RecordResult:
         try:
             repo.track(annotations, annotation_tag(name, version), f"annotations {name} v{version}")
             repo.track(folder, dataset_tag(name, version), f"dataset {name} v{version}")
-        except VersioningError:
+        except TagConflict:
             # what this run wrote goes: a version written again whose tag names other bytes (its manifest
             # names another source folder) would be refused again from the tagged source too
             for path in [path for path, wrote in ((folder, created), (annotations, annotated)) if wrote]:

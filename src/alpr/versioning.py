@@ -28,6 +28,10 @@ class VersioningError(AlprError, RuntimeError):
     pass
 
 
+class TagConflict(VersioningError):
+    """A version's tag names other bytes than those tracked now."""
+
+
 def dataset_tag(name: str, version: str) -> str:
     return f"{name}-v{version}"
 
@@ -175,7 +179,7 @@ class DataRepo:
         """The tag names the pointer just tracked, or VersioningError (the branch keeping the tagged one)."""
         if git(self.root, "show", f"{tag}:{pointer}") != (self.root / pointer).read_text():
             git(self.root, "checkout", tag, "--", pointer)  # the branch keeps the tagged pointer, uncommitted
-            raise VersioningError(f"tag {tag} already names other content of {relative} (a version's manifest "
+            raise TagConflict(f"tag {tag} already names other content of {relative} (a version's manifest "
                                   "names its source folder: recorded from another?); record it from the source "
                                   "it was recorded from, or under a new version")
 
