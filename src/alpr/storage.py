@@ -54,8 +54,13 @@ def check_url(url: str) -> None:
     without credentials or of a bucket not there, a file:// folder that cannot be made or written."""
     scheme, bucket, key = _split(url)
     if scheme == "gs":
+        from google.api_core.exceptions import Forbidden
+
         with _gcs_errors(url, missing=f"no bucket {bucket!r}"):
-            next(iter(_gcs_client().list_blobs(bucket, max_results=1)), None)  # objects.list, as uploaders have
+            try:
+                next(iter(_gcs_client().list_blobs(bucket, prefix=key, max_results=1)), None)
+            except Forbidden:  # not allowed to list there: the upload will tell
+                pass
     else:
         made = next(p for p in (Path(key), *Path(key).parents) if p.exists())  # the rest is made on upload
         if not (made.is_dir() and os.access(made, os.W_OK | os.X_OK)):
