@@ -10,7 +10,9 @@ A request waits while other requests hold ``max_held_images`` decoded images, an
 at once when as many images already wait: a waiting request holds its body. One not read within
 ``request_timeout_s`` is answered 503 too: KServe does not stop a request whose client has gone.
 Bad input raises kserve's InvalidInput, which the server answers with a 400 and a message; a body
-larger than ``max_images`` images of ``max_image_bytes`` could hold gets a 413 before it is parsed.
+larger than ``max_images`` images of ``max_image_bytes`` could hold gets a 413 before it is parsed,
+and one that would take the bodies held at once past twice ``max_held_images`` such images a 503.
+KServe's model repository API (``/v2/repository/``) answers 404: this server serves one model.
 """
 
 from __future__ import annotations
@@ -130,8 +132,9 @@ def max_body_bytes(options: ServeOptions) -> int:
 
 
 def max_held_body_bytes(options: ServeOptions) -> int:
-    """The request bodies held at once, received or waiting: ``max_held_images`` images at their limit."""
-    return options.max_held_images * base64_size(options.max_image_bytes) + 2**20
+    """The request bodies held at once, received, waiting or read: the images the budget holds and as many
+    waiting for room (``max_held_images`` each) at their limit."""
+    return 2 * options.max_held_images * base64_size(options.max_image_bytes) + 2**20
 
 
 class BodyLimit:
@@ -139,7 +142,7 @@ class BodyLimit:
     parses it: without it one request of gigabytes could take the server's memory (a cluster's ingress
     may limit bodies too; `alpr serve` alone has nothing else to). Bodies held at once, from their first
     byte to their answer, stay under ``held_limit``: past it a request is answered 503 (the image budget
-    bounds them only once parsed). The rest of a refused body is read and dropped, so that the client,
+    bounds them only once parsed, and holds as many waiting as read). The rest of a refused body is read and dropped, so that the client,
     still sending, gets the answer.
 
     It also answers 404 under /v2/repository/: KServe's unload there takes the one model out of the
