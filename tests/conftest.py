@@ -58,12 +58,14 @@ def db_url(request, tmp_path) -> str:
 
 
 def interruptible() -> None:
-    """A Popen preexec_fn: SIGINT back to its default. Under a shell's background job (CI, nohup ... &) the
-    tests start with SIGINT ignored, which their children inherit; Python would then never raise
-    KeyboardInterrupt. Started so, a process takes Ctrl-C as from a terminal."""
+    """A Popen preexec_fn: SIGINT and SIGHUP back to their defaults. Under a shell's background job (CI,
+    nohup ... &) the tests start with SIGINT (and under nohup SIGHUP) ignored, which their children
+    inherit; Python would then never raise KeyboardInterrupt. Started so, a process takes Ctrl-C and a
+    closed terminal as from a terminal."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 def free_port() -> int:

@@ -489,12 +489,15 @@ def test_a_closed_terminal_lets_the_step_stop_cleanly(tmp_path):
     import pty
     import signal
 
+    from conftest import interruptible
+
     path = tmp_path / "saving.yaml"
     path.write_text(yaml.safe_dump(_template(tasks=[{"name": "s", "template": "s"}],
                                              templates=[_python("s", SAVING, ["/work/saved.txt"])])))
     terminal, runner_side = pty.openpty()
     run = subprocess.Popen([sys.executable, "-m", "alpr.cli", "run", str(path), "--workdir", str(tmp_path / "w")],
-                           cwd=ROOT, stdout=runner_side, stderr=runner_side, start_new_session=True)
+                           cwd=ROOT, stdout=runner_side, stderr=runner_side, start_new_session=True,
+                           preexec_fn=interruptible)
     os.close(runner_side)
     seen = b""
     while b"[s] started" not in seen:

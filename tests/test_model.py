@@ -1045,7 +1045,13 @@ def test_evaluate_checks_the_database_and_the_store_before_scoring(smoke_workdir
         result = run_step_script("evaluate", "--workdir", str(work), "--run-id", "r1", "--device", "cpu", *flags)
         assert result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr
         assert not (work / "runs" / "r1" / "eval").exists()
-    (tmp_path / "full").write_text("a file where the bucket should be: the upload fails after the scoring")
+    (tmp_path / "file").write_text("a file where the bucket should be")
+    result = run_step_script("evaluate", "--workdir", str(work), "--run-id", "r1", "--device", "cpu", "--store",
+                             (tmp_path / "file").as_uri())
+    assert result.returncode == 1 and f"cannot write under {tmp_path / 'file'} (a file)" in result.stderr
+    assert not (work / "runs" / "r1" / "eval").exists()  # refused before the scoring
+    (tmp_path / "full" / "runs").mkdir(parents=True)
+    (tmp_path / "full" / "runs" / "r1").write_text("a file where a folder should be: the upload fails after scoring")
     store = (tmp_path / "full").as_uri()
     result = run_step_script("evaluate", "--workdir", str(work), "--run-id", "r1", "--device", "cpu", "--store", store)
     assert result.returncode == 1 and f"{store}/runs/r1/" in result.stderr and "Traceback" not in result.stderr
