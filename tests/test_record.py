@@ -248,40 +248,45 @@ def test_records_of_several_versions_at_once_into_one_repository_all_land(synth_
     assert "datasets/plates" not in untracked, untracked
 
 
+def _errors_at_once(action, threads: int = 6) -> list[Exception]:
+    """Runs ``action`` in several threads at once; what they raised (a thread's exception would vanish)."""
+    import threading
+
+    errors = []
+
+    def run():
+        try:
+            action()
+        except Exception as error:  # noqa: BLE001  (collected, to assert on)
+            errors.append(error)
+
+    started = [threading.Thread(target=run) for _ in range(threads)]
+    for thread in started:
+        thread.start()
+    for thread in started:
+        thread.join()
+    return errors
+
+
 def test_git_inits_of_one_new_repository_at_once_all_succeed(tmp_path):
     """Records into a new repository at once each run `git init`: one that met another copying git's
     templates failed on a file the other had just made (a fresh-clone CI run caught it)."""
-    import threading
-
     from alpr.versioning import git
 
     for trial in range(5):
-        repo, errors = tmp_path / str(trial), []
+        repo = tmp_path / str(trial)
         repo.mkdir()
-
-        def init():
-            try:
-                git(repo, "init", "-q", "-b", "main")
-            except Exception as error:  # noqa: BLE001  (collected: a thread's exception would vanish)
-                errors.append(error)
-
-        threads = [threading.Thread(target=init) for _ in range(6)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        assert not errors and (repo / ".git" / "HEAD").is_file()
+        assert not _errors_at_once(lambda: git(repo, "init", "-q", "-b", "main"))
+        assert (repo / ".git" / "HEAD").is_file()
 
 
 def test_commits_of_the_same_bytes_at_once_all_succeed(tmp_path):
     """Records into a new repository each commit its initial files: one whose commit came after
     another's of the same bytes met git's "nothing to commit" (a fresh-clone CI run caught it)."""
-    import threading
-
     from alpr.versioning import DataRepo, git
 
     for trial in range(5):
-        root, errors = tmp_path / str(trial), []
+        root = tmp_path / str(trial)
         root.mkdir()
         git(root, "init", "-q", "-b", "main")
         (root / "first").write_text("first\n")
@@ -289,19 +294,7 @@ def test_commits_of_the_same_bytes_at_once_all_succeed(tmp_path):
         git(root, "commit", "-q", "-m", "first")
         (root / "shared").write_text("the same bytes\n")
         repo = DataRepo(root, str(tmp_path / "remote"), root)
-
-        def commit():
-            try:
-                repo.commit("shared", ["shared"])
-            except Exception as error:  # noqa: BLE001  (collected: a thread's exception would vanish)
-                errors.append(error)
-
-        threads = [threading.Thread(target=commit) for _ in range(6)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        assert not errors
+        assert not _errors_at_once(lambda: repo.commit("shared", ["shared"]))
         assert git(root, "log", "--format=%s").split() == ["shared", "first"]
 
 
