@@ -310,8 +310,9 @@ def record(options: RecordOptions) -> RecordResult:
         except TagConflict:
             # what this run wrote goes: a version written again whose tag names other bytes (its manifest
             # names another source folder) would be refused again from the tagged source too
-            for path in [path for path, wrote in ((folder, created), (annotations, annotated)) if wrote]:
-                shutil.rmtree(path, ignore_errors=True)
+            for path, wrote in ((folder, created), (annotations, annotated)):
+                if wrote:
+                    shutil.rmtree(path, ignore_errors=True)
             raise
         if options.push:
             _announce(options, f"pushing {len(items)} images and their annotations to the DVC remote")
