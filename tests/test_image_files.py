@@ -190,6 +190,7 @@ def test_a_folder_s_images_are_those_of_a_format_read_and_not_hidden(tmp_path):
     for name in ("a.JPG", "b.pgm", "sub/c.webp", "._d.jpg", ".partial/e.png", "notes.txt", "f.gif"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(b"")
+    (tmp_path / "album.jpg").mkdir()  # a folder named like an image is none
     assert [p.relative_to(tmp_path).as_posix() for p in list_images(tmp_path)] == ["a.JPG", "b.pgm", "sub/c.webp"]
 
 

@@ -281,6 +281,36 @@ def test_a_board_without_recorded_text_is_what_its_characters_spell_and_text_off
     assert plate_metrics(bogus, {1: [read]}, {})["outcomes"] == {"misread": 1}
 
 
+def test_boards_without_recorded_text_one_above_the_other_are_both_spelled():
+    """A tilted plate's straight box takes in its neighbour's raised end: on another board, that character is
+    the neighbour's, as when reading (postprocess), not a stray that left the truth unspelled."""
+    from dataclasses import replace
+
+    from handmade import plate_detections
+
+    from alpr.metrics import true_plates
+
+    upper, lower = plate_detections("11B2222"), plate_detections("33C4444", y=25)
+    first = next(i for i, d in enumerate(lower) if d.label == "3")
+    x1, y1, x2, y2 = lower[first].bbox
+    lower[first] = replace(lower[first], bbox=(x1, y1 - 7, x2, y2 - 7))  # its centre on the upper board
+    gt = _gt([_ann(d.label, _rect(d.bbox)) for d in upper + lower])
+    assert sorted(p.text for p in true_plates(gt, 1)) == ["11B2222", "33C4444"]
+
+
+def test_a_split_file_that_is_no_coco_file_is_named_in_the_error(tmp_path):
+    from alpr.errors import AlprError
+    from alpr.metrics import load_ground_truth
+
+    cut = tmp_path / "val.json"
+    cut.write_text('{"images": [{"id": 1, ')
+    with pytest.raises(AlprError, match=f"{cut}: not valid JSON"):
+        load_ground_truth(cut)
+    cut.write_text('{"images": [{"width": 5}], "annotations": [], "categories": []}')
+    with pytest.raises(AlprError, match=f"{cut}: not a COCO file"):
+        load_ground_truth(cut)
+
+
 def test_the_precision_recall_curve_of_exact_reads_falls_with_the_board_score():
     from alpr.metrics import plate_pr_curve
 

@@ -168,9 +168,9 @@ def _decoded_file(path: Path, decoder: Callable[[bytes], np.ndarray]) -> np.ndar
 
 
 def list_images(folder: Path) -> list[Path]:
-    """The images under ``folder`` (by their suffix), hidden ones left out (macOS's ``._IMG.jpg`` are no
+    """The image files under ``folder`` (by their suffix), hidden ones left out (macOS's ``._IMG.jpg`` are no
     images, and ``.x.partial`` folders are work in progress)."""
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 

@@ -166,9 +166,18 @@ class DvCOCOeval(COCOeval):
 
 
 def load_ground_truth(path) -> COCO:
-    """A split's COCO file, without pycocotools' chatter on stdout (where the metric lines go)."""
-    with contextlib.redirect_stdout(io.StringIO()):
-        return COCO(str(path))
+    """A split's COCO file, without pycocotools' chatter on stdout (where the metric lines go); an
+    error naming the file where it is no COCO file (pycocotools' own names neither file nor place)."""
+    document = read_json(Path(path))
+    gt = COCO()
+    gt.dataset = document
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            gt.createIndex()
+    except (KeyError, TypeError, AttributeError) as error:
+        raise UsageError(f"{path}: not a COCO file: its images, annotations and categories are lists of "
+                         f"objects with ids ({type(error).__name__}: {error})") from None
+    return gt
 
 
 def mask_rle(mask) -> dict:
@@ -301,8 +310,11 @@ def true_plates(gt: COCO, image_id: int) -> list[TruePlate]:
     for ann, det in zip(anns, as_detections):
         if det.label not in BOARD_LABELS:
             continue
+        # as read_plates does: a tilted neighbour's characters inside this board's box are not stray
+        others = [d.bbox for d in as_detections if d.label in BOARD_LABELS and d is not det]
         try:
-            text = parse_plate(ann["text"]).text if "text" in ann else read_board(det, as_detections).text
+            text = (parse_plate(ann["text"]).text if "text" in ann else
+                    read_board(det, as_detections, others=others).text)
         except PlateFormatError:
             text = None
         plates.append(TruePlate(text, BOARD_LABELS[det.label], det.bbox))

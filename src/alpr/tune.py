@@ -350,17 +350,17 @@ def tune(experiment: dict, template: dict, workdir: Path, overrides: dict[str, s
     with held_alone(folder / "tune.lock", f"another `alpr tune` is running in {workdir}; wait for it to end or "
                     "give another --workdir"):
         study = _study(experiment, folder, resume, echo)
-        return _trials(experiment, template, workdir, overrides, collect, study, total, echo, resume)
+        return _trials(experiment, template, workdir, overrides, collect, study, total, folder / study.study_name,
+                       echo, resume)
 
 
 def _trials(experiment: dict, template: dict, workdir: Path, overrides: dict[str, str], collect: Collector, study,
-            total: int, echo: Callable[[str], None], resume: bool):
+            total: int, logs: Path, echo: Callable[[str], None], resume: bool):
     import optuna
 
     spec = experiment["spec"]
     declared = {p["name"] for p in template["spec"].get("arguments", {}).get("parameters", [])}
     max_failed, goal = spec.get("maxFailedTrialCount"), spec["objective"].get("goal")
-    logs = Path(workdir).resolve() / "tune" / study.study_name
     done = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) + failures(study)
     echo(f"tune {study.study_name}: {total} trials of {template['metadata']['name']}, {direction(experiment)} "
          f"{collect.objective}; logs in {logs}" + (f"; {done} done before" if resume else ""))
