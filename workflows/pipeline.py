@@ -8,7 +8,7 @@ import json
 from hera.workflows import DAG, Parameter, Resource, WorkflowTemplate
 
 from alpr.argo import (RUN_ID, WORK_MOUNT, common_parameters, evaluate_outputs, param, step, switch,
-                       training_parameters, volumes, workflow_metadata)
+                       train_args, training_parameters, volumes, workflow_metadata)
 
 DATASET = ["--dataset", param("dataset-name"), "--version", param("dataset-version")]
 
@@ -26,11 +26,6 @@ with WorkflowTemplate(
         Parameter(name="synth-count", value="1000", description="synthetic images to draw (0: none, synth skipped)"),
         Parameter(name="synth-seed", value="0", description="synthesis seed"),
         *training_parameters(),
-        Parameter(name="epochs", value="30", description="training epochs"),
-        Parameter(name="batch-size", value="8", description="images per batch"),
-        Parameter(name="lr", value="", description="learning rate; empty: the model's own"),
-        Parameter(name="img-size", value="",
-                  description="image size (longest side) for training and test; empty: the model's own"),
         switch("deploy", "true: point the InferenceService at this run's best model in the store (a gs:// one)"),
         Parameter(name="inference-service", value="alpr", description="InferenceService the deploy step updates"),
         *common_parameters(),
@@ -43,9 +38,7 @@ with WorkflowTemplate(
                            "--seed", param("synth-seed"), "--no-progress"])
     record = step("record", ["--source", param("source"), *workdir, *DATASET, "--db-url", param("db-url"),
                              "--dvc-remote", param("dvc-remote"), "--store", param("store")])
-    train = step("train", [*workdir, *DATASET, "--model", param("model"), "--run-id", RUN_ID,
-                           "--epochs", param("epochs"), "--batch-size", param("batch-size"), "--lr", param("lr"),
-                           "--img-size", param("img-size"), "--amp", param("amp")], gpu=True, retries=3, memory="8Gi")
+    train = step("train", [*workdir, *DATASET, "--run-id", RUN_ID, *train_args()], gpu=True, retries=3, memory="8Gi")
     evaluate = step("evaluate", [*workdir, "--run-id", RUN_ID, "--db-url", param("db-url"),
                                  "--store", param("store"), "--require-store", param("deploy")],
                     gpu=True, outputs=evaluate_outputs())

@@ -32,14 +32,44 @@ def switch(name: str, description: str) -> Parameter:
     return Parameter(name=name, value="false", enum=["true", "false"], description=description)
 
 
+# The training settings the pipeline and the Katib trial both take, each passed to the train step as the flag
+# of its name (train_args): what a tuning experiment found trains the pipeline's model too.
+TRAIN_SETTINGS = {
+    "epochs": "training epochs",
+    "batch-size": "images per batch",
+    "img-size": "image size (longest side) for training and test; empty: the model's own",
+    "lr": "learning rate; empty: the model's own",
+    "weight-decay": "AdamW weight decay",
+    "widen-factor": "RTMDet width multiplier; empty: the model's own",
+    "drop-rate": "Swin dropout rate",
+    "drop-path-rate": "Swin drop path rate",
+    "window-size": "Swin window size",
+    "mlp-ratio": "Swin MLP ratio",
+}
+
+
 def training_parameters() -> list[Parameter]:
-    """The model and mixed precision, as the pipeline and the Katib trial both take them."""
+    """The model, its training settings (TrainSettings' defaults; empty: the model's own) and mixed precision."""
     from alpr.model import MODELS, TrainSettings
 
+    defaults = TrainSettings()
+
+    def default(name: str) -> str:
+        value = getattr(defaults, name.replace("-", "_"))
+        return "" if value is None else str(value)
+
     return [
-        Parameter(name="model", value=TrainSettings().model, enum=list(MODELS), description=", ".join(MODELS)),
+        Parameter(name="model", value=defaults.model, enum=list(MODELS), description=", ".join(MODELS)),
+        *(Parameter(name=name, value=default(name), description=text) for name, text in TRAIN_SETTINGS.items()),
         switch("amp", "true: mixed precision (float16 on GPUs, bfloat16 on CPUs with AVX512-BF16 or AMX)"),
     ]
+
+
+def train_args() -> list[str]:
+    """The train step's flags for the training parameters. Katib's StdOut collector reruns the train
+    container as `sh -c` with its args joined by spaces, where an empty value given as a word of its own
+    would vanish: each flag and value is one word."""
+    return [f"--{name}={param(name)}" for name in ("model", *TRAIN_SETTINGS, "amp")]
 
 
 def common_parameters() -> list[Parameter]:

@@ -174,6 +174,20 @@ def test_trials_run_alpr_train_trial_with_parameters_it_declares(experiment, tri
             assert references[name] == parameter["name"]
 
 
+def test_what_a_trial_tunes_the_pipeline_trains_with_too(experiment, trial_template):
+    """The best trial's values are submitted to alpr-pipeline (`-p weight-decay=...`): each is one of its
+    parameters, reaching its train step as the same flag as in the trial (Argo ignores unknown ones)."""
+    pipeline = yaml.safe_load((ROOT / "workflows" / "alpr-pipeline.yaml").read_text())
+    declared = {p["name"] for p in pipeline["spec"]["arguments"]["parameters"]}
+    tuned = {p["name"] for p in experiment["spec"]["trialTemplate"]["trialSpec"]["spec"]["arguments"]["parameters"]}
+    assert tuned - {"dataset-name", "dataset-version"} <= declared
+
+    for document in (pipeline, trial_template):
+        args = _templates(document)["train"]["container"]["args"]
+        for name in tuned - {"dataset-name", "dataset-version"}:
+            assert f"--{name}={{{{workflow.parameters.{name}}}}}" in args
+
+
 def _templates(document: dict) -> dict:
     return {t["name"]: t for t in document["spec"]["templates"]}
 
