@@ -167,6 +167,32 @@ def test_batched_head_gives_mmdets_losses_and_gradients(seed, objects):
         assert torch.allclose(want, got, rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.parametrize("rescale", [True, False])
+def test_batched_head_predicts_mmdets_masks_a_few_at_a_time(monkeypatch, rescale):
+    """The same detections and the same mask pixels as mmdet's head, made a few masks at a time."""
+    import alpr.mmdet_ext
+
+    from mmengine.config import ConfigDict
+
+    monkeypatch.setattr(alpr.mmdet_ext, "MASK_CHUNK_PIXELS", 3 * 128 * 128)  # masks of 1 or 3 at a time
+    outputs, _, _ = _head_inputs(5, [0])
+    # the image was 3.1 times the input's size (128 px), as a photo read at the model's size
+    metas = [dict(img_shape=(128, 120), pad_shape=(128, 128), ori_shape=(397, 372), scale_factor=(1 / 3.1, 1 / 3.1))]
+    cfg = ConfigDict(nms_pre=1000, min_bbox_size=0, score_thr=0.05, nms=dict(type="nms", iou_threshold=0.6),
+                     max_per_img=100, mask_thr_binary=0.5)
+    predicted = []
+    for head_type in ("RTMDetInsSepBNHead", "BatchedRTMDetInsHead"):
+        torch.manual_seed(0)
+        head = MODELS.build(dict(type=head_type, **HEAD)).eval()
+        with torch.no_grad():
+            predicted.append(head.predict_by_feat(*outputs, batch_img_metas=metas, cfg=cfg, rescale=rescale)[0])
+    expected, got = predicted
+    assert len(got) == len(expected) > 20
+    assert torch.equal(got.bboxes, expected.bboxes) and torch.equal(got.labels, expected.labels)
+    assert got.masks.shape == expected.masks.shape == ((len(got), 397, 372) if rescale else (len(got), 128, 128))
+    assert torch.equal(got.masks, expected.masks) and expected.masks.any()
+
+
 def test_capped_mask_priors_train_a_random_sample_whose_mean_loss_is_the_full_loss():
     outputs, gt, metas = _head_inputs(0, [3, 12, 0, 25])
     full = MODELS.build(dict(type="BatchedRTMDetInsHead", **HEAD)).loss_by_feat(*outputs, gt, metas)

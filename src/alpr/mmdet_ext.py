@@ -79,20 +79,29 @@ def to_detections(pred_instances, score_threshold: float = 0.05, masks: bool = T
     fields = pred_instances if isinstance(pred_instances, dict) else pred_instances.to_dict()
     keep = fields["scores"] >= score_threshold
     scores, bboxes, labels = (fields[key][keep].cpu().numpy() for key in ("scores", "bboxes", "labels"))
-    rles = masks_rle(fields["masks"][keep]) if masks and "masks" in fields else [None] * len(scores)
+    picked = keep.nonzero().flatten()
+    rles = masks_rle(fields["masks"], picked) if masks and "masks" in fields else [None] * len(scores)
     return [Detection(CLASSES[int(label)], float(score), tuple(float(v) for v in box), rle)
             for box, label, score, rle in zip(bboxes, labels, scores, rles)]
 
 
-def masks_rle(masks: torch.Tensor) -> list[dict]:
-    """(N, H, W) masks as COCO RLEs. From a GPU, only the positions where runs change leave it
-    (a few kB, not ~1 MB a mask); on the CPU, pycocotools' encoder is the faster."""
+def masks_rle(masks: torch.Tensor, picked: torch.Tensor | None = None) -> list[dict]:
+    """(N, H, W) masks as COCO RLEs, of those at the indices ``picked`` only where given. From a GPU, only
+    the positions where runs change leave it (a few kB, not ~1 MB a mask); on the CPU, pycocotools'
+    encoder is the faster."""
+    picked = torch.arange(len(masks)) if picked is None else picked.cpu()
     if masks.device.type != "cpu":
-        return rle_from_run_changes(masks)
-    # transposed, so that each mask is column-major: COCO's encoder then copies nothing
-    columns = masks.transpose(1, 2).contiguous().numpy()
-    columns = columns.view(np.uint8) if columns.dtype == bool else columns.astype(np.uint8)
-    return [mask_rle(column.T) for column in columns]
+        return rle_from_run_changes(masks[picked.to(masks.device)])
+    rles = []
+    for start in range(0, len(picked), MASKS_COPIED_AT_ONCE):  # a few masks copied at a time, not all of them
+        # transposed, so that each mask is column-major: COCO's encoder then copies nothing
+        columns = masks[picked[start:start + MASKS_COPIED_AT_ONCE]].transpose(1, 2).contiguous().numpy()
+        columns = columns.view(np.uint8) if columns.dtype == bool else columns.astype(np.uint8)
+        rles += [mask_rle(column.T) for column in columns]
+    return rles
+
+
+MASKS_COPIED_AT_ONCE = 8
 
 
 def rle_from_run_changes(masks: torch.Tensor) -> list[dict]:
@@ -508,6 +517,45 @@ class BatchedRTMDetInsHead(RTMDetInsSepBNHead):
         if self.boxes_only:  # one logit per detection: what follows makes 8 px specks, not full-size masks
             return mask_feat.new_zeros((len(kernels), 1, 1))
         return super()._mask_predict_by_feat_single(mask_feat, kernels, priors)
+
+    def _bbox_mask_post_process(self, results, mask_feat, cfg, rescale=False, with_nms=True, img_meta=None):
+        """mmdet's detections and masks, the masks made a few at a time: mmdet upsamples every detection's
+        logits to the whole image at once, in float32, twice over (a 12-megapixel photo's 100 detections
+        took 10 GB); here they take a byte a pixel, and MASK_CHUNK_PIXELS floats at a time."""
+        if self.boxes_only:
+            return super()._bbox_mask_post_process(results, mask_feat, cfg, rescale, with_nms, img_meta)
+        self.boxes_only = True  # mmdet's boxes, scores and labels, with specks for masks
+        try:
+            results = super()._bbox_mask_post_process(results, mask_feat, cfg, rescale, with_nms, img_meta)
+        finally:
+            self.boxes_only = False
+        if len(results):
+            results.masks = self._masks(results, mask_feat, cfg.mask_thr_binary, img_meta if rescale else None)
+        return results
+
+    def _masks(self, results, mask_feat, threshold: float, img_meta: dict | None) -> torch.Tensor:
+        """The detections' binary masks, at the input's padded size or, given ``img_meta``, the image's:
+        the same pixels as mmdet's (its sizes and interpolation), each mask computed on its own."""
+        stride = self.prior_generator.strides[0][0]
+        height, width = (stride * n for n in mask_feat.shape[-2:])
+        if img_meta is not None:
+            # mmdet scales the height by the first of scale_factor's (w, h): the same where the ratio is kept
+            to_image = [1 / s for s in img_meta["scale_factor"]]
+            size = (math.ceil(height * to_image[0]), math.ceil(width * to_image[1]))
+            height, width = min(size[0], img_meta["ori_shape"][0]), min(size[1], img_meta["ori_shape"][1])
+        masks = torch.empty((len(results), height, width), dtype=torch.bool, device=mask_feat.device)
+        chunk = max(1, MASK_CHUNK_PIXELS // (height * width))
+        for start in range(0, len(results), chunk):
+            part = slice(start, start + chunk)
+            logits = super()._mask_predict_by_feat_single(mask_feat, results.kernels[part], results.priors[part])
+            logits = F.interpolate(logits.unsqueeze(0), scale_factor=stride, mode="bilinear")
+            if img_meta is not None:
+                logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)[..., :height, :width]
+            masks[part] = logits.squeeze(0).sigmoid() > threshold
+        return masks
+
+
+MASK_CHUNK_PIXELS = 2**25  # mask pixels upsampled at once, in float32: 128 MB
 
 
 @contextlib.contextmanager
