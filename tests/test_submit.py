@@ -85,6 +85,18 @@ def test_submit_creates_a_valid_workflow_from_the_template(argo_server, monkeypa
                                                **workflow}) == []
 
 
+def test_the_base_path_of_a_server_behind_a_proxy_comes_from_argo_base_href_as_for_the_argo_cli(argo_server):
+    import os
+
+    result = _submit(argo_server, env={**os.environ, "ARGO_BASE_HREF": "/argo/"})
+    assert result.returncode == 0, result.stderr
+    assert [r["path"] for r in Recorder.requests] == ["/argo/api/v1/workflow-templates/argo/alpr-pipeline",
+                                                      "/argo/api/v1/workflows/argo"]
+    Recorder.requests.clear()  # an address with its own path keeps it
+    result = _submit(f"{argo_server}/own", env={**os.environ, "ARGO_BASE_HREF": "/argo/"})
+    assert [r["path"] for r in Recorder.requests][-1] == "/own/api/v1/workflows/argo"
+
+
 def test_a_parameter_the_template_does_not_take_is_refused_before_anything_is_submitted(argo_server):
     """Argo would take it without a word, leaving the parameter meant at its default."""
     result = _submit(argo_server, "-p", "epoch=30")

@@ -2,13 +2,15 @@
 
 Like the argo CLI, the server, token and namespace come from flags or ARGO_SERVER,
 ARGO_TOKEN and ARGO_NAMESPACE (ARGO_SECURE=false: plain HTTP, ARGO_INSECURE_SKIP_VERIFY=true: TLS
-unverified). The token is sent, never printed.
+unverified, ARGO_BASE_HREF: the server's base path behind a proxy, where its address has none). The
+token is sent, never printed.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from alpr.errors import AlprError, UsageError
 
@@ -35,6 +37,9 @@ class ArgoServer:
         if not host.startswith(("http://", "https://")):
             raise UsageError(f"Argo server {host!r} (--argo-server or ARGO_SERVER): expected host:port or an "
                              "http:// or https:// URL")
+        base = os.environ.get("ARGO_BASE_HREF", "").strip("/")
+        if base and not urlsplit(host).path.strip("/"):  # an address with a path of its own keeps it
+            host = f"{host.rstrip('/')}/{base}"
         token = token or os.environ.get("ARGO_TOKEN")
         if token and not token.startswith("Bearer "):
             token = f"Bearer {token}"
