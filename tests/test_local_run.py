@@ -74,6 +74,10 @@ def test_failure_names_the_step_and_resume_skips_what_succeeded(tmp_path):
     flag.touch()
     with pytest.raises(UsageError, match=r"cannot --resume t-\d+: its parameters differ from this run's in greeting "):
         LocalRun(workflow, tmp_path, {"greeting": "bye"}, resume=True, echo=lambda _: None).run()
+    # the template has gained a parameter since: the run cut short took its default as well
+    workflow["spec"]["arguments"]["parameters"].append({"name": "new", "value": "1"})
+    with pytest.raises(UsageError, match=r"its parameters differ from this run's in new "):
+        LocalRun(workflow, tmp_path, {"new": "2"}, resume=True, echo=lambda _: None).run()
     LocalRun(workflow, tmp_path, {}, resume=True, echo=lambda _: None).run()
     assert (tmp_path / "count.txt").read_text() == "a\n"  # step a ran once
 

@@ -306,9 +306,10 @@ def test_a_split_file_that_is_no_coco_file_is_named_in_the_error(tmp_path):
     cut.write_text('{"images": [{"id": 1, ')
     with pytest.raises(AlprError, match=f"{cut}: not valid JSON"):
         load_ground_truth(cut)
-    cut.write_text('{"images": [{"width": 5}], "annotations": [], "categories": []}')
-    with pytest.raises(AlprError, match=f"{cut}: not a COCO file"):
-        load_ground_truth(cut)
+    for text in ('{"images": [{"width": 5}], "annotations": [], "categories": []}', '[{"id": 1}]', '"x"'):
+        cut.write_text(text)
+        with pytest.raises(AlprError, match=f"{cut}: not a COCO file"):
+            load_ground_truth(cut)
 
 
 def test_the_precision_recall_curve_of_exact_reads_falls_with_the_board_score():

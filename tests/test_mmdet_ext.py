@@ -169,15 +169,17 @@ def test_batched_head_gives_mmdets_losses_and_gradients(seed, objects):
 
 @pytest.mark.parametrize("rescale", [True, False])
 def test_batched_head_predicts_mmdets_masks_a_few_at_a_time(monkeypatch, rescale):
-    """The same detections and the same mask pixels as mmdet's head, made a few masks at a time."""
+    """The same detections and masks as mmdet's head, made a few masks at a time: but for a pixel whose logit,
+    computed in another batch, rounds to the other side of the threshold."""
     import alpr.mmdet_ext
 
     from mmengine.config import ConfigDict
 
     monkeypatch.setattr(alpr.mmdet_ext, "MASK_CHUNK_PIXELS", 3 * 128 * 128)  # masks of 1 or 3 at a time
     outputs, _, _ = _head_inputs(5, [0])
-    # the image was 3.1 times the input's size (128 px), as a photo read at the model's size
-    metas = [dict(img_shape=(128, 120), pad_shape=(128, 128), ori_shape=(397, 372), scale_factor=(1 / 3.1, 1 / 3.1))]
+    # the image was about 3 times the input's size (128 px), as a photo read at the model's size; the two scales
+    # differ, as mmdet's rounding makes them, so that its (odd) use of the first for the height is followed too
+    metas = [dict(img_shape=(128, 120), pad_shape=(128, 128), ori_shape=(397, 372), scale_factor=(1 / 3.1, 1 / 3.05))]
     cfg = ConfigDict(nms_pre=1000, min_bbox_size=0, score_thr=0.05, nms=dict(type="nms", iou_threshold=0.6),
                      max_per_img=100, mask_thr_binary=0.5)
     predicted = []
@@ -190,7 +192,7 @@ def test_batched_head_predicts_mmdets_masks_a_few_at_a_time(monkeypatch, rescale
     assert len(got) == len(expected) > 20
     assert torch.equal(got.bboxes, expected.bboxes) and torch.equal(got.labels, expected.labels)
     assert got.masks.shape == expected.masks.shape == ((len(got), 397, 372) if rescale else (len(got), 128, 128))
-    assert torch.equal(got.masks, expected.masks) and expected.masks.any()
+    assert int((got.masks ^ expected.masks).sum()) <= expected.masks.sum() * 1e-6 and expected.masks.any()
 
 
 def test_capped_mask_priors_train_a_random_sample_whose_mean_loss_is_the_full_loss():
@@ -224,6 +226,15 @@ def test_to_detections_drops_low_scores_and_keeps_each_mask():
     for detection, expected in zip(detections, masks[[0, 2]].numpy()):
         assert np.array_equal(mask_utils.decode(detection.mask), expected)
     assert [d.mask for d in to_detections(fields, score_threshold=0.05, masks=False)] == [None, None]
+
+
+def test_masks_are_encoded_a_few_at_a_time_each_the_one_picked():
+    generator = torch.Generator().manual_seed(3)
+    masks = torch.rand((21, 9, 13), generator=generator) > 0.5  # more than MASKS_COPIED_AT_ONCE, picked or not
+    picked = torch.tensor([20, 0, 3, 4, 5, 6, 7, 8, 9, 11, 1])
+    expected = [mask_utils.encode(np.asfortranarray(m.numpy().astype(np.uint8))) for m in masks[picked]]
+    assert [rle["counts"] for rle in masks_rle(masks, picked)] == [rle["counts"].decode() for rle in expected]
+    assert len(masks_rle(masks)) == 21 and masks_rle(masks)[20] == masks_rle(masks, torch.tensor([20]))[0]
 
 
 def test_rle_from_run_changes_equals_pycocotools():

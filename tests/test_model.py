@@ -1053,10 +1053,14 @@ def test_evaluate_checks_the_database_and_the_store_before_scoring(smoke_workdir
     (tmp_path / "full" / "runs").mkdir(parents=True)
     (tmp_path / "full" / "runs" / "r1").write_text("a file where a folder should be: the upload fails after scoring")
     store = (tmp_path / "full").as_uri()
+    earlier = work / "runs" / "r1" / "eval" / "model-uri"
+    earlier.parent.mkdir()
+    earlier.write_text("gs://bucket/alpr/runs/r1/0123456789ab/best.pth\n")  # an earlier evaluation's upload
     result = run_step_script("evaluate", "--workdir", str(work), "--run-id", "r1", "--device", "cpu", "--store", store)
     assert result.returncode == 1 and f"{store}/runs/r1/" in result.stderr and "Traceback" not in result.stderr
     report = json.loads((work / "runs" / "r1" / "eval" / "metrics.json").read_text())
     assert report["best"]["plates"] > 0 and "uploaded" not in report  # the scores kept, no upload claimed
+    assert not earlier.exists()  # nor the earlier one's upload left as this one's
 
 
 def test_the_validated_step_comes_from_its_marker_or_for_older_runs_from_the_log(tmp_path):

@@ -235,6 +235,8 @@ def evaluate_run(options: EvaluateOptions, progress: bool = True) -> dict:
     best_metrics, best_plates = scored[best]
     out = eval_dir(workdir, options.run_id, options.split)
     out.mkdir(parents=True, exist_ok=True)
+    for name in (*KEY_METRICS, "model-uri"):  # an earlier evaluation's, should this one fail before writing them
+        (out / name).unlink(missing_ok=True)
     report = {
         "run_id": options.run_id, "split": options.split, "key_metric": options.key_metric,
         "dataset": meta["dataset"], "best_checkpoint": str(train / best), "best_sha256": digests[best],

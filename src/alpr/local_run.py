@@ -212,6 +212,7 @@ class LocalRun:
         if missing:
             raise UsageError(f"parameter(s) {', '.join(sorted(missing))} have no default: give -p NAME=VALUE")
         self.values = {**defaults, **self.parameters}
+        self.defaults = defaults
         for parameter in declared:  # as Argo checks them at submission: not hours in, when a step reads it
             if "enum" in parameter and self.values.get(parameter["name"]) not in parameter["enum"]:
                 raise UsageError(f"-p {parameter['name']}={self.values.get(parameter['name'])}: expected one of "
@@ -228,7 +229,9 @@ class LocalRun:
             self.echo(f"nothing to resume in {self.state_file}; starting a new run")
             return
         state = read_json(self.state_file)
-        before, now = _redacted(state["parameters"]), _redacted(self.values)
+        # a parameter the template gained since that run took its default there too, as it has here
+        before = {**_redacted(self.defaults), **_redacted(state["parameters"])}
+        now = _redacted(self.values)
         if before != now:
             changed = sorted(name for name in {*before, *now} if before.get(name) != now.get(name))
             raise UsageError(f"cannot --resume {state['name']}: its parameters differ from this run's in "

@@ -172,11 +172,13 @@ def load_ground_truth(path) -> COCO:
     gt = COCO()
     gt.dataset = document
     try:
+        if not isinstance(document, dict):
+            raise TypeError(f"a JSON {type(document).__name__}, not an object")
         with contextlib.redirect_stdout(io.StringIO()):
             gt.createIndex()
     except (KeyError, TypeError, AttributeError) as error:
-        raise UsageError(f"{path}: not a COCO file: its images, annotations and categories are lists of "
-                         f"objects with ids ({type(error).__name__}: {error})") from None
+        raise UsageError(f"{path}: not a COCO file: an object whose images, annotations and categories are "
+                         f"lists of objects with ids ({type(error).__name__}: {error})") from None
     return gt
 
 

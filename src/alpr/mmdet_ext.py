@@ -79,8 +79,8 @@ def to_detections(pred_instances, score_threshold: float = 0.05, masks: bool = T
     fields = pred_instances if isinstance(pred_instances, dict) else pred_instances.to_dict()
     keep = fields["scores"] >= score_threshold
     scores, bboxes, labels = (fields[key][keep].cpu().numpy() for key in ("scores", "bboxes", "labels"))
-    picked = keep.nonzero().flatten()
-    rles = masks_rle(fields["masks"], picked) if masks and "masks" in fields else [None] * len(scores)
+    rles = masks_rle(fields["masks"], keep.nonzero().flatten()) if masks and "masks" in fields else \
+        [None] * len(scores)
     return [Detection(CLASSES[int(label)], float(score), tuple(float(v) for v in box), rle)
             for box, label, score, rle in zip(bboxes, labels, scores, rles)]
 
@@ -521,7 +521,7 @@ class BatchedRTMDetInsHead(RTMDetInsSepBNHead):
     def _bbox_mask_post_process(self, results, mask_feat, cfg, rescale=False, with_nms=True, img_meta=None):
         """mmdet's detections and masks, the masks made a few at a time: mmdet upsamples every detection's
         logits to the whole image at once, in float32, twice over (a 12-megapixel photo's 100 detections
-        took 10 GB); here they take a byte a pixel, and MASK_CHUNK_PIXELS floats at a time."""
+        took 10 GB); here they take a byte a pixel, and about MASK_CHUNK_PIXELS floats at a time."""
         if self.boxes_only:
             return super()._bbox_mask_post_process(results, mask_feat, cfg, rescale, with_nms, img_meta)
         self.boxes_only = True  # mmdet's boxes, scores and labels, with specks for masks
@@ -535,7 +535,9 @@ class BatchedRTMDetInsHead(RTMDetInsSepBNHead):
 
     def _masks(self, results, mask_feat, threshold: float, img_meta: dict | None) -> torch.Tensor:
         """The detections' binary masks, at the input's padded size or, given ``img_meta``, the image's:
-        the same pixels as mmdet's (its sizes and interpolation), each mask computed on its own."""
+        mmdet's sizes and interpolation, a few masks at a time. Computed in other batches, a logit can round
+        otherwise in its last bit: a pixel right at the threshold may differ from mmdet's (1 of 7.7 million
+        in the test)."""
         stride = self.prior_generator.strides[0][0]
         height, width = (stride * n for n in mask_feat.shape[-2:])
         if img_meta is not None:
@@ -555,7 +557,9 @@ class BatchedRTMDetInsHead(RTMDetInsSepBNHead):
         return masks
 
 
-MASK_CHUNK_PIXELS = 2**25  # mask pixels upsampled at once, in float32: 128 MB
+# mask pixels upsampled at once: 128 MB of float32, and as much again, or a little more, for the upsampling
+# of the input's padding and the sigmoid
+MASK_CHUNK_PIXELS = 2**25
 
 
 @contextlib.contextmanager
