@@ -376,7 +376,7 @@ def test_alpr_run_executes_the_pipeline_template_end_to_end(tmp_path):
     assert (run / "test" / "predictions.jsonl").is_file()
     assert (tmp_path / "datasets" / "plates" / "1" / "manifest.json").is_file()
     state = json.loads((tmp_path / ".alpr-run" / "alpr-pipeline.json").read_text())
-    assert set(state["outputs"]) == {"synth", "record", "train", "evaluate", "test", "deploy"}
+    assert set(state["outputs"]) == {"synth", "record", "train", "evaluate", "test", "check-deploy", "deploy"}
     assert "[deploy] skipped: when '{{workflow.parameters.deploy}} == true' is false" in result.stdout
     assert "[deploy] $ " not in result.stdout
 

@@ -1,4 +1,5 @@
-"""The alpr-pipeline WorkflowTemplate: synth -> record -> train -> evaluate -> test [-> deploy].
+"""The alpr-pipeline WorkflowTemplate: synth -> record -> train -> evaluate -> test [-> deploy], with deploy=true
+checking beside synth that the InferenceService can be deployed to.
 
 Regenerate the YAML beside it with `make workflows`.
 """
@@ -43,6 +44,9 @@ with WorkflowTemplate(
                                  "--store", param("store"), "--require-store", param("deploy")],
                     gpu=True, outputs=evaluate_outputs())
     test = step("test", [*workdir, "--run-id", RUN_ID])
+    # deploy=true: the InferenceService is there and this workflow may read it (and so patch it: the chart's
+    # Role grants both, with kserve.enabled), found out before the training, not hours after it
+    check_deploy = Resource(name="check-deploy", action="get", flags=["inferenceservice", param("inference-service")])
     # The chart's InferenceService serves STORAGE_URI (its first env var; the "test" op fails the
     # patch if that ever changes): point it at the checkpoint evaluate uploaded, and KServe rolls out.
     deploy = Resource(name="deploy", action="patch", merge_strategy="json",
@@ -52,8 +56,10 @@ with WorkflowTemplate(
                           {"op": "test", "path": "/spec/predictor/containers/0/env/0/name", "value": "STORAGE_URI"},
                           {"op": "replace", "path": "/spec/predictor/containers/0/env/0/value",
                            "value": "{{inputs.parameters.model-uri}}"}]))
+    deploying = f"{param('deploy')} == true"
     with DAG(name="pipeline"):
         synthesized = synth(when=f"{param('synth-count')} != 0")
         recorded, trained, evaluated, tested = record(), train(), evaluate(), test()
-        synthesized >> recorded >> trained >> evaluated >> tested >> deploy(
-            when=f"{param('deploy')} == true", arguments={"model-uri": evaluated.get_parameter("model-uri")})
+        synthesized >> recorded
+        [recorded, check_deploy(when=deploying)] >> trained >> evaluated >> tested >> deploy(
+            when=deploying, arguments={"model-uri": evaluated.get_parameter("model-uri")})

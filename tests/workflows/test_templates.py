@@ -47,7 +47,7 @@ def test_pipeline_dag_and_step_contract():
     templates = _templates(document)
     tasks = {t["name"]: t for t in templates["pipeline"]["dag"]["tasks"]}
     assert [tasks[n].get("depends") for n in ("synth", "record", "train", "evaluate", "test")] == \
-        [None, "synth", "record", "train", "evaluate"]
+        [None, "synth", "record && check-deploy", "train", "evaluate"]
     for name in ("synth", "record", "train", "evaluate", "test"):
         container = templates[name]["container"]
         assert container["command"] == ["python", f"steps/{name}.py"]
@@ -115,6 +115,12 @@ def test_optional_deploy_patches_the_inference_service_with_the_uploaded_model()
     assert task["arguments"]["parameters"] == [{"name": "model-uri",
                                                 "value": "{{tasks.evaluate.outputs.parameters.model-uri}}"}]
     assert templates["deploy"]["inputs"]["parameters"] == [{"name": "model-uri"}]
+    # before the training, not hours after it: the InferenceService is there and the workflow may read it
+    check = next(t for t in templates["pipeline"]["dag"]["tasks"] if t["name"] == "check-deploy")
+    assert "depends" not in check and check["when"] == task["when"]
+    assert templates["check-deploy"]["resource"] == {"action": "get", "flags": resource["flags"]}
+    train = next(t for t in templates["pipeline"]["dag"]["tasks"] if t["name"] == "train")
+    assert "check-deploy" in train["depends"].split(" && ")
 
 
 def test_every_step_flag_in_the_template_exists():
