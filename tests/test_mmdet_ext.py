@@ -470,3 +470,46 @@ def test_training_loads_an_image_as_reading_does_a_turned_webp_turned(tmp_path):
     assert np.array_equal(loaded["img"], load_image(tmp_path / "turned.webp"))
     unturned = TRANSFORMS.build(dict(type="LoadImageFromFile"))(dict(img_path=str(tmp_path / "turned.webp")))
     assert unturned["img_shape"] == (4, 6)  # what training read before
+
+
+def test_checkpoints_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    """A disk that fills during a save leaves the checkpoint before (mmengine wrote into the file itself: a run
+    whose first checkpoint was cut short could not be resumed at all)."""
+    from pathlib import Path
+
+    from mmengine.runner.checkpoint import save_checkpoint
+
+    from alpr.mmdet_ext import LatestBestCheckpointHook
+
+    hook = LatestBestCheckpointHook(interval=2, by_epoch=False, save_best="EIR", rule="greater_or_equal")
+    target = tmp_path / "iter_4.pth"
+    save_checkpoint({"state_dict": {"w": torch.ones(3)}}, str(target), backend_args=hook.backend_args)
+    assert torch.equal(torch.load(target, weights_only=True)["state_dict"]["w"], torch.ones(3))
+
+    def disk_full(path, data):
+        with open(path, "wb") as file:
+            file.write(data[:10])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        save_checkpoint({"state_dict": {"w": torch.zeros(3)}}, str(target), backend_args=hook.backend_args)
+    assert torch.equal(torch.load(target, weights_only=True)["state_dict"]["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["iter_4.pth"]  # nor a partial file left beside it
+
+
+def test_time_up_by_the_end_of_a_validation_ends_the_run_at_its_iteration():
+    """Else one more iteration would be trained, checkpointed and validated again."""
+    import time
+    from types import SimpleNamespace
+
+    from alpr.mmdet_ext import TimeBudgetHook
+
+    hook = TimeBudgetHook(minutes=1, warmup_iters=2, start_factor=0.1, min_lr_ratio=0.05)
+    runner = SimpleNamespace(iter=40, train_loop=SimpleNamespace(_max_iters=80))
+    hook.started = time.monotonic() - 30  # half the time left: training goes on
+    hook.after_val_epoch(runner, {"EIR": 0.5})
+    assert runner.train_loop._max_iters == 80
+    hook.started = time.monotonic() - 61
+    hook.after_val_epoch(runner, {"EIR": 0.5})
+    assert runner.train_loop._max_iters == 40

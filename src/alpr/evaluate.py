@@ -50,10 +50,9 @@ def saved_copies(train: Path) -> list[list[Path]]:
 
 
 def checkpoints(train: Path) -> list[Path]:
-    """A readable file of each saved weight set, oldest first, a best copy where there is one. mmengine
-    writes a new best's best_METRIC_iter_N.pth whole, then saves iter_N.pth again in place, and a kill
-    leaves that cut short: the copy then stands in. Unreadable files are named in a warning; an error
-    where none can be read."""
+    """A readable file of each saved weight set, oldest first, a best copy where there is one (where
+    iter_N.pth was cut short, in a run from before checkpoints were written whole, the copy stands in).
+    Unreadable files are named in a warning; an error where none can be read."""
     from alpr.train import alpr_meta
 
     kept = []

@@ -32,6 +32,7 @@ from mmdet.structures.mask import PolygonMasks, polygon_to_bitmap
 from mmdet.utils import reduce_mean
 from mmengine.dataset import pseudo_collate
 from mmengine.evaluator import BaseMetric
+from mmengine.fileio import LocalBackend, register_backend
 from mmengine.hooks import CheckpointHook, Hook
 from mmengine.optim import OptimWrapper
 from mmengine.registry import FUNCTIONS
@@ -690,14 +691,33 @@ def environment_line() -> str:
             f"mmcv {mmcv.__version__}, mmdet {mmdet.__version__}, mmengine {mmengine.__version__}; {device}")
 
 
+@register_backend("alpr_whole_files")
+class WholeFileBackend(LocalBackend):
+    """mmengine's local file backend, whose files are written whole or not at all (alpr.files.write_atomic).
+    mmengine writes a checkpoint straight into its file, and again in place when it scores a new best: a kill
+    or a full disk left it cut short, and where it was a run's first, a run no retry could resume."""
+
+    def put(self, obj: bytes, filepath) -> None:
+        Path(filepath).parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(Path(filepath), obj)
+
+    def put_text(self, obj: str, filepath, encoding: str = "utf-8") -> None:
+        self.put(obj.encode(encoding), filepath)
+
+
 @HOOKS.register_module()
 class LatestBestCheckpointHook(CheckpointHook):
     """mmengine's CheckpointHook whose best, of checkpoints that score the same, is the latest (evaluate
     too picks the later of equals, after mAP): with rule "greater", a score of 0 at every early
-    validation, or 1 on a small validation set, kept the least trained as best.pth."""
+    validation, or 1 on a small validation set, kept the least trained as best.pth. Its checkpoints and
+    ``last_checkpoint`` are written whole (WholeFileBackend)."""
 
     rule_map = {**CheckpointHook.rule_map, "greater_or_equal": lambda x, y: x >= y}
     init_value_map = {**CheckpointHook.init_value_map, "greater_or_equal": -math.inf}
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("backend_args", dict(backend="alpr_whole_files"))
+        super().__init__(*args, **kwargs)
 
 
 @HOOKS.register_module()
@@ -837,7 +857,8 @@ class TimeBudgetHook(Hook):
     """Trains for ``minutes`` of wall-clock time (validations included), whatever the pace.
 
     The cosine schedule follows the time spent, not the iterations, so it ends annealed when the time
-    is up; the iteration then running is the last: it is checkpointed and validated. It spans the
+    is up; the iteration then running is the last: it is checkpointed and validated (where the time
+    ends in a validation, the iteration validated is the last). It spans the
     detector's own time, from its first iteration: what the step spent before (the glyph classifier's
     training, a tenth of 30 minutes or more) would otherwise have used up the warm-up. A run resumed
     carries on from the time its checkpoint had spent (kept in the message hub, which checkpoints hold),
@@ -878,6 +899,12 @@ class TimeBudgetHook(Hook):
         projected = runner.iter / fraction if runner.iter and fraction else runner.iter + 2
         last = runner.iter + 1 if fraction >= 1 else max(runner.iter + 2, round(projected))
         runner.train_loop._max_iters = min(self.iteration_cap, last)
+
+    def after_val_epoch(self, runner, metrics=None) -> None:
+        # time up by a scheduled validation's end: its iteration, checkpointed and now validated, is the last
+        # (else one more would be trained, checkpointed and validated, minutes on a CPU)
+        if self._spent() >= self.seconds:
+            runner.train_loop._max_iters = min(runner.train_loop._max_iters, runner.iter)
 
     def after_train(self, runner) -> None:
         runner.logger.info(f"time budget: {self._spent() / 60:.1f} of {self.seconds / 60:g} minutes spent, "

@@ -155,8 +155,9 @@ def resume_point(work: Path) -> tuple[Path, dict] | None:
     It is the one mmengine names in ``last_checkpoint``, by absolute path: where that went stale (the
     workdir moved: another mount point, a copied volume), the file of that name in this run folder.
     Where it cannot be read, or the name is empty, it is the newest readable iter_N.pth or epoch_N.pth
-    here: mmengine saves iter_N.pth again, in place, when N scores a new best, and a kill or a full disk
-    then leaves it cut short. ``last_checkpoint`` is rewritten to name it before mmengine reads it."""
+    here: checkpoints are written whole (mmdet_ext.WholeFileBackend), but a run from before that, or a
+    copied folder, may hold one cut short. ``last_checkpoint`` is rewritten to name it before mmengine
+    reads it."""
     marker = work / "last_checkpoint"
     named = marker.read_text().strip() if marker.is_file() else ""
     saved = sorted((p for p in work.glob("*.pth") if SAVED_CHECKPOINT.fullmatch(p.name)),
