@@ -24,7 +24,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--run-id", required=True, help="the run to evaluate")
     parser.add_argument("--split", default="val", choices=("val", "test"),
                         help="val: score every checkpoint and pick the best; test: score the one val picked")
-    parser.add_argument("--metric", default="EIR", help="key metric that picks the best checkpoint")
+    parser.add_argument("--metric", default=None,
+                        help="key metric that picks the best checkpoint (default: the run's --best-metric, "
+                             "which picked its best.pth)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--db-url", default=None,
                         help=f"SQLAlchemy URL (default ${db.DB_URL_ENV}, else sqlite in the workdir)")
@@ -43,7 +45,8 @@ def main(args: argparse.Namespace) -> dict:
                                           args.db_url, args.store))
     print(metric_lines(report["best"]))
     picked = "best checkpoint" if args.split == SELECTION_SPLIT else f"checkpoint {SELECTION_SPLIT} picked"
-    print(f"{picked}: {report['best_checkpoint']} ({args.metric}={report['best'][args.metric]:.4f})")
+    key = report["key_metric"]
+    print(f"{picked}: {report['best_checkpoint']} ({key}={report['best'][key]:.4f})")
     print("plates: " + ", ".join(f"{n} {outcome}" for outcome, n in report["best"]["outcomes"].items()))
     print(f"misread characters (true->read): {misread_summary(report['best'])}")
     print(f"EIR by plate width: {width_summary(report['best'])}")

@@ -197,6 +197,7 @@ def test_training_resumes_from_its_last_checkpoint(smoke_workdir, smoke_training
     assert result.returncode == 0, result.stderr[-3000:]
     log = result.stdout + result.stderr
     assert "resumed" in log.lower() and "Iter(train) [1/6]" not in log
+    assert "note: this run was started to train 4 iters; resumed, it trains 6 (--iters)" in result.stdout
     assert "glyph net: trained" not in log  # it was, before the first iteration
     assert (smoke_workdir / "runs" / "r1" / "train" / "iter_6.pth").is_file()
     # seeded anew at the step it resumed from (seed 0 + 4), or it would draw its first batches again,
@@ -586,6 +587,25 @@ def test_evaluate_keeps_its_scores_when_plotting_fails(smoke_workdir, smoke_trai
         evaluate.evaluate_run(evaluate.EvaluateOptions(tmp_path, "r", device="cpu"), progress=False)
     report = json.loads((tmp_path / "runs" / "r" / "eval" / "metrics.json").read_text())
     assert list(report["checkpoints"]) == ["iter_4.pth"] and report["plots"] == [] and "EIR" in report["best"]
+
+
+def test_evaluate_picks_by_the_metric_the_run_picked_its_best_by_unless_told(smoke_workdir, smoke_training,
+                                                                               tmp_path, monkeypatch):
+    import torch
+
+    from alpr import evaluate
+
+    shutil.copytree(smoke_workdir / "datasets", tmp_path / "datasets")
+    (tmp_path / "runs" / "r" / "train").mkdir(parents=True)
+    checkpoint = torch.load(smoke_workdir / "runs" / "r1" / "train" / "iter_4.pth", weights_only=False)
+    checkpoint["meta"]["alpr"]["settings"]["best_metric"] = "dv_mAP"  # as trained with --best-metric dv_mAP
+    torch.save(checkpoint, tmp_path / "runs" / "r" / "train" / "iter_4.pth")
+    monkeypatch.setattr(evaluate, "plot", lambda *_: [])
+    report = evaluate.evaluate_run(evaluate.EvaluateOptions(tmp_path, "r", device="cpu"), progress=False)
+    assert report["key_metric"] == "dv_mAP"
+    told = evaluate.evaluate_run(evaluate.EvaluateOptions(tmp_path, "r", key_metric="mAP", device="cpu"),
+                                 progress=False)
+    assert told["key_metric"] == "mAP"
 
 
 def test_evaluate_writes_metrics_plots_and_database_rows(smoke_workdir, smoke_training):

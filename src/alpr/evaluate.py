@@ -25,7 +25,7 @@ class EvaluateOptions:
     workdir: Path
     run_id: str
     split: str = "val"
-    key_metric: str = "EIR"
+    key_metric: str | None = None  # None: the run's own --best-metric, which picked its best.pth
     device: str = "auto"
     db_url: str | None = None
     store: str | None = None
@@ -208,7 +208,8 @@ def evaluate_run(options: EvaluateOptions, progress: bool = True) -> dict:
     from alpr.visualize import best_checkpoint
 
     check_name("run id", options.run_id)
-    check_metric("--metric", options.key_metric)
+    if options.key_metric:
+        check_metric("--metric", options.key_metric)
     workdir = options.workdir.resolve()
     engine = db.connect(options.db_url or db.default_db_url(workdir))  # both fail now, not after the scoring
     if options.store:
@@ -217,9 +218,10 @@ def evaluate_run(options: EvaluateOptions, progress: bool = True) -> dict:
     picks = options.split == SELECTION_SPLIT
     candidates = checkpoints(train) if picks else [best_checkpoint(workdir, options.run_id)]
     meta = alpr_meta(candidates[-1])["alpr"]
+    key_metric = options.key_metric or meta.get("settings", {}).get("best_metric") or "EIR"
     dataset = dataset_dir(workdir, meta["dataset"]["name"], meta["dataset"]["version"])
     if picks:
-        check_metric("--metric", options.key_metric, dataset / f"{options.split}.json")
+        check_metric("--metric", key_metric, dataset / f"{options.split}.json")
     scored, gts, digests = {}, {}, {}
     for checkpoint in candidates:
         digests[checkpoint.name] = sha256_file(checkpoint)  # what was scored, by its bytes
@@ -229,7 +231,7 @@ def evaluate_run(options: EvaluateOptions, progress: bool = True) -> dict:
         gts[checkpoint.name] = gt
     # Ties on the key metric (EIR is often 0 early on) go to the better mAP, then the later checkpoint.
     order = list(scored)
-    best = max(order, key=lambda name: (scored[name][0][options.key_metric], scored[name][0]["mAP"],
+    best = max(order, key=lambda name: (scored[name][0][key_metric], scored[name][0]["mAP"],
                                         order.index(name)))
     best_metrics, best_plates = scored[best]
     out = eval_dir(workdir, options.run_id, options.split)
@@ -237,7 +239,7 @@ def evaluate_run(options: EvaluateOptions, progress: bool = True) -> dict:
     for name in (*KEY_METRICS, "model-uri"):  # an earlier evaluation's, should this one fail before writing them
         (out / name).unlink(missing_ok=True)
     report = {
-        "run_id": options.run_id, "split": options.split, "key_metric": options.key_metric,
+        "run_id": options.run_id, "split": options.split, "key_metric": key_metric,
         "dataset": meta["dataset"], "best_checkpoint": str(train / best), "best_sha256": digests[best],
         "best": best_metrics,
         "checkpoints": {name: scalar_metrics(m) for name, (m, _) in scored.items()},

@@ -211,6 +211,16 @@ def check_resumable(work: Path, meta: dict, settings: TrainSettings, dataset: di
                          f"with its own, or start a new run with another --run-id")
 
 
+def note_new_length(meta: dict, settings: TrainSettings) -> None:
+    """A resumed run may train longer or shorter than it was started to (RESUMABLE_CHANGES): said, as a flag
+    left out takes its default, not the run's own."""
+    unit = settings.schedule
+    before = as_trained(meta).get(unit)
+    if before is not None and before != getattr(settings, unit):
+        print(f"note: this run was started to train {before} {unit}; resumed, it trains {getattr(settings, unit)} "
+              f"(--{unit})", flush=True)
+
+
 def restore_glyph_net(kept: dict, path: Path) -> None:
     import torch
 
@@ -255,6 +265,7 @@ def train(options: TrainOptions) -> Path:
     resume = resumed is not None
     if resume:
         check_resumable(work, resumed[1], settings, dataset)
+        note_new_length(resumed[1], settings)
         if options.load_from:  # its weights started the run; the run's own now go on
             print(f"note: --load-from {options.load_from} is not loaded: run {options.run_id} resumes from "
                   f"{resumed[0].name} (a new --run-id starts from it)", flush=True)
