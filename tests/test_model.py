@@ -523,7 +523,7 @@ def test_training_by_minutes_ends_by_itself_annealed_and_a_finished_run_stays_fi
     again = run_step_script("train", "--workdir", str(smoke_workdir), *timed)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resumed" in (again.stdout + again.stderr).lower() and sorted(train.glob("iter_*.pth")) == saved
-    # a retried trial trains no more, and still tells Katib its metrics: the last validation's
+    # a retried trial trains no more, and still tells Katib its metrics: the best validation's
     def metric_lines(out: str) -> list[str]:
         return [line for line in out.splitlines() if re.fullmatch(r"(mAP|dv_mAP|EIR)=\S+", line)]
 
@@ -1102,3 +1102,17 @@ def test_the_last_validation_is_found_past_a_line_cut_short(tmp_path):
     log.write_text('{"mAP": 0.5, "dv_mAP": 0.4, "EIR": 0.3, "step": 2}\n{"loss": 1.0, "iter": 3}\n{"mAP": 0.')
     assert last_validation(log) == {"mAP": 0.5, "dv_mAP": 0.4, "EIR": 0.3, "step": 2}
     assert last_validation(tmp_path / "none.json") is None
+
+
+def test_the_best_validation_is_the_latest_of_those_scoring_the_most():
+    """What a resumed run prints for Katib first: the run's best may be in a pod before's output only."""
+    import tempfile
+
+    from alpr.mmdet_ext import best_validation
+
+    with tempfile.TemporaryDirectory() as folder:
+        log = Path(folder) / "log.json"
+        log.write_text("".join(json.dumps({"mAP": m, "dv_mAP": 0.1, "EIR": e, "step": s}) + "\n"
+                               for m, e, s in [(0.2, 0.5, 1), (0.3, 0.9, 2), (0.1, 0.9, 3), (0.5, 0.7, 4)]))
+        assert best_validation(log, "EIR")["step"] == 3 and best_validation(log, "mAP")["step"] == 4
+        assert best_validation(Path(folder) / "none.json", "EIR") is None

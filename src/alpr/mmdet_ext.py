@@ -728,7 +728,6 @@ class AlprRunHook(Hook):
 
     def __init__(self, run_meta: dict):
         self.run_meta = json.loads(json.dumps(run_meta))  # plain dicts, not ConfigDicts, in checkpoints
-        self.validated = False
         self.glyph_net = None
 
     def before_run(self, runner) -> None:
@@ -753,6 +752,11 @@ class AlprRunHook(Hook):
         # A checkpoint is saved just before its validation: a run stopped during one (the pod killed, out of
         # memory) resumes past it, so that checkpoint is validated first, or it never would be.
         step = training_step(runner)
+        # Resumed: Katib's collector reads this pod's output alone, and the run's best validation may have
+        # been printed by a pod before (a retried trial, or a finished one started again) only.
+        best = best_validation(Path(runner.work_dir) / "log.json", self.run_meta["settings"]["best_metric"])
+        if step and best:
+            print(metric_lines(best), flush=True)
         if step and validated_step(Path(runner.work_dir), step) < step:
             runner.logger.info(f"validating the checkpoint of step {step}: its validation never ended")
             checkpointer = next(h for h in runner.hooks if isinstance(h, CheckpointHook))
@@ -792,20 +796,12 @@ class AlprRunHook(Hook):
     def after_val_epoch(self, runner, metrics: dict | None = None) -> None:
         if not metrics:
             return
-        self.validated = True
         print(metric_lines(metrics), flush=True)
         best = runner.message_hub.get_info("best_ckpt")
         if best and Path(best).is_file():
             copy_atomic(Path(best), Path(runner.work_dir) / "best.pth")
         # last: this validation's best checkpoints are saved
         write_atomic(Path(runner.work_dir) / VALIDATED_STEP, f"{training_step(runner)}\n")
-
-    def after_train(self, runner) -> None:
-        # A finished run started again (a retried workflow step or Katib trial) trains and validates
-        # no more; its last validation's metric lines are printed all the same, for Katib's collector.
-        last = None if self.validated else last_validation(Path(runner.work_dir) / "log.json")
-        if last:
-            print(metric_lines(last), flush=True)
 
 
 VALIDATED_STEP = "validated_step"  # in a run folder: the iteration (or epoch) of the last validation that ended
@@ -826,18 +822,26 @@ def validated_step(work: Path, step: int) -> int:
     return step if last_validation(work / "log.json") else 0
 
 
-def last_validation(log: Path) -> dict | None:
-    """The metrics of the last validation in a run's JSON-lines log (mmengine's scalars), if any."""
-    if not log.is_file():
-        return None
-    for line in reversed(log.read_text().splitlines()):
+def validations(log: Path) -> list[dict]:
+    """The metrics of each validation in a run's JSON-lines log (mmengine's scalars), oldest first."""
+    found = []
+    for line in log.read_text().splitlines() if log.is_file() else []:
         try:
             record = json.loads(line)
         except ValueError:  # a line cut short when the run was stopped
             continue
         if isinstance(record, dict) and all(key in record for key in KEY_METRICS):
-            return record
-    return None
+            found.append(record)
+    return found
+
+
+def last_validation(log: Path) -> dict | None:
+    return (validations(log) or [None])[-1]
+
+
+def best_validation(log: Path, metric: str) -> dict | None:
+    """The validation scoring the most ``metric`` (the later of equals, as best.pth is), if any."""
+    return max(reversed(validations(log)), key=lambda record: record.get(metric, -math.inf), default=None)
 
 
 def time_budget_lr_factor(fraction: float, iteration: int, warmup_iters: int, start_factor: float,
