@@ -538,7 +538,9 @@ def test_training_by_minutes_ends_by_itself_annealed_and_a_finished_run_stays_fi
     assert longer.returncode == 0, longer.stderr[-3000:]
     added = [json.loads(line) for line in next(train.rglob("log.json")).read_text().splitlines()[before:]]
     rates = [s["lr"] for s in added if "lr" in s]
-    assert len(rates) >= 2 and rates == pytest.approx([2e-3 * 0.05] * len(rates))
+    # (one iteration at least: on a loaded machine the 9 s added may hold no more; warming up again would start
+    # at a thousandth of the peak, far under the floor)
+    assert rates and rates == pytest.approx([2e-3 * 0.05] * len(rates))
 
 def test_an_empty_split_is_not_scored_as_all_zeros(tmp_path):
     from alpr.errors import UsageError
