@@ -90,9 +90,9 @@ def masks_rle(masks: torch.Tensor, picked: torch.Tensor | None = None) -> list[d
     """(N, H, W) masks as COCO RLEs, of those at the indices ``picked`` only where given. From a GPU, only
     the positions where runs change leave it (a few kB, not ~1 MB a mask); on the CPU, pycocotools'
     encoder is the faster."""
-    picked = torch.arange(len(masks)) if picked is None else picked.cpu()
+    picked = torch.arange(len(masks), device=masks.device) if picked is None else picked.to(masks.device)
     if masks.device.type != "cpu":
-        return rle_from_run_changes(masks[picked.to(masks.device)])
+        return rle_from_run_changes(masks[picked])
     rles = []
     for start in range(0, len(picked), MASKS_COPIED_AT_ONCE):  # a few masks copied at a time, not all of them
         # transposed, so that each mask is column-major: COCO's encoder then copies nothing
@@ -754,8 +754,8 @@ class AlprRunHook(Hook):
         step = training_step(runner)
         # Resumed: Katib's collector reads this pod's output alone, and the run's best validation may have
         # been printed by a pod before (a retried trial, or a finished one started again) only.
-        best = best_validation(Path(runner.work_dir) / "log.json", self.run_meta["settings"]["best_metric"])
-        if step and best:
+        if step and (best := best_validation(Path(runner.work_dir) / "log.json",
+                                             self.run_meta["settings"]["best_metric"])):
             print(metric_lines(best), flush=True)
         if step and validated_step(Path(runner.work_dir), step) < step:
             runner.logger.info(f"validating the checkpoint of step {step}: its validation never ended")
