@@ -217,3 +217,20 @@ def test_a_jpeg_is_complete_only_up_to_its_own_end_marker(synth_dir):
     with_thumbnail = good[:2] + b"\xff\xe1" + (len(thumbnail) + 2).to_bytes(2, "big") + thumbnail + good[2:]
     assert jpeg_reaches_its_end(with_thumbnail)
     assert not jpeg_reaches_its_end(with_thumbnail[:len(with_thumbnail) // 2])
+
+
+@pytest.mark.parametrize("suffix", [".png", ".pgm", ".tiff"])
+def test_16_bit_samples_are_scaled_by_the_bits_they_use(suffix):
+    """A 12-bit camera's samples in 16-bit words: cut to their top 8 bits (OpenCV's IMREAD_COLOR), a ramp to
+    4095 read 0 to 15, a plate in it no plate. Full 16-bit ones read as before; the recorded path agrees."""
+    from alpr.images import decode_recorded
+
+    for bits in (12, 16):
+        ramp = np.tile(np.linspace(0, 2 ** bits - 1, 64).astype(np.uint16), (8, 1))
+        data = cv2.imencode(suffix, ramp)[1].tobytes()
+        image = decode(data)
+        assert image.dtype == np.uint8 and image.shape == (8, 64, 3)
+        assert np.abs(image[..., 0].astype(int) - np.linspace(0, 255, 64).round()).max() <= 1, (suffix, bits)
+        assert np.array_equal(decode_recorded(data), image)
+    eight = cv2.imencode(suffix, np.arange(64, dtype=np.uint8).reshape(8, 8) * 3)[1].tobytes()
+    assert np.array_equal(decode(eight)[..., 0], np.arange(64).reshape(8, 8) * 3)  # 8-bit samples untouched

@@ -111,11 +111,13 @@ def test_bad_backgrounds_folder_is_a_clear_error(tmp_path):
     ("broken.jpg", b"not a jpeg", "not a readable image"),
     ("cut.jpg", cv2.imencode(".jpg", np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8))[1].tobytes()
      [:-2000], "not a readable image (truncated JPEG"),  # its header whole: it opens
+    ("in/cut.png", cv2.imencode(".png", np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8))[1]
+     .tobytes()[:-3000], "not a readable image ("),  # in a subfolder: named from the folder given
 ])
 def test_a_background_that_cannot_be_used_is_named_before_any_image_is_written(tmp_path, name, content, problem):
     """Among good photos too: not when a draw first picks it, deep into a run, with images written."""
     backgrounds = tmp_path / "bg"
-    backgrounds.mkdir()
+    (backgrounds / name).parent.mkdir(parents=True)
     (backgrounds / name).write_bytes(content)
     cv2.imwrite(str(backgrounds / "good.jpg"), np.full((64, 64, 3), 90, np.uint8))
     result = run_step_script("synth", "--out", str(tmp_path / "o"), "--count", "20", "--backgrounds", str(backgrounds))
@@ -203,6 +205,20 @@ def test_backgrounds_of_16_bit_grey_and_phone_photos_are_read_as_seen(tmp_path):
     assert abs(float(_read_photo(str(tmp_path / "grey12.png")).mean()) - 127.5) < 3
     Image.fromarray(ramp).save(tmp_path / "grey16-turned.png", exif=exif)  # a 16-bit photo turned upright too
     assert _read_photo(str(tmp_path / "grey16-turned.png")).shape[:2] == (64, 32)
+    depths = np.tile(np.linspace(0, 1000, 64, dtype=np.float32), (32, 1))  # floats past 1: clipped, all white
+    Image.fromarray(depths).save(tmp_path / "depths.tiff")
+    assert abs(float(_read_photo(str(tmp_path / "depths.tiff")).mean()) - 127.5) < 3
+
+
+def test_a_large_background_photo_is_kept_at_twice_the_output_size():
+    """A worker caches 8 photos: whole, 48 MP ones took 146 MB each."""
+    from alpr.backgrounds import Backgrounds, _read_photo
+
+    Backgrounds().check()  # built in: no folder to name, none to fail
+    photo = _read_photo(str(Backgrounds().photos[0]), (64, 48))
+    assert min(photo.shape[1] / 64, photo.shape[0] / 48) == pytest.approx(2, abs=0.05)
+    whole = _read_photo(str(Backgrounds().photos[0]))
+    assert photo.shape[0] < whole.shape[0] and photo.mean() == pytest.approx(whole.mean(), abs=2)
 
 
 def test_flags_synth_cannot_use_are_named_before_anything_is_written(tmp_path):
@@ -295,3 +311,45 @@ def test_default_workers_fit_the_containers_memory_as_well_as_its_cores(tmp_path
     (tmp_path / "memory.max").write_text("max\n")
     (tmp_path / "cpu.max").unlink()
     assert synth.default_workers() == 96  # no limits: every core
+
+
+def test_a_pasted_plate_lies_on_its_outline_at_any_scale():
+    """Outlines in COCO's pixel-corner coordinates: OpenCV's pixel-centre warp put a plate drawn at half
+    size a quarter pixel up and left of its outline (0.5 x (1 - scale)). Point sampling moves a small
+    plate's edges by a fraction of a pixel either way: averaged over sub-pixel positions, it is on it."""
+    from alpr.synth import FlatPlate, paste_plate
+
+    canvas = np.full((40, 120, 3), 255, np.uint8)
+    flat = FlatPlate(canvas, [], np.zeros((4, 2), np.float32), np.zeros((4, 2), np.float32))
+    for scale in (0.3, 0.5, 1.7):
+        errors = []
+        for k in range(16):
+            quad = np.float32([[0, 0], [120, 0], [120, 40], [0, 40]]) * scale + [5 + k / 16, 9 + k * 5 % 16 / 16]
+            image = np.zeros((160, 260, 3), np.uint8)
+            homography = paste_plate(image, flat, quad)
+            outline = cv2.perspectiveTransform(np.float64([[[0, 0]], [[120, 40]]]), homography).reshape(-1, 2)
+            assert np.allclose(outline, quad[[0, 2]], atol=1e-3)
+            ink = image[..., 0].astype(float) / 255
+            ys, xs = np.indices(ink.shape) + 0.5  # each pixel's centre, in corner coordinates
+            errors.append(np.array([(xs * ink).sum(), (ys * ink).sum()]) / ink.sum() - quad.mean(0))
+            assert ink.sum() == pytest.approx(120 * 40 * scale ** 2, rel=0.05)
+        assert np.allclose(np.mean(errors, 0), 0, atol=0.02), (scale, np.mean(errors, 0))
+    grey = np.full((100, 160, 3), 200, np.uint8)  # a plate the colour of the road: no edge to be seen
+    paste_plate(grey, FlatPlate(grey[:40, :120].copy(), [], flat.sub_region, flat.main_region),
+                np.float32([[0, 0], [120, 0], [120, 40], [0, 40]]) * 0.37 + [10.3, 20.6])
+    assert grey.min() >= 199  # the warp's black border, weighted by alpha twice, drew a dark ring round it
+
+
+def test_a_characters_outline_wraps_its_ink_pixels_whole():
+    """The hull of the ink pixels' corners: of their indices, it fell a pixel short right and below."""
+    from alpr.synth import _draw_text, font_ids
+
+    canvas = np.full((60, 200, 3), 255, np.uint8)
+    polygons = _draw_text(canvas, "12A3", (10, 8, 190, 52), font_ids()[0], (0, 0, 0), np.random.default_rng(0))
+    ink = canvas[..., 0] < 155  # where the glyph's coverage passed the outline's threshold (100 of 255)
+    for (label, polygon), (left, right) in zip(polygons, [(10, 55), (55, 100), (100, 145), (145, 190)]):
+        ys, xs = np.nonzero(ink[:, left:right])
+        xs = xs + left
+        low, high = polygon.min(0), polygon.max(0)
+        assert np.allclose(low, [xs.min(), ys.min()], atol=0.8), label  # approxPolyDP may cut 0.8 px off
+        assert np.allclose(high, [xs.max() + 1, ys.max() + 1], atol=0.8), label

@@ -7,7 +7,6 @@ so nothing is downloaded.
 
 from __future__ import annotations
 
-import math
 from functools import lru_cache
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import cv2
 import numpy as np
 
 from alpr.errors import UsageError
-from alpr.images import IMAGE_SUFFIXES, check_jpeg_whole, list_images
+from alpr.images import IMAGE_SUFFIXES, JPEG_FORMATS, check_jpeg_whole, eight_bit, list_images
 
 MIN_CROP = 8  # px a side of the crop a background is cut from
 
@@ -30,19 +29,30 @@ def bundled_photos() -> list[Path]:
     return [p for p in list_images(folder) if p.stat().st_size > 20_000]
 
 
-@lru_cache(maxsize=8)  # in each worker: a 12 MP photo is 36 MB decoded
-def _read_photo(path: str) -> np.ndarray:
-    from PIL import Image, ImageOps, UnidentifiedImageError
+# Crops take half the photo's shorter fit at least, so one kept at twice the output's size gives crops
+# of the output's size or more: a 48 MP photo, 146 MB decoded, kept whole in each worker's cache of 8,
+# would take 1.2 GB a worker.
+MAX_PHOTO_SCALE = 2.0
+
+
+@lru_cache(maxsize=8)
+def _read_photo(path: str, size: tuple[int, int] | None = None) -> np.ndarray:
+    """The photo upright, in BGR, shrunk to MAX_PHOTO_SCALE times the output's size (width, height)."""
+    from PIL import Image, ImageOps
 
     try:
         with Image.open(path) as image:
             upright = _eight_bit(ImageOps.exif_transpose(image))  # a phone's photo as it is seen
             photo = np.ascontiguousarray(np.asarray(upright.convert("RGB"))[..., ::-1])
-    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as error:
+    except Exception as error:  # Pillow's parsers raise OSError, ValueError, SyntaxError on bad bytes
         raise UsageError(f"{path}: not a readable image ({error})") from None
     if min(photo.shape[:2]) < MIN_CROP:
         raise UsageError(f"{path}: {photo.shape[1]}x{photo.shape[0]} px, too small for a background "
                          f"(at least {MIN_CROP} px a side)")
+    fit = min(photo.shape[1] / size[0], photo.shape[0] / size[1]) if size else 0
+    if fit > MAX_PHOTO_SCALE:
+        shrunk = (round(photo.shape[1] * MAX_PHOTO_SCALE / fit), round(photo.shape[0] * MAX_PHOTO_SCALE / fit))
+        photo = cv2.resize(photo, shrunk, interpolation=cv2.INTER_AREA)
     return photo
 
 
@@ -53,12 +63,10 @@ def _eight_bit(image):
     from PIL import Image
 
     if image.mode.startswith("I"):
+        return Image.fromarray(eight_bit(np.asarray(image).clip(0, None).astype(np.uint32)))
+    if image.mode == "F":  # floats from 0 to 1, or to their largest value
         values = np.asarray(image, np.float32)
-        top = 2.0 ** max(8, math.ceil(math.log2(max(float(values.max()), 1) + 1))) - 1
-        return Image.fromarray((values * (255 / top)).clip(0, 255).round().astype(np.uint8))
-    if image.mode == "F":
-        values = np.asarray(image, np.float32)
-        return Image.fromarray((values * (255 if values.max() <= 1 else 1)).clip(0, 255).astype(np.uint8))
+        return Image.fromarray((values * (255 / max(float(values.max()), 1.0))).clip(0, 255).astype(np.uint8))
     return image
 
 
@@ -72,11 +80,13 @@ class Backgrounds:
                 raise FileNotFoundError(f"{folder}: backgrounds folder does not exist" if not folder.exists()
                                         else f"{folder}: not a folder; --backgrounds takes a folder of photos")
             self.photos = list_images(folder)
+            self.folder = folder
             if not self.photos:
                 raise UsageError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) found for backgrounds")
             self.procedural_fraction = 0.0
         else:
             self.photos = bundled_photos()
+            self.folder = None
             self.procedural_fraction = procedural_fraction if self.photos else 1.0
 
     def check(self) -> None:
@@ -86,22 +96,25 @@ class Backgrounds:
 
         problems = []
         for path in self.photos:
+            name = path.relative_to(self.folder) if self.folder else path
             try:
                 with Image.open(path) as image:
                     if min(image.size) < MIN_CROP:
-                        problems.append(f"{path.name}: {image.width}x{image.height} px, under {MIN_CROP} px a side")
-                    elif image.format == "JPEG":  # one cut short opens, and fails only when a draw decodes it
+                        problems.append(f"{name}: {image.width}x{image.height} px, under {MIN_CROP} px a side")
+                    elif image.format in JPEG_FORMATS:  # one cut short opens, and fails only when a draw decodes it
                         check_jpeg_whole(path.read_bytes())
+                    else:  # a PNG's broken data shows only when decoded
+                        image.load()
             except Exception as error:  # Pillow's parsers raise OSError, ValueError, SyntaxError on bad bytes
-                problems.append(f"{path.name}: not a readable image ({error})")
+                problems.append(f"{name}: not a readable image ({error})")
         if problems:
-            raise UsageError(f"{self.photos[0].parent}: {len(problems)} background(s) not usable: "
+            raise UsageError(f"{self.folder or 'built-in backgrounds'}: {len(problems)} background(s) not usable: "
                              + "; ".join(problems[:5]) + ("; ..." if len(problems) > 5 else ""))
 
     def draw(self, rng: np.random.Generator, width: int, height: int) -> np.ndarray:
         if rng.random() < self.procedural_fraction:
             return procedural_scene(rng, width, height)
-        photo = _read_photo(str(self.photos[rng.integers(len(self.photos))]))
+        photo = _read_photo(str(self.photos[rng.integers(len(self.photos))]), (width, height))
         return random_crop(rng, photo, width, height)
 
 

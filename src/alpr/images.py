@@ -10,6 +10,7 @@ as their EXIF orientation says; a turned WebP is turned here.
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,12 +116,22 @@ def decode(data: bytes, max_pixels: int | None = None) -> np.ndarray:
 
     header = read_header(data, max_pixels, turned_by_opencv_too=False)
     try:
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
     except cv2.error as error:  # OpenCV raises, rather than returning None, for a header of over 2**30 pixels
         raise InvalidImage(f"{header.kind} image could not be decoded ({error.err})") from None
     if image is None:
         raise InvalidImage(f"{header.kind} image could not be decoded (truncated or corrupt)")
+    image = eight_bit(image)
     return image if header.kind in TURNED_BY_OPENCV else turned(image, header.orientation)
+
+
+def eight_bit(samples: np.ndarray) -> np.ndarray:
+    """uint8 samples as they are; wider integers scaled by the bits their largest value needs: a 12-bit
+    camera's in 16-bit words, cut to their top 8 bits as OpenCV's IMREAD_COLOR cuts them, is almost black."""
+    if samples.dtype == np.uint8:
+        return samples
+    top = 2.0 ** max(8, math.ceil(math.log2(max(float(samples.max()), 1) + 1))) - 1
+    return (samples.astype(np.float32) * (255 / top)).clip(0, 255).round().astype(np.uint8)
 
 
 def decode_recorded(data: bytes) -> np.ndarray:
@@ -133,11 +144,12 @@ def decode_recorded(data: bytes) -> np.ndarray:
     if data[:2] == b"\xff\xd8":
         check_jpeg_whole(data)
     try:
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH) if data else None
     except cv2.error as error:
         raise InvalidImage(f"could not be decoded ({error.err})") from None
     if image is None:
         raise InvalidImage("could not be decoded (empty, truncated or corrupt)")
+    image = eight_bit(image)
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":  # of the formats read, the one with EXIF OpenCV ignores
         return turned(image, read_header(data, turned_by_opencv_too=False).orientation)
     return image

@@ -165,8 +165,10 @@ def _draw_text(canvas: np.ndarray, text: str, box: tuple[float, float, float, fl
         region = canvas[top:top + height, left:left + width]
         alpha = (mask[:region.shape[0], :region.shape[1]].astype(np.float32) / 255)[..., None]
         region[:] = (region * (1 - alpha) + np.float32(color) * alpha).astype(np.uint8)
-        points = cv2.findNonZero((mask > 100).astype(np.uint8))
-        hull = cv2.convexHull(points).reshape(-1, 2).astype(np.float32)
+        # COCO's and labelme's pixel x spans [x, x+1]: the hull of the ink pixels' corners, not of their indices
+        points = cv2.findNonZero((mask > 100).astype(np.uint8)).reshape(-1, 1, 2)
+        corners = (points + np.int32([[0, 0], [1, 0], [0, 1], [1, 1]])[None]).reshape(-1, 1, 2)
+        hull = cv2.convexHull(corners).reshape(-1, 2).astype(np.float32)
         hull = cv2.approxPolyDP(hull, 0.8, True).reshape(-1, 2) if len(hull) > 8 else hull
         polygons.append((char_label(char), hull + np.float32([left, top])))
     return polygons
@@ -176,7 +178,7 @@ def _around(polygons: list[tuple[str, np.ndarray]], pad: float, limit: tuple[int
     points = np.concatenate([p for _, p in polygons])
     (x0, y0), (x1, y1) = points.min(0) - pad, points.max(0) + pad
     x0, y0 = max(x0, 0.0), max(y0, 0.0)
-    x1, y1 = min(x1, limit[0] - 1.0), min(y1, limit[1] - 1.0)
+    x1, y1 = min(x1, float(limit[0])), min(y1, float(limit[1]))
     return np.float32([[x0, y0], [x1, y0], [x1, y1], [x0, y1]])
 
 
@@ -225,16 +227,24 @@ def _overlaps(box: np.ndarray, taken: list[np.ndarray], margin: float) -> bool:
                     or t[3] + margin < box[1]) for t in taken)
 
 
+# pixel corners (labelme's, COCO's: pixel x spans [x, x+1]) to pixel centres (OpenCV's warps: pixel x is at x)
+TO_CENTRES = np.float64([[1, 0, -0.5], [0, 1, -0.5], [0, 0, 1]])
+TO_CORNERS = np.linalg.inv(TO_CENTRES)
+
+
 def paste_plate(image: np.ndarray, flat: FlatPlate, quad: np.ndarray) -> np.ndarray:
-    """Warps the flat plate onto image where quad says; returns the homography canvas -> image."""
+    """Warps the flat plate onto image where quad says; returns the homography canvas -> image, in the
+    annotations' pixel-corner coordinates (the canvas spans [0, w] x [0, h] and lands on quad exactly)."""
     h, w = flat.image.shape[:2]
     src = np.float32([[0, 0], [w, 0], [w, h], [0, h]])
     x0, y0 = np.floor(quad.min(0)).astype(int)
     x1, y1 = np.ceil(quad.max(0)).astype(int)
     homography = cv2.getPerspectiveTransform(src, quad.astype(np.float32))
     local = cv2.getPerspectiveTransform(src, (quad - [x0, y0]).astype(np.float32))
+    local = TO_CENTRES @ local @ TO_CORNERS  # else the ink lands half a pixel (times 1 - scale) off its outline
     size = (int(x1 - x0), int(y1 - y0))
-    warped = cv2.warpPerspective(flat.image, local, size, flags=cv2.INTER_LINEAR)
+    # the plate's edge pixels replicated outwards: black there, times alpha again, drew a dark ring round it
+    warped = cv2.warpPerspective(flat.image, local, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     alpha = cv2.warpPerspective(np.full((h, w), 255, np.uint8), local, size, flags=cv2.INTER_LINEAR)
     region = image[y0:y1, x0:x1]
     a = (alpha.astype(np.float32) / 255)[..., None]
