@@ -88,6 +88,18 @@ def _break_rectangle(json_path):
     _edit(json_path, lambda d: d["shapes"][0].update(shape_type="rectangle", points=d["shapes"][0]["points"][:3]))
 
 
+def _break_nul_in_image_path(json_path):
+    _edit(json_path, lambda d: d.update(imagePath="a\u0000.jpg"))  # Path raises ValueError on it
+
+
+def _break_surrogate_in_image_path(json_path):
+    _edit(json_path, lambda d: d.update(imagePath="a\ud800.jpg"))  # valid JSON, no UTF-8 file name
+
+
+def _break_nested(json_path):
+    json_path.write_text("[" * 100_000 + "]" * 100_000)  # valid JSON that json.loads gives up on (RecursionError)
+
+
 def _break_folder(json_path):
     json_path.unlink()
     json_path.mkdir()  # a folder named as a labelme file
@@ -108,6 +120,9 @@ BAD_INPUTS = {
     "char outside board": (_break_char_outside, "character lies outside every board"),
     "rectangle of 3 points": (_break_rectangle, "a rectangle has 2 points (two corners), this one 3"),
     "folder named .json": (_break_folder, "cannot be read: Is a directory"),
+    "NUL in imagePath": (_break_nul_in_image_path, "imagePath 'a\\x00.jpg': not a file name (embedded null byte)"),
+    "surrogate in imagePath": (_break_surrogate_in_image_path, "imagePath 'a\\ud800.jpg': not a file name"),
+    "nested too deeply": (_break_nested, "not a labelme file: JSON nested too deeply to read"),
 }
 
 
@@ -156,6 +171,17 @@ def test_skip_invalid_records_the_rest_and_writes_the_report(labelme_copy, tmp_p
     report = json.loads((result.path / "invalid.json").read_text())["skipped"]
     assert [r["file"] for r in report] == [str(broken)] and "unknown label" in report[0]["problem"]
     assert sum(c["images"] for c in result.manifest["counts"].values()) == 23
+
+
+def test_skip_invalid_skips_a_nul_in_image_path_and_json_nested_too_deeply(labelme_copy, tmp_path):
+    """Path's ValueError and json's RecursionError once aborted the whole record, --skip-invalid or not."""
+    first, last = sorted(labelme_copy.glob("*.json"))[::23]
+    _break_nul_in_image_path(first)
+    _break_nested(last)
+    result = record(RecordOptions(labelme_copy, tmp_path / "w", "skip", "1", skip_invalid=True, dvc=False))
+    report = json.loads((result.path / "invalid.json").read_text())["skipped"]
+    assert [r["file"] for r in report] == [str(first), str(last)]
+    assert sum(c["images"] for c in result.manifest["counts"].values()) == 22
 
 
 def test_coco_splits_load_with_pycocotools(synth_dir, tmp_path):
@@ -272,6 +298,16 @@ def test_an_image_whose_recorded_name_would_be_too_long_for_a_file_is_named(tmp_
     valid, errors = scan(folder)
     assert valid == [] and "would be recorded as a name of 253 bytes (its folders joined by __), over 250" in \
         errors[0].problem
+
+
+def test_an_image_in_a_folder_named_in_another_encoding_than_utf8_is_named(tmp_path, synth_dir):
+    folder = tmp_path / "src"
+    latin1 = folder / os.fsdecode("caf\xe9".encode("latin-1"))  # café as a Latin-1 zip names it: not UTF-8
+    latin1.mkdir(parents=True)
+    _annotate(latin1, synth_dir, "b.jpg", "b.json")
+    valid, errors = scan(folder)
+    assert valid == [] and [e.problem for e in errors] == [
+        f"image {latin1 / 'b.jpg'} would be recorded as 'caf\\udce9__b.jpg', which is not UTF-8 text; rename it"]
 
 
 def test_a_photo_turned_by_its_exif_orientation_has_the_size_labelme_shows(tmp_path, synth_dir):

@@ -165,6 +165,8 @@ def load_labelme(json_path: Path, source: Path) -> AnnotatedImage:
         document = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise AnnotationError(json_path, f"not valid JSON: {error}") from None
+    except RecursionError:  # arrays or objects nested thousands deep: no labelme file, and no reason to abort
+        raise AnnotationError(json_path, "not a labelme file: JSON nested too deeply to read") from None
     required = {"shapes": list, "imagePath": str, "imageHeight": int, "imageWidth": int}
     if not isinstance(document, dict):
         raise AnnotationError(json_path, "not a labelme file: expected a JSON object")
@@ -172,7 +174,10 @@ def load_labelme(json_path: Path, source: Path) -> AnnotatedImage:
         if not isinstance(document.get(key), kind):
             raise AnnotationError(json_path, f"not a labelme file: field {key!r} must be a {kind.__name__}")
     # labelme on Windows writes ..\images\a.jpg: its separators are ours
-    image_path = (json_path.parent / document["imagePath"].replace("\\", "/")).resolve()
+    try:
+        image_path = (json_path.parent / document["imagePath"].replace("\\", "/")).resolve()
+    except ValueError as error:  # a NUL or a lone surrogate: no file can have that name
+        raise AnnotationError(json_path, f"imagePath {document['imagePath']!r}: not a file name ({error})") from None
     if not image_path.is_file():
         raise AnnotationError(json_path, f"imagePath {document['imagePath']!r}: image not found at {image_path}")
     data = image_path.read_bytes()
@@ -185,8 +190,13 @@ def load_labelme(json_path: Path, source: Path) -> AnnotatedImage:
     root = source.resolve()
     relative = image_path.relative_to(root) if image_path.is_relative_to(root) else Path(image_path.name)
     name = "__".join(relative.parts)
-    if len(name.encode()) > MAX_NAME_BYTES:  # a file name the filesystem refuses, halfway through writing
-        raise AnnotationError(json_path, f"image {image_path} would be recorded as a name of {len(name.encode())} "
+    try:
+        size = len(name.encode())
+    except UnicodeEncodeError:  # a folder or file named in another encoding: no JSON file or database takes it
+        raise AnnotationError(json_path, f"image {image_path} would be recorded as {name!r}, which is not UTF-8 "
+                                         "text; rename it") from None
+    if size > MAX_NAME_BYTES:  # a file name the filesystem refuses, halfway through writing
+        raise AnnotationError(json_path, f"image {image_path} would be recorded as a name of {size} "
                                          f"bytes (its folders joined by __), over {MAX_NAME_BYTES}; shorten them")
     return AnnotatedImage(json_path, image_path, name, document["imagePath"], width, height,
                           sha256_bytes(data), sha256_bytes(raw), polygons)
