@@ -116,3 +116,13 @@ def test_file_names_that_differ_only_by_an_accent_are_two_images(new_db_url):
     assert db.record_version(engine, db.DatasetRow("plates", "1", "a" * 64, "t", "p", 2, 0, 0),
                              db.SourceRow("s", "a", "t", "a" * 64, 2), rows)
     assert db.count_images(engine, "plates", "1") == {"train": 2}
+
+
+@pytest.mark.parametrize("folder", ["a%41b", "a?b", "a#b"])
+def test_the_default_database_is_in_the_workdir_whatever_its_name(tmp_path, monkeypatch, folder):
+    """Written into a URL as it is, a%41b would be read as aAb, and a?b as a with a query."""
+    monkeypatch.delenv(db.DB_URL_ENV, raising=False)
+    workdir = tmp_path / folder
+    db.connect(db.default_db_url(workdir)).dispose()
+    assert [p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")] == [folder, f"{folder}/alpr.db"]
+

@@ -100,7 +100,9 @@ class VersionConflict(AlprError, RuntimeError):
 
 
 def default_db_url(workdir: Path) -> str:
-    return os.environ.get(DB_URL_ENV) or f"sqlite:///{(workdir / 'alpr.db').resolve()}"
+    # URL.create quotes the path: a workdir named a%41b or a?b would otherwise be read as aAb or a
+    sqlite = sa.URL.create("sqlite", database=str((workdir / "alpr.db").resolve()))
+    return os.environ.get(DB_URL_ENV) or sqlite.render_as_string(hide_password=False)
 
 
 def safe_url(url: str | sa.URL) -> str:
