@@ -126,3 +126,12 @@ def test_the_default_database_is_in_the_workdir_whatever_its_name(tmp_path, monk
     db.connect(db.default_db_url(workdir)).dispose()
     assert [p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")] == [folder, f"{folder}/alpr.db"]
 
+
+def test_an_option_the_driver_does_not_take_is_named_without_the_password():
+    """PyMySQL's connect() raised a TypeError on it (SQLite's driver ignores such options, with a warning)."""
+    url = "mysql+pymysql://root:s3cret@127.0.0.1:3306/test?sslmode=require"  # psycopg's spelling
+    with pytest.raises(db.DatabaseError) as error:
+        db.connect(url)
+    assert str(error.value) == ("database mysql+pymysql://root:***@127.0.0.1:3306/test?sslmode=require: an option "
+                                "in the URL (after its ?) is not one its driver takes (Connection.__init__() got an "
+                                "unexpected keyword argument 'sslmode')")

@@ -131,6 +131,9 @@ def connect(url: str) -> Engine:
             metadata.create_all(engine)
     except (sa.exc.ArgumentError, sa.exc.DBAPIError) as error:
         raise DatabaseError(f"database {safe_url(url)}: {getattr(error, 'orig', None) or error}") from None
+    except TypeError as error:  # the driver's connect() takes no such argument: a query option, ?sslmode=require
+        raise DatabaseError(f"database {safe_url(url)}: an option in the URL (after its ?) is not one its driver "
+                            f"takes ({error})") from None
     except ImportError as error:  # mysql:// asks for MySQLdb, postgresql:// for psycopg2
         raise DatabaseError(f"database {safe_url(url)}: its driver ({error.name}) is not installed; the one "
                             "installed for MySQL and MariaDB is PyMySQL: mysql+pymysql://USER:PASSWORD@HOST:3306/DB"
