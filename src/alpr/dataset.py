@@ -198,6 +198,10 @@ def load_labelme(json_path: Path, source: Path) -> AnnotatedImage:
     if size > MAX_NAME_BYTES:  # a file name the filesystem refuses, halfway through writing
         raise AnnotationError(json_path, f"image {image_path} would be recorded as a name of {size} "
                                          f"bytes (its folders joined by __), over {MAX_NAME_BYTES}; shorten them")
+    if name.endswith(" "):  # MySQL and MariaDB compare names padded with spaces: 'a ' would be a duplicate of 'a'
+        raise AnnotationError(json_path, f"image {image_path} would be recorded as {name!r}, which ends in a "
+                                         "space; MySQL and MariaDB take a name with trailing spaces for the one "
+                                         "without: rename it")
     return AnnotatedImage(json_path, image_path, name, document["imagePath"], width, height,
                           sha256_bytes(data), sha256_bytes(raw), polygons)
 
