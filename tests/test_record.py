@@ -539,6 +539,24 @@ def test_other_content_under_a_version_in_the_store_is_refused_before_anything_i
     assert record(RecordOptions(synth_dir, tmp_path / "w3", "plates", "1", dvc=False, store=store)).uploaded
 
 
+@pytest.mark.parametrize("damaged, problem", [(b'{"content_sha256": ', "not valid JSON"),
+                                               (b"\xff\xfe", "not valid JSON"),
+                                               (b'["content_sha256"]', "JSON, but not an object")],
+                         ids=["cut short", "not UTF-8", "a list"])
+def test_a_damaged_manifest_in_the_store_is_named_before_anything_is_written(synth_dir, tmp_path, damaged, problem):
+    from alpr.storage import StorageError
+
+    store = tmp_path / "bucket"
+    manifest = store / "datasets" / "plates" / "1" / "manifest.json"
+    manifest.parent.mkdir(parents=True)
+    manifest.write_bytes(damaged)
+    with pytest.raises(StorageError, match=re.escape(f"{store.as_uri()}/datasets/plates/1/manifest.json: "
+                                                     f"not a dataset manifest: {problem}")):
+        record(RecordOptions(synth_dir, tmp_path / "w", "plates", "1", dvc=False, store=store.as_uri()))
+    assert not (tmp_path / "w" / "datasets").exists()
+    assert manifest.read_bytes() == damaged
+
+
 def test_a_database_that_is_no_url_or_not_there_is_a_clear_error_without_its_password():
     for url in ("user:s3cret@nowhere", "mysql+pymysql://root:s3cret@db:33O6/test"):  # O for 0: not a port
         with pytest.raises(db.DatabaseError, match="is not a SQLAlchemy URL") as caught:

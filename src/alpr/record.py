@@ -226,10 +226,21 @@ def check_store(store: str, name: str, version: str, digest: str) -> None:
     (its own database) may have recorded other content under this name and version there."""
     url = _stored(store, name, version, "manifest.json")
     if storage.exists(url):
-        stored = json.loads(storage.read_bytes(url)).get("content_sha256")
+        stored = _stored_manifest(url).get("content_sha256")
         if stored != digest:
             raise db.VersionConflict(f"{url} holds dataset {name!r} version {version!r} with other content "
                                      f"(sha256 {str(stored)[:12]}...); record it under a new version")
+
+
+def _stored_manifest(url: str) -> dict:
+    """The manifest in the store, or an error naming it: a damaged one tells nothing of the content there."""
+    try:
+        manifest = json.loads(storage.read_bytes(url))
+    except ValueError as error:  # invalid JSON or not UTF-8
+        raise storage.StorageError(f"{url}: not a dataset manifest: not valid JSON ({error})") from None
+    if not isinstance(manifest, dict):
+        raise storage.StorageError(f"{url}: not a dataset manifest: JSON, but not an object")
+    return manifest
 
 
 def upload(folder: Path, store: str, name: str, version: str) -> list[str]:
