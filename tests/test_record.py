@@ -62,13 +62,16 @@ def test_record_rerun_is_idempotent_and_conflicts_are_refused(db_url, synth_dir,
     first = record(options)
     assert first.created and sum(first.db_rows.values()) == 24
     snapshot = _tree(workdir / "datasets")
-    tags = subprocess.run(["git", "tag"], cwd=workdir, capture_output=True, text=True).stdout.split()
     commits = subprocess.run(["git", "rev-list", "--all"], cwd=workdir, capture_output=True, text=True).stdout
+    tagged = subprocess.run(["git", "show-ref", "--tags"], cwd=workdir, capture_output=True, text=True).stdout
 
     again = record(options)
     assert not again.created
     assert _tree(workdir / "datasets") == snapshot
     assert subprocess.run(["git", "rev-list", "--all"], cwd=workdir, capture_output=True, text=True).stdout == commits
+    # read after the rerun: no tag added, none moved
+    assert subprocess.run(["git", "show-ref", "--tags"], cwd=workdir, capture_output=True, text=True).stdout == tagged
+    tags = subprocess.run(["git", "tag"], cwd=workdir, capture_output=True, text=True).stdout.split()
     assert tags == [f"{unique_name}-ann-v1", f"{unique_name}-v1"]
     assert _rows(db_url, unique_name) == {"versions": 1, "images": 24, "sources": 1, "tag": f"{unique_name}-ann-v1"}
 
