@@ -10,7 +10,7 @@ from pathlib import Path
 
 from alpr import db
 from alpr.cli import HelpWithDefaults, checked_type
-from alpr.dataset import parse_fractions
+from alpr.dataset import DEFAULT_FRACTIONS, parse_fractions
 from alpr.record import RecordOptions, RecordResult, record
 
 
@@ -21,8 +21,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--workdir", type=Path, default=Path("work"), help="shared work directory")
     parser.add_argument("--dataset", required=True, help="dataset name")
     parser.add_argument("--version", required=True, help="dataset version, e.g. 1 or 2026.11")
-    parser.add_argument("--split", type=checked_type(parse_fractions), default=(0.8, 0.1, 0.1),
-                        help="train,val,test fractions (default 0.8,0.1,0.1)")
+    parser.add_argument("--split", type=checked_type(parse_fractions), default=DEFAULT_FRACTIONS,
+                        help=f"train,val,test fractions (default {','.join(map(str, DEFAULT_FRACTIONS))})")
     parser.add_argument("--skip-invalid", action="store_true",
                         help="record the valid files and report the invalid ones instead of failing")
     parser.add_argument("--db-url", default=None,
