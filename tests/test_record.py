@@ -198,6 +198,11 @@ def test_conflict_with_the_folder_is_refused_before_the_database(synth_dir, labe
     with pytest.raises(db.VersionConflict, match="already holds dataset"):
         record(RecordOptions(labelme_copy, workdir, "ds", "1", db_url=other_db, dvc=False))
     assert db.find_version(db.connect(other_db), "ds", "1") is None
+    manifest = workdir / "datasets" / "ds" / "1" / "manifest.json"
+    manifest.write_text("[]")  # edited by hand: named, left as it is
+    with pytest.raises(UsageError, match=f"{manifest}: not a manifest `alpr record` wrote \\(a JSON list"):
+        record(RecordOptions(synth_dir, workdir, "ds", "1", db_url=other_db, dvc=False))
+    assert manifest.read_text() == "[]"
 
 
 def test_the_same_files_split_otherwise_are_other_content(synth_dir, tmp_path):

@@ -381,3 +381,13 @@ def test_report_without_successful_trials_raises(capsys):
     study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)
     with pytest.raises(TuneFailed, match="all 1 trials failed"):
         report(study, toy_experiment())
+
+
+@pytest.mark.parametrize("name", ["a%41b", "q?x"])
+def test_the_study_file_is_in_the_folder_named_whatever_its_name(tmp_path, name):
+    """An f-string URL read a%41b as aAb, and q?x as q with a query."""
+    from alpr.tune import _study
+
+    _study(toy_experiment(), tmp_path / name, resume=False, echo=print)
+    assert [p.name for p in tmp_path.iterdir()] == [name]
+    assert (tmp_path / name / "studies.db").is_file()

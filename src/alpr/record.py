@@ -185,6 +185,9 @@ def _atomic_folder(target: Path, write) -> bool:
 def check_same_content(folder: Path, name: str, version: str, digest: str) -> dict:
     """The recorded manifest, or VersionConflict if the version in ``folder`` holds other content."""
     recorded = read_json(folder / "manifest.json")
+    if not isinstance(recorded, dict):
+        raise UsageError(f"{folder / 'manifest.json'}: not a manifest `alpr record` wrote (a JSON "
+                         f"{type(recorded).__name__}, not an object); move the folder aside and record again")
     if recorded.get("content_sha256") != digest:
         raise db.VersionConflict(f"{folder} already holds dataset {name!r} version {version!r} with other "
                                  "content; record it under a new version")

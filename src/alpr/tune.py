@@ -401,9 +401,11 @@ def _study(experiment: dict, folder: Path, resume: bool, echo: Callable[[str], N
     """A new study of the experiment in folder/studies.db, or with ``resume`` its last one, whose trial cut
     short (by Ctrl-C, or a kill that left it running) is queued to run again under its run id."""
     import optuna
+    import sqlalchemy as sa
 
     folder.mkdir(parents=True, exist_ok=True)
-    storage = f"sqlite:///{folder / 'studies.db'}"
+    # URL.create quotes the path: a folder named a%41b or a?b would otherwise be read as aAb or a
+    storage = sa.URL.create("sqlite", database=str(folder.resolve() / "studies.db")).render_as_string()
     prefix = f"{experiment['metadata'].get('name', 'tune')}-"
     kind, seed_offset = direction(experiment), 0
     if resume:
