@@ -36,6 +36,17 @@ def test_a_character_both_regions_hold_goes_to_the_one_covering_more_of_it_else_
     assert plate.text == text and plate.layout == layout, plate.reason
 
 
+@pytest.mark.parametrize("region", ["l_s_n", "l_m_n"])
+def test_a_plate_unread_for_a_missing_region_gives_its_character_scores_left_to_right(region):
+    """As every other plate does; the characters scoring higher to the right, score order is the reverse."""
+    dets = [d for d in _plate("12A3456") if d.label != region]
+    chars = sorted((d for d in dets if len(d.label) == 1), key=lambda d: d.centre[0])
+    rescored = [replace(d, score=0.5 + 0.05 * i) for i, d in enumerate(chars)]
+    [plate] = read_plates([d for d in dets if len(d.label) != 1] + rescored[::-1])
+    assert plate.text is None and plate.reason.endswith("region not found")
+    assert plate.char_scores == pytest.approx(tuple(0.5 + 0.05 * i for i in range(7)))
+
+
 def test_missing_character_is_not_guessed():
     [plate] = read_plates(_plate("12A3456", drop=4))
     assert plate.text is None and not plate.readable

@@ -242,7 +242,8 @@ def read_board(board: Detection, detections: list[Detection], options: ReadOptio
         return _unread(layout, board, "no characters found on the board")
     if sub is None or main is None:
         missing = "sub-text (DDL)" if sub is None else "main-text (DDDD)"
-        return _unread(layout, board, f"{missing} region not found", [c.score for c in chars])
+        # no rows to read by: left to right, as every other plate's scores run (suppress put them best first)
+        return _unread(layout, board, f"{missing} region not found", [c.score for c in _left_to_right(chars)])
     rows_of = [_row_of(c, (sub, main)) for c in chars]
     sub_chars, main_chars = ([c for c, row in zip(chars, rows_of) if row == k] for k in (0, 1))
     rows = [_left_to_right(suppress(row, _same_glyph)) for row in (sub_chars, main_chars)]
