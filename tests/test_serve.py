@@ -271,6 +271,24 @@ def test_a_body_larger_than_its_images_could_be_is_answered_413_before_it_is_par
     assert v1(server, [{"image_b64": b64(images[0].read_bytes())}]).status_code == 200
 
 
+def test_a_body_of_the_most_images_at_their_limit_wrapped_as_base64_prints_them_fits_the_limit():
+    """Inside a JSON string each line break of wrapped base64 is escaped: two bytes, a CRLF's four. At the
+    default flags, 16 images of 8 MiB took their JSON-escaped line breaks past the MiB left for the JSON."""
+    import os
+
+    from alpr.serve import ServeOptions, max_body_bytes
+
+    options = ServeOptions()
+    limit = max_body_bytes(options)
+    image = base64.encodebytes(os.urandom(options.max_image_bytes))  # lines of 76, each ended by "\n"
+    sizes = {}
+    for name, line_break in (("LF", b"\n"), ("CRLF", b"\r\n")):
+        instance = json.dumps({"image_b64": image.replace(b"\n", line_break).decode()})
+        sizes[name] = len('{"instances": [') + options.max_images * (len(instance) + len(", ")) - len(", ") + 2
+    assert sizes["LF"] < sizes["CRLF"] <= limit, (sizes, limit)
+    assert sizes["CRLF"] > limit - 2**20  # the MiB is for the JSON around the images: no more is let in
+
+
 def test_bodies_held_at_once_stay_under_their_limit_and_the_repository_api_is_closed():
     """Bodies are held from their first byte to their answer, before the image budget sees them: past
     the limit of all held at once a request is answered 503, and the bytes of each answered request

@@ -121,9 +121,15 @@ def decode_base64_image(text: Any, max_bytes: int, max_pixels: int) -> np.ndarra
     return decode_image(data, max_bytes, max_pixels)
 
 
+# a line break of wrapped base64 in a JSON string: a CRLF is escaped there as \r\n, four bytes
+JSON_LINE_BREAK_BYTES = 4
+
+
 def base64_size(size: int) -> int:
-    """Bytes of ``size`` bytes in base64 wrapped at 76 characters (as ``base64`` prints it)."""
-    return 4 * math.ceil(size / 3) * 77 // 76
+    """Bytes of ``size`` bytes in base64 wrapped at 76 characters (as ``base64`` prints it, each line ended,
+    the last too) inside a JSON string, each line break escaped there (``\\n`` or ``\\r\\n``)."""
+    characters = 4 * math.ceil(size / 3)
+    return characters + JSON_LINE_BREAK_BYTES * math.ceil(characters / 76)
 
 
 def max_body_bytes(options: ServeOptions) -> int:
