@@ -655,6 +655,22 @@ def test_a_request_limit_over_the_held_images_is_refused(tmp_path):
             ServeOptions(**limits)
 
 
+@pytest.mark.parametrize("flag, field", [("--max-image-bytes", "max_image_bytes"), ("--max-pixels", "max_pixels")])
+def test_an_image_limit_under_1_is_refused_before_the_model_loads(flag, field, tmp_path):
+    """Else the server starts and answers every image with a 400 that blames its client."""
+    from alpr.errors import UsageError
+    from alpr.serve import ServeOptions
+
+    for value in (0, -5):
+        with pytest.raises(UsageError, match=f"^{flag} {value}: the limit must be at least 1$"):
+            ServeOptions(**{field: value})
+    assert getattr(ServeOptions(**{field: 1}), field) == 1
+    result = subprocess.run([sys.executable, "steps/serve.py", "--model", str(tmp_path / "none.pth"), flag, "0"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and f"{flag} 0: the limit must be at least 1" in result.stderr
+    assert "checkpoint not found" not in result.stderr  # refused before the model is looked for
+
+
 def test_a_sure_score_that_is_no_character_score_is_refused_before_the_model_loads(tmp_path):
     result = subprocess.run([sys.executable, "steps/serve.py", "--model", str(tmp_path / "none.pth"),
                              "--sure-score", "2"], cwd=ROOT, capture_output=True, text=True, timeout=120)

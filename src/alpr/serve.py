@@ -66,6 +66,9 @@ class ServeOptions:
         if self.max_batch_size < 1 or self.max_wait_ms < 0:
             raise UsageError(f"--max-batch-size {self.max_batch_size} / --max-wait-ms {self.max_wait_ms}: "
                              "the batch size must be at least 1 and the wait at least 0")
+        for flag, limit in (("--max-image-bytes", self.max_image_bytes), ("--max-pixels", self.max_pixels)):
+            if limit < 1:  # else every image is over it, and each client is told its image is to blame
+                raise UsageError(f"{flag} {limit}: the limit must be at least 1")
         if self.request_timeout_s < 0:
             raise UsageError(f"--request-timeout-s {self.request_timeout_s}: a number of seconds, or 0 for none")
         if not 1 <= self.max_images <= self.max_held_images:
