@@ -3,6 +3,7 @@
 import hashlib
 import json
 import math
+import os
 import re
 import shutil
 import subprocess
@@ -760,6 +761,21 @@ def test_predict_prints_one_json_line_per_image(smoke_workdir, smoke_training, s
     assert result.returncode == 0, result.stderr[-2000:]
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert [Path(line["image"]).name for line in lines] == ["000001.jpg", "000002.jpg"]
+
+
+def test_predict_prints_a_file_name_that_is_not_utf8_with_its_bytes_escaped(smoke_workdir, smoke_training, synth_dir,
+                                                                           tmp_path):
+    """A name from a Windows archive (Korean CP949 bytes): printed as it was, it raised UnicodeEncodeError
+    under a UTF-8 locale (or PYTHONIOENCODING=utf-8), and under the C locale wrote bytes that are not UTF-8."""
+    image = tmp_path / os.fsdecode(b"\xc7\xd1\xb1\xdb.jpg")
+    shutil.copy(synth_dir / "000001.jpg", image)
+    best = smoke_workdir / "runs" / "r1" / "train" / "best.pth"
+    for encoding in ({}, {"PYTHONIOENCODING": "utf-8"}):  # stdout as the locale sets it, and strict UTF-8
+        result = subprocess.run([sys.executable, "-m", "alpr.cli", "predict", str(image), "--model", str(best),
+                                 "--device", "cpu"], cwd=ROOT, capture_output=True, env={**os.environ, **encoding})
+        assert result.returncode == 0, (encoding, result.stderr[-2000:])
+        [line] = result.stdout.decode().splitlines()
+        assert line.startswith(f"{tmp_path}/\\xc7\u0471\\xdb.jpg: "), encoding  # D1 B1 is UTF-8 too, for ѱ
 
 
 def test_predict_reads_folders_and_goes_on_past_an_image_it_cannot_read(smoke_workdir, smoke_training, synth_dir,

@@ -48,6 +48,17 @@ def test_an_image_whose_file_name_is_not_utf8_is_read_and_drawn(tmp_path):
     assert (load_image(path) == picture).all()
 
 
+def test_a_text_line_shows_a_file_name_that_is_not_utf8_with_its_bytes_escaped():
+    import os
+
+    from alpr.visualize import text_line
+
+    name = os.fsdecode(b"cars/\xc7\xd1\xb1\xdb.jpg")  # lone surrogates, which print() cannot encode
+    line = text_line(name, read_plates(plate_detections("12A3456")))
+    assert line == "cars/\\xc7\u0471\\xdb.jpg: 12A3456" and line.encode()  # printable; D1 B1 is UTF-8's ѱ
+    assert text_line("차량/1.jpg", []) == "차량/1.jpg: no plate"  # a UTF-8 name is shown as it is
+
+
 def test_a_picture_keeps_its_images_path_and_format_or_is_a_jpeg_beside_it(tmp_path):
     import cv2
 

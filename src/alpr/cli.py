@@ -164,7 +164,7 @@ def image_files(paths: list[Path]) -> list[Path]:
 
 def _predict(args: argparse.Namespace) -> None:
     from alpr.reader import PlateReader
-    from alpr.visualize import error_line, prediction_line
+    from alpr.visualize import error_line, prediction_line, text_line
 
     images = image_files(args.images)
     reader = PlateReader.from_checkpoint(args.model, args.device, reading_options(args), amp=args.amp)
@@ -181,8 +181,7 @@ def _predict(args: argparse.Namespace) -> None:
         if args.json:
             print(prediction_line(str(image), plates), flush=True)
         else:
-            found = ", ".join(p.text or f"unread ({p.reason})" for p in plates) or "no plate"
-            print(f"{image}: {found}", flush=True)
+            print(text_line(str(image), plates), flush=True)
     if failed:
         raise AlprError(f"{failed} of {len(images)} images could not be read (above)")
 

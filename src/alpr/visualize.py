@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from dataclasses import dataclass
@@ -34,6 +35,18 @@ class TestOptions:
 def prediction_line(image: str, plates: list[Plate]) -> str:
     """One line of ``alpr predict --json``."""
     return json.dumps({"image": image, "plates": [p.to_dict() for p in plates]})
+
+
+def shown(path: str) -> str:
+    """A path as text any UTF-8 output takes: the bytes of a name that are not UTF-8 (which Python holds as
+    lone surrogates, and printing them raises) as ``\\xNN`` escapes."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def text_line(image: str, plates: list[Plate]) -> str:
+    """One line of ``alpr predict`` without --json: the image and its plates' text, or why each is unread."""
+    found = ", ".join(p.text or f"unread ({p.reason})" for p in plates) or "no plate"
+    return f"{shown(image)}: {found}"
 
 
 def error_line(image: str, error: Exception) -> str:
