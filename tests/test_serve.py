@@ -233,6 +233,35 @@ def test_v2_binary_data_holding_base64_is_read(server, images, expected):
         assert_same_plates(json.loads(text), expected[path.name])
 
 
+def test_v2_bytes_elements_as_grpc_hands_them_are_read_as_base64_and_raw_bytes_are_invalid_input(checkpoint, images,
+                                                                                                 expected):
+    """KServe's gRPC parsing hands BYTES elements to the model as bytes (REST as text): base64 text is read,
+    and the bytes of an image file itself, no UTF-8, are kserve's InvalidInput (a 400), not a 500."""
+    from kserve.errors import InvalidInput
+    from kserve.protocol.grpc.grpc_predict_v2_pb2 import InferTensorContents, ModelInferRequest
+    from kserve.protocol.infer_type import InferRequest
+
+    from alpr.postprocess import ReadOptions
+    from alpr.serve import ServeOptions, make_model
+
+    def request(*elements: bytes) -> InferRequest:
+        tensor = ModelInferRequest.InferInputTensor(name="image", datatype="BYTES", shape=[len(elements)],
+                                                   contents=InferTensorContents(bytes_contents=elements))
+        return InferRequest.from_grpc(ModelInferRequest(model_name="alpr", inputs=[tensor]))
+
+    model = make_model(ServeOptions(str(checkpoint), device="cpu", max_batch_size=1, max_images=6,
+                                    read=ReadOptions(board_threshold=0, char_threshold=0, zoom_widths=())))
+    assert model.load()
+    good = request(*(b64(p.read_bytes()).encode() for p in images[:2]))
+    assert all(isinstance(element, bytes) for element in good.inputs[0].data)  # as the model is handed them
+    response = asyncio.run(model.predict(good))
+    for path, text in zip(images[:2], response.outputs[0].data):
+        assert_same_plates(json.loads(text), expected[path.name])
+    with pytest.raises(InvalidInput, match=r"^inputs\[image\]\[1\]: raw bytes, not base64 text: send the image file "
+                                           "base64-encoded$"):
+        asyncio.run(model.predict(request(b64(images[0].read_bytes()).encode(), images[1].read_bytes())))
+
+
 def test_bad_input_gets_a_4xx_that_says_why_and_the_server_goes_on(server, images, expected):
     good = images[0].read_bytes()
     for name, (kwargs, phrase) in _bad_requests(good).items():

@@ -108,6 +108,11 @@ def decode_image(data: bytes, max_bytes: int, max_pixels: int) -> np.ndarray:
 
 
 def decode_base64_image(text: Any, max_bytes: int, max_pixels: int) -> np.ndarray:
+    if isinstance(text, bytes):  # a V2 BYTES element as gRPC's bytes_contents hands it, and KServe in-process
+        try:
+            text = text.decode("ascii")
+        except UnicodeDecodeError:
+            raise InvalidImage("raw bytes, not base64 text: send the image file base64-encoded") from None
     if not isinstance(text, str):
         raise InvalidImage(f"expected a base64 string, got {type(text).__name__}")
     if text.startswith("data:") and ";base64," in text[:80]:  # a browser's data URL
@@ -453,7 +458,6 @@ def make_model(options: ServeOptions):
             if math.prod(inputs[0].shape) != len(texts):
                 raise InvalidInput(f"input {inputs[0].name!r}: shape {list(inputs[0].shape)} does not hold its "
                                    f"{len(texts)} image(s)")
-            texts = [t.decode() if isinstance(t, bytes) else t for t in texts]
             results = await self._read(texts, lambda i: f"inputs[{V2_INPUT}][{i}]")
             output = InferOutput(V2_OUTPUT, [len(results)], "BYTES",
                                  [json.dumps(_plates_json(plates)) for plates in results])
