@@ -68,8 +68,46 @@ def _dense(mask) -> np.ndarray | None:
     return None if mask is None else mask.astype(bool)
 
 
+LABEL_FONT, LABEL_SCALE, LABEL_MARGIN = cv2.FONT_HERSHEY_SIMPLEX, 0.6, 2
+
+
+def _label_font(text: str, image_width: int) -> tuple[float, int, int, int, int]:
+    """Scale, thickness, and the text's width, height and baseline: at LABEL_SCALE, or smaller where the
+    label would be wider than the image (a long reason on a small picture), so that all of it shows."""
+    scale, thickness = LABEL_SCALE, 2
+    while True:
+        (width, height), baseline = cv2.getTextSize(text, LABEL_FONT, scale, thickness)
+        if width + 2 * LABEL_MARGIN <= image_width or scale < 0.05:
+            return scale, thickness, width, height, baseline
+        scale *= 0.9
+        thickness = 2 if scale >= 0.45 else 1  # thin strokes keep small letters apart
+
+
+def _draw_label(canvas: np.ndarray, plate: Plate) -> None:
+    """The plate's text, or why it is unread, on black above its board; below it where the image has no
+    room above, and moved left where it would pass the image's right edge: all of it shown, the board not
+    covered."""
+    image_height, image_width = canvas.shape[:2]
+    text = plate.text or f"? {plate.reason}"
+    colour = (0, 255, 0) if plate.readable else (0, 0, 255)
+    scale, thickness, width, height, baseline = _label_font(text, image_width)
+    label_width, label_height = width + 2 * LABEL_MARGIN, height + baseline + 2 * LABEL_MARGIN
+    x1, y1, _, y2 = (int(round(v)) for v in plate.bbox)  # as the board's outline is drawn
+    left = max(0, min(x1, image_width - label_width))
+    if y1 >= label_height:
+        top = y1 - label_height  # its last row just above the outline's
+    elif y2 + 1 + label_height <= image_height:
+        top = y2 + 1
+    else:  # a board as tall as the image: over its top, as nowhere else would it show
+        top = 0
+    cv2.rectangle(canvas, (left, top), (left + label_width - 1, top + label_height - 1), (0, 0, 0), -1)
+    cv2.putText(canvas, text, (left + LABEL_MARGIN, top + LABEL_MARGIN + height), LABEL_FONT, scale, colour,
+                thickness, cv2.LINE_AA)
+
+
 def draw(image: np.ndarray, detections: list[Detection], plates: list[Plate]) -> np.ndarray:
-    """Masks tinted, boxes outlined, and each plate's text (or why it is unread) above its board."""
+    """Masks tinted, boxes outlined, and each plate's text (or why it is unread) above its board, or below it
+    at the image's top edge."""
     canvas = image.copy()
     for det in detections:
         colour = _colour(det.label)
@@ -79,14 +117,7 @@ def draw(image: np.ndarray, detections: list[Detection], plates: list[Plate]) ->
         x1, y1, x2, y2 = (int(round(v)) for v in det.bbox)
         cv2.rectangle(canvas, (x1, y1), (x2, y2), colour, 1)
     for plate in plates:
-        x1, y1 = int(plate.bbox[0]), int(plate.bbox[1])
-        text = plate.text or f"? {plate.reason}"
-        colour = (0, 255, 0) if plate.readable else (0, 0, 255)
-        scale = 0.6
-        (w, h), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 2)
-        top = max(y1 - h - 6, 0)
-        cv2.rectangle(canvas, (x1, top), (x1 + w + 4, top + h + 6), (0, 0, 0), -1)
-        cv2.putText(canvas, text, (x1 + 2, top + h + 2), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, 2, cv2.LINE_AA)
+        _draw_label(canvas, plate)
     return canvas
 
 
