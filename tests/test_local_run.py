@@ -136,6 +136,19 @@ def test_a_step_killed_by_a_signal_is_named_so_not_by_its_last_line(tmp_path):
     with pytest.raises(StepFailed, match=r"^step 'a' was killed by SIGKILL \(out of memory\?\); its last output: "
                                          "epoch 3$"):
         LocalRun(workflow, tmp_path, {}, echo=lambda _: None).run()
+    real_time = "import os, signal; os.kill(os.getpid(), signal.SIGRTMIN + 6)"  # Python names none of these
+    workflow = _template(tasks=[{"name": "a", "template": "f"}], templates=[_python("f", real_time)])
+    with pytest.raises(StepFailed, match=r"^step 'a' was killed by signal \d+$"):
+        LocalRun(workflow, tmp_path, {}, echo=lambda _: None).run()
+
+
+def test_a_mount_of_a_volume_not_declared_is_refused_before_a_step_runs(tmp_path):
+    """Kubernetes refuses the pod; here its --out=/work/... was left the host's /work."""
+    template = _python("one", APPEND, ["/work/ran.txt", "a"])
+    template["container"]["volumeMounts"] = [{"name": "wrok", "mountPath": "/work"}]
+    workflow = _template(tasks=[{"name": "a", "template": "one"}], templates=[template])
+    with pytest.raises(UsageError, match="template one: volume mount /work names volume 'wrok', which spec.volumes"):
+        LocalRun(workflow, tmp_path, {}, echo=lambda _: None).run()
 
 
 @pytest.mark.parametrize("greeting, ran", [("hello", ["yes"]), ("bye", ["no"])])
@@ -211,11 +224,19 @@ def test_unknown_parameter_and_bad_pairs_are_rejected(tmp_path):
         LocalRun(workflow, tmp_path, {"nope": "1"})
     with pytest.raises(UsageError, match="expected name=value"):
         parse_parameters(["novalue"])
+    with pytest.raises(UsageError, match="expected name=value") as refused:  # db-url= forgotten
+        parse_parameters(["mysql+pymysql://alpr:hunter2@db/alpr"])
+    assert "hunter2" not in str(refused.value)
     chosen = _template(tasks=[{"name": "a", "template": "one"}], templates=[_python("one", "print(1)")],
                        parameters=[{"name": "model", "value": "small", "enum": ["small", "large"]}])
     with pytest.raises(UsageError, match="^-p model=smal: expected one of small, large$"):
         LocalRun(chosen, tmp_path, {"model": "smal"})
     LocalRun(chosen, tmp_path, {"model": "large"})
+    flag = _template(tasks=[{"name": "a", "template": "one"}], templates=[_python("one", "print(1)")],
+                     parameters=[{"name": "amp", "value": False, "enum": [True, False]}])  # unquoted in YAML
+    LocalRun(flag, tmp_path, {"amp": "true"})  # as Argo reads them: strings true and false
+    with pytest.raises(UsageError, match="^-p amp=yes: expected one of true, false$"):
+        LocalRun(flag, tmp_path, {"amp": "yes"})
 
 
 def test_the_whole_dag_is_checked_before_the_first_step(tmp_path):
@@ -239,7 +260,8 @@ def test_the_whole_dag_is_checked_before_the_first_step(tmp_path):
     assert not (tmp_path / "ran.txt").exists()
 
 
-@pytest.mark.parametrize("depends, ran", [("a", ["b", "c"]), ("a.Succeeded", [])])
+@pytest.mark.parametrize("depends, ran", [("a", ["b", "c"]), ("a.Succeeded", []), ("a.Succeeded && a", []),
+                                          ("a && a.Succeeded", [])])
 def test_depends_on_a_skipped_task_runs_only_a_bare_dependency(tmp_path, depends, ran):
     """Argo: a bare `a` is satisfied by a skipped a, `a.Succeeded` is not: b is then omitted, and an
     omitted task satisfies no dependency, so c, after b, is omitted too."""
@@ -294,11 +316,10 @@ def test_retry_policy_decides_whether_a_failed_step_is_retried(tmp_path, policy,
 def test_paths_in_flags_and_working_dirs_map_to_the_workdir(tmp_path):
     show = "import os, sys; open(sys.argv[1].split('=', 1)[1], 'w').write(os.getcwd())"
     template = _python("show", show, ["--out=/work/cwd.txt"])
-    template["container"]["workingDir"] = "/work/sub"
+    template["container"]["workingDir"] = "/work/sub/new"  # made, as the container runtime makes it
     workflow = _template(tasks=[{"name": "a", "template": "show"}], templates=[template])
-    (tmp_path / "sub").mkdir()
     LocalRun(workflow, tmp_path, {}, echo=lambda _: None).run()
-    assert (tmp_path / "cwd.txt").read_text() == str(tmp_path / "sub")
+    assert (tmp_path / "cwd.txt").read_text() == str(tmp_path / "sub" / "new")
     template["container"]["workingDir"] = "/app"
     with pytest.raises(NotSupportedLocally, match="a workingDir outside the volumes"):
         LocalRun(workflow, tmp_path, {}, echo=lambda _: None).run()

@@ -91,8 +91,8 @@ def parse_parameters(pairs: list[str]) -> dict[str, str]:
     values = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
-        if not sep or not name:
-            raise UsageError(f"-p {pair!r}: expected name=value")
+        if not sep or not name:  # redacted: a URL given without its name= may hold a password
+            raise UsageError(redact(f"-p {pair!r}: expected name=value"))
         values[name] = value
     return values
 
@@ -139,6 +139,14 @@ def _as_value(text: str) -> float | str:
         return text
 
 
+def _signal_name(number: int) -> str:
+    """SIGKILL, or "signal 40" for one Python has no name for (the real-time ones)."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
 def dependencies(task: dict) -> dict[str, bool]:
     """Task name -> whether it must have succeeded (``a.Succeeded``); a bare ``a`` may also have been skipped."""
     if "depends" in task and "dependencies" in task:
@@ -150,7 +158,7 @@ def dependencies(task: dict) -> dict[str, bool]:
         match = DEPENDENCY.fullmatch(term)
         if not match:
             _unsupported(f"task {task['name']} depends {task['depends']!r}", ["depends expressions"])
-        found[match[1]] = bool(match[2])
+        found[match[1]] = found.get(match[1], False) or bool(match[2])  # `a.Succeeded && a`: it must succeed
     return found
 
 
@@ -214,9 +222,10 @@ class LocalRun:
         self.values = {**defaults, **self.parameters}
         self.defaults = defaults
         for parameter in declared:  # as Argo checks them at submission: not hours in, when a step reads it
-            if "enum" in parameter and self.values.get(parameter["name"]) not in parameter["enum"]:
+            allowed = [as_argo_string(value) for value in parameter.get("enum", [])]  # true, not True
+            if allowed and self.values.get(parameter["name"]) not in allowed:
                 raise UsageError(f"-p {parameter['name']}={self.values.get(parameter['name'])}: expected one of "
-                                 f"{', '.join(parameter['enum'])}")
+                                 f"{', '.join(allowed)}")
         self.name = f"{base}-{time.strftime('%Y%m%d%H%M%S')}"
         self.last_line: dict[str, str] = {}  # each step's last output line
         self.skipped: set[str] = set()  # their `when` was false
@@ -375,6 +384,9 @@ class LocalRun:
         for mount in template["container"].get("volumeMounts", []):
             if set(mount) - MOUNT_KEYS:
                 _unsupported(f"template {template['name']} volume mount {mount['mountPath']}", set(mount) - MOUNT_KEYS)
+            if mount["name"] not in self.mounts:  # Kubernetes refuses the pod; here its paths would be the host's
+                raise UsageError(f"template {template['name']}: volume mount {mount['mountPath']} names volume "
+                                 f"{mount['name']!r}, which spec.volumes does not declare")
         return template
 
     @staticmethod
@@ -421,6 +433,7 @@ class LocalRun:
         local = self._local(path, container)
         if local == path:
             _unsupported(f"{where} workingDir {path}", ["a workingDir outside the volumes"])
+        Path(local).mkdir(parents=True, exist_ok=True)  # as the container runtime makes it
         return Path(local)
 
     def _output_paths(self, template: dict, container: dict, scope: dict[str, str], where: str) -> dict[str, Path]:
@@ -441,7 +454,7 @@ class LocalRun:
                 self.echo(f"[{name}] exited {code}; retry {attempt + 1}/{step.retries}")
         last = self.last_line.get(name)
         if code < 0:  # a signal, not the step, ended it: its last line is no reason
-            killer = signal.Signals(-code).name + (" (out of memory?)" if -code == signal.SIGKILL else "")
+            killer = _signal_name(-code) + (" (out of memory?)" if -code == signal.SIGKILL else "")
             raise StepFailed(f"step {name!r} was killed by {killer}" + (f"; its last output: {last}" if last else ""))
         raise StepFailed(f"step {name!r} failed with exit code {code}" + (f": {last}" if last else ""))
 
