@@ -318,6 +318,9 @@ def test_tensorboard_reads_runs_on_the_work_volume(chart):
     assert f"kubectl -n {NAMESPACE} port-forward svc/{service['metadata']['name']} 6006:6006" in notes
     custom = one(render(chart, scenario("gpu-kserve")), "Deployment")["spec"]["template"]["spec"]["containers"][0]
     assert custom["image"] == "tensorflow/tensorflow:2.17.0"
+    long = render(chart, name="a-release-named-at-length-by-a-team-of-fifty-chars")  # -tensorboard passed 63
+    assert len(one(long, "Service")["metadata"]["name"]) <= 63
+    assert one(long, "Service")["metadata"]["name"] == one(long, "Deployment")["metadata"]["name"]
 
 
 def test_rbac_grants_what_the_argo_executor_needs(chart):
@@ -378,6 +381,7 @@ def test_inference_service_runs_the_serve_step(chart):
     ({"image": {"pullPolicy": "Sometimes"}}, "at '/image/pullPolicy'"),
     ({"kserve": {"storageUri": "best.pth"}}, "at '/kserve/storageUri'"),
     ({"kserve": {"maxReplicas": 0}}, "at '/kserve/maxReplicas'"),
+    ({"tensorboard": {"nodeSelector": {"gpu": True}}}, "at '/tensorboard/nodeSelector/gpu'"),
 ], ids=lambda v: str(v) if isinstance(v, dict) else "")
 def test_schema_rejects_bad_values(chart, values, where):
     with pytest.raises(helm.HelmValuesError, match=re.escape(where)):

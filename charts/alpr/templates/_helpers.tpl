@@ -108,6 +108,13 @@ The InferenceService; the pipeline's deploy step patches it by this name.
 {{- end -}}
 
 {{/*
+TensorBoard's Deployment and Service: a Service's name is a DNS label, 63 characters at most.
+*/}}
+{{- define "alpr.tensorboard.fullname" -}}
+{{- printf "%s-tensorboard" (include "alpr.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/*
 MySQL: its Service (host) and the Secret holding mysql-root-password.
 */}}
 {{- define "alpr.mysql.fullname" -}}
