@@ -513,3 +513,32 @@ def test_time_up_by_the_end_of_a_validation_ends_the_run_at_its_iteration():
     hook.started = time.monotonic() - 61
     hook.after_val_epoch(runner, {"EIR": 0.5})
     assert runner.train_loop._max_iters == 40
+
+
+def test_cpu_mixed_precision_trains_a_two_stage_detector():
+    """mmcv's CPU RoIAlign and NMS take no bfloat16: under autocast, Mask R-CNN's loss failed; its
+    backbone and neck alone run in bfloat16."""
+    from mmdet.structures import DetDataSample
+    from mmdet.utils import register_all_modules
+    from mmengine.config import ConfigDict
+
+    from alpr.model import TrainSettings, model_config
+
+    register_all_modules()
+    torch.manual_seed(0)
+    detector = MODELS.build(ConfigDict(model_config(TrainSettings(model="mask-rcnn-swin-t", window_size=4))))
+    sample = DetDataSample(metainfo={"img_shape": (64, 96), "ori_shape": (64, 96), "pad_shape": (64, 96),
+                                     "batch_input_shape": (64, 96), "scale_factor": (1.0, 1.0)})
+    masks = np.zeros((2, 64, 96), np.uint8)
+    masks[0, 10:30, 10:60], masks[1, 12:28, 14:24] = 1, 1
+    sample.gt_instances = InstanceData(bboxes=torch.tensor([[10.0, 10, 60, 30], [14, 12, 24, 28]]),
+                                       labels=torch.tensor([0, 3]), masks=BitmapMasks(masks, 64, 96))
+    seen = []
+    detector.backbone.register_forward_hook(lambda module, inputs, output: seen.append(output[0].dtype))
+    wrapper = CpuBFloat16OptimWrapper(torch.optim.SGD(detector.parameters(), lr=0.01))
+    with wrapper.optim_context(detector):
+        losses = detector.loss(torch.rand(1, 3, 64, 96) * 255, [sample])
+    assert seen == [torch.bfloat16]
+    assert all(torch.isfinite(v).all() for value in losses.values() for v in (value if isinstance(value, list)
+                                                                                else [value]))
+    assert "extract_feat" not in vars(detector)  # autocast ends with the context

@@ -580,7 +580,9 @@ def boxes_only(model):
 
 @OPTIM_WRAPPERS.register_module()
 class CpuBFloat16OptimWrapper(OptimWrapper):
-    """``--amp`` on the CPU: the forward pass and the loss under bfloat16 autocast.
+    """``--amp`` on the CPU: a one-stage detector's forward pass and loss under bfloat16 autocast; a
+    two-stage one's backbone and neck alone (``reduced_precision``), for mmcv's CPU RoIAlign and NMS
+    take no bfloat16 (Mask R-CNN failed at its first iteration).
 
     mmengine's AmpOptimWrapper runs on accelerators only. bfloat16 has float32's range, so unlike
     float16 it needs no loss scaling; the weights, gradients and optimizer stay float32.
@@ -588,7 +590,10 @@ class CpuBFloat16OptimWrapper(OptimWrapper):
 
     @contextlib.contextmanager
     def optim_context(self, model):
-        with super().optim_context(model), torch.autocast("cpu", dtype=torch.bfloat16):
+        detector = getattr(model, "module", model)  # within a distributed wrapper
+        two_stage = hasattr(detector, "roi_head")
+        with super().optim_context(model), (reduced_precision(detector) if two_stage else
+                                            torch.autocast("cpu", dtype=torch.bfloat16)):
             yield
 
 
