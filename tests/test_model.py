@@ -317,6 +317,22 @@ def test_a_run_resumes_only_with_the_settings_it_started_with(smoke_workdir, smo
     assert result.returncode == 1 and "schedule 'iters' -> 'epochs'" in result.stderr
 
 
+def test_a_run_resumes_only_on_the_data_it_started_on(tmp_path):
+    """A dataset recorded again under its name and version, of other content: the checkpoint knows."""
+    from alpr.errors import UsageError
+    from alpr.model import TrainSettings
+    from alpr.train import check_resumable
+
+    settings = TrainSettings(iters=4)
+    started = {"name": "ds", "version": "1", "content_sha256": "a" * 64}
+    meta = {"alpr": {"settings": settings.to_dict(), "dataset": started}}
+    check_resumable(tmp_path, meta, settings, dict(started))
+    with pytest.raises(UsageError, match="other settings .*'content_sha256': 'aaa.*-> .*'content_sha256': 'bbb"):
+        check_resumable(tmp_path, meta, settings, {**started, "content_sha256": "b" * 64})
+    older = {"alpr": {"settings": settings.to_dict(), "dataset": {"name": "ds", "version": "1"}}}
+    check_resumable(tmp_path, older, settings, {**started, "content_sha256": "b" * 64})  # kept no digest
+
+
 def test_a_resumed_run_compares_the_values_its_settings_resolve_to():
     from alpr.errors import UsageError
     from alpr.model import TrainSettings
@@ -894,6 +910,11 @@ def test_an_edited_split_or_manifest_is_an_error_naming_the_file(smoke_workdir, 
         (val, json.dumps({**json.loads(good_val), "categories": json.loads(good_val)["categories"][::-1]}),
          "val.json: categories .* are not alpr's classes"),
         (val, json.dumps({**json.loads(good_val), "annotations": []}), "val.json: the val split has no plates"),
+        (val, json.dumps({**json.loads(good_val), "annotations": [{"id": 1}]}),
+         r"val.json: annotation 0 is not an object of a whole-number image_id and a category_id from 1 to 21"),
+        (val, json.dumps({**json.loads(good_val), "annotations": [{"image_id": 1, "category_id": 0}]}),
+         "val.json: annotation 0 is not"),  # read as the last class, CLASSES[-1]
+        (val, json.dumps({**json.loads(good_val), "annotations": [7]}), "val.json: annotation 0 is not"),
     ]:
         path.write_text(content)
         with pytest.raises(UsageError, match=problem):

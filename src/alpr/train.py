@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import sys
@@ -51,6 +52,7 @@ def check_dataset(folder: Path) -> dict:
         if split in ("train", "val") and not document.get("annotations"):  # nothing to learn or score
             raise UsageError(f"{path}: the {split} split has no plates (no annotations); synthesize images "
                              "with plates (--empty-fraction below 1) and record them")
+        check_annotations(path, document.get("annotations", []))
         try:
             # in this order too: mmdet numbers its labels in the file's order of categories, not by id
             found = [(c["id"], c["name"]) for c in document.get("categories", [])]
@@ -64,6 +66,19 @@ def check_dataset(folder: Path) -> dict:
         raise UsageError(f"{folder / 'manifest.json'}: not a manifest `alpr record` wrote (no counts or "
                          "content_sha256); re-record the dataset")
     return manifest
+
+
+def check_annotations(path: Path, annotations) -> None:
+    """Each annotation an object of a whole-number image_id and a category_id of alpr's classes: else
+    a KeyError deep in training, or category 0 read as the last class."""
+    if not isinstance(annotations, list):
+        raise UsageError(f"{path}: annotations is a JSON {type(annotations).__name__}, not a list")
+    for index, annotation in enumerate(annotations):
+        ids = (annotation.get("image_id"), annotation.get("category_id")) if isinstance(annotation, dict) else None
+        if ids is None or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids) \
+                or not 1 <= ids[1] <= len(CLASSES):
+            raise UsageError(f"{path}: annotation {index} is not an object of a whole-number image_id and a "
+                             f"category_id from 1 to {len(CLASSES)}: {json.dumps(annotation)[:200]}")
 
 
 def checkpoint_meta(path: Path) -> dict:
@@ -201,8 +216,9 @@ def as_trained(meta: dict) -> dict:
 def check_resumable(work: Path, meta: dict, settings: TrainSettings, dataset: dict) -> None:
     """A run resumes (from a checkpoint of this ``meta``) with the model, data and optimization it was
     started with, or not at all: mmengine would load mismatched weights leniently and train on silently."""
-    named = ("name", "version")
-    before = {**as_trained(meta), "dataset": {k: meta.get("alpr", {}).get("dataset", {}).get(k) for k in named}}
+    trained_on = meta.get("alpr", {}).get("dataset", {})
+    named = ("name", "version", "content_sha256") if "content_sha256" in trained_on else ("name", "version")
+    before = {**as_trained(meta), "dataset": {k: trained_on.get(k) for k in named}}
     now = {**settings.to_dict(), "schedule": settings.schedule, "dataset": {k: dataset[k] for k in named}}
     changed = [f"{key} {before[key]!r} -> {now[key]!r}" for key in now
                if key not in RESUMABLE_CHANGES and key in before and before[key] != now[key]]
