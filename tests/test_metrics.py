@@ -242,6 +242,22 @@ def test_per_layout_precision_counts_plates_by_the_layout_read_and_characters_by
     assert metrics["char_accuracy_two_row"] == 0.0
 
 
+def test_a_character_counts_for_its_own_plate_where_a_neighbours_box_holds_it_too():
+    """A tilted two-row plate's character inside its one-row neighbour's straight box: by its group_id, as
+    record writes it, it is the two-row plate's; by the first box holding its centre it was the one-row's."""
+    from alpr.metrics import annotation_layouts, true_plates
+
+    one_row, two_row = _rect((0, 0, 100, 30)), _rect((80, 10, 160, 70))
+    char = _ann("7", _rect((85, 15, 95, 28)), group_id=2)  # its centre on both boards
+    gt = _gt([_ann("l_board", one_row, text="12A3456", group_id=1), _ann("r_board", two_row, group_id=2), char])
+    metrics = plate_metrics(gt, {}, {1: [Detection("7", 0.9, (85, 15, 95, 28))]})
+    assert metrics["char_accuracy_two_row"] == 1.0 and metrics["char_accuracy_one_row"] == 0.0
+    layouts = annotation_layouts(gt, {1: true_plates(gt, 1)})
+    assert layouts[3].value == "two-row"
+    ungrouped = _gt([_ann("l_board", one_row, text="12A3456"), _ann("r_board", two_row), {**char, "group_id": None}])
+    assert annotation_layouts(ungrouped, {1: true_plates(ungrouped, 1)})[3].value == "one-row"  # the box's
+
+
 def test_metric_names_are_the_numbers_evaluate_returns():
     gt = _gt([_ann("r_board", RECT, text="12A3456")])
     metrics = evaluate(gt, {1: [Detection("r_board", 0.9, (20, 20, 121, 61), _mask(RECT))]}, {1: []})

@@ -243,14 +243,28 @@ def _flags(layouts: dict[int, Layout | None], flagged) -> np.ndarray:
 
 def annotation_layouts(coco: COCO, truth: dict[int, list[TruePlate]]) -> dict[int, Layout | None]:
     """The layout of each annotation in ``coco`` (the ground truth or detections on its images, whose
-    plates are ``truth``): a region's by its class, a character's by the ground-truth plate that holds
-    its centre (None outside every plate)."""
-    layouts = {}
+    plates are ``truth``): a region's by its class, a character's by its plate (``character_layout``)."""
+    layouts, groups = {}, board_groups(coco)
     for ann in coco.anns.values():
         label = CLASSES[ann["category_id"] - 1]
         region = BOARD_LABELS.get(label) or SUB_LABELS.get(label) or MAIN_LABELS.get(label)
-        layouts[ann["id"]] = region or _layout_at(truth[ann["image_id"]], _xyxy(ann["bbox"]))
+        layouts[ann["id"]] = region or character_layout(ann, truth[ann["image_id"]], groups)
     return layouts
+
+
+def board_groups(coco: COCO) -> dict[tuple[int, int], Layout]:
+    """(image id, group id) -> layout of the boards that record their group (labelme's group_id: the
+    shapes of one plate)."""
+    return {(ann["image_id"], ann["group_id"]): BOARD_LABELS[CLASSES[ann["category_id"] - 1]]
+            for ann in coco.anns.values()
+            if ann.get("group_id") is not None and CLASSES[ann["category_id"] - 1] in BOARD_LABELS}
+
+
+def character_layout(ann: dict, truth: list[TruePlate], groups: dict[tuple[int, int], Layout]) -> Layout | None:
+    """A character's plate's layout: its group's board where it records one, else the ground-truth plate
+    that holds its centre (a tilted plate's straight box may hold its neighbour's character too)."""
+    grouped = groups.get((ann["image_id"], ann.get("group_id")))
+    return grouped or _layout_at(truth, _xyxy(ann["bbox"]))
 
 
 AP_METRICS = ("bbox_mAP", "segm_mAP", "dv_mAP")
@@ -403,6 +417,7 @@ def plate_metrics(gt: COCO, plates: dict[int, list[Plate]], detections: dict[int
     widths = {name: Counter() for name in WIDTH_BINS}  # per bin: exact (True) and not
     misses = []
     confusion = np.zeros((len(CHARACTER_CLASSES), len(CHARACTER_CLASSES) + 1), dtype=np.int64)  # last: missed
+    groups = board_groups(gt)
     for image_id in gt.getImgIds():
         truth = true_plates(gt, image_id)
         predicted = sorted(plates.get(image_id, []), key=lambda p: -p.score)
@@ -436,7 +451,7 @@ def plate_metrics(gt: COCO, plates: dict[int, list[Plate]], detections: dict[int
             row = CHARACTER_CLASSES.index(CLASSES[ann["category_id"] - 1])
             column = CHARACTER_CLASSES.index(pred_chars[matched[j]].label) if j in matched else -1
             confusion[row, column] += 1
-            layout = _layout_at(truth, _xyxy(ann["bbox"]))
+            layout = character_layout(ann, truth, groups)
             tally(layout, "chars")
             tally(layout, "chars_right", column == row)
     metrics = {}
