@@ -237,6 +237,13 @@ def test_unknown_parameter_and_bad_pairs_are_rejected(tmp_path):
     LocalRun(flag, tmp_path, {"amp": "true"})  # as Argo reads them: strings true and false
     with pytest.raises(UsageError, match="^-p amp=yes: expected one of true, false$"):
         LocalRun(flag, tmp_path, {"amp": "yes"})
+    tiny = _template(tasks=[{"name": "a", "template": "one"}], templates=[_python("one", "print(1)")],
+                     parameters=[{"name": "lr", "value": 0.00001}, {"name": "big", "value": 2e21}])
+    assert LocalRun(tiny, tmp_path, {}).values == {"lr": "0.00001", "big": "2e+21"}  # as Go's JSON writes them
+    unset = _template(tasks=[{"name": "a", "template": "one"}], templates=[_python("one", "print(1)")],
+                      parameters=[{"name": "store", "value": None}])
+    with pytest.raises(UsageError, match="^parameter store: null, where Argo takes a string"):
+        LocalRun(unset, tmp_path, {})
 
 
 def test_the_whole_dag_is_checked_before_the_first_step(tmp_path):

@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 
 import yaml
@@ -98,11 +99,15 @@ def parse_parameters(pairs: list[str]) -> dict[str, str]:
 
 
 def as_argo_string(value) -> str:
-    """A YAML value as Argo reads it (through JSON): true, not True; 1, not 1.0."""
+    """A YAML value as Argo reads it (through Go's JSON): true, not True; 1, not 1.0; 0.00001, not 1e-05."""
+    if value is None:
+        raise UsageError("null, where Argo takes a string: quote it, or leave the value out")
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, float) and value.is_integer():
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e21:
         return str(int(value))
+    if isinstance(value, float) and 1e-6 <= abs(value) < 1e21:  # Go writes these without an exponent
+        return format(Decimal(repr(value)), "f")
     return str(value)
 
 
@@ -210,8 +215,13 @@ class LocalRun:
         base = metadata.get("name") or metadata["generateName"].rstrip("-")
         self.state_file = self.workdir / ".alpr-run" / f"{base}.json"
         declared = self.spec.get("arguments", {}).get("parameters", [])
-        defaults = {p["name"]: as_argo_string(p.get("value", p.get("default"))) for p in declared
-                    if "value" in p or "default" in p}
+        defaults = {}
+        for parameter in declared:
+            if "value" in parameter or "default" in parameter:
+                try:
+                    defaults[parameter["name"]] = as_argo_string(parameter.get("value", parameter.get("default")))
+                except UsageError as error:
+                    raise UsageError(f"parameter {parameter['name']}: {error}") from None
         unknown = set(self.parameters) - {p["name"] for p in declared}
         if unknown:
             raise UsageError(f"unknown parameter(s) {', '.join(sorted(unknown))}; this workflow takes "
