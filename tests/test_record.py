@@ -470,6 +470,23 @@ def test_record_commits_only_its_own_files_in_a_shared_repository(synth_dir, tmp
     assert not (project / ".gitignore").exists()  # the user's repository keeps its own ignores
 
 
+def test_a_repository_of_yours_with_its_own_settings_records_and_pushes_to_the_remote_given(synth_dir, tmp_path):
+    """Signed tags (git opened an editor for the tag's message), a commit hook that refuses and a personal
+    default DVC remote (dvc push went there, not to --dvc-remote): each failed the record, or lost its push."""
+    project, remote, mine = tmp_path / "project", tmp_path / "remote", tmp_path / "mine"
+    project.mkdir()
+    for command in (["git", "init", "-q"], ["git", "config", "tag.gpgSign", "true"],
+                    [sys.executable, "-m", "dvc", "init", "-q"],
+                    [sys.executable, "-m", "dvc", "remote", "add", "--local", "-d", "mine", str(mine)]):
+        subprocess.run(command, cwd=project, check=True, capture_output=True)
+    hook = project / ".git" / "hooks" / "pre-commit"
+    hook.write_text("#!/bin/sh\necho refused by the user's hook >&2\nexit 1\n")
+    hook.chmod(0o755)
+    record(RecordOptions(synth_dir, project / "work", "plates", "1", data_repo=project, dvc_remote=str(remote)))
+    assert _git(project, "tag") == ["plates-ann-v1", "plates-v1"]
+    assert any(p.is_file() for p in remote.rglob("*")) and not mine.exists()
+
+
 def test_a_repository_of_yours_that_ignores_the_workdir_is_refused_before_anything_is_written(synth_dir, tmp_path):
     """DVC would refuse to track the version's folders, after record had written them and committed
     its own setup into your repository."""
@@ -479,6 +496,10 @@ def test_a_repository_of_yours_that_ignores_the_workdir_is_refused_before_anythi
     (project / ".gitignore").write_text("work/\n")
     with pytest.raises(VersioningError, match=r"work/datasets/plates/1.dvc: git ignores it \(.gitignore:1:work/\)"):
         record(RecordOptions(synth_dir, project / "work", "plates", "1", data_repo=project, push=False))
+    assert _git(project, "rev-list", "--all") == [] and not (project / "work" / "datasets").exists()
+    (project / ".gitignore").write_text("work/datasets/*/*/\n")  # the version folders alone: no pointer to push
+    with pytest.raises(VersioningError, match=r"work/datasets/plates/1: git ignores it \(.gitignore:1:work/datas"):
+        record(RecordOptions(synth_dir, project / "work", "plates", "1", data_repo=project))
     assert _git(project, "rev-list", "--all") == [] and not (project / "work" / "datasets").exists()
 
 

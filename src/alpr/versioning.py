@@ -21,7 +21,9 @@ from alpr.storage import drop_missing_key_file
 from alpr.workdir import dataset_dir
 
 REMOTE_NAME = "storage"
-GIT_IDENTITY = ["-c", "user.name=alpr", "-c", "user.email=alpr@localhost", "-c", "commit.gpgsign=false"]
+# a user's signing settings and hooks are not for alpr's commits: a signed tag opens an editor for its message
+GIT_IDENTITY = ["-c", "user.name=alpr", "-c", "user.email=alpr@localhost", "-c", "commit.gpgsign=false",
+                "-c", "tag.gpgSign=false", "-c", "core.hooksPath=/dev/null"]
 
 
 class VersioningError(AlprError, RuntimeError):
@@ -46,7 +48,7 @@ def _env() -> dict[str, str]:
 
 
 def _run(args: list[str], cwd: Path) -> str:
-    result = subprocess.run(args, cwd=cwd, env=_env(), capture_output=True, text=True)
+    result = subprocess.run(args, cwd=cwd, env=_env(), stdin=subprocess.DEVNULL, capture_output=True, text=True)
     if result.returncode != 0:
         output = (result.stderr or result.stdout).strip()  # git and DVC repeat the remote's URL
         raise VersioningError(redact(f"`{' '.join(args)}` failed in {cwd}:\n{output}"))
@@ -116,14 +118,17 @@ class DataRepo:
         if not (self.root / ".git").exists():
             return  # a repository of ours is made to track them
         for folder in folders:
-            pointer = f"{folder.resolve().relative_to(self.root)}.dvc"
-            ignored = subprocess.run(["git", "check-ignore", "-v", "--no-index", pointer], cwd=self.root, env=_env(),
-                                     capture_output=True, text=True)
-            if ignored.returncode == 0:
+            relative = folder.resolve().relative_to(self.root)
+            # the folder itself by a rule of yours, not DVC's own (its .gitignore beside it): DVC's matcher
+            # then skips the folder above it too, and its push finds no pointer to push
+            for path, own in ((f"{relative}.dvc", None), (f"{relative}/", f"{relative.parent}/.gitignore")):
+                ignored = subprocess.run(["git", "check-ignore", "-v", "--no-index", path], cwd=self.root,
+                                         env=_env(), capture_output=True, text=True)
                 rule = ignored.stdout.split("\t")[0]
-                raise VersioningError(f"{self.root / pointer}: git ignores it ({rule}), so DVC cannot version "
-                                      f"{folder.name}; let git see the workdir's datasets/ and annotations/, or "
-                                      "give another --data-repo")
+                if ignored.returncode == 0 and not rule.startswith(f"{own}:"):
+                    raise VersioningError(f"{self.root / path}: git ignores it ({rule}), so DVC cannot version "
+                                          f"{folder.name}; let git see the workdir's datasets/ and annotations/, or "
+                                          "give another --data-repo")
 
     def gitignore(self) -> str:
         """Only the versioned folders belong in git; runs, databases and scratch stay out."""
@@ -137,7 +142,9 @@ class DataRepo:
 
     def commit(self, message: str, paths: list[str]) -> bool:
         """Commits these paths alone: changes the user staged in a shared repository stay staged.
-        False when HEAD holds them already, also when another record committed the same bytes first."""
+        False when HEAD holds them already, also when another record committed the same bytes first.
+        A path that is not there is left out: DVC writes no .gitignore where git ignores the folder already."""
+        paths = [path for path in paths if (self.root / path).exists() or self._tracked(path)]
         git(self.root, "add", "--", *paths)
         if not self._staged(paths):
             return False
@@ -148,6 +155,9 @@ class DataRepo:
                 raise
             return False  # git refused an empty commit: another record's commit came between
         return True
+
+    def _tracked(self, path: str) -> bool:  # gone from the tree, still in the index: its removal is committed
+        return bool(git(self.root, "ls-files", "--", path).strip())
 
     def _staged(self, paths: list[str]) -> bool:
         return bool(git(self.root, "diff", "--cached", "--name-only", "--", *paths).strip())
@@ -184,7 +194,8 @@ class DataRepo:
                                   "it was recorded from, or under a new version")
 
     def push(self, *folders: Path) -> None:
-        dvc(self.root, "push", *(str(f.resolve().relative_to(self.root)) for f in folders))
+        # to alpr's remote by name: a user's own default (dvc remote default --local) would take it elsewhere
+        dvc(self.root, "push", "-r", REMOTE_NAME, *(str(f.resolve().relative_to(self.root)) for f in folders))
 
 
 def path_in_repo(source: str, tag: str, folder: str, cwd: Path) -> str:
