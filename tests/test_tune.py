@@ -129,6 +129,9 @@ def test_the_study_stops_once_a_trial_reaches_the_objectives_goal(tmp_path, caps
     out = capsys.readouterr().out
     assert "goal EIR=-10.0 reached" in out
     assert len([line for line in out.splitlines() if "COMPLETE" in line]) == 1
+    cli.main([*write(tmp_path, experiment), "--max-trials", "5", "--resume"])  # Katib restarts no ended experiment
+    out = capsys.readouterr().out
+    assert "the study had ended: its best trial reached the goal -10.0" in out and "trial 1:" not in out
 
 
 def test_a_failed_trial_is_reported_and_the_study_goes_on(tmp_path, capsys):
@@ -171,7 +174,15 @@ def test_the_study_stops_when_max_failed_trials_have_failed_as_katib_stops(tmp_p
 
 @pytest.mark.parametrize("change, message", [
     (lambda spec: spec["parameters"][0]["feasibleSpace"].pop("min"), "parameter lr: feasibleSpace.min missing"),
-    (lambda spec: spec["parameters"][0]["feasibleSpace"].update(min="abc"), "min and max must be numbers"),
+    (lambda spec: spec["parameters"][0]["feasibleSpace"].update(min="abc"), "min, max and step must be numbers"),
+    (lambda spec: spec["parameters"][0].update(parameterType="int", feasibleSpace={"min": "1.0", "max": "4"}),
+     "min, max and step must be whole numbers"),  # the first trial failed on int("1.0")
+    (lambda spec: spec["parameters"][0]["feasibleSpace"].update(step="abc"), "min, max and step must be numbers"),
+    (lambda spec: spec["parameters"][0]["feasibleSpace"].update(step="-0.1"), "step must be above 0"),
+    (lambda spec: spec.setdefault("metricsCollectorSpec", {}).update(
+        source={"filter": {"metricsFormat": ["([a-z]+)=.*"]}}), "needs two groups"),  # IndexError mid-trial
+    (lambda spec: spec.setdefault("metricsCollectorSpec", {}).update(
+        source={"filter": {"metricsFormat": ["(["]}}), "not a regular expression"),
     (lambda spec: spec["parameters"][0]["feasibleSpace"].update(min="0"), "logUniform needs a min above 0"),
     (lambda spec: spec["parameters"][0]["feasibleSpace"].update(min="2"), "min 2 is above max 1"),
     (lambda spec: spec["parameters"][0].update(parameterType="int", feasibleSpace={"list": ["1"]}),
@@ -217,6 +228,17 @@ def test_tpe_is_guided_after_the_first_parallel_trials_as_katibs_hyperopt_is():
 
     guided, random = draws("tpe"), draws("random")
     assert guided[:2] == random[:2] and guided[2:] != random[2:]
+
+
+def test_multivariate_tpe_takes_katibs_optuna_settings():
+    """Katib runs multivariate-tpe with Optuna (n_startup_trials, n_ei_candidates), tpe with Hyperopt (gamma)."""
+    experiment = toy_experiment("multivariate-tpe")
+    experiment["spec"]["algorithm"]["algorithmSettings"] += [{"name": "n_startup_trials", "value": "4"}]
+    chosen = sampler(experiment)
+    assert chosen._multivariate and chosen._n_startup_trials == 4
+    experiment["spec"]["algorithm"]["algorithmSettings"] += [{"name": "gamma", "value": "0.3"}]
+    with pytest.raises(NotSupportedLocally, match="settings gamma"):
+        sampler(experiment)
 
 
 def test_ctrl_c_in_a_trial_shows_the_trials_so_far_and_resume_goes_on_with_the_study(tmp_path):
@@ -325,7 +347,8 @@ def test_search_space_maps_to_optuna():
 
 
 @pytest.mark.parametrize("algorithm, kind", [("random", optuna.samplers.RandomSampler),
-                                             ("tpe", optuna.samplers.TPESampler)])
+                                             ("tpe", optuna.samplers.TPESampler),
+                                             ("multivariate-tpe", optuna.samplers.TPESampler)])
 def test_the_samplers_random_state_makes_the_draws_repeatable(algorithm, kind):
     def draws(experiment: dict) -> list[float]:
         study = optuna.create_study(sampler=sampler(experiment))

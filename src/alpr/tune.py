@@ -44,8 +44,10 @@ DEFAULT_METRICS_FORMAT = r"([\w|-]+)\s*=\s*([+-]?\d*(\.\d+)?([Ee][+-]?\d+)?)"
 TRIAL_PARAMETER = re.compile(r"\$\{trialParameters\.([^{}]+)\}")
 OUTPUT_LINE = re.compile(r"\[(?P<task>[^\]]+)\] (?P<text>.*)")  # how LocalRun echoes a step's output
 SAMPLERS = ("tpe", "multivariate-tpe", "random")
-# the algorithm settings Katib takes for each (Hyperopt's TPE: its defaults are Optuna's, but gamma's 0.25)
-SAMPLER_SETTINGS = {"random": {"random_state"}, "tpe": {"random_state", "gamma", "prior_weight", "n_EI_candidates"}}
+# the algorithm settings Katib takes for each: tpe is Hyperopt's (its defaults Optuna's, but gamma's 0.25),
+# multivariate-tpe Optuna's own, with Optuna's defaults
+SAMPLER_SETTINGS = {"random": {"random_state"}, "tpe": {"random_state", "gamma", "prior_weight", "n_EI_candidates"},
+                    "multivariate-tpe": {"random_state", "n_startup_trials", "n_ei_candidates"}}
 KATIB_PARALLEL_TRIALS = 3  # parallelTrialCount's default
 
 
@@ -103,15 +105,18 @@ def check_space(parameters: list, path: Path) -> None:
             continue
         if kind not in ("double", "int"):
             raise UsageError(f"{name}: parameterType {kind!r}; expected double, int, discrete or categorical")
+        number = int if kind == "int" else float  # as suggest reads them: an int's "1.0" is no int to Katib
         try:
-            low, high = float(space["min"]), float(space["max"])
+            low, high = number(str(space["min"])), number(str(space["max"]))
+            step = number(str(space["step"])) if space.get("step") is not None else None
         except KeyError as key:
             raise UsageError(f"{name}: feasibleSpace.{key.args[0]} missing") from None
-        except (TypeError, ValueError):
-            raise UsageError(f"{name}: feasibleSpace min and max must be numbers, got {space['min']!r} and "
-                             f"{space['max']!r}") from None
-        if kind == "int" and not (low.is_integer() and high.is_integer()):
-            raise UsageError(f"{name}: an int parameter's min and max must be whole numbers")
+        except ValueError:
+            what = "whole numbers" if kind == "int" else "numbers"
+            raise UsageError(f"{name}: feasibleSpace min, max and step must be {what}, got {space['min']!r}, "
+                             f"{space['max']!r} and {space.get('step')!r}") from None
+        if step is not None and step <= 0:
+            raise UsageError(f"{name}: feasibleSpace step must be above 0, got {step:g}")
         if low > high:
             raise UsageError(f"{name}: feasibleSpace min {low:g} is above max {high:g}")
         if space.get("distribution") == "logUniform" and low <= 0:
@@ -164,7 +169,7 @@ def sampler(experiment: dict, seed_offset: int = 0):
     if name not in SAMPLERS:
         raise NotSupportedLocally(f"algorithm {name!r}: alpr tune runs {', '.join(SAMPLERS)}")
     settings = {s["name"]: s.get("value") for s in algorithm.get("algorithmSettings", [])}
-    taken = SAMPLER_SETTINGS[name.removeprefix("multivariate-")]
+    taken = SAMPLER_SETTINGS[name]
     if set(settings) - taken:
         raise NotSupportedLocally(f"algorithm {name!r}: settings {', '.join(sorted(set(settings) - taken))} "
                                   f"(alpr tune takes {', '.join(sorted(taken))})")
@@ -173,11 +178,15 @@ def sampler(experiment: dict, seed_offset: int = 0):
     seed = None if seed is None else seed + seed_offset
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
+    if name == "multivariate-tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True,
+                                          n_startup_trials=number("n_startup_trials", 10, int),
+                                          n_ei_candidates=number("n_ei_candidates", 24, int))
     gamma = number("gamma", 0.25, float)
     # Katib's Hyperopt draws at random only its first request's trials (parallelTrialCount), where Optuna
     # would draw 10; its good trials are ceil(gamma * sqrt(n)), at most 25, where Optuna's are a tenth
     return optuna.samplers.TPESampler(
-        seed=seed, multivariate=name == "multivariate-tpe", gamma=lambda n: min(math.ceil(gamma * math.sqrt(n)), 25),
+        seed=seed, gamma=lambda n: min(math.ceil(gamma * math.sqrt(n)), 25),
         n_startup_trials=experiment["spec"].get("parallelTrialCount", KATIB_PARALLEL_TRIALS),
         prior_weight=number("prior_weight", 1.0, float), n_ei_candidates=number("n_EI_candidates", 24, int))
 
@@ -243,7 +252,16 @@ def metric_filters(experiment: dict) -> list[re.Pattern]:
     if kind != "StdOut":
         raise NotSupportedLocally(f"metrics collector {kind!r}: alpr tune reads StdOut only")
     formats = spec.get("source", {}).get("filter", {}).get("metricsFormat") or [DEFAULT_METRICS_FORMAT]
-    return [re.compile(f) for f in formats]
+    filters = []
+    for text in formats:
+        try:
+            pattern = re.compile(text)
+        except re.error as error:
+            raise UsageError(f"metricsFormat {text!r}: not a regular expression ({error})") from None
+        if pattern.groups < 2:  # Katib's webhook refuses it too
+            raise UsageError(f"metricsFormat {text!r}: needs two groups, the metric's name and its value")
+        filters.append(pattern)
+    return filters
 
 
 def metric_strategies(experiment: dict) -> dict[str, str]:
@@ -364,6 +382,8 @@ def _trials(experiment: dict, template: dict, workdir: Path, overrides: dict[str
     done = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) + failures(study)
     echo(f"tune {study.study_name}: {total} trials of {template['metadata']['name']}, {direction(experiment)} "
          f"{collect.objective}; logs in {logs}" + (f"; {done} done before" if resume else ""))
+    if resume and ended(study, max_failed, goal, direction(experiment), echo):  # Katib restarts no ended experiment
+        return study
     for _ in range(total - done):
         trial = study.ask()
         assignments = {p["name"]: suggest(trial, p) for p in spec["parameters"]}
@@ -395,6 +415,21 @@ def _trials(experiment: dict, template: dict, workdir: Path, overrides: dict[str
             echo(f"goal {collect.objective}={goal} reached")
             break
     return study
+
+
+def ended(study, max_failed, goal, kind: str, echo: Callable[[str], None]) -> bool:
+    """Whether a resumed study had ended: enough trials failed, or its best reached the goal."""
+    import optuna
+
+    failed = failures(study)
+    if failed_enough(failed, max_failed):
+        echo(f"the study had ended: {failed} trials failed (maxFailedTrialCount {max_failed})")
+        return True
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if goal is not None and complete and _reached(study.best_value, float(goal), kind):
+        echo(f"the study had ended: its best trial reached the goal {goal}")
+        return True
+    return False
 
 
 def _study(experiment: dict, folder: Path, resume: bool, echo: Callable[[str], None]):
