@@ -152,3 +152,17 @@ def test_gs_without_credentials_fails_at_the_check_before_any_work(tmp_path, mon
             storage.check_url("gs://alpr/models")
     finally:
         storage._gcs_client.cache_clear()
+
+
+def test_downloads_of_one_object_to_one_path_at_once_each_land_whole(tmp_path):
+    """Two servers fetching best.pth to one cache path: a shared partial name let one rename or delete the
+    other's half-written file."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    source = tmp_path / "best.pth"
+    source.write_bytes(os.urandom(8 << 20))
+    target = tmp_path / "cache" / "best.pth"
+    with ThreadPoolExecutor(6) as pool:
+        list(pool.map(lambda _: storage.download_file(source.as_uri(), target), range(12)))
+    assert target.read_bytes() == source.read_bytes()
+    assert [p.name for p in target.parent.iterdir()] == ["best.pth"]  # no partial file left

@@ -159,7 +159,7 @@ def _write_local(url: str, target: Path, write, doing: str) -> None:
 def download_file(url: str, path: Path) -> None:
     scheme, bucket, key = _object(url)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.download")
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.download")  # two downloads of one path: their own
     try:
         if scheme == "file":
             if not Path(key).is_file():
