@@ -195,7 +195,8 @@ def _run(args: argparse.Namespace) -> None:
     try:
         outputs = LocalRun(load_workflow(path), args.workdir, parse_parameters(args.parameter), args.resume).run()
     except StepFailed as error:
-        raise StepFailed(f"{error}\nfix it and rerun with --resume to continue from this step") from None
+        raise StepFailed(f"{error}\nfix it and rerun with --resume to continue from this step (with the same -p "
+                         "values: other values start a new run, without --resume)") from None
     except KeyboardInterrupt:
         print("rerun with --resume to go on from the interrupted step", file=sys.stderr)
         raise
