@@ -118,6 +118,33 @@ def test_file_names_that_differ_only_by_an_accent_are_two_images(new_db_url):
     assert db.count_images(engine, "plates", "1") == {"train": 2}
 
 
+def test_paths_in_any_script_are_recorded_on_a_latin1_server():
+    """A MySQL or MariaDB whose database defaults to latin1 refused a Korean source path (error 1366),
+    after DVC had tagged the version: every text column is utf8mb4 (SQLite keeps all text as UTF-8)."""
+    from conftest import MARIADB_URL, mariadb_available
+
+    if not mariadb_available():
+        pytest.fail(f"no MariaDB at {MARIADB_URL}")
+    db_url = MARIADB_URL
+    name = f"alpr_{uuid.uuid4().hex[:10]}"
+    server = sa.create_engine(db_url)
+    with server.begin() as conn:
+        conn.execute(sa.text(f"CREATE DATABASE {name} CHARACTER SET latin1"))
+    try:
+        engine = db.connect(sa.make_url(db_url).set(database=name).render_as_string(hide_password=False))
+        source = "/data/번호판/2026"
+        assert db.record_version(engine, db.DatasetRow("plates", "1", "a" * 64, "t", "/work/데이터", 1, 0, 0),
+                                 db.SourceRow(source, "a", "t", "a" * 64, 1),
+                                 [db.ImageRow("차.jpg", "0" * 64, "train", 64, 48, 1)])
+        with engine.connect() as conn:
+            assert conn.execute(sa.select(db.annotation_sources.c.source)).scalar_one() == source
+        engine.dispose()
+    finally:
+        with server.begin() as conn:
+            conn.execute(sa.text(f"DROP DATABASE {name}"))
+        server.dispose()
+
+
 @pytest.mark.parametrize("folder", ["a%41b", "a?b", "a#b"])
 def test_the_default_database_is_in_the_workdir_whatever_its_name(tmp_path, monkeypatch, folder):
     """Written into a URL as it is, a%41b would be read as aAb, and a?b as a with a query."""

@@ -27,6 +27,10 @@ def _name(length: int) -> sa.types.TypeEngine:
                                           "mysql", "mariadb")
 
 
+# every text column, paths and sources too, in full UTF-8 on MySQL and MariaDB whatever the server's default
+# (a latin1 server refused a Korean source path, error 1366, after DVC had tagged the version)
+TEXT_IN_UTF8MB4 = {"mysql_charset": "utf8mb4", "mariadb_charset": "utf8mb4"}
+
 dataset_versions = sa.Table(
     "dataset_versions", metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
@@ -40,6 +44,7 @@ dataset_versions = sa.Table(
     sa.Column("num_plates", sa.Integer, nullable=False),
     sa.Column("created_at", sa.DateTime, nullable=False),
     sa.UniqueConstraint("name", "version", name="uq_dataset_version"),
+    **TEXT_IN_UTF8MB4,
 )
 
 annotation_sources = sa.Table(
@@ -51,6 +56,7 @@ annotation_sources = sa.Table(
     sa.Column("tag", sa.String(256), nullable=False),
     sa.Column("sha256", sa.String(64), nullable=False),
     sa.Column("num_files", sa.Integer, nullable=False),
+    **TEXT_IN_UTF8MB4,
 )
 
 images = sa.Table(
@@ -64,6 +70,7 @@ images = sa.Table(
     sa.Column("height", sa.Integer, nullable=False),
     sa.Column("plate_count", sa.Integer, nullable=False),
     sa.UniqueConstraint("dataset_version_id", "file_name", name="uq_image_file"),
+    **TEXT_IN_UTF8MB4,
 )
 
 
@@ -77,6 +84,7 @@ runs = sa.Table(
     sa.Column("params", sa.Text, nullable=False),  # the training settings, JSON
     sa.Column("best_checkpoint", sa.String(1024), nullable=True),
     sa.Column("updated_at", sa.DateTime, nullable=False),
+    **TEXT_IN_UTF8MB4,
 )
 
 run_metrics = sa.Table(
@@ -88,6 +96,7 @@ run_metrics = sa.Table(
     sa.Column("name", _name(64), nullable=False),
     sa.Column("value", sa.Double, nullable=False),  # sa.Float is single precision on MariaDB
     sa.UniqueConstraint("run_id", "checkpoint", "split", "name", name="uq_run_metric"),
+    **TEXT_IN_UTF8MB4,
 )
 
 
