@@ -32,7 +32,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--epochs", type=int, default=defaults.epochs,
                         help="epochs (ignored with --iters or --minutes)")
     parser.add_argument("--iters", type=int, default=None, help="train by iterations instead of epochs")
-    parser.add_argument("--minutes", type=float, default=None,
+    parser.add_argument("--minutes", type=or_default(float), default=None,
                         help="train by iterations until this much time is spent, the learning rate annealed "
                              "over the time (--iters, if given, still caps the iterations)")
     parser.add_argument("--val-interval", type=int, default=None,

@@ -36,6 +36,8 @@ def switch(name: str, description: str) -> Parameter:
 # of its name (train_args): what a tuning experiment found trains the pipeline's model too.
 TRAIN_SETTINGS = {
     "epochs": "training epochs",
+    "minutes": "train for this many minutes instead, the learning rate annealed over the time; empty: by epochs",
+    "seed": "random seed",
     "batch-size": "images per batch",
     "img-size": "image size (longest side) for training and test; empty: the model's own",
     "lr": "learning rate; empty: the model's own",
