@@ -238,8 +238,9 @@ def test_unknown_parameter_and_bad_pairs_are_rejected(tmp_path):
     with pytest.raises(UsageError, match="^-p amp=yes: expected one of true, false$"):
         LocalRun(flag, tmp_path, {"amp": "yes"})
     tiny = _template(tasks=[{"name": "a", "template": "one"}], templates=[_python("one", "print(1)")],
-                     parameters=[{"name": "lr", "value": 0.00001}, {"name": "big", "value": 2e21}])
-    assert LocalRun(tiny, tmp_path, {}).values == {"lr": "0.00001", "big": "2e+21"}  # as Go's JSON writes them
+                     parameters=[{"name": "lr", "value": 0.00001}, {"name": "big", "value": 2e21},
+                                 {"name": "small", "value": 1e-7}])
+    assert LocalRun(tiny, tmp_path, {}).values == {"lr": "0.00001", "big": "2e+21", "small": "1e-7"}  # as Go writes
     unset = _template(tasks=[{"name": "a", "template": "one"}], templates=[_python("one", "print(1)")],
                       parameters=[{"name": "store", "value": None}])
     with pytest.raises(UsageError, match="^parameter store: null, where Argo takes a string"):
@@ -602,3 +603,20 @@ def test_unquoted_yaml_values_and_outputs_read_as_argo_reads_them(tmp_path):
         parameters=[{"name": "flag", "value": True}, {"name": "n", "value": 1.0}])
     outputs = LocalRun(workflow, tmp_path, {}, echo=lambda _: None).run()
     assert outputs["a"]["word"] == " 1 \n"  # YAML's true and 1.0 as JSON has them; one trailing newline cut
+
+
+def test_a_working_folder_is_made_when_its_step_runs_not_when_the_run_is_checked(tmp_path):
+    """check() prepares every step with stand-ins for outputs not made yet: a folder was made for those."""
+    write = _python("make", WRITE, ["/work/dir.txt", "made"], outputs=["dir"])
+    show = _python("show", "import os; print('in', os.getcwd())", inputs=["d"])
+    show["container"]["workingDir"] = "/work/{{inputs.parameters.d}}"
+    tasks = [{"name": "a", "template": "make"},
+             {"name": "b", "template": "show", "depends": "a",
+              "arguments": {"parameters": [{"name": "d", "value": "{{tasks.a.outputs.parameters.dir}}"}]}},
+             {"name": "c", "template": "missing", "depends": "b"}]
+    with pytest.raises(UsageError, match="no template 'missing'"):
+        LocalRun(_template(tasks=tasks, templates=[write, show]), tmp_path, {}, echo=lambda _: None).run()
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == []
+    lines = []
+    LocalRun(_template(tasks=tasks[:2], templates=[write, show]), tmp_path, {}, echo=lines.append).run()
+    assert f"[b] in {tmp_path / 'made'}" in lines

@@ -256,6 +256,8 @@ def test_a_character_counts_for_its_own_plate_where_a_neighbours_box_holds_it_to
     assert layouts[3].value == "two-row"
     ungrouped = _gt([_ann("l_board", one_row, text="12A3456"), _ann("r_board", two_row), {**char, "group_id": None}])
     assert annotation_layouts(ungrouped, {1: true_plates(ungrouped, 1)})[3].value == "one-row"  # the box's
+    reused = _gt([_ann("l_board", one_row, text="12A3456", group_id=2), _ann("r_board", two_row, group_id=2), char])
+    assert annotation_layouts(reused, {1: true_plates(reused, 1)})[3].value == "one-row"  # one group, two boards
 
 
 def test_metric_names_are_the_numbers_evaluate_returns():

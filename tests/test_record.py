@@ -15,7 +15,7 @@ from alpr import db
 from alpr.dataset import InvalidAnnotations
 from alpr.errors import AlprError, UsageError
 from alpr.record import RecordOptions, record
-from alpr.versioning import VersioningError, pull_dataset
+from alpr.versioning import DataRepo, VersioningError, pull_dataset
 
 ROOT = Path(__file__).parents[1]
 
@@ -497,6 +497,9 @@ def test_a_repository_of_yours_that_ignores_the_workdir_is_refused_before_anythi
     with pytest.raises(VersioningError, match=r"work/datasets/plates/1.dvc: git ignores it \(.gitignore:1:work/\)"):
         record(RecordOptions(synth_dir, project / "work", "plates", "1", data_repo=project, push=False))
     assert _git(project, "rev-list", "--all") == [] and not (project / "work" / "datasets").exists()
+    (project / ".gitignore").write_text("*.tmp\n!**/datasets/**\n")  # a rule that re-includes them: not ignored
+    repo = DataRepo(project, str(tmp_path / "remote"), project / "work")
+    repo.check_trackable(project / "work" / "datasets" / "plates" / "1")
     (project / ".gitignore").write_text("work/datasets/*/*/\n")  # the version folders alone: no pointer to push
     with pytest.raises(VersioningError, match=r"work/datasets/plates/1: git ignores it \(.gitignore:1:work/datas"):
         record(RecordOptions(synth_dir, project / "work", "plates", "1", data_repo=project))

@@ -178,7 +178,7 @@ def test_the_study_stops_when_max_failed_trials_have_failed_as_katib_stops(tmp_p
     (lambda spec: spec["parameters"][0].update(parameterType="int", feasibleSpace={"min": "1.0", "max": "4"}),
      "min, max and step must be whole numbers"),  # the first trial failed on int("1.0")
     (lambda spec: spec["parameters"][0]["feasibleSpace"].update(step="abc"), "min, max and step must be numbers"),
-    (lambda spec: spec["parameters"][0]["feasibleSpace"].update(step="-0.1"), "step must be above 0"),
+    (lambda spec: spec["parameters"][0]["feasibleSpace"].update(step="-0.1"), "step must not be negative"),
     (lambda spec: spec.setdefault("metricsCollectorSpec", {}).update(
         source={"filter": {"metricsFormat": ["([a-z]+)=.*"]}}), "needs two groups"),  # IndexError mid-trial
     (lambda spec: spec.setdefault("metricsCollectorSpec", {}).update(

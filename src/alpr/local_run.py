@@ -108,6 +108,8 @@ def as_argo_string(value) -> str:
         return str(int(value))
     if isinstance(value, float) and 1e-6 <= abs(value) < 1e21:  # Go writes these without an exponent
         return format(Decimal(repr(value)), "f")
+    if isinstance(value, float):  # and the others' exponents without a leading 0: 1e-7, not 1e-07
+        return re.sub(r"e([+-])0(\d)$", r"e\1\2", repr(value))
     return str(value)
 
 
@@ -443,7 +445,6 @@ class LocalRun:
         local = self._local(path, container)
         if local == path:
             _unsupported(f"{where} workingDir {path}", ["a workingDir outside the volumes"])
-        Path(local).mkdir(parents=True, exist_ok=True)  # as the container runtime makes it
         return Path(local)
 
     def _output_paths(self, template: dict, container: dict, scope: dict[str, str], where: str) -> dict[str, Path]:
@@ -503,6 +504,7 @@ class LocalRun:
         return env
 
     def _execute(self, name: str, step: Step) -> int:
+        step.cwd.mkdir(parents=True, exist_ok=True)  # a workingDir on the volume, as the container runtime makes it
         self.echo(redact(f"[{name}] $ {' '.join(step.command)}"))
         self.last_line.pop(name, None)  # this attempt's reason, not an earlier one's
         # in a session of its own, the step hears a signal once, from the runner: not twice (Ctrl-C to

@@ -580,9 +580,10 @@ def boxes_only(model):
 
 @OPTIM_WRAPPERS.register_module()
 class CpuBFloat16OptimWrapper(OptimWrapper):
-    """``--amp`` on the CPU: a one-stage detector's forward pass and loss under bfloat16 autocast; a
-    two-stage one's backbone and neck alone (``reduced_precision``), for mmcv's CPU RoIAlign and NMS
-    take no bfloat16 (Mask R-CNN failed at its first iteration).
+    """``--amp`` on the CPU: a one-stage detector's forward pass and loss under bfloat16 autocast (as
+    RESULTS.md's bfloat16 figures were trained); a two-stage one's backbone and neck alone
+    (``reduced_precision``), for mmcv's CPU RoIAlign and NMS take no bfloat16 (Mask R-CNN failed at its
+    first iteration).
 
     mmengine's AmpOptimWrapper runs on accelerators only. bfloat16 has float32's range, so unlike
     float16 it needs no loss scaling; the weights, gradients and optimizer stay float32.

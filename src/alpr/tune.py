@@ -115,8 +115,8 @@ def check_space(parameters: list, path: Path) -> None:
             what = "whole numbers" if kind == "int" else "numbers"
             raise UsageError(f"{name}: feasibleSpace min, max and step must be {what}, got {space['min']!r}, "
                              f"{space['max']!r} and {space.get('step')!r}") from None
-        if step is not None and step <= 0:
-            raise UsageError(f"{name}: feasibleSpace step must be above 0, got {step:g}")
+        if step is not None and step < 0:
+            raise UsageError(f"{name}: feasibleSpace step must not be negative, got {step:g}")
         if low > high:
             raise UsageError(f"{name}: feasibleSpace min {low:g} is above max {high:g}")
         if space.get("distribution") == "logUniform" and low <= 0:

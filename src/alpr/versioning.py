@@ -125,7 +125,8 @@ class DataRepo:
                 ignored = subprocess.run(["git", "check-ignore", "-v", "--no-index", path], cwd=self.root,
                                          env=_env(), capture_output=True, text=True)
                 rule = ignored.stdout.split("\t")[0]
-                if ignored.returncode == 0 and not rule.startswith(f"{own}:"):
+                negated = rule.split(":", 2)[-1].startswith("!")  # -v names a last rule that re-includes it too
+                if ignored.returncode == 0 and not negated and not rule.startswith(f"{own}:"):
                     raise VersioningError(f"{self.root / path}: git ignores it ({rule}), so DVC cannot version "
                                           f"{folder.name}; let git see the workdir's datasets/ and annotations/, or "
                                           "give another --data-repo")
@@ -145,6 +146,8 @@ class DataRepo:
         False when HEAD holds them already, also when another record committed the same bytes first.
         A path that is not there is left out: DVC writes no .gitignore where git ignores the folder already."""
         paths = [path for path in paths if (self.root / path).exists() or self._tracked(path)]
+        if not paths:  # `git commit --` with none would commit whatever the user had staged
+            return False
         git(self.root, "add", "--", *paths)
         if not self._staged(paths):
             return False
