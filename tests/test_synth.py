@@ -354,3 +354,12 @@ def test_a_characters_outline_wraps_its_ink_pixels_whole():
         low, high = polygon.min(0), polygon.max(0)
         assert np.allclose(low, [xs.min(), ys.min()], atol=0.8), label  # approxPolyDP may cut 0.8 px off
         assert np.allclose(high, [xs.max() + 1, ys.max() + 1], atol=0.8), label
+
+
+def test_a_wide_low_picture_still_gets_plates(tmp_path):
+    """Plates were sized by the picture's width alone: at 2000x60 none fitted its height, without a word."""
+    out = tmp_path / "wide"
+    generate(out, 4, seed=3, options=SynthOptions(2000, 60, 2, 0.0), workers=1, progress=False)
+    boards = [s for path in out.glob("*.json") for s in json.loads(path.read_text())["shapes"]
+              if s["label"] in BOARD_LABELS]
+    assert boards and all(np.ptp(np.array(b["points"])[:, 1]) < 60 for b in boards)

@@ -219,7 +219,10 @@ def _target_quad(rng: np.random.Generator, canvas_size: tuple[int, int], image_s
     corners += rng.uniform(-0.06, 0.06, (4, 2)).astype(np.float32) * [width, height]
     angle = np.deg2rad(rng.uniform(-8, 8))
     rotation = np.float32([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
-    return corners @ rotation.T
+    quad = corners @ rotation.T
+    # sized by the picture's width, shrunk to fit its height (2 px clear a side): in a wide, low one (2000x60)
+    # no plate fitted at all
+    return quad * min(1.0, (ih - 5) / np.ptp(quad[:, 1]), (iw - 5) / np.ptp(quad[:, 0]))
 
 
 def _overlaps(box: np.ndarray, taken: list[np.ndarray], margin: float) -> bool:
