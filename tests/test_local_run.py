@@ -620,3 +620,13 @@ def test_a_working_folder_is_made_when_its_step_runs_not_when_the_run_is_checked
     lines = []
     LocalRun(_template(tasks=tasks[:2], templates=[write, show]), tmp_path, {}, echo=lines.append).run()
     assert f"[b] in {tmp_path / 'made'}" in lines
+
+
+def test_env_values_take_parameters_and_a_null_is_empty_as_in_kubernetes(tmp_path):
+    show = _python("show", "import os; print('env', repr(os.environ['GREETING']), repr(os.environ['NOTHING']))")
+    show["container"]["env"] = [{"name": "GREETING", "value": "{{workflow.parameters.greeting}}"},
+                                {"name": "NOTHING", "value": None}]
+    lines = []
+    LocalRun(_template(tasks=[{"name": "a", "template": "show"}], templates=[show]), tmp_path, {},
+             echo=lines.append).run()
+    assert "[a] env 'hello' ''" in lines

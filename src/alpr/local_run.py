@@ -497,7 +497,8 @@ class LocalRun:
                 if set(var["valueFrom"]) != {"secretKeyRef"}:
                     _unsupported(f"env {name}", set(var["valueFrom"]))
                 continue  # a Secret's value: locally it is whatever this environment holds
-            value = substitute(as_argo_string(var.get("value", "")), scope, where)
+            given = var.get("value")
+            value = substitute(as_argo_string("" if given is None else given), scope, where)  # Kubernetes: null is ""
             if self._under_secret(value, container):
                 continue  # a file from a Secret: locally the environment's own setting, if any
             env[name] = self._local(value, container)
