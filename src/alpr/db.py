@@ -109,9 +109,13 @@ class VersionConflict(AlprError, RuntimeError):
 
 
 def default_db_url(workdir: Path) -> str:
-    # URL.create quotes the path: a workdir named a%41b or a?b would otherwise be read as aAb or a
-    sqlite = sa.URL.create("sqlite", database=str((workdir / "alpr.db").resolve()))
-    return os.environ.get(DB_URL_ENV) or sqlite.render_as_string(hide_password=False)
+    return os.environ.get(DB_URL_ENV) or sqlite_url(workdir / "alpr.db")
+
+
+def sqlite_url(path: Path) -> str:
+    """The URL of a SQLite file; URL.create quotes the path: a folder named a%41b or a?b would otherwise
+    be read as aAb or a."""
+    return sa.URL.create("sqlite", database=str(path.resolve())).render_as_string(hide_password=False)
 
 
 def safe_url(url: str | sa.URL) -> str:

@@ -255,11 +255,10 @@ def annotation_layouts(coco: COCO, truth: dict[int, list[TruePlate]]) -> dict[in
 def board_groups(coco: COCO) -> dict[tuple[int, int], Layout]:
     """(image id, group id) -> layout of the boards that record their group (labelme's group_id: the
     shapes of one plate); a group of two boards (a group_id used again) is left to the boxes."""
-    boards = Counter((ann["image_id"], ann["group_id"]) for ann in coco.anns.values()
-                     if ann.get("group_id") is not None and CLASSES[ann["category_id"] - 1] in BOARD_LABELS)
-    return {(ann["image_id"], ann["group_id"]): BOARD_LABELS[CLASSES[ann["category_id"] - 1]]
-            for ann in coco.anns.values() if boards.get((ann["image_id"], ann.get("group_id"))) == 1
-            and CLASSES[ann["category_id"] - 1] in BOARD_LABELS}
+    boards = [((ann["image_id"], ann["group_id"]), BOARD_LABELS[label]) for ann in coco.anns.values()
+              if ann.get("group_id") is not None and (label := CLASSES[ann["category_id"] - 1]) in BOARD_LABELS]
+    per_group = Counter(group for group, _ in boards)
+    return {group: layout for group, layout in boards if per_group[group] == 1}
 
 
 def character_layout(ann: dict, truth: list[TruePlate], groups: dict[tuple[int, int], Layout]) -> Layout | None:

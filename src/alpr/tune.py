@@ -436,11 +436,11 @@ def _study(experiment: dict, folder: Path, resume: bool, echo: Callable[[str], N
     """A new study of the experiment in folder/studies.db, or with ``resume`` its last one, whose trial cut
     short (by Ctrl-C, or a kill that left it running) is queued to run again under its run id."""
     import optuna
-    import sqlalchemy as sa
+
+    from alpr.db import sqlite_url
 
     folder.mkdir(parents=True, exist_ok=True)
-    # URL.create quotes the path: a folder named a%41b or a?b would otherwise be read as aAb or a
-    storage = sa.URL.create("sqlite", database=str(folder.resolve() / "studies.db")).render_as_string()
+    storage = sqlite_url(folder / "studies.db")
     prefix = f"{experiment['metadata'].get('name', 'tune')}-"
     kind, seed_offset = direction(experiment), 0
     if resume:

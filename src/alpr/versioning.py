@@ -121,12 +121,13 @@ class DataRepo:
             relative = folder.resolve().relative_to(self.root)
             # the folder itself by a rule of yours, not DVC's own (its .gitignore beside it): DVC's matcher
             # then skips the folder above it too, and its push finds no pointer to push
-            for path, own in ((f"{relative}.dvc", None), (f"{relative}/", f"{relative.parent}/.gitignore")):
+            for path, dvcs_own in ((f"{relative}.dvc", None), (f"{relative}/", f"{relative.parent}/.gitignore:")):
                 ignored = subprocess.run(["git", "check-ignore", "-v", "--no-index", path], cwd=self.root,
                                          env=_env(), capture_output=True, text=True)
                 rule = ignored.stdout.split("\t")[0]
                 negated = rule.split(":", 2)[-1].startswith("!")  # -v names a last rule that re-includes it too
-                if ignored.returncode == 0 and not negated and not rule.startswith(f"{own}:"):
+                by_dvc = dvcs_own is not None and rule.startswith(dvcs_own)
+                if ignored.returncode == 0 and not negated and not by_dvc:
                     raise VersioningError(f"{self.root / path}: git ignores it ({rule}), so DVC cannot version "
                                           f"{folder.name}; let git see the workdir's datasets/ and annotations/, or "
                                           "give another --data-repo")
